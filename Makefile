@@ -1,0 +1,44 @@
+# Two commands do all the set-up on a fresh machine: `make run` and `make test`.
+PYTHON ?= python3.11
+VENV   := .venv
+PY     := $(VENV)/bin/python
+PIP    := $(PY) -m pip
+STAMP  := $(VENV)/.installed
+DEVSTAMP := $(VENV)/.installed-dev
+CHROMIUM := /usr/bin/chromium
+
+.PHONY: setup setup-dev run test bench clean
+
+$(STAMP): requirements.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV) || python3 -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	$(PIP) install -q -r requirements.txt
+	touch $@
+
+$(DEVSTAMP): $(STAMP) requirements-dev.txt requirements-ref.txt
+	$(PIP) install -q -r requirements-dev.txt
+	$(PIP) install -q --no-deps -r requirements-ref.txt
+	touch $@
+
+setup: $(STAMP)
+
+# Browser tests drive Debian's Chromium; Playwright's own browser download cannot work here.
+$(CHROMIUM):
+	@if [ "$$(id -u)" = 0 ]; then \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium) || echo "chromium install failed: browser tests will skip"; \
+	else echo "not root: install Debian's chromium for the browser tests"; fi
+
+setup-dev: $(DEVSTAMP) $(CHROMIUM)
+
+run: setup
+	$(PY) app.py
+
+test: setup-dev
+	$(PY) -m pytest -q tests
+
+bench: setup
+	$(PY) bench/overhead_vs_ffmpeg.py
+	$(PY) bench/memory_vs_length.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache

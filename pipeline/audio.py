@@ -1,0 +1,119 @@
+"""Audio: decode any speech track to 16 kHz mono, Wav2Lip's mel spectrogram, and the
+per-video-frame mel windows and loudness the generators consume.
+
+The mel spectrogram reproduces Wav2Lip's ``audio.py`` with its ``hparams.py`` values
+exactly (a differential test checks it against that code), because the published
+checkpoints were trained on it.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+import subprocess
+
+import librosa
+import numpy as np
+from scipy import signal
+
+from pipeline.errors import FFmpegError, InvalidMedia
+from pipeline.ffmpeg import STDERR_TAIL, base_cmd, input_args
+from pipeline.probe import probe
+
+log = logging.getLogger(__name__)
+
+SAMPLE_RATE = 16000  # Hz, what Wav2Lip and SyncNet expect
+N_FFT = 800  # 50 ms at 16 kHz
+HOP_SIZE = 200  # 12.5 ms at 16 kHz
+WIN_SIZE = 800  # 50 ms at 16 kHz
+N_MELS = 80
+MEL_FPS = 80  # mel columns per second: 16000 / hop 200
+MEL_STEP = 16  # mel columns per 5-frame window at 25 fps: 0.2 s * 80
+FMIN = 55  # Hz
+FMAX = 7600  # Hz, below Nyquist (8000)
+PREEMPHASIS = 0.97
+REF_LEVEL_DB = 20
+MIN_LEVEL_DB = -100
+MAX_ABS_VALUE = 4.0  # symmetric normalisation to [-4, 4]
+MIN_AMPLITUDE = 1e-5  # 10 ** (MIN_LEVEL_DB / 20): the amp_to_db floor
+SILENCE_DBFS = -100.0  # frame_levels of a frame with no signal
+DECODE_TIMEOUT_S = 120.0  # a 600 s track decodes in about a second
+
+
+def load_audio(path: str | os.PathLike[str], *, timeout: float = DECODE_TIMEOUT_S) -> np.ndarray:
+    """Decode the first audio stream of any file ffmpeg reads to float32 (N,) mono 16 kHz."""
+    path = os.fspath(path)
+    name = os.path.basename(path)
+    info = probe(path)
+    if info.audio is None:
+        what = "it contains only video" if info.video is not None else "it contains no audio"
+        raise InvalidMedia(f"{name}: has no audio stream ({what})")
+    cmd = [*base_cmd(), "-loglevel", "error", *input_args(path), "-map", "0:a:0", "-vn", "-sn", "-dn",
+           "-ac", "1", "-ar", str(SAMPLE_RATE), "-f", "f32le", "pipe:1"]
+    log.debug("audio: %s", " ".join(cmd))
+    try:
+        proc = subprocess.run(cmd, capture_output=True, timeout=timeout, check=False)
+    except subprocess.TimeoutExpired as exc:
+        raise FFmpegError(f"decoding the audio of {name}: ffmpeg ran past {timeout:.0f} s") from exc
+    if proc.returncode != 0:
+        stderr = proc.stderr.decode("utf-8", "replace").replace(path, name)
+        raise FFmpegError(f"decoding the audio of {name} failed (ffmpeg exit {proc.returncode}): "
+                          f"{stderr[-STDERR_TAIL:].strip()}")
+    usable = len(proc.stdout) // 4 * 4
+    wav = np.frombuffer(proc.stdout[:usable], dtype="<f4").astype(np.float32)  # (N,), a writable copy
+    if wav.size == 0:
+        raise InvalidMedia(f"{name}: has no audio samples")
+    np.nan_to_num(wav, copy=False, nan=0.0, posinf=1.0, neginf=-1.0)
+    return wav
+
+
+def melspectrogram(wav: np.ndarray) -> np.ndarray:
+    """Wav2Lip's normalised log-mel spectrogram of 16 kHz audio: float32 (80, T), T = 80/s (+1)."""
+    emphasized = signal.lfilter([1, -PREEMPHASIS], [1], wav)
+    spec = librosa.stft(y=emphasized, n_fft=N_FFT, hop_length=HOP_SIZE, win_length=WIN_SIZE)  # (401, T)
+    mel = _mel_basis() @ np.abs(spec)  # (80, T)
+    db = 20 * np.log10(np.maximum(MIN_AMPLITUDE, mel)) - REF_LEVEL_DB
+    normed = (2 * MAX_ABS_VALUE) * ((db - MIN_LEVEL_DB) / -MIN_LEVEL_DB) - MAX_ABS_VALUE
+    return np.clip(normed, -MAX_ABS_VALUE, MAX_ABS_VALUE).astype(np.float32)
+
+
+@functools.cache
+def _mel_basis() -> np.ndarray:
+    return librosa.filters.mel(sr=SAMPLE_RATE, n_fft=N_FFT, n_mels=N_MELS, fmin=FMIN, fmax=FMAX)  # (80, 401)
+
+
+def mel_chunks(mel: np.ndarray, fps: float, n_frames: int) -> np.ndarray:
+    """The mel window of each video frame, Wav2Lip's rule: float32 (n_frames, 80, 16).
+
+    Frame i starts at column int(i * (80 / fps)) (Wav2Lip's exact float expression) and
+    takes 16 columns; where that runs past the end, the last 16 columns are used. A mel
+    shorter than 16 columns is first padded on the right with silence (-4).
+    """
+    if fps <= 0:
+        raise ValueError(f"fps must be positive, got {fps}")
+    mel = np.asarray(mel, np.float32)
+    if mel.shape[1] < MEL_STEP:
+        pad = np.full((mel.shape[0], MEL_STEP - mel.shape[1]), -MAX_ABS_VALUE, np.float32)
+        mel = np.concatenate([mel, pad], axis=1)  # (80, 16)
+    t = mel.shape[1]
+    starts = (np.arange(n_frames) * (float(MEL_FPS) / fps)).astype(np.int64)
+    starts = np.minimum(starts, t - MEL_STEP)
+    idx = starts[:, None] + np.arange(MEL_STEP)[None, :]  # (n_frames, 16)
+    return np.ascontiguousarray(mel[:, idx].transpose(1, 0, 2))  # (80, n, 16) -> (n, 80, 16)
+
+
+def frame_levels(wav: np.ndarray, fps: float, n_frames: int) -> np.ndarray:
+    """RMS level in dBFS of the audio under each video frame: float32 (n_frames,).
+
+    Frames past the end of the audio read as SILENCE_DBFS.
+    """
+    if fps <= 0:
+        raise ValueError(f"fps must be positive, got {fps}")
+    power = np.concatenate([[0.0], np.cumsum(np.square(wav, dtype=np.float64))])  # (N + 1,)
+    edges = np.minimum((np.arange(n_frames + 1) * (SAMPLE_RATE / fps)).round().astype(np.int64), len(wav))
+    counts = np.diff(edges)
+    energy = np.diff(power[edges])
+    rms = np.sqrt(np.maximum(energy, 0) / np.maximum(counts, 1))
+    db = 20 * np.log10(np.maximum(rms, 10 ** (SILENCE_DBFS / 20)))
+    return np.where(counts > 0, db, SILENCE_DBFS).astype(np.float32)

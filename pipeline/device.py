@@ -1,0 +1,82 @@
+"""Where the generator runs: device and dtype choice, the process-wide GPU lane, device facts.
+
+Only the generator stage holds :func:`gpu_lock`; decoding, tracking, blending and encoding
+of several jobs overlap freely. The lock is re-entrant, so the run loop may hold it around
+a whole generator call while the generator holds it again around each forward pass.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+import platform
+import threading
+
+import torch
+
+from pipeline.errors import LipSyncError
+
+log = logging.getLogger(__name__)
+
+DEVICE_CHOICES = ("auto", "cpu", "cuda")
+MIB = 1024 * 1024
+
+_GPU_LOCK = threading.RLock()
+
+
+def choose_device(pref: str = "auto") -> torch.device:
+    """``auto``: CUDA where available, else CPU. ``cuda`` (or ``cuda:N``) without CUDA raises."""
+    pref = (pref or "auto").strip().lower()
+    if pref == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if pref == "cpu":
+        return torch.device("cpu")
+    if pref == "cuda" or pref.startswith("cuda:"):
+        if not torch.cuda.is_available():
+            raise LipSyncError(f"device {pref!r} requested but CUDA is not available "
+                               f"(torch {torch.__version__}); use device 'auto' or 'cpu'")
+        return torch.device(pref)
+    raise ValueError(f"unknown device {pref!r}: choose one of {', '.join(DEVICE_CHOICES)}")
+
+
+def choose_dtype(device: torch.device) -> torch.dtype:
+    """fp16 on CUDA (Wav2Lip's convs and BatchNorm are fine in half), fp32 elsewhere."""
+    return torch.float16 if device.type == "cuda" else torch.float32
+
+
+def gpu_lock() -> threading.RLock:
+    """The process-wide lock of the generator stage: ``with gpu_lock(): ...``."""
+    return _GPU_LOCK
+
+
+@functools.cache
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
+            for line in f:
+                if line.lower().startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def device_facts() -> dict[str, object]:
+    """CPU model and cores, torch version, and the GPU's name and memory where CUDA works."""
+    facts: dict[str, object] = {
+        "cpu_model": _cpu_model(),
+        "cpu_count": os.cpu_count(),
+        "torch": torch.__version__,
+        "cuda": torch.cuda.is_available(),
+    }
+    if facts["cuda"]:
+        index = torch.cuda.current_device()
+        free, total = torch.cuda.mem_get_info(index)
+        facts.update({
+            "gpu_model": torch.cuda.get_device_name(index),
+            "gpu_memory_total_mb": round(total / MIB),
+            "gpu_memory_used_mb": round((total - free) / MIB),
+            "cuda_version": torch.version.cuda,
+        })
+    return facts

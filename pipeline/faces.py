@@ -1,0 +1,344 @@
+"""Faces: detection backends, and tracking one face through a video.
+
+Two backends implement :class:`FaceTracker` (see ``pipeline/face_backends.py``):
+
+- ``insightface``: InsightFace ``FaceAnalysis`` (SCRFD detector + the ``1k3d68`` 68-point
+  landmark model, or the ``2d106det`` model where a pack lacks ``1k3d68``). Used only when
+  its model pack is already on disk: ``$LIPSYNC_INSIGHTFACE_ROOT/models/<name>`` (default
+  root ``~/.insightface``). Nothing is ever downloaded here.
+- ``dlib``: dlib's HOG frontal detector + the 68-point shape predictor shipped inside the
+  ``face-recognition-models`` package; fully offline, always available.
+
+``make_tracker("auto")`` picks InsightFace when its pack is present, dlib otherwise.
+
+Landmarks follow the iBUG-300W 68-point layout (dlib's): jaw 0-16, brows 17-26, nose
+27-35, eyes 36-47, outer lips 48-59, inner lips 60-67. :attr:`Face.mouth` gives the
+geometry the baseline generator needs from either a 68-point layout or, for 106-point-only
+InsightFace packs, from the mouth points alone.
+
+Tracking (:func:`track_frames`) detects on every ``every``-th frame of a reduced-resolution
+stream, interpolates between detections, smooths, and maps coordinates to full resolution.
+"""
+
+from __future__ import annotations
+
+import logging
+from abc import ABC, abstractmethod
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+
+import cv2
+import numpy as np
+
+from pipeline.errors import NoFaceFound
+
+log = logging.getLogger(__name__)
+
+Box = tuple[float, float, float, float]  # (x1, y1, x2, y2) pixels
+
+N_LANDMARKS = 68
+CHIN = 8
+NOSE_BRIDGE_TOP = 27
+NOSE_BOTTOM = 33
+MOUTH_LEFT, MOUTH_RIGHT = 48, 54
+UPPER_INNER = (60, 61, 62, 63, 64)  # inner edge of the upper lip, left to right
+LOWER_INNER = (60, 67, 66, 65, 64)  # inner edge of the lower lip, left to right
+OUTER_LOWER = (48, 59, 58, 57, 56, 55, 54)  # outer edge of the lower lip, left to right
+
+DETECT_EVERY = 5  # frames between detections: 85 detections for a 425-frame clip
+ROI_MARGIN = 0.6  # a re-detection searches the last box grown by this fraction of its size per side
+ROI_FACE_PX = 110  # px: a re-detection rescales its search region so the face is about this wide
+SAME_FACE_IOU = 0.2  # a detection overlapping the last face at least this much is the same face
+SMOOTH_WEIGHTS = (0.25, 0.5, 0.25)  # over consecutive detections: removes detector jitter
+
+
+def _area(box: Box) -> float:
+    return max(0.0, box[2] - box[0]) * max(0.0, box[3] - box[1])
+
+
+def iou(a: Box, b: Box) -> float:
+    """Intersection over union of two boxes."""
+    ix = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+    iy = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+    inter = ix * iy
+    union = _area(a) + _area(b) - inter
+    return inter / union if union > 0 else 0.0
+
+
+@dataclass(frozen=True)
+class Mouth:
+    """Mouth geometry in one frame (pixels). Lip curves run left to right."""
+
+    upper_inner: np.ndarray  # (n, 2) inner edge of the upper lip
+    lower_inner: np.ndarray  # (n, 2) inner edge of the lower lip
+    lower_outer: np.ndarray  # (m, 2) outer edge of the lower lip
+    chin: np.ndarray  # (2,) lowest point of the jaw
+    nose: np.ndarray  # (2,) bottom of the nose
+
+    @property
+    def left(self) -> np.ndarray:
+        return self.lower_inner[0]
+
+    @property
+    def right(self) -> np.ndarray:
+        return self.lower_inner[-1]
+
+    @property
+    def width(self) -> float:
+        return float(np.linalg.norm(self.right - self.left))
+
+    @property
+    def opening(self) -> float:
+        """Mean vertical gap between the inner lip edges (pixels)."""
+        return float(np.mean(self.lower_inner[1:-1, 1] - self.upper_inner[1:-1, 1]))
+
+
+@dataclass(frozen=True, eq=False)
+class Face:
+    """One face in one frame: box, 68 landmarks (or None) and detector score.
+
+    ``mouth_points`` carries the mouth of landmark layouts that do not map onto the 68
+    points (InsightFace's 106-point model): (K, 2) points around the lips.
+    """
+
+    box: Box
+    landmarks: np.ndarray | None  # (68, 2) float32
+    score: float
+    mouth_points: np.ndarray | None = field(default=None, repr=False)
+
+    @property
+    def width(self) -> float:
+        return self.box[2] - self.box[0]
+
+    @property
+    def height(self) -> float:
+        return self.box[3] - self.box[1]
+
+    @property
+    def mouth(self) -> Mouth | None:
+        """Mouth geometry from the 68 landmarks, else from ``mouth_points``, else None."""
+        if self.landmarks is not None:
+            p = self.landmarks
+            return Mouth(p[list(UPPER_INNER)], p[list(LOWER_INNER)], p[list(OUTER_LOWER)],
+                         p[CHIN], p[NOSE_BOTTOM])
+        if self.mouth_points is None:
+            return None
+        pts = self.mouth_points
+        left, right = pts[np.argmin(pts[:, 0])], pts[np.argmax(pts[:, 0])]
+        centre = (left + right) / 2  # a closed mouth: both inner edges meet at the centre line
+        line = np.stack([left, centre, right]).astype(np.float32)  # (3, 2)
+        bottom = np.array([centre[0], pts[:, 1].max()], np.float32)
+        x1, _, x2, y2 = self.box
+        nose_y = centre[1] - 0.5 * (bottom[1] - centre[1]) - 0.08 * self.height
+        return Mouth(line, line, np.stack([left, bottom, right]).astype(np.float32),
+                     np.array([(x1 + x2) / 2, y2], np.float32), np.array([centre[0], nose_y], np.float32))
+
+    def scaled(self, s: float) -> Face:
+        """This face with every coordinate multiplied by ``s``."""
+        return Face(tuple(float(v) * s for v in self.box),  # type: ignore[arg-type]
+                    None if self.landmarks is None else (self.landmarks * s).astype(np.float32),
+                    self.score,
+                    None if self.mouth_points is None else (self.mouth_points * s).astype(np.float32))
+
+
+class FaceTracker(ABC):
+    """A face detector with a landmark model. Coordinates are those of the given frame."""
+
+    name: str
+
+    @abstractmethod
+    def detect(self, frame: np.ndarray, *, landmarks: bool = True) -> list[Face]:
+        """All faces in ``frame`` (BGR uint8), largest first; without landmarks if asked."""
+
+    @abstractmethod
+    def landmarks(self, frame: np.ndarray, face: Face) -> Face:
+        """``face`` with its landmarks (or mouth points) filled in from ``frame``."""
+
+    def detect_near(self, frame: np.ndarray, box: Box) -> list[Face]:
+        """Faces (without landmarks) in a region around ``box``, rescaled so the face is
+        about ``ROI_FACE_PX`` wide: cheaper than a full-frame search, and finds small faces
+        that a full-frame search at this resolution misses."""
+        h, w = frame.shape[:2]
+        bw, bh = box[2] - box[0], box[3] - box[1]
+        x1, y1 = max(0, int(box[0] - ROI_MARGIN * bw)), max(0, int(box[1] - ROI_MARGIN * bh))
+        x2, y2 = min(w, int(box[2] + ROI_MARGIN * bw) + 1), min(h, int(box[3] + ROI_MARGIN * bh) + 1)
+        if x2 - x1 < 16 or y2 - y1 < 16:
+            return []
+        s = ROI_FACE_PX / max(bw, 1.0)
+        roi = frame[y1:y2, x1:x2]
+        if abs(s - 1.0) > 0.1:
+            roi = cv2.resize(roi, (max(1, round((x2 - x1) * s)), max(1, round((y2 - y1) * s))),
+                             interpolation=cv2.INTER_AREA if s < 1 else cv2.INTER_LINEAR)
+        else:
+            s = 1.0
+        found = self.detect(roi, landmarks=False)
+        return [Face((f.box[0] / s + x1, f.box[1] / s + y1, f.box[2] / s + x1, f.box[3] / s + y1),
+                     None, f.score) for f in found]
+
+
+# Backend selection lives in pipeline/face_backends.py; these names are re-exported here.
+def make_tracker(kind: str = "auto", *, insightface_name: str = "buffalo_l",
+                 insightface_root: str | None = None) -> FaceTracker:
+    """The face tracker for ``kind`` ("auto" | "insightface" | "dlib"), one per process per
+    configuration. "auto" picks InsightFace when its pack is on disk, dlib otherwise.
+    Raises WeightsUnavailable when the requested backend cannot be loaded."""
+    from pipeline import face_backends
+
+    return face_backends.make_tracker(kind, insightface_name=insightface_name,
+                                      insightface_root=insightface_root)
+
+
+def tracker_status(*, insightface_name: str = "buffalo_l",
+                   insightface_root: str | None = None) -> dict[str, dict[str, object]]:
+    """``{"insightface": {...}, "dlib": {...}}``, each with available, path and reason."""
+    from pipeline import face_backends
+
+    return face_backends.tracker_status(insightface_name=insightface_name,
+                                        insightface_root=insightface_root)
+
+
+@dataclass(frozen=True)
+class Track:
+    """One face per source frame (None where it has none), in full-resolution pixels."""
+
+    faces: list[Face | None]
+    frames_without_face: int
+    sampled: list[int]  # frames the detector ran on
+
+    def __len__(self) -> int:
+        return len(self.faces)
+
+
+def _choose(faces: Sequence[Face], prev: Face | None, face_index: int) -> Face | None:
+    """The tracked face: the one overlapping the last face most, else the face_index-th largest."""
+    if prev is not None and faces:
+        best = max(faces, key=lambda f: iou(f.box, prev.box))
+        if iou(best.box, prev.box) >= SAME_FACE_IOU:
+            return best
+    ranked = sorted(faces, key=lambda f: _area(f.box), reverse=True)
+    return ranked[face_index] if face_index < len(ranked) else None
+
+
+class _Observer:
+    """Runs the tracker on single frames, following the chosen face between calls."""
+
+    def __init__(self, tracker: FaceTracker, face_index: int) -> None:
+        self.tracker = tracker
+        self.face_index = face_index
+        self.prev: Face | None = None
+        self.sampled: list[int] = []
+
+    def __call__(self, i: int, frame: np.ndarray) -> Face | None:
+        self.sampled.append(i)
+        face = None
+        if self.prev is not None:
+            face = _choose(self.tracker.detect_near(frame, self.prev.box), self.prev, 0)
+        if face is None:
+            face = _choose(self.tracker.detect(frame, landmarks=False), self.prev, self.face_index)
+        if face is not None:
+            face = self.tracker.landmarks(frame, face)
+        self.prev = face
+        return face
+
+
+def _lerp(a: Face, b: Face, t: float) -> Face:
+    def mix(x: np.ndarray | None, y: np.ndarray | None) -> np.ndarray | None:
+        if x is None or y is None:
+            return None
+        return ((1 - t) * x + t * y).astype(np.float32)
+
+    box = tuple((1 - t) * u + t * v for u, v in zip(a.box, b.box))
+    return Face(box, mix(a.landmarks, b.landmarks), (1 - t) * a.score + t * b.score,  # type: ignore[arg-type]
+                mix(a.mouth_points, b.mouth_points))
+
+
+def _smooth(obs: list[tuple[int, Face]], every: int) -> list[tuple[int, Face]]:
+    """Weighted average of each detection with its neighbours in the same run (gap <= every)."""
+    out = []
+    w0, w1, w2 = SMOOTH_WEIGHTS
+    for j, (i, f) in enumerate(obs):
+        near = [(w1, f)]
+        if j > 0 and i - obs[j - 1][0] <= every:
+            near.append((w0, obs[j - 1][1]))
+        if j + 1 < len(obs) and obs[j + 1][0] - i <= every:
+            near.append((w2, obs[j + 1][1]))
+        if len(near) == 1 or any((g.landmarks is None) != (f.landmarks is None) for _, g in near):
+            out.append((i, f))
+            continue
+        weights = [w for w, _ in near]
+        box = tuple(float(v) for v in _average([g.box for _, g in near], weights))
+        lm = _average([g.landmarks for _, g in near], weights)
+        mp = _average([g.mouth_points for _, g in near], weights)
+        out.append((i, Face(box, lm, f.score, mp)))  # type: ignore[arg-type]
+    return out
+
+
+def _average(values: list, weights: list[float]) -> np.ndarray | None:
+    """Weighted mean of equally shaped arrays (float32), None if any is None."""
+    if any(v is None for v in values):
+        return None
+    acc = sum(w * np.asarray(v, np.float64) for w, v in zip(weights, values))
+    return (acc / sum(weights)).astype(np.float32)
+
+
+def track_frames(frames: Iterable[np.ndarray], *, scale: float, tracker: FaceTracker,
+                 face_index: int = 0, every: int = DETECT_EVERY) -> Track:
+    """Track one face through reduced-resolution ``frames`` (full = small * ``scale``).
+
+    The detector runs on every ``every``-th frame and on the last one; boxes and landmarks
+    are smoothed over consecutive detections and interpolated linearly between them. Where
+    a detection finds a face and the next one does not (or the reverse), every frame
+    between them is examined, so a face is never invented across a gap longer than
+    ``every`` frames. The face followed is the ``face_index``-th largest (0 = largest, by
+    box area) at the first detection; later detections keep the face overlapping it most.
+    Memory stays bounded: only the frames since the last detection are kept.
+
+    Raises NoFaceFound naming the sampled frames when no frame has a face.
+    """
+    if every < 1:
+        raise ValueError("every must be >= 1")
+    observe = _Observer(tracker, face_index)
+    obs: dict[int, Face | None] = {}
+    pending: list[tuple[int, np.ndarray]] = []  # frames since the last detection
+    last_key, n = -1, 0
+    frame: np.ndarray | None = None
+
+    def settle(key: int, face: Face | None) -> None:
+        prev = obs.get(last_key) if last_key >= 0 else None
+        if last_key >= 0 and (prev is None) != (face is None):
+            observe.prev = prev
+            for j, small in pending[1:-1]:  # the edge of a face's presence lies in here
+                obs[j] = observe(j, small)
+            observe.prev = face
+        obs[key] = face
+
+    for i, frame in enumerate(frames):
+        n = i + 1
+        pending.append((i, frame))
+        if i % every == 0:
+            settle(i, observe(i, frame))
+            last_key, pending = i, [(i, frame)]
+    if n == 0:
+        raise NoFaceFound("no frames to track")
+    if n - 1 != last_key and frame is not None:
+        settle(n - 1, observe(n - 1, frame))
+
+    found = sorted((i, f) for i, f in obs.items() if f is not None)
+    if not found:
+        shown = ", ".join(str(i) for i in observe.sampled[:12])
+        more = ", ..." if len(observe.sampled) > 12 else ""
+        which = "no face" if face_index == 0 else f"no face #{face_index + 1} (face_index={face_index})"
+        raise NoFaceFound(f"{which} found in any of the {len(observe.sampled)} sampled frames "
+                          f"({shown}{more}); the face must be frontal and clearly visible")
+    found = _smooth(found, every)
+    faces: list[Face | None] = [None] * n
+    for (i, a), (j, b) in zip(found, found[1:]):
+        faces[i] = a.scaled(scale)
+        if j - i <= every and all(obs.get(k, a) is not None for k in range(i + 1, j)):
+            for k in range(i + 1, j):
+                faces[k] = _lerp(a, b, (k - i) / (j - i)).scaled(scale)
+    faces[found[-1][0]] = found[-1][1].scaled(scale)
+    missing = sum(f is None for f in faces)
+    log.info("tracked %d frames: %d detections, %d frames without a face",
+             n, len(observe.sampled), missing)
+    return Track(faces, missing, sorted(set(observe.sampled)))

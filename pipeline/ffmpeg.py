@@ -1,0 +1,74 @@
+"""Locating and running ffmpeg.
+
+ffmpeg on PATH wins; otherwise the static binary shipped by ``imageio-ffmpeg`` is used,
+so nothing requires a system ffmpeg. There is no ffprobe: probing parses ``ffmpeg -i``.
+
+Inputs are always opened with a plain-file protocol whitelist and a demuxer whitelist,
+so a crafted playlist or concat file cannot make ffmpeg read other files or the network.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+import shutil
+import subprocess
+from collections.abc import Sequence
+
+from pipeline.errors import FFmpegError
+
+log = logging.getLogger(__name__)
+
+STDERR_TAIL = 1500  # characters of ffmpeg's stderr kept in an FFmpegError
+
+# Demuxers a face video, a still photo or a speech track may use. Playlist and
+# indirection demuxers (hls, concat, ...) are absent on purpose.
+SAFE_DEMUXERS = (
+    "mov,mp4,m4a,3gp,3g2,mj2,matroska,webm,avi,flv,mpegts,mpeg,ogg,wav,w64,aiff,mp3,"
+    "aac,flac,caf,asf,amr,h264,hevc,m4v,rawvideo,gif,image2,png_pipe,jpeg_pipe,"
+    "webp_pipe,bmp_pipe,tiff_pipe,image_png_pipe,image_jpeg_pipe,image_webp_pipe,"
+    "image_bmp_pipe,image_tiff_pipe,ivf,yuv4mpegpipe,wv,ape,dv,nut"
+)
+
+
+@functools.cache
+def ffmpeg_exe() -> str:
+    """Path of the ffmpeg binary: ``$LIPSYNC_FFMPEG``, then PATH, then imageio-ffmpeg's."""
+    explicit = os.environ.get("LIPSYNC_FFMPEG")
+    if explicit:
+        return explicit
+    on_path = shutil.which("ffmpeg")
+    if on_path:
+        return on_path
+    import imageio_ffmpeg
+
+    return imageio_ffmpeg.get_ffmpeg_exe()
+
+
+def input_args(path: str | os.PathLike[str], *, pre: Sequence[str] = ()) -> list[str]:
+    """``-i`` arguments for a local file, restricted to plain files and safe demuxers."""
+    return [
+        *pre,
+        "-protocol_whitelist", "file",
+        "-format_whitelist", SAFE_DEMUXERS,
+        "-i", os.fspath(path),
+    ]
+
+
+def base_cmd() -> list[str]:
+    return [ffmpeg_exe(), "-hide_banner", "-nostdin", "-y"]
+
+
+def run_ffmpeg(args: Sequence[str], *, what: str, timeout: float | None = None) -> str:
+    """Run ffmpeg with ``args`` (after the common flags); return stderr; raise FFmpegError."""
+    cmd = [*base_cmd(), "-loglevel", "error", *args]
+    log.debug("ffmpeg: %s", " ".join(cmd))
+    try:
+        proc = subprocess.run(cmd, capture_output=True, timeout=timeout, check=False)
+    except subprocess.TimeoutExpired as exc:
+        raise FFmpegError(f"{what}: ffmpeg ran past {timeout:.0f} s") from exc
+    stderr = proc.stderr.decode("utf-8", "replace")
+    if proc.returncode != 0:
+        raise FFmpegError(f"{what} failed (ffmpeg exit {proc.returncode}): {stderr[-STDERR_TAIL:].strip()}")
+    return stderr

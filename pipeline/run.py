@@ -1,0 +1,276 @@
+"""The run loop: one lip-sync job from two input files to one MP4.
+
+Stages, in order (each timed; streaming stages interleave and their times add up):
+  1. probe     read container/stream facts and validate both inputs
+  2. audio     decode the speech to 16 kHz mono, Wav2Lip mel, one 80x16 window per frame
+  3. track     decode at reduced size, detect and smooth faces (skipped by passthrough)
+  4. decode    full-size frames streamed from ffmpeg
+  5. generate  the generator on a batch (the only stage that holds the GPU lane)
+  6. blend     feathered paste of generated patches
+  7. encode    frames streamed into ffmpeg (libx264 + AAC)
+  8. mux       ffmpeg's finish: audio interleave and the +faststart rewrite
+
+Each job works in its own temporary folder, removed afterwards; the output is moved into
+place only when complete, so a failed job never leaves a half-written file behind.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import os
+import resource
+import shutil
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import numpy as np
+
+from pipeline import audio as audio_mod
+from pipeline.device import gpu_lock
+from pipeline.errors import JobCancelled, JobTimeout
+from pipeline.faces import Track, make_tracker, track_frames
+from pipeline.generators import Generator
+from pipeline.options import RunOptions, RunResult
+from pipeline.probe import MediaInfo, probe, validate_audio_input, validate_face_input
+from pipeline.select import select_generator
+from pipeline.blend import paste
+from pipeline.video_io import FrameWriter, frame_plan, read_frames
+
+log = logging.getLogger(__name__)
+
+STILL_FPS = 25.0  # a still photo becomes a video at this rate
+DEFAULT_BATCH = 16  # frames per generator call when the generator names no size
+ProgressFn = Callable[[str, float], None]
+CancelFn = Callable[[], bool]
+
+# Share of the progress bar each phase covers (probe+audio, track, frames).
+_P_AUDIO, _P_TRACK = 0.05, 0.25
+
+
+class StageClock:
+    """Accumulates wall seconds per stage and the offset of each stage's first start."""
+
+    def __init__(self) -> None:
+        self.t0 = time.perf_counter()
+        self.seconds: dict[str, float] = {}
+        self.offsets: dict[str, float] = {}
+
+    @contextlib.contextmanager
+    def stage(self, name: str) -> Iterator[None]:
+        start = time.perf_counter()
+        self.offsets.setdefault(name, start - self.t0)
+        try:
+            yield
+        finally:
+            self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - start
+
+    def total(self) -> float:
+        return time.perf_counter() - self.t0
+
+
+def peak_rss_mb() -> float:
+    """Peak resident memory of this process so far, in MiB (Linux reports KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def run(
+    video: str | os.PathLike[str],
+    audio: str | os.PathLike[str],
+    output: str | os.PathLike[str],
+    *,
+    options: RunOptions | None = None,
+    progress: ProgressFn | None = None,
+    cancel: CancelFn | None = None,
+) -> RunResult:
+    """Lip-sync ``video`` (or a still photo) to ``audio`` and write an MP4 to ``output``."""
+    options = options or RunOptions()
+    clock = StageClock()
+    deadline = clock.t0 + options.timeout_s if options.timeout_s else None
+    report = progress or (lambda stage, fraction: None)
+
+    def check(stage: str, fraction: float) -> None:
+        if cancel is not None and cancel():
+            raise JobCancelled(f"cancelled during {stage}")
+        if deadline is not None and time.perf_counter() > deadline:
+            raise JobTimeout(f"ran past its time limit of {options.timeout_s:.0f} s during {stage}")
+        report(stage, fraction)
+
+    check("probe", 0.0)
+    with clock.stage("probe"):
+        vinfo = probe(video)
+        validate_face_input(vinfo, options.limits)
+        ainfo = probe(audio)
+        validate_audio_input(ainfo, options.limits)
+
+    check("audio", 0.02)
+    with clock.stage("audio"):
+        wav = audio_mod.load_audio(audio)
+        fps = STILL_FPS if vinfo.is_image else vinfo.video.fps
+        n_out = max(1, round(len(wav) / audio_mod.SAMPLE_RATE * fps))
+        mels = audio_mod.mel_chunks(audio_mod.melspectrogram(wav), fps, n_out)  # (n_out, 80, 16)
+        del wav
+
+    generator, model_reason = select_generator(options)
+    width, height = vinfo.video.display_size
+    n_source = 1 if vinfo.is_image else _source_frames(vinfo, fps)
+    plan = frame_plan(n_source, n_out, mode=options.loop)
+
+    track: Track | None = None
+    if generator.needs_faces:
+        check("track", _P_AUDIO)
+        with clock.stage("track"):
+            track = _track(video, vinfo, options, n_track=int(plan.max()) + 1,
+                           on_frame=lambda f: check("track", _P_AUDIO + (_P_TRACK - _P_AUDIO) * f))
+
+    workdir = Path(tempfile.mkdtemp(prefix="lipsync-job-", dir=options.work_dir))
+    try:
+        tmp_out = workdir / "out.mp4"
+        _render(video, audio, tmp_out, vinfo=vinfo, options=options, generator=generator,
+                track=track, mels=mels, plan=plan, fps=fps, size=(width, height),
+                workdir=workdir, clock=clock, check=check)
+        out = Path(output)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        shutil.move(os.fspath(tmp_out), os.fspath(out))
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+    report("done", 1.0)
+
+    checkpoint = getattr(generator, "checkpoint_info", None)
+    return RunResult(
+        output_path=os.fspath(output),
+        model_requested=options.model,
+        model_used=generator.name,
+        model_reason=model_reason,
+        frames=n_out,
+        fps=fps,
+        duration_s=n_out / fps,
+        width=width - width % 2,
+        height=height - height % 2,
+        frames_without_face=_frames_without_face(track, plan),
+        timings=dict(clock.seconds),
+        stage_offsets=dict(clock.offsets),
+        total_s=clock.total(),
+        peak_rss_mb=peak_rss_mb(),
+        checkpoint=checkpoint() if callable(checkpoint) else None,
+        video=vinfo.to_dict(),
+        audio=ainfo.to_dict(),
+        track=track,
+    )
+
+
+def _source_frames(info: MediaInfo, fps: float) -> int:
+    """Frames the decoder will yield at ``fps`` (CFR) for ``info``'s duration."""
+    return max(1, math.floor(info.duration_s * fps + 0.5))
+
+
+def _track(video: str | os.PathLike[str], info: MediaInfo, options: RunOptions, *,
+           n_track: int, on_frame: Callable[[float], None]) -> Track:
+    """Detect faces on reduced-size frames of the first ``n_track`` source frames."""
+    width, height = info.video.display_size
+    scale = max(1.0, max(width, height) / options.track_long_side)
+    small = (max(2, round(width / scale)), max(2, round(height / scale)))
+    scale_x, scale_y = width / small[0], height / small[1]
+    tracker = make_tracker(options.tracker)
+
+    def frames() -> Iterator[np.ndarray]:
+        source = read_frames(video, size=small)
+        try:
+            for i, frame in enumerate(source):
+                if i >= n_track:
+                    break
+                if i % 25 == 0:
+                    on_frame(i / n_track)
+                yield frame
+        finally:
+            source.close()
+
+    return track_frames(frames(), scale=(scale_x + scale_y) / 2, tracker=tracker,
+                        face_index=options.face_index)
+
+
+def _frames_without_face(track: Track | None, plan: np.ndarray) -> int:
+    if track is None:
+        return 0
+    return sum(1 for i in plan if track.faces[i] is None)
+
+
+def _source_iter(video: str | os.PathLike[str], info: MediaInfo, plan: np.ndarray,
+                 workdir: Path, fps: float) -> Iterator[np.ndarray]:
+    """Full-size source frames in ``plan`` order with bounded memory.
+
+    A forward plan streams straight from ffmpeg. A plan that revisits frames (the audio is
+    longer than the video) spools the first pass into one raw file in the job folder and
+    reads revisited frames back from it, so memory never grows with the output length.
+    """
+    if info.is_image:
+        frame = next(iter(read_frames(video)))
+        for _ in plan:
+            yield frame
+        return
+    forward = bool(np.all(plan == np.arange(len(plan))))
+    spool_path = workdir / "frames.raw"
+    spool = None if forward else open(spool_path, "w+b")
+    try:
+        source = read_frames(video, fps=fps)
+        seen = 0
+        frame_bytes = 0
+        last: np.ndarray | None = None
+        for idx in plan:
+            if idx >= seen:
+                frame = next(source, None)
+                if frame is None:  # the decoder gave fewer frames than the duration promised
+                    frame = last
+                else:
+                    seen += 1
+                    if spool is not None:
+                        spool.write(frame.tobytes())
+                        frame_bytes = frame.nbytes
+                last = frame
+                yield frame
+            else:
+                spool.seek(int(idx) * frame_bytes)
+                buf = spool.read(frame_bytes)
+                yield np.frombuffer(buf, np.uint8).reshape(last.shape)  # (H, W, 3)
+        source.close()
+    finally:
+        if spool is not None:
+            spool.close()
+            spool_path.unlink(missing_ok=True)
+
+
+def _render(video: str | os.PathLike[str], audio: str | os.PathLike[str], out: Path, *,
+            vinfo: MediaInfo, options: RunOptions, generator: Generator, track: Track | None,
+            mels: np.ndarray, plan: np.ndarray, fps: float, size: tuple[int, int],
+            workdir: Path, clock: StageClock, check: Callable[[str, float], None]) -> None:
+    """Stream frames through the generator, the blend and the encoder."""
+    width, height = size
+    job = generator.new_job(fps=fps, width=width, height=height)
+    batch_size = options.batch_size or getattr(generator, "default_batch_size", DEFAULT_BATCH)
+    n_out = len(plan)
+    frames_iter = _source_iter(video, vinfo, plan, workdir, fps)
+    p0 = _P_TRACK if track is not None else _P_AUDIO
+    with FrameWriter(out, width, height, fps, audio_path=audio, crf=options.crf,
+                     preset=options.preset, encoder=options.encoder) as writer:
+        for start in range(0, n_out, batch_size):
+            check("generate", p0 + (0.97 - p0) * start / n_out)
+            stop = min(start + batch_size, n_out)
+            with clock.stage("decode"):
+                batch = np.stack([next(frames_iter) for _ in range(stop - start)])  # (B, H, W, 3)
+            faces = [track.faces[i] for i in plan[start:stop]] if track is not None else [None] * len(batch)
+            with clock.stage("generate"), gpu_lock():
+                patches = job.process(batch, mels[start:stop], faces)
+            with clock.stage("blend"):
+                for frame, patch in zip(batch, patches):
+                    if patch is not None:
+                        paste(frame, patch)
+            with clock.stage("encode"):
+                for frame in batch:
+                    writer.write(frame)
+        check("mux", 0.97)
+        with clock.stage("mux"):
+            writer.close()
+    frames_iter.close()

@@ -1,0 +1,296 @@
+"""Streaming video decode and encode through ffmpeg pipes.
+
+Frames never touch the disk and memory never grows with the video's length:
+``read_frames`` yields one BGR frame at a time from an ffmpeg ``rawvideo`` pipe, and
+``FrameWriter`` feeds frames into an ffmpeg encoder (optionally muxing an audio track).
+ffmpeg's stderr goes to a temporary file, so a chatty ffmpeg can never fill a pipe and
+deadlock; its tail is put into ``FFmpegError`` when ffmpeg fails.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import subprocess
+import tempfile
+from collections.abc import Iterator
+from fractions import Fraction
+from types import TracebackType
+from typing import IO
+
+import numpy as np
+
+from pipeline.errors import FFmpegError, InvalidMedia
+from pipeline.ffmpeg import STDERR_TAIL, base_cmd, input_args
+from pipeline.probe import MediaInfo, probe
+
+log = logging.getLogger(__name__)
+
+PIPE_SIZE = 1 << 20  # bytes; a larger OS pipe buffer means fewer wakeups per 720p frame (2.7 MB)
+F_SETPIPE_SZ = 1031  # Linux fcntl command (not exported by Python's fcntl before 3.10 on all builds)
+TRACKING_SCALER = "fast_bilinear"  # swscale flags for the reduced-size decode used by tracking
+CLOSE_TIMEOUT_S = 10.0  # how long to wait for ffmpeg to exit after a pipe broke
+
+# libx264 preset names mapped to NVENC's p1 (fastest) .. p7 (slowest)
+NVENC_PRESETS = {"ultrafast": "p1", "superfast": "p1", "veryfast": "p2", "faster": "p3", "fast": "p3",
+                 "medium": "p4", "slow": "p5", "slower": "p6", "veryslow": "p7"}
+
+
+def rate_str(fps: float) -> str:
+    """An ffmpeg rate: 30000/1001 for 29.97, 25 for 25.0."""
+    frac = Fraction(fps).limit_denominator(1001)
+    return str(frac.numerator) if frac.denominator == 1 else f"{frac.numerator}/{frac.denominator}"
+
+
+def read_frames(path: str | os.PathLike[str], *, size: tuple[int, int] | None = None,
+                fps: float | None = None, info: MediaInfo | None = None) -> Iterator[np.ndarray]:
+    """Yield BGR uint8 frames (H, W, 3) in display orientation, one at a time.
+
+    ``size=(w, h)`` decodes scaled (fast scaler; for face tracking). ``fps=None`` keeps the
+    probed rate: frames pass through one for one, except that a VFR stream is resampled to
+    constant rate at its average fps. A given ``fps`` always resamples to that constant
+    rate. A still image yields its single frame. ``info`` skips the probe when the caller
+    has one. ffmpeg starts on the first ``next()`` and is killed when the generator is
+    closed (also on an early ``break``). Raises InvalidMedia (before the first frame, for
+    inputs without a video stream) and FFmpegError (ffmpeg failed while decoding).
+    """
+    path = os.fspath(path)
+    info = info or probe(path)
+    name = os.path.basename(path)
+    if info.video is None:
+        raise InvalidMedia(f"{name}: has no video stream (it contains only audio)")
+    w, h = size or info.video.display_size
+    if w <= 0 or h <= 0:
+        raise ValueError(f"invalid decode size {w}x{h}")
+    filters = []
+    if not info.is_image and (fps is not None or info.video.vfr):
+        filters.append(f"fps=fps={rate_str(fps or info.video.fps)}")
+    # a final scale pins the output size, so the byte stream can never be misframed
+    flags = f":flags={TRACKING_SCALER}" if size else ""
+    filters.append(f"scale={w}:{h}{flags}")
+    cmd = [*base_cmd(), "-loglevel", "error", *input_args(path), "-map", "0:v:0",
+           "-an", "-sn", "-dn", "-vf", ",".join(filters)]
+    if info.is_image:
+        cmd += ["-frames:v", "1"]
+    cmd += ["-pix_fmt", "bgr24", "-f", "rawvideo", "pipe:1"]
+    return _pipe_frames(cmd, w, h, path)
+
+
+def _pipe_frames(cmd: list[str], w: int, h: int, path: str) -> Iterator[np.ndarray]:
+    name = os.path.basename(path)
+    nbytes = w * h * 3
+    log.debug("decode: %s", " ".join(cmd))
+    with tempfile.TemporaryFile() as err:
+        proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=err, bufsize=0)
+        _grow_pipe(proc.stdout)
+        count = 0
+        try:
+            while True:
+                frame = np.empty((h, w, 3), np.uint8)
+                got = _read_exact(proc.stdout, memoryview(frame).cast("B"))
+                if got == 0:
+                    break
+                if got < nbytes:
+                    log.warning("%s: ffmpeg ended inside frame %d (%d of %d bytes); dropped it",
+                                name, count, got, nbytes)
+                    break
+                count += 1
+                yield frame
+            rc = proc.wait()
+            if rc != 0:
+                raise FFmpegError(f"decoding {name} failed (ffmpeg exit {rc}): {_tail(err, path)}")
+            if count == 0:
+                raise InvalidMedia(f"{name}: no video frame could be decoded ({_tail(err, path) or 'no error'})")
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+            proc.stdout.close()
+            proc.wait()
+
+
+def _read_exact(stream: IO[bytes], buf: memoryview) -> int:
+    got = 0
+    while got < len(buf):
+        n = stream.readinto(buf[got:])
+        if not n:
+            break
+        got += n
+    return got
+
+
+def _grow_pipe(stream: IO[bytes]) -> None:
+    try:
+        import fcntl
+
+        fcntl.fcntl(stream.fileno(), F_SETPIPE_SZ, PIPE_SIZE)
+    except (ImportError, OSError):
+        pass  # a smaller pipe only costs a few more wakeups
+
+
+def _tail(err: IO[bytes], path: str | None = None) -> str:
+    err.flush()
+    err.seek(0, os.SEEK_END)
+    size = err.tell()
+    err.seek(max(0, size - 4 * STDERR_TAIL))
+    text = err.read().decode("utf-8", "replace")
+    if path:
+        text = text.replace(path, os.path.basename(path))
+    return text[-STDERR_TAIL:].strip()
+
+
+class FrameWriter:
+    """Encode BGR frames to an H.264 MP4 through an ffmpeg pipe; optionally mux audio.
+
+    Odd frame sizes are cropped to even (yuv420p needs even sides): ``out_size`` is the
+    size written. With ``audio_path`` the first audio stream is encoded as AAC and the
+    output stops at the shorter of video and audio (``-shortest``). Use as a context
+    manager: an exception inside the block kills ffmpeg and removes the partial file.
+    """
+
+    def __init__(self, path: str | os.PathLike[str], width: int, height: int, fps: float, *,
+                 audio_path: str | os.PathLike[str] | None = None, crf: int = 18,
+                 preset: str = "veryfast", encoder: str = "libx264", audio_bitrate: str = "128k") -> None:
+        if width < 2 or height < 2:
+            raise ValueError(f"frame size {width}x{height} is too small to encode")
+        if fps <= 0:
+            raise ValueError(f"fps must be positive, got {fps}")
+        self.path = os.fspath(path)
+        self.size = (width, height)
+        self.out_size = (width - width % 2, height - height % 2)
+        self.frames_written = 0
+        self.frames_dropped = 0  # frames after the audio ended (-shortest); not an error
+        self._shortest = audio_path is not None
+        self._closed = False
+        cmd = [*base_cmd(), "-loglevel", "error",
+               "-f", "rawvideo", "-pix_fmt", "bgr24", "-s", f"{width}x{height}", "-r", rate_str(fps),
+               "-i", "pipe:0"]
+        if audio_path is not None:
+            cmd += input_args(audio_path)
+        cmd += ["-map", "0:v:0"]
+        if audio_path is not None:
+            cmd += ["-map", "1:a:0"]
+        if self.out_size != self.size:
+            cmd += ["-vf", "crop={}:{}:0:0".format(*self.out_size)]
+        cmd += _video_codec_args(encoder, preset=preset, crf=crf)
+        cmd += ["-pix_fmt", "yuv420p"]
+        if audio_path is not None:
+            cmd += ["-c:a", "aac", "-b:a", audio_bitrate, "-shortest"]
+        cmd += ["-movflags", "+faststart", self.path]
+        log.debug("encode: %s", " ".join(cmd))
+        self._err = tempfile.TemporaryFile()
+        self._proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=self._err)
+
+    def write(self, frame: np.ndarray) -> None:
+        """Append one BGR uint8 frame of the writer's (H, W, 3) size."""
+        w, h = self.size
+        if frame.shape != (h, w, 3) or frame.dtype != np.uint8:
+            raise ValueError(f"expected a ({h}, {w}, 3) uint8 frame, got {frame.shape} {frame.dtype}")
+        if self._closed:
+            raise ValueError("write() on a closed FrameWriter")
+        if self._proc.poll() is None:
+            try:
+                self._proc.stdin.write(memoryview(np.ascontiguousarray(frame)).cast("B"))
+                self.frames_written += 1
+                return
+            except (BrokenPipeError, ConnectionResetError, OSError) as exc:
+                what = f"ffmpeg stopped reading frames ({exc.__class__.__name__})"
+        else:
+            what = "ffmpeg exited before all frames were written"
+        if self._wait_exit() == 0 and self._shortest:
+            self.frames_dropped += 1  # -shortest: the audio ended, ffmpeg finished the file
+            return
+        self._fail(what)
+
+    def close(self) -> None:
+        """Finish the file; raises FFmpegError (with ffmpeg's stderr) when encoding failed."""
+        if self._closed:
+            return
+        self._closed = True
+        if self.frames_dropped:
+            log.debug("%s: %d frames after the end of the audio were dropped (-shortest)",
+                      os.path.basename(self.path), self.frames_dropped)
+        try:
+            self._proc.stdin.close()
+        except (BrokenPipeError, OSError):
+            pass  # the exit status below tells what happened
+        rc = self._proc.wait()
+        try:
+            if rc != 0:
+                raise FFmpegError(f"encoding {os.path.basename(self.path)} failed (ffmpeg exit {rc}): "
+                                  f"{_tail(self._err)}")
+        finally:
+            self._err.close()
+
+    def abort(self) -> None:
+        """Kill ffmpeg and remove the partial output."""
+        if not self._closed:
+            self._closed = True
+            self._proc.kill()
+            try:
+                self._proc.stdin.close()
+            except OSError:
+                pass
+            self._proc.wait()
+            self._err.close()
+        try:
+            os.unlink(self.path)
+        except FileNotFoundError:
+            pass
+
+    def _wait_exit(self) -> int:
+        try:
+            return self._proc.wait(timeout=CLOSE_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            self._proc.kill()
+            return self._proc.wait()
+
+    def _fail(self, what: str) -> None:
+        self._closed = True
+        self._wait_exit()
+        tail = _tail(self._err)
+        self._err.close()
+        raise FFmpegError(f"encoding {os.path.basename(self.path)} failed: {what} "
+                          f"(ffmpeg exit {self._proc.returncode}): {tail}")
+
+    def __enter__(self) -> FrameWriter:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort()
+
+
+def _video_codec_args(encoder: str, *, preset: str, crf: int) -> list[str]:
+    if encoder == "libx264":
+        return ["-c:v", "libx264", "-preset", preset, "-crf", str(crf)]
+    if encoder == "h264_nvenc":
+        return ["-c:v", "h264_nvenc", "-preset", NVENC_PRESETS.get(preset, preset),
+                "-rc", "vbr", "-cq", str(crf), "-b:v", "0"]
+    raise ValueError(f"unknown encoder {encoder!r} (use 'libx264' or 'h264_nvenc')")
+
+
+def frame_plan(n_source: int, n_out: int, mode: str = "pingpong") -> np.ndarray:
+    """Source frame index for each of ``n_out`` output frames, int64 (n_out,).
+
+    n_out <= n_source cuts; "loop" repeats 0..N-1; "pingpong" runs 0..N-1, N-2..1, 0..
+    (no frame repeated at a turn). A single source frame gives all zeros.
+    """
+    if n_source < 1:
+        raise ValueError(f"n_source must be at least 1, got {n_source}")
+    if n_out < 0:
+        raise ValueError(f"n_out must be non-negative, got {n_out}")
+    if mode not in ("pingpong", "loop"):
+        raise ValueError(f"unknown mode {mode!r} (use 'pingpong' or 'loop')")
+    i = np.arange(n_out, dtype=np.int64)
+    if n_out <= n_source:
+        return i
+    if n_source == 1:
+        return np.zeros(n_out, np.int64)
+    if mode == "loop":
+        return i % n_source
+    period = 2 * (n_source - 1)  # 0..N-1 then N-2..1
+    k = i % period
+    return np.where(k < n_source, k, period - k)

@@ -1,0 +1,302 @@
+"""Finding model weights: explicit path, models folder, Hugging Face Hub cache, Hub download.
+
+Every model with downloadable weights has a :class:`WeightsSpec`; :func:`resolve` looks for
+its file in this order and returns the first hit with its sha256:
+
+  1. an explicit path: the ``explicit`` argument, else ``$LIPSYNC_<MODEL>_CHECKPOINT``
+  2. the models folder: ``$LIPSYNC_MODELS_DIR`` (default ``./models``)
+  3. the Hub cache (``huggingface_hub.try_to_load_from_cache``; ``$HF_HUB_CACHE`` / ``$HF_HOME``)
+  4. a Hub download (``hf_hub_download``, with a progress bar); skipped when
+     ``HF_HUB_OFFLINE=1``; a single metadata request bounded by ``HUB_TIMEOUT_S`` decides
+     first whether the Hub answers at all, so an unreachable Hub costs seconds, not minutes.
+
+Repo, file name and expected sha256 are settings: ``$LIPSYNC_<MODEL>_REPO``,
+``$LIPSYNC_<MODEL>_FILENAME``, ``$LIPSYNC_<MODEL>_SHA256``. When nothing is found,
+WeightsUnavailable lists every place tried and how to fix it. ``python -m pipeline weights``
+prints :func:`weights_report`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import hashlib
+import json
+import logging
+import os
+import sys
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pipeline.errors import WeightsInvalid, WeightsUnavailable
+
+log = logging.getLogger(__name__)
+
+MODELS_DIR_ENV = "LIPSYNC_MODELS_DIR"
+DEFAULT_MODELS_DIR = "models"  # relative to the working directory
+HUB_TIMEOUT_S = 10.0  # s for the Hub's first answer; $HF_HUB_ETAG_TIMEOUT overrides
+HASH_CHUNK = 8 * 1024 * 1024  # bytes read per step while hashing (8 MiB)
+_TRUE = ("1", "true", "yes", "on")
+
+
+@dataclass(frozen=True)
+class WeightsSpec:
+    """Where one model's weights file may live. ``env_prefix`` names its settings."""
+
+    name: str  # short id: "wav2lip"
+    label: str  # for people: "Wav2Lip generator"
+    filename: str  # file name in the models folder
+    repo_id: str  # Hub repository
+    repo_filename: str  # path of the file inside the repository
+    env_prefix: str  # "LIPSYNC_WAV2LIP" -> _CHECKPOINT, _REPO, _FILENAME, _SHA256
+    sha256: str | None = None  # expected digest, if known
+    alt_filenames: tuple[str, ...] = ()  # also accepted in the models folder
+
+    @property
+    def env_path(self) -> str:
+        return f"{self.env_prefix}_CHECKPOINT"
+
+    def configured(self) -> WeightsSpec:
+        """This spec with the environment's overrides of repo, file name and sha256 applied."""
+        env = os.environ
+        return dataclasses.replace(
+            self,
+            repo_id=env.get(f"{self.env_prefix}_REPO") or self.repo_id,
+            repo_filename=env.get(f"{self.env_prefix}_FILENAME") or self.repo_filename,
+            sha256=(env.get(f"{self.env_prefix}_SHA256") or self.sha256 or "").strip().lower() or None,
+        )
+
+    def local_names(self) -> tuple[str, ...]:
+        names = (Path(self.repo_filename).name, self.filename, *self.alt_filenames)
+        return tuple(dict.fromkeys(names))  # ordered, without repeats
+
+
+WAV2LIP = WeightsSpec(
+    name="wav2lip", label="Wav2Lip generator", filename="wav2lip_gan.pth",
+    repo_id="Nekochu/Wav2Lip", repo_filename="wav2lip_gan.pth", env_prefix="LIPSYNC_WAV2LIP",
+    alt_filenames=("wav2lip.pth",),
+)
+SYNCNET = WeightsSpec(
+    name="syncnet", label="SyncNet (LSE-D / LSE-C)", filename="syncnet_v2.model",
+    repo_id="ByteDance/LatentSync-1.5", repo_filename="auxiliary/syncnet_v2.model",
+    env_prefix="LIPSYNC_SYNCNET",
+)
+SPECS = (WAV2LIP, SYNCNET)
+
+
+@dataclass(frozen=True)
+class ResolvedWeights:
+    path: str
+    source: str  # "argument", "env", "models_dir", "hub_cache" or "hub_download"
+    sha256: str
+
+
+def models_dir() -> Path:
+    return Path(os.environ.get(MODELS_DIR_ENV) or DEFAULT_MODELS_DIR).expanduser()
+
+
+def hub_offline() -> bool:
+    from huggingface_hub import constants
+
+    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in _TRUE or bool(constants.HF_HUB_OFFLINE)
+
+
+def _hub_cache_dir() -> str | None:
+    """``$HF_HUB_CACHE``, else ``$HF_HOME/hub``, read now (huggingface_hub reads them at import)."""
+    if os.environ.get("HF_HUB_CACHE"):
+        return os.environ["HF_HUB_CACHE"]
+    if os.environ.get("HF_HOME"):
+        return os.path.join(os.environ["HF_HOME"], "hub")
+    return None
+
+
+_hash_lock = threading.Lock()
+_hash_memo: dict[tuple[str, int, int], str] = {}
+
+
+def file_sha256(path: str | os.PathLike[str]) -> str:
+    """sha256 of a file, remembered per (real path, size, mtime) so a big file is hashed once."""
+    real = os.path.realpath(path)
+    st = os.stat(real)
+    key = (real, st.st_size, st.st_mtime_ns)
+    with _hash_lock:
+        if key in _hash_memo:
+            return _hash_memo[key]
+    h = hashlib.sha256()
+    with open(real, "rb") as f:
+        while chunk := f.read(HASH_CHUNK):
+            h.update(chunk)
+    digest = h.hexdigest()
+    with _hash_lock:
+        _hash_memo[key] = digest
+    return digest
+
+
+def _fix(spec: WeightsSpec) -> str:
+    folder = models_dir()
+    return (f"put {spec.filename} in {folder}/ (or set ${MODELS_DIR_ENV}), or set {spec.env_path}="
+            f"/path/to/{spec.filename}, or on a machine that reaches the Hub run "
+            f"`hf download {spec.repo_id} {spec.repo_filename} --local-dir {folder}`"
+            + (f" and move it to {folder}/{spec.filename}" if "/" in spec.repo_filename else ""))
+
+
+def _found(spec: WeightsSpec, path: str | os.PathLike[str], source: str) -> ResolvedWeights:
+    p = os.path.abspath(os.fspath(path))
+    digest = file_sha256(p)
+    if spec.sha256 and digest != spec.sha256:
+        raise WeightsInvalid(f"{spec.label}: {p} has sha256 {digest}, expected {spec.sha256} "
+                             f"(${spec.env_prefix}_SHA256); the file is damaged or a different version")
+    log.info("%s weights: %s (%s, sha256 %s)", spec.label, p, source, digest[:12])
+    return ResolvedWeights(path=p, source=source, sha256=digest)
+
+
+def _search(spec: WeightsSpec, explicit: str | os.PathLike[str] | None, *,
+            allow_download: bool) -> tuple[ResolvedWeights | None, list[str]]:
+    """The first hit, or None and one line per place tried. An explicit path must exist."""
+    tried: list[str] = []
+    env_value = os.environ.get(spec.env_path)
+    given, source = (explicit, "argument") if explicit else (env_value, "env")
+    if given:
+        p = Path(given).expanduser()
+        if not p.is_file():
+            what = "the given path" if source == "argument" else f"${spec.env_path}"
+            raise WeightsUnavailable(f"{spec.label}: {what} {p} is not a file; fix the path or unset it "
+                                     f"to search the models folder and the Hub")
+        return _found(spec, p, source), tried
+    tried.append(f"explicit path: none given (argument or ${spec.env_path})")
+
+    folder = models_dir()
+    for name in spec.local_names():
+        if (folder / name).is_file():
+            return _found(spec, folder / name, "models_dir"), tried
+    tried.append(f"models folder: no {' or '.join(spec.local_names())} in {folder.resolve()}")
+
+    from huggingface_hub import constants, try_to_load_from_cache
+
+    cache = _hub_cache_dir()
+    hit = try_to_load_from_cache(spec.repo_id, spec.repo_filename, cache_dir=cache)
+    if isinstance(hit, str):
+        return _found(spec, hit, "hub_cache"), tried
+    tried.append(f"Hub cache: no {spec.repo_id}/{spec.repo_filename} in {cache or constants.HF_HUB_CACHE}")
+
+    if not allow_download:
+        tried.append("Hub download: not attempted here (downloads not allowed for this call)")
+    elif hub_offline():
+        tried.append("Hub download: skipped because HF_HUB_OFFLINE=1")
+    else:
+        path, why = _download(spec, cache)
+        if path is not None:
+            return _found(spec, path, "hub_download"), tried
+        tried.append(f"Hub download from {spec.repo_id}: {why}")
+    return None, tried
+
+
+def _download(spec: WeightsSpec, cache: str | None) -> tuple[str | None, str]:
+    """Download with huggingface_hub's progress bar; (None, why) when the Hub fails."""
+    from huggingface_hub import get_hf_file_metadata, hf_hub_download, hf_hub_url
+
+    timeout = float(os.environ.get("HF_HUB_ETAG_TIMEOUT") or HUB_TIMEOUT_S)
+    try:  # one request, no retries: is the Hub there at all?
+        get_hf_file_metadata(hf_hub_url(spec.repo_id, spec.repo_filename), timeout=timeout)
+    except Exception as exc:  # noqa: BLE001 - network, HTTP and auth errors all mean "not from here"
+        return None, f"the Hub did not answer within {timeout:.0f} s or refused ({type(exc).__name__}: {exc})"
+    log.warning("downloading %s weights from the Hub: %s/%s", spec.label, spec.repo_id, spec.repo_filename)
+    try:
+        return hf_hub_download(spec.repo_id, spec.repo_filename, cache_dir=cache, etag_timeout=timeout), ""
+    except Exception as exc:  # noqa: BLE001
+        return None, f"download failed ({type(exc).__name__}: {exc})"
+
+
+def resolve(spec: WeightsSpec, explicit: str | os.PathLike[str] | None = None, *,
+            allow_download: bool = True) -> ResolvedWeights:
+    """Find ``spec``'s weights file (see module doc). Raises WeightsUnavailable listing every
+    place tried and the fix, or WeightsInvalid when the file's sha256 is not the expected one."""
+    spec = spec.configured()
+    hit, tried = _search(spec, explicit, allow_download=allow_download)
+    if hit is not None:
+        return hit
+    places = "; ".join(f"({i}) {t}" for i, t in enumerate(tried, 1))
+    raise WeightsUnavailable(f"{spec.label} weights not found. Tried: {places}. Fix: {_fix(spec)}")
+
+
+# ---- the report behind `python -m pipeline weights` -------------------------------------
+
+
+def _spec_row(spec: WeightsSpec, *, allow_download: bool) -> dict[str, Any]:
+    spec = spec.configured()
+    row: dict[str, Any] = {"name": spec.name, "label": spec.label, "found": False, "where": None,
+                           "source": None, "sha256": None, "why_not": None, "fix": None}
+    try:
+        hit, tried = _search(spec, None, allow_download=allow_download)
+    except (WeightsUnavailable, WeightsInvalid) as exc:
+        row.update(why_not=str(exc), fix=_fix(spec))
+        return row
+    if hit is not None:
+        row.update(found=True, where=hit.path, source=hit.source, sha256=hit.sha256)
+        return row
+    if not allow_download and not hub_offline():
+        tried[-1] = f"Hub download: would be tried on first use from {spec.repo_id}/{spec.repo_filename}"
+    row.update(why_not="; ".join(tried), fix=_fix(spec))
+    return row
+
+
+def _tracker_rows() -> list[dict[str, Any]]:
+    """InsightFace pack and dlib predictor, as ``pipeline.faces.tracker_status()`` reports them."""
+    try:
+        from pipeline.faces import tracker_status
+    except ImportError as exc:
+        why = f"unknown: pipeline.faces.tracker_status is not available ({exc})"
+        return [{"name": n, "label": label, "found": False, "where": None, "source": None,
+                 "sha256": None, "why_not": why, "fix": None}
+                for n, label in (("insightface", "InsightFace model pack"), ("dlib", "dlib 68-point predictor"))]
+    status = tracker_status()
+    items = status.items() if isinstance(status, dict) else ((None, s) for s in status)
+    rows = []
+    for name, info in items:
+        info = dict(info) if isinstance(info, dict) else {"found": bool(info)}
+        rows.append({
+            "name": info.get("name", name), "label": info.get("label", info.get("name", name)),
+            "found": bool(info.get("found", info.get("available", False))),
+            "where": info.get("where", info.get("path")), "source": info.get("source"),
+            "sha256": info.get("sha256"), "why_not": info.get("why_not", info.get("reason")),
+            "fix": info.get("fix"),
+        })
+    return rows
+
+
+def weights_report(*, allow_download: bool = False) -> list[dict[str, Any]]:
+    """One row per model the project knows: name, label, found, where, source, sha256, why_not, fix."""
+    return [_spec_row(s, allow_download=allow_download) for s in SPECS] + _tracker_rows()
+
+
+def format_report(rows: list[dict[str, Any]]) -> str:
+    width = max(len(r["label"] or "") for r in rows) + 2
+    lines = [f"{'model':<{width}}found  where / why not"]
+    for r in rows:
+        if r["found"]:
+            detail = f"{r['where']}" + (f" ({r['source']})" if r["source"] else "")
+        else:
+            detail = r["why_not"] or "not found"
+        lines.append(f"{r['label']:<{width}}{'yes' if r['found'] else 'no':<7}{detail}")
+        if r["found"] and r["sha256"]:
+            lines.append(f"{'':<{width + 7}}sha256 {r['sha256']}")
+        if not r["found"] and r["fix"]:
+            lines.append(f"{'':<{width + 7}}fix: {r['fix']}")
+    return "\n".join(lines) + "\n"
+
+
+def main_weights(argv: Sequence[str] | None = None) -> int:
+    """``python -m pipeline weights [--json] [--download]``: 0, or 1 when --download failed."""
+    parser = argparse.ArgumentParser(prog="python -m pipeline weights",
+                                     description="where each model's weights were found, or why not")
+    parser.add_argument("--json", action="store_true", help="print the rows as a JSON list")
+    parser.add_argument("--download", action="store_true",
+                        help="download missing Hub weights now (unless HF_HUB_OFFLINE=1)")
+    args = parser.parse_args(argv)
+    rows = weights_report(allow_download=args.download)
+    sys.stdout.write(json.dumps(rows, indent=2) + "\n" if args.json else format_report(rows))
+    known = {s.name for s in SPECS}
+    return 1 if args.download and any(not r["found"] for r in rows if r["name"] in known) else 0

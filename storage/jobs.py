@@ -1,0 +1,416 @@
+"""JobStore: create, run, finish and look up lip-sync jobs in the job database.
+
+Life of a job: ``create`` (queued) -> ``start`` (running) -> ``record_stage``/``record_scores``
+-> one of ``finish`` (succeeded), ``fail`` (failed; a timeout is ``error_type="JobTimeout"``)
+or ``cancel`` (cancelled). A job whose owning process died is marked interrupted by
+:meth:`JobStore.recover`. Every method that writes is one ``BEGIN IMMEDIATE`` transaction.
+
+Process ownership: each queued/running job records the pid, the process start time
+(``psutil.Process(pid).create_time()``, so a reused pid is not mistaken for the owner) and
+the host name of the process that owns it. ``recover`` only marks jobs whose owner is
+gone from this host; jobs owned by another host are left alone.
+
+Input names are file names, which on Linux are bytes and need not be UTF-8. They are
+stored as display text (undecodable bytes become U+FFFD) and, only when that is lossy, the
+exact bytes of the path as hex in ``raw_path_hex`` (see :func:`raw_input_path`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import shutil
+import threading
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any
+
+from sqlite_utils import Database
+
+from storage import records
+from storage.db import (BUSY_TIMEOUT_S, DB_FILENAME, InvalidJobState, JobNotFound, connect,
+                        open_db, prepare, write_transaction)
+from storage.db import data_dir as default_data_dir
+from storage.records import (ACTIVE, TERMINAL, check_job_id, clean_text, dir_bytes, dumps, iso,
+                             new_job_id, owner_alive, parse_iso, process_owner, self_owner,
+                             where_clause)
+
+log = logging.getLogger(__name__)
+
+SOURCES = ("app", "cli", "api")
+BILLABLE_STAGES = ("generate",)  # stages whose seconds count as GPU-seconds (see finish)
+HASH_CHUNK = 1 << 20  # bytes read at a time when hashing an input
+Clock = Callable[[], datetime]
+
+
+def _utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+class JobStore:
+    """The job history. Thread-safe: each thread gets its own connection to the file.
+
+    ``db`` is a path to the database file, an open :class:`sqlite_utils.Database` (then all
+    threads share it under a lock; meant for ``Database(memory=True)`` in tests), or None
+    for ``$LIPSYNC_DATA_DIR/jobs.db``. Job folders live under ``<data_dir>/jobs/<id>/``;
+    ``data_dir`` defaults to the database file's folder (or ``$LIPSYNC_DATA_DIR``).
+    ``recover=True`` runs :meth:`recover` once at open; its ids are in ``self.recovered``.
+    ``clock`` returns the current aware datetime (tests pass a fake one).
+    """
+
+    def __init__(self, db: Database | str | os.PathLike[str] | None = None, *,
+                 data_dir: str | os.PathLike[str] | None = None, recover: bool = True,
+                 busy_timeout_s: float = BUSY_TIMEOUT_S, clock: Clock = _utcnow) -> None:
+        self._clock = clock
+        self._busy_timeout_s = busy_timeout_s
+        self._lock = threading.RLock()
+        self._local = threading.local()
+        self._opened: list[Database] = []
+        self._shared: Database | None = None
+        if isinstance(db, Database):
+            self._shared = prepare(db, busy_timeout_s=busy_timeout_s)
+            self.path: Path | None = None
+            default_dir = default_data_dir()
+        else:
+            self.path = Path(db) if db is not None else default_data_dir() / DB_FILENAME
+            first = open_db(self.path, busy_timeout_s=busy_timeout_s)  # migrates
+            self._local.db = first
+            self._opened.append(first)
+            default_dir = self.path.parent
+        self.data_dir = Path(data_dir) if data_dir is not None else default_dir
+        self.recovered: list[str] = self.recover() if recover else []
+
+    # -- connections -----------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def connection(self) -> Iterator[Database]:
+        """This thread's connection (read-only use by callers such as storage.reports)."""
+        if self._shared is not None:
+            with self._lock:
+                yield self._shared
+            return
+        db = getattr(self._local, "db", None)
+        if db is None:
+            db = connect(self.path, busy_timeout_s=self._busy_timeout_s)  # type: ignore[arg-type]
+            self._local.db = db
+            with self._lock:
+                self._opened.append(db)
+        yield db
+
+    @contextlib.contextmanager
+    def _write(self) -> Iterator[Database]:
+        with self.connection() as db, write_transaction(db):
+            yield db
+
+    def close(self) -> None:
+        """Close every connection this store opened (not a Database passed in)."""
+        with self._lock:
+            for db in self._opened:
+                db.close()
+            self._opened.clear()
+        self._local = threading.local()
+
+    def __enter__(self) -> JobStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- writes ----------------------------------------------------------------------------
+
+    def create(self, *, source: str, inputs: Mapping[str, Any], options: Mapping[str, Any] | None = None,
+               model_requested: str | None = None, user: str | None = None, kind: str = "lipsync",
+               hash_inputs: bool = True) -> str:
+        """Record a new queued job owned by this process; returns its id.
+
+        ``inputs`` maps a role ("video", "audio") to a path (str, bytes or PathLike) or to a
+        dict with ``path`` and optional ``sha256``, ``size_bytes`` and ``probe`` (probe facts).
+        A missing sha256/size of an existing file is computed when ``hash_inputs``.
+        """
+        if source not in SOURCES:
+            raise ValueError(f"source must be one of {', '.join(SOURCES)}, got {source!r}")
+        rows = [records.input_row(role, spec, hash_inputs=hash_inputs, chunk=HASH_CHUNK)
+                for role, spec in inputs.items()]
+        now = self._clock()
+        pid, create_time, host = self_owner()
+        with self._write() as db:
+            job_id = new_job_id(now)
+            while db.execute("SELECT 1 FROM jobs WHERE id = ?", [job_id]).fetchone():
+                job_id = new_job_id(now)
+            db["jobs"].insert({
+                "id": job_id, "kind": clean_text(kind), "source": source,
+                "user": clean_text(user), "status": "queued", "created_at": iso(now),
+                "model_requested": clean_text(model_requested), "options_json": dumps(options or {}),
+                "owner_pid": pid, "owner_create_time": create_time, "owner_host": host,
+            })
+            for row in rows:
+                db["job_inputs"].insert({"job_id": job_id, **row})
+        return job_id
+
+    def start(self, job_id: str, *, pid: int | None = None) -> None:
+        """queued -> running, owned by process ``pid`` (default: this process)."""
+        owner = self_owner() if pid is None else process_owner(pid)
+        now = self._clock()
+        with self._write() as db:
+            job = self._require(db, job_id, ("queued",), "start")
+            db.execute(
+                "UPDATE jobs SET status = 'running', started_at = ?, queue_wait_s = ?, "
+                "owner_pid = ?, owner_create_time = ?, owner_host = ? WHERE id = ?",
+                [iso(now), _seconds(job["created_at"], now), *owner, job_id])
+
+    def record_stage(self, job_id: str, stage: str, *, start_offset_s: float, seconds: float) -> None:
+        """Store (or replace) one stage's offset from the job start and its total seconds."""
+        self.record_stages(job_id, {stage: seconds}, offsets={stage: start_offset_s})
+
+    def record_stages(self, job_id: str, seconds: Mapping[str, float], *,
+                      offsets: Mapping[str, float] | None = None) -> None:
+        """Several stages in one transaction (``RunResult.timings`` / ``.stage_offsets``)."""
+        with self._write() as db:
+            self._require(db, job_id, ACTIVE, "record stages of")
+            _upsert_stages(db, job_id, seconds, offsets or {})
+
+    def record_scores(self, job_id: str, scores: Iterable[Mapping[str, Any]]) -> None:
+        """Store (or replace) scores: dicts of metric, value (None needs a reason), reason,
+        convention (the pinned arguments, as a dict). Allowed while running or succeeded."""
+        rows = [records.score_row(s) for s in scores]
+        now = iso(self._clock())
+        with self._write() as db:
+            self._require(db, job_id, ("running", "succeeded"), "record scores of")
+            _upsert_scores(db, job_id, rows, now)
+
+    def finish(self, job_id: str, *, model_used: str, model_reason: str | None = None,
+               outputs: Mapping[str, Any] | None = None, facts: Mapping[str, Any] | None = None,
+               device: Mapping[str, Any] | None = None, output_duration_s: float | None = None,
+               stage_seconds: Mapping[str, float] | None = None,
+               stage_offsets: Mapping[str, float] | None = None,
+               scores: Iterable[Mapping[str, Any]] | None = None,
+               gpu_seconds: float | None = None) -> None:
+        """running -> succeeded, with everything the job produced, in one transaction.
+
+        ``outputs`` maps a name to a path (``"video"`` is the primary output);
+        ``output_duration_s`` defaults to ``facts["duration_s"]``; ``gpu_seconds`` (the
+        billable seconds behind the cost report) defaults to the sum of the
+        :data:`BILLABLE_STAGES` seconds: the generator stage, whether it ran on a GPU or on
+        the CPU (on a CPU-only host that is the time a GPU host would have been billed).
+        """
+        facts = dict(facts or {})
+        outs = {str(k): records.display_path(v) for k, v in (outputs or {}).items()}
+        duration = output_duration_s if output_duration_s is not None else facts.get("duration_s")
+        score_rows = [records.score_row(s) for s in scores or ()]
+        now = self._clock()
+        with self._write() as db:
+            job = self._require(db, job_id, ("running",), "finish")
+            _upsert_stages(db, job_id, stage_seconds or {}, stage_offsets or {})
+            _upsert_scores(db, job_id, score_rows, iso(now))
+            if device is not None:
+                db["job_devices"].insert({"job_id": job_id, **records.device_row(device)}, replace=True)
+            if gpu_seconds is None:
+                marks = ",".join("?" * len(BILLABLE_STAGES))
+                gpu_seconds = db.execute(
+                    f"SELECT sum(seconds) FROM job_stages WHERE job_id = ? AND stage IN ({marks})",
+                    [job_id, *BILLABLE_STAGES]).fetchone()[0]
+            db.execute(
+                "UPDATE jobs SET status = 'succeeded', finished_at = ?, run_s = ?, model_used = ?, "
+                "model_reason = ?, outputs_json = ?, output_path = ?, facts_json = ?, "
+                "output_duration_s = ?, gpu_seconds = ? WHERE id = ?",
+                [iso(now), _seconds(job["started_at"], now), clean_text(model_used),
+                 clean_text(model_reason), dumps(outs), outs.get("video", next(iter(outs.values()), None)),
+                 dumps(facts), _float_or_none(duration), _float_or_none(gpu_seconds), job_id])
+
+    def fail(self, job_id: str, *, error_type: str, message: str,
+             stage_seconds: Mapping[str, float] | None = None,
+             stage_offsets: Mapping[str, float] | None = None,
+             device: Mapping[str, Any] | None = None) -> None:
+        """queued/running -> failed. ``error_type`` is the exception class name
+        (``"NoFaceFound"``, ``"JobTimeout"`` for a timeout); partial stage times are kept."""
+        self._end(job_id, "failed", "fail", error_type, message, stage_seconds, stage_offsets, device)
+
+    def cancel(self, job_id: str, reason: str = "cancelled by the user") -> None:
+        """queued/running -> cancelled (``error_type="Cancelled"``, the reason as message)."""
+        self._end(job_id, "cancelled", "cancel", "Cancelled", reason, None, None, None)
+
+    def _end(self, job_id: str, status: str, action: str, error_type: str, message: str,
+             stage_seconds: Mapping[str, float] | None, stage_offsets: Mapping[str, float] | None,
+             device: Mapping[str, Any] | None) -> None:
+        now = self._clock()
+        with self._write() as db:
+            job = self._require(db, job_id, ACTIVE, action)
+            _upsert_stages(db, job_id, stage_seconds or {}, stage_offsets or {})
+            if device is not None:
+                db["job_devices"].insert({"job_id": job_id, **records.device_row(device)}, replace=True)
+            run_s = _seconds(job["started_at"], now) if job["started_at"] else None
+            db.execute(
+                "UPDATE jobs SET status = ?, finished_at = ?, run_s = ?, error_type = ?, "
+                "error_message = ? WHERE id = ?",
+                [status, iso(now), run_s, clean_text(error_type), clean_text(message), job_id])
+
+    # -- recovery and retention ------------------------------------------------------------
+
+    def recover(self) -> list[str]:
+        """Mark queued/running jobs whose owning process is gone as interrupted.
+
+        A job is orphaned when its recorded (pid, create_time) is not a live process on this
+        host, or when no owner was recorded (rows from schema 1). Jobs owned by another host
+        are never touched. Returns the ids marked, so the caller can clean their temp dirs.
+        """
+        with self.connection() as db:
+            rows = list(db.query(
+                "SELECT id, owner_pid, owner_create_time, owner_host FROM jobs "
+                "WHERE status IN ('queued', 'running')"))
+        dead = [r for r in rows if not owner_alive(r["owner_pid"], r["owner_create_time"], r["owner_host"])]
+        if not dead:
+            return []
+        now = iso(self._clock())
+        marked: list[str] = []
+        with self._write() as db:
+            for r in dead:
+                who = (f"the process that owned it (pid {r['owner_pid']} on {r['owner_host']})"
+                       if r["owner_pid"] is not None else "its process (not recorded)")
+                cur = db.execute(
+                    "UPDATE jobs SET status = 'interrupted', interrupted_at = ?, error_type = 'Interrupted', "
+                    "error_message = ? WHERE id = ? AND status IN ('queued', 'running') "
+                    "AND owner_pid IS ? AND owner_create_time IS ? AND owner_host IS ?",
+                    [now, f"{who} ended without finishing the job; noticed at {now}", r["id"],
+                     r["owner_pid"], r["owner_create_time"], r["owner_host"]])
+                if cur.rowcount:
+                    marked.append(r["id"])
+        if marked:
+            log.warning("marked %d orphaned job(s) interrupted: %s", len(marked), ", ".join(marked))
+        return marked
+
+    def job_dir(self, job_id: str, *, create: bool = False) -> Path:
+        """``<data_dir>/jobs/<id>/`` for a well-formed id (InvalidJobId otherwise: no traversal)."""
+        path = self.data_dir / "jobs" / check_job_id(job_id)
+        if create:
+            path.mkdir(parents=True, exist_ok=True)
+        return path
+
+    def apply_retention(self, *, max_age_days: float | None = None,
+                        max_total_mb: float | None = None) -> list[str]:
+        """Delete the job folders of finished jobs older than ``max_age_days`` (by finish
+        time), then of the oldest finished jobs until all job folders fit in ``max_total_mb``.
+
+        Rows are kept and marked ``files_gone`` with ``files_deleted_at`` and the bytes freed.
+        Queued/running jobs are never touched (their folders still count toward the total).
+        Only ``<data_dir>/jobs/<id>/`` is deleted, never an output written elsewhere.
+        Returns the ids whose files were deleted.
+        """
+        now = self._clock()
+        with self.connection() as db:
+            rows = list(db.query("SELECT id, status, created_at, finished_at, files_gone FROM jobs "
+                                 "ORDER BY coalesce(finished_at, created_at), id"))
+        sizes = {r["id"]: dir_bytes(self.job_dir(r["id"])) for r in rows}
+        on_disk = {i: s for i, s in sizes.items() if s is not None}
+        leftovers = [r["id"] for r in rows if r["files_gone"] and r["id"] in on_disk]
+        candidates = [r for r in rows if r["status"] in TERMINAL and not r["files_gone"] and r["id"] in on_disk]
+        victims: list[str] = []
+        if max_age_days is not None:
+            cutoff = now - timedelta(days=max_age_days)
+            victims += [r["id"] for r in candidates if parse_iso(r["finished_at"] or r["created_at"]) < cutoff]
+        if max_total_mb is not None:
+            total = sum(on_disk.values()) - sum(on_disk[i] for i in victims + leftovers)
+            for r in candidates:
+                if total <= max_total_mb * 1024 * 1024:
+                    break
+                if r["id"] not in victims:
+                    victims.append(r["id"])
+                    total -= on_disk[r["id"]]
+        if victims:
+            with self._write() as db:  # mark first: a crash mid-delete is finished next time
+                for job_id in victims:
+                    db.execute("UPDATE jobs SET files_gone = 1, files_deleted_at = ?, files_bytes = ? "
+                               "WHERE id = ?", [iso(now), on_disk[job_id], job_id])
+        for job_id in victims + leftovers:
+            shutil.rmtree(self.job_dir(job_id), ignore_errors=True)
+            if self.job_dir(job_id).exists():
+                log.warning("could not delete every file of job %s in %s", job_id, self.job_dir(job_id))
+        return victims
+
+    # -- reads -----------------------------------------------------------------------------
+
+    def get(self, job_id: str) -> dict[str, Any]:
+        """One job with ``inputs``, ``stages`` (by start offset), ``scores`` and ``device``."""
+        check_job_id(job_id)
+        with self.connection() as db:
+            row = next(db.query("SELECT * FROM jobs WHERE id = ?", [job_id]), None)
+            if row is None:
+                raise JobNotFound(f"no job with id {job_id!r} in the job history")
+            job = records.job_record(row)
+            job["inputs"] = records.inputs_for(db, [job_id]).get(job_id, [])
+            job["stages"] = [dict(r) for r in db.query(
+                "SELECT stage, start_offset_s, seconds FROM job_stages WHERE job_id = ? "
+                "ORDER BY start_offset_s, stage", [job_id])]
+            job["scores"] = [records.score_record(r) for r in db.query(
+                "SELECT metric, value, reason, convention_json, recorded_at FROM job_scores "
+                "WHERE job_id = ? ORDER BY metric", [job_id])]
+            dev = next(db.query("SELECT * FROM job_devices WHERE job_id = ?", [job_id]), None)
+            job["device"] = records.device_record(dev) if dev else None
+        return job
+
+    def list(self, *, status: str | Iterable[str] | None = None, model: str | None = None,
+             since: Any = None, until: Any = None, text: str | None = None,
+             source: str | None = None, user: str | None = None,
+             limit: int | None = 200, offset: int = 0) -> list[dict[str, Any]]:
+        """Jobs newest first, each with ``inputs`` (no stages/scores: use get).
+
+        ``model`` matches the model used (the requested one while unknown); ``since`` is
+        inclusive and ``until`` exclusive on created_at (datetime, date or ISO text; naive
+        means UTC; a bare date as ``until`` includes that whole day); ``text`` is a
+        case-insensitive substring of an input name, taken literally (no wildcards).
+        ``limit=None`` returns all.
+        """
+        where, params = where_clause(status=status, model=model, since=since, until=until,
+                                 text=text, source=source, user=user)
+        if limit is not None and (int(limit) != limit or limit < 0):
+            raise ValueError(f"limit must be a non-negative integer or None, got {limit!r}")
+        if int(offset) != offset or offset < 0:
+            raise ValueError(f"offset must be a non-negative integer, got {offset!r}")
+        sql = f"SELECT * FROM jobs {where} ORDER BY created_at DESC, id DESC LIMIT ? OFFSET ?"
+        with self.connection() as db:
+            jobs = [records.job_record(r) for r in db.query(sql, [*params, -1 if limit is None else int(limit), int(offset)])]
+            inputs = records.inputs_for(db, [j["id"] for j in jobs])
+        for job in jobs:
+            job["inputs"] = inputs.get(job["id"], [])
+        return jobs
+
+    def count(self, **filters: Any) -> int:
+        """How many jobs match the same filters as :meth:`list`."""
+        where, params = where_clause(**filters)
+        with self.connection() as db:
+            return int(db.execute(f"SELECT count(*) FROM jobs {where}", params).fetchone()[0])
+
+    def _require(self, db: Database, job_id: str, allowed: Iterable[str], action: str) -> dict[str, Any]:
+        check_job_id(job_id)
+        row = db.execute("SELECT status, created_at, started_at FROM jobs WHERE id = ?", [job_id]).fetchone()
+        if row is None:
+            raise JobNotFound(f"no job with id {job_id!r} in the job history")
+        if row[0] not in allowed:
+            raise InvalidJobState(f"cannot {action} job {job_id}: it is {row[0]} "
+                                  f"(allowed only when {' or '.join(allowed)})")
+        return {"status": row[0], "created_at": row[1], "started_at": row[2]}
+
+
+def _upsert_stages(db: Database, job_id: str, seconds: Mapping[str, float], offsets: Mapping[str, float]) -> None:
+    for stage, secs in seconds.items():
+        db.execute(
+            "INSERT INTO job_stages (job_id, stage, start_offset_s, seconds) VALUES (?, ?, ?, ?) "
+            "ON CONFLICT (job_id, stage) DO UPDATE SET start_offset_s = excluded.start_offset_s, "
+            "seconds = excluded.seconds",
+            [job_id, clean_text(stage), float(offsets.get(stage, 0.0)), float(secs)])
+
+
+def _upsert_scores(db: Database, job_id: str, rows: list[dict[str, Any]], now: str) -> None:
+    for row in rows:
+        db["job_scores"].insert({"job_id": job_id, **row, "recorded_at": now}, replace=True)
+
+
+def _seconds(start_iso: str, end: datetime) -> float:
+    return round((end - parse_iso(start_iso)).total_seconds(), 6)
+
+
+def _float_or_none(value: Any) -> float | None:
+    return None if value is None else float(value)
+
+

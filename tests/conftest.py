@@ -1,0 +1,56 @@
+"""Shared fixtures: synthetic media made once per session, and the real shared media."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import media  # noqa: E402  (tests/media.py)
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # no machine here can reach the Hub
+
+
+@pytest.fixture(scope="session")
+def synth_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("synth")
+
+
+@pytest.fixture(scope="session")
+def speech_wav(synth_dir: Path) -> Path:
+    """3.0 s of speech-like audio at 16 kHz: voiced 0.8 s / silent 0.5 s, repeated."""
+    return media.write_wav(synth_dir / "speech.wav", media.speech_like(3.0))
+
+
+@pytest.fixture(scope="session")
+def face_mp4(synth_dir: Path) -> Path:
+    """2.0 s, 25 fps, 384x384 H.264 video of a real face photo moving slightly; no audio."""
+    return media.face_video(synth_dir / "face.mp4", seconds=2.0)
+
+
+@pytest.fixture(scope="session")
+def face_png(synth_dir: Path) -> Path:
+    import cv2
+
+    path = synth_dir / "face.png"
+    cv2.imwrite(str(path), media.face_frame(0))
+    return path
+
+
+def _shared_media_dir() -> Path:
+    return Path(os.environ.get("LIPSYNC_TEST_MEDIA", ROOT.parent / "shared" / "media"))
+
+
+@pytest.fixture(scope="session")
+def shared_media() -> Path:
+    """The real media folder (../shared/media or $LIPSYNC_TEST_MEDIA); skips where absent."""
+    d = _shared_media_dir()
+    if not (d / "hdtf_aoc_512.mp4").exists():
+        pytest.skip(f"real test media not found at {d} (set LIPSYNC_TEST_MEDIA)")
+    return d

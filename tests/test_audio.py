@@ -1,0 +1,185 @@
+"""load_audio / melspectrogram / mel_chunks / frame_levels, including differential tests
+against Wav2Lip's own audio code (the PyPI package `lipsync`)."""
+
+from __future__ import annotations
+
+import importlib
+import subprocess
+import sys
+import types
+from pathlib import Path
+
+import numpy as np
+import pytest
+from scipy.io import wavfile
+
+import media
+from pipeline.audio import (MEL_STEP, SAMPLE_RATE, frame_levels, load_audio, mel_chunks,
+                            melspectrogram)
+from pipeline.errors import InvalidMedia
+from pipeline.ffmpeg import ffmpeg_exe
+
+# duration (s) of the decoded audio of each shared file, from the files' own headers
+SHARED_AUDIO = {
+    "sun.wav": 22.489,
+    "speech_en_60s.wav": 60.0,
+    "radio_stereo_8s.wav": 8.0,
+    "speech_48k_24bit.wav": 5.606,
+    "speech_44k.mp3": 4.911,
+    "monalisa_720p.mp4": 14.215,
+    "hdtf_aoc_512.mp4": 8.0,
+}
+
+
+def wav2lip_audio() -> types.ModuleType:
+    """Wav2Lip's audio.py as shipped in the `lipsync` package (installed --no-deps).
+
+    ``lipsync/__init__.py`` imports the whole inference stack (it needs PyAV, absent
+    here), so the package is stood in for by an empty namespace pointing at its folder;
+    ``lipsync.audio`` and ``lipsync.hparams`` then import unchanged. Its functions call
+    ``librosa.stft`` and ``librosa.filters.mel`` with keyword arguments, so they run on
+    librosa >= 0.10 as they are.
+    """
+    spec = importlib.util.find_spec("lipsync")
+    if spec is None or not spec.submodule_search_locations:
+        pytest.skip("the `lipsync` package (Wav2Lip's code) is not installed")
+    saved = sys.modules.get("lipsync")
+    pkg = types.ModuleType("lipsync")
+    pkg.__path__ = list(spec.submodule_search_locations)
+    sys.modules["lipsync"] = pkg
+    try:
+        return importlib.import_module("lipsync.audio")
+    finally:
+        if saved is not None:
+            sys.modules["lipsync"] = saved
+
+
+def wav2lip_chunks(mel: np.ndarray, fps: float) -> list[np.ndarray]:
+    """The chunking loop of Wav2Lip's inference.py, verbatim in substance."""
+    chunks = []
+    mel_idx_multiplier = 80.0 / fps
+    i = 0
+    while True:
+        start_idx = int(i * mel_idx_multiplier)
+        if start_idx + MEL_STEP > len(mel[0]):
+            chunks.append(mel[:, len(mel[0]) - MEL_STEP:])
+            break
+        chunks.append(mel[:, start_idx:start_idx + MEL_STEP])
+        i += 1
+    return chunks
+
+
+@pytest.fixture(scope="module")
+def d(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("audio")
+
+
+# ---- load_audio ---------------------------------------------------------------------------
+
+def test_load_synthetic_wav(speech_wav: Path) -> None:
+    wav = load_audio(speech_wav)
+    assert wav.dtype == np.float32 and wav.shape == (3 * SAMPLE_RATE,)
+    _, pcm = wavfile.read(speech_wav)
+    np.testing.assert_allclose(wav, pcm / 32768.0, atol=1e-6)
+
+
+def test_load_resamples_and_downmixes(d: Path, speech_wav: Path) -> None:
+    p = d / "stereo48k24.wav"
+    subprocess.run([ffmpeg_exe(), "-hide_banner", "-loglevel", "error", "-y", "-i", str(speech_wav),
+                    "-ac", "2", "-ar", "48000", "-c:a", "pcm_s24le", str(p)], check=True)
+    wav = load_audio(p)
+    assert abs(len(wav) - 3 * SAMPLE_RATE) <= 16
+    ref = load_audio(speech_wav)
+    n = min(len(wav), len(ref))
+    assert np.corrcoef(wav[:n], ref[:n])[0, 1] > 0.99
+
+
+@pytest.mark.parametrize("name", sorted(SHARED_AUDIO))
+def test_load_shared(shared_media: Path, name: str) -> None:
+    wav = load_audio(shared_media / name)
+    assert wav.dtype == np.float32 and wav.ndim == 1
+    assert len(wav) / SAMPLE_RATE == pytest.approx(SHARED_AUDIO[name], abs=0.02)
+    assert np.isfinite(wav).all() and 0.01 < np.abs(wav).max() <= 1.0
+
+
+def test_stereo_downmix_is_the_channel_mean(shared_media: Path) -> None:
+    _, pcm = wavfile.read(shared_media / "radio_stereo_8s.wav")  # 16 kHz: no resampling
+    wav = load_audio(shared_media / "radio_stereo_8s.wav")
+    np.testing.assert_allclose(wav, pcm.mean(axis=1) / 32768.0, atol=1e-4)
+
+
+def test_no_audio_stream(face_mp4: Path) -> None:
+    with pytest.raises(InvalidMedia, match=r"face.mp4: has no audio stream \(it contains only video\)"):
+        load_audio(face_mp4)
+
+
+def test_empty_and_zero_length(d: Path) -> None:
+    empty = d / "empty.wav"
+    empty.write_bytes(b"")
+    with pytest.raises(InvalidMedia, match=r"empty.wav: the file is empty"):
+        load_audio(empty)
+    zero = media.write_wav(d / "zero.wav", np.zeros(0, np.float32))
+    with pytest.raises(InvalidMedia, match="zero.wav: has no audio samples"):
+        load_audio(zero)
+
+
+# ---- melspectrogram -----------------------------------------------------------------------
+
+def test_mel_shape_and_range() -> None:
+    mel = melspectrogram(media.speech_like(2.0))
+    assert mel.dtype == np.float32 and mel.shape == (80, 2 * 80 + 1)
+    assert mel.min() >= -4.0 and mel.max() <= 4.0
+    assert melspectrogram(np.zeros(SAMPLE_RATE, np.float32)).max() == -4.0  # silence floor
+
+
+def test_mel_matches_wav2lip_synthetic() -> None:
+    ref = wav2lip_audio()
+    wav = media.speech_like(3.0, seed=3)
+    np.testing.assert_allclose(melspectrogram(wav), ref.melspectrogram(wav), rtol=0, atol=1e-5)
+
+
+def test_mel_matches_wav2lip_real(shared_media: Path) -> None:
+    ref = wav2lip_audio()
+    wav = load_audio(shared_media / "speech_44k.mp3")
+    ours, theirs = melspectrogram(wav), ref.melspectrogram(wav)
+    assert ours.shape == theirs.shape == (80, len(wav) // 200 + 1)
+    assert np.abs(ours - theirs).max() < 1e-5
+
+
+# ---- mel_chunks ---------------------------------------------------------------------------
+
+@pytest.mark.parametrize("fps", [25.0, 30000 / 1001, 24.0, 60.0, 12.5])
+def test_mel_chunks_match_wav2lip_loop(fps: float) -> None:
+    mel = np.random.default_rng(0).standard_normal((80, 321)).astype(np.float32)  # 4 s
+    ref = np.stack(wav2lip_chunks(mel, fps))  # Wav2Lip's frame count for this audio
+    ours = mel_chunks(mel, fps, len(ref))
+    assert ours.shape == (len(ref), 80, 16) and ours.dtype == np.float32
+    np.testing.assert_array_equal(ours, ref)
+
+
+def test_mel_chunks_end_padding() -> None:
+    mel = np.arange(80 * 100, dtype=np.float32).reshape(80, 100)
+    chunks = mel_chunks(mel, 25.0, 60)  # 2.4 s of frames over 1.25 s of mel
+    assert chunks.shape == (60, 80, 16)
+    np.testing.assert_array_equal(chunks[1], mel[:, 3:19])  # int(1 * 3.2)
+    for i in range(27, 60):  # int(27 * 3.2) = 86 > 100 - 16: the last window
+        np.testing.assert_array_equal(chunks[i], mel[:, -16:])
+
+
+def test_mel_chunks_short_mel_padded_with_silence() -> None:
+    chunks = mel_chunks(np.zeros((80, 5), np.float32), 25.0, 3)
+    assert chunks.shape == (3, 80, 16)
+    assert (chunks[:, :, :5] == 0).all() and (chunks[:, :, 5:] == -4.0).all()
+
+
+# ---- frame_levels -------------------------------------------------------------------------
+
+def test_frame_levels_gate_speech_from_silence() -> None:
+    wav = media.speech_like(2.6)  # 0.8 s voiced / 0.5 s silent, twice
+    levels = frame_levels(wav, 25.0, 70)  # 2.8 s of frames: the last 5 have no audio
+    assert levels.shape == (70,) and levels.dtype == np.float32
+    assert np.median(levels[2:18]) > -30  # voiced
+    assert (levels[21:32] == -100).all()  # digital silence
+    assert (levels[65:] == -100).all()
+    full_scale = np.ones(SAMPLE_RATE, np.float32)
+    assert frame_levels(full_scale, 25.0, 25) == pytest.approx(np.zeros(25), abs=1e-4)
