@@ -40,6 +40,8 @@ def _run_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--tracker", choices=("auto", "insightface", "dlib"), default="auto")
     p.add_argument("--timeout", type=float, help="stop the job after this many seconds")
     p.add_argument("--no-record", action="store_true", help="do not record the job in the history database")
+    p.add_argument("--score", action=argparse.BooleanOptionalAction, default=True,
+                   help="score the result against the original (PSNR/SSIM, sync proxy, LSE)")
     p.add_argument("--json", action="store_true", help="print the result as one JSON object")
 
 
@@ -55,12 +57,11 @@ def _cmd_run(args: argparse.Namespace) -> int:
     def progress(stage: str, fraction: float) -> None:
         log.info("%3.0f%% %s", 100 * fraction, stage)
 
-    result, job_id = run_recorded(args.video, args.audio, args.output, options=options,
-                                  progress=progress, source="cli", record=not args.no_record)
+    done = run_recorded(args.video, args.audio, args.output, options=options, progress=progress,
+                        source="cli", record=not args.no_record, score=args.score)
+    result, job_id = done.result, done.job_id
     if args.json:
-        out = result.to_dict()
-        out["job_id"] = job_id
-        print(json.dumps(out, indent=2, default=str))
+        print(json.dumps(done.to_dict(), indent=2, default=str))
     else:
         print(f"{result.output_path}: {result.frames} frames at {result.fps:.3f} fps, "
               f"model {result.model_used} ({result.model_reason}), {result.total_s:.2f} s"

@@ -2,8 +2,8 @@
 per-video-frame mel windows and loudness the generators consume.
 
 The mel spectrogram reproduces Wav2Lip's ``audio.py`` with its ``hparams.py`` values
-exactly (a differential test checks it against that code), because the published
-checkpoints were trained on it.
+exactly (a differential test checks it against that code, run with the stft padding of
+librosa 0.7, the version Wav2Lip pinned), because the published checkpoints were trained on it.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from scipy import signal
 
 from pipeline.errors import FFmpegError, InvalidMedia
 from pipeline.ffmpeg import STDERR_TAIL, base_cmd, input_args
-from pipeline.probe import probe
+from pipeline.probe import MediaInfo, probe, require_stream
 
 log = logging.getLogger(__name__)
 
@@ -36,21 +36,30 @@ PREEMPHASIS = 0.97
 REF_LEVEL_DB = 20
 MIN_LEVEL_DB = -100
 MAX_ABS_VALUE = 4.0  # symmetric normalisation to [-4, 4]
+# librosa < 0.10's stft default, which Wav2Lip (librosa 0.7) and its checkpoints used;
+# librosa >= 0.10 pads with zeros instead, which changes the first and last 2 columns
+STFT_PAD_MODE = "reflect"
 MIN_AMPLITUDE = 1e-5  # 10 ** (MIN_LEVEL_DB / 20): the amp_to_db floor
 SILENCE_DBFS = -100.0  # frame_levels of a frame with no signal
 DECODE_TIMEOUT_S = 120.0  # a 600 s track decodes in about a second
 
 
-def load_audio(path: str | os.PathLike[str], *, timeout: float = DECODE_TIMEOUT_S) -> np.ndarray:
-    """Decode the first audio stream of any file ffmpeg reads to float32 (N,) mono 16 kHz."""
+def load_audio(path: str | os.PathLike[str], *, info: MediaInfo | None = None,
+               timeout: float = DECODE_TIMEOUT_S) -> np.ndarray:
+    """Decode the first audio stream of any file ffmpeg reads to float32 (N,) mono 16 kHz.
+
+    Channels are averaged (librosa's ``to_mono``, which Wav2Lip's ``load_wav`` uses), so a
+    full-scale stereo track stays within [-1, 1]; ffmpeg's plain ``-ac 1`` would sum the
+    channels at -3 dB each and reach 1.414. Samples are clipped to [-1, 1] (decoded MP3/AAC
+    may overshoot slightly). ``info`` skips the probe when the caller has one. Raises
+    InvalidMedia (no audio stream, no samples) and FFmpegError (decoding failed).
+    """
     path = os.fspath(path)
     name = os.path.basename(path)
-    info = probe(path)
-    if info.audio is None:
-        what = "it contains only video" if info.video is not None else "it contains no audio"
-        raise InvalidMedia(f"{name}: has no audio stream ({what})")
+    info = info or probe(path)
+    require_stream(info, "audio")
     cmd = [*base_cmd(), "-loglevel", "error", *input_args(path), "-map", "0:a:0", "-vn", "-sn", "-dn",
-           "-ac", "1", "-ar", str(SAMPLE_RATE), "-f", "f32le", "pipe:1"]
+           "-af", _mono_16k_filter(info.audio.channels), "-ac", "1", "-f", "f32le", "pipe:1"]
     log.debug("audio: %s", " ".join(cmd))
     try:
         proc = subprocess.run(cmd, capture_output=True, timeout=timeout, check=False)
@@ -65,13 +74,38 @@ def load_audio(path: str | os.PathLike[str], *, timeout: float = DECODE_TIMEOUT_
     if wav.size == 0:
         raise InvalidMedia(f"{name}: has no audio samples")
     np.nan_to_num(wav, copy=False, nan=0.0, posinf=1.0, neginf=-1.0)
+    np.clip(wav, -1.0, 1.0, out=wav)
     return wav
 
 
+def _mono_16k_filter(channels: int) -> str:
+    """ffmpeg audio filter: the mean of ``channels`` channels, resampled to 16 kHz.
+
+    Where the probe could not count the channels (0), ffmpeg's own downmix is used with
+    its matrix normalised to unit gain (``rematrix_maxval=1``): for stereo that is the
+    mean too, for surround layouts a weighted mean.
+    """
+    resample = f"aresample={SAMPLE_RATE}"
+    if channels == 1:
+        return resample
+    if channels < 1:
+        return f"{resample}:ochl=mono:rematrix_maxval=1"
+    gain = 1.0 / channels
+    terms = "+".join(f"{gain:.10g}*c{i}" for i in range(channels))
+    return f"pan=mono|c0={terms},{resample}"
+
+
 def melspectrogram(wav: np.ndarray) -> np.ndarray:
-    """Wav2Lip's normalised log-mel spectrogram of 16 kHz audio: float32 (80, T), T = 80/s (+1)."""
+    """Wav2Lip's normalised log-mel spectrogram of 16 kHz audio: float32 (80, T), T = N // 200 + 1.
+
+    Empty or all-zero audio gives the silence floor (-4) everywhere, never NaN.
+    """
+    wav = np.asarray(wav, np.float64)
+    if wav.size == 0:
+        wav = np.zeros(1)  # one silent sample: a single silent column, as for any N < 200
     emphasized = signal.lfilter([1, -PREEMPHASIS], [1], wav)
-    spec = librosa.stft(y=emphasized, n_fft=N_FFT, hop_length=HOP_SIZE, win_length=WIN_SIZE)  # (401, T)
+    spec = librosa.stft(y=emphasized, n_fft=N_FFT, hop_length=HOP_SIZE, win_length=WIN_SIZE,
+                        pad_mode=STFT_PAD_MODE)  # (401, T)
     mel = _mel_basis() @ np.abs(spec)  # (80, T)
     db = 20 * np.log10(np.maximum(MIN_AMPLITUDE, mel)) - REF_LEVEL_DB
     normed = (2 * MAX_ABS_VALUE) * ((db - MIN_LEVEL_DB) / -MIN_LEVEL_DB) - MAX_ABS_VALUE

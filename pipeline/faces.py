@@ -50,6 +50,7 @@ ROI_MARGIN = 0.6  # a re-detection searches the last box grown by this fraction 
 ROI_FACE_PX = 110  # px: a re-detection rescales its search region so the face is about this wide
 SAME_FACE_IOU = 0.2  # a detection overlapping the last face at least this much is the same face
 SMOOTH_WEIGHTS = (0.25, 0.5, 0.25)  # over consecutive detections: removes detector jitter
+LANDMARK_MARGIN = 0.25  # landmarks_in crops the box grown by this fraction of its size per side
 
 
 def _area(box: Box) -> float:
@@ -154,6 +155,24 @@ class FaceTracker(ABC):
     def landmarks(self, frame: np.ndarray, face: Face) -> Face:
         """``face`` with its landmarks (or mouth points) filled in from ``frame``."""
 
+    def landmarks_in(self, frame: np.ndarray, face: Face, *, margin: float = LANDMARK_MARGIN) -> Face:
+        """``face`` (a box in ``frame``'s pixels) with landmarks fitted on a crop of ``frame``
+        around its box: for full-resolution frames, where converting the whole frame
+        would cost more than the fit."""
+        h, w = frame.shape[:2]
+        mx, my = margin * face.width, margin * face.height
+        x1, y1 = max(0, int(face.box[0] - mx)), max(0, int(face.box[1] - my))
+        x2, y2 = min(w, int(face.box[2] + mx) + 1), min(h, int(face.box[3] + my) + 1)
+        if x2 - x1 < 8 or y2 - y1 < 8:
+            return face
+        local = Face((face.box[0] - x1, face.box[1] - y1, face.box[2] - x1, face.box[3] - y1), None, face.score)
+        fitted = self.landmarks(frame[y1:y2, x1:x2], local)
+        shift = np.array([x1, y1], np.float32)
+        return Face(face.box,
+                    None if fitted.landmarks is None else fitted.landmarks + shift,
+                    face.score,
+                    None if fitted.mouth_points is None else fitted.mouth_points + shift)
+
     def detect_near(self, frame: np.ndarray, box: Box) -> list[Face]:
         """Faces (without landmarks) in a region around ``box``, rescaled so the face is
         about ``ROI_FACE_PX`` wide: cheaper than a full-frame search, and finds small faces
@@ -207,6 +226,14 @@ class Track:
 
     def __len__(self) -> int:
         return len(self.faces)
+
+    def at(self, i: int) -> Face | None:
+        """The face of source frame ``i``; past the end, the last frame's. (A decoder can
+        yield a few frames fewer than the container's duration promises; the renderer
+        repeats the last decoded frame there, so it gets that frame's face.)"""
+        if not self.faces:
+            return None
+        return self.faces[min(int(i), len(self.faces) - 1)]
 
 
 def _choose(faces: Sequence[Face], prev: Face | None, face_index: int) -> Face | None:

@@ -47,12 +47,19 @@ def ffmpeg_exe() -> str:
 
 
 def input_args(path: str | os.PathLike[str], *, pre: Sequence[str] = ()) -> list[str]:
-    """``-i`` arguments for a local file, restricted to plain files and safe demuxers."""
+    """``-i`` arguments for a local file, restricted to plain files and safe demuxers.
+
+    The path is given as ``file:PATH``, so a name such as ``concat:a|b`` or ``data:...`` is
+    a file name, never a protocol; the protocol whitelist keeps nested opens (a playlist's
+    segments, a reference movie's data) to plain files, and the demuxer whitelist leaves
+    out every demuxer that opens further URLs (hls, dash, concat, ...). ``pre`` holds
+    input options that go before these.
+    """
     return [
         *pre,
         "-protocol_whitelist", "file",
         "-format_whitelist", SAFE_DEMUXERS,
-        "-i", os.fspath(path),
+        "-i", "file:" + os.fspath(path),
     ]
 
 

@@ -125,12 +125,24 @@ def probe(path: str | os.PathLike[str], *, timeout: float = PROBE_TIMEOUT_S) -> 
     return info
 
 
+def require_stream(info: MediaInfo, kind: str) -> None:
+    """Raise InvalidMedia unless ``info`` has a ``kind`` ("video" or "audio") stream."""
+    if kind == "video" and info.video is None:
+        what = "it contains only audio" if info.audio is not None else "it contains no video"
+    elif kind == "audio" and info.audio is None:
+        what = "it is a still image" if info.is_image else (
+            "it contains only video" if info.video is not None else "it contains no audio")
+    elif kind in ("video", "audio"):
+        return
+    else:
+        raise ValueError(f"unknown stream kind {kind!r} (use 'video' or 'audio')")
+    raise InvalidMedia(f"{info.name}: has no {kind} stream ({what})")
+
+
 def validate_face_input(info: MediaInfo, limits: Limits = Limits()) -> None:
     """Check that ``info`` is a usable face video or still photo; raises InvalidMedia."""
     name = info.name
-    if info.video is None:
-        what = "it contains only audio" if info.audio is not None else "it contains no video"
-        raise InvalidMedia(f"{name}: has no video stream ({what})")
+    require_stream(info, "video")
     v = info.video
     if not info.is_image and (not info.duration_s or info.duration_s <= 0):
         raise InvalidMedia(f"{name}: the video has no frames (zero duration)")
@@ -148,10 +160,7 @@ def validate_face_input(info: MediaInfo, limits: Limits = Limits()) -> None:
 def validate_audio_input(info: MediaInfo, limits: Limits = Limits()) -> None:
     """Check that ``info`` has a usable audio stream within the limits; raises InvalidMedia."""
     name = info.name
-    if info.audio is None:
-        what = "it is a still image" if info.is_image else (
-            "it contains only video" if info.video is not None else "it contains no audio")
-        raise InvalidMedia(f"{name}: has no audio stream ({what})")
+    require_stream(info, "audio")
     if not info.duration_s or info.duration_s <= 0:
         raise InvalidMedia(f"{name}: has no audio samples (zero duration)")
     _check_duration(info, limits)
@@ -189,6 +198,8 @@ def _explain_open_failure(path: str, text: str) -> str:
                 "was the upload cut short?)")
     if "end of file" in low or "truncat" in low:
         return f"{name}: the file is corrupt or truncated"
+    if head.lstrip(b"\xef\xbb\xbf \t\r\n").upper().startswith((b"#EXTM3U", b"FFCONCAT")):
+        return f"{name}: is a playlist, not a media file (playlists are not accepted; upload the media itself)"
     if _looks_like_text(head):
         return f"{name}: is not a media file (it contains text)"
     if "invalid data found" in low:

@@ -43,6 +43,7 @@ from pipeline.video_io import FrameWriter, frame_plan, read_frames
 log = logging.getLogger(__name__)
 
 STILL_FPS = 25.0  # a still photo becomes a video at this rate
+SBS_CRF = 23  # the review video favours size over fidelity
 DEFAULT_BATCH = 16  # frames per generator call when the generator names no size
 ProgressFn = Callable[[str, float], None]
 CancelFn = Callable[[], bool]
@@ -85,10 +86,27 @@ def run(
     options: RunOptions | None = None,
     progress: ProgressFn | None = None,
     cancel: CancelFn | None = None,
+    side_by_side: str | os.PathLike[str] | None = None,
 ) -> RunResult:
-    """Lip-sync ``video`` (or a still photo) to ``audio`` and write an MP4 to ``output``."""
-    options = options or RunOptions()
+    """Lip-sync ``video`` (or a still photo) to ``audio`` and write an MP4 to ``output``.
+
+    ``side_by_side`` also writes a frame-aligned review video there: original | result, with
+    the new audio. An exception leaving this function carries the partial stage timings as
+    ``exc.timings = {"seconds": {...}, "offsets": {...}}`` for the job record.
+    """
     clock = StageClock()
+    try:
+        return _run(video, audio, output, options=options or RunOptions(), progress=progress,
+                    cancel=cancel, side_by_side=side_by_side, clock=clock)
+    except BaseException as exc:
+        exc.timings = {"seconds": dict(clock.seconds), "offsets": dict(clock.offsets)}
+        raise
+
+
+def _run(video: str | os.PathLike[str], audio: str | os.PathLike[str],
+         output: str | os.PathLike[str], *, options: RunOptions, progress: ProgressFn | None,
+         cancel: CancelFn | None, side_by_side: str | os.PathLike[str] | None,
+         clock: StageClock) -> RunResult:
     deadline = clock.t0 + options.timeout_s if options.timeout_s else None
     report = progress or (lambda stage, fraction: None)
 
@@ -129,12 +147,16 @@ def run(
     workdir = Path(tempfile.mkdtemp(prefix="lipsync-job-", dir=options.work_dir))
     try:
         tmp_out = workdir / "out.mp4"
-        _render(video, audio, tmp_out, vinfo=vinfo, options=options, generator=generator,
+        tmp_sbs = workdir / "side_by_side.mp4" if side_by_side is not None else None
+        _render(video, audio, tmp_out, tmp_sbs, vinfo=vinfo, options=options, generator=generator,
                 track=track, mels=mels, plan=plan, fps=fps, size=(width, height),
                 workdir=workdir, clock=clock, check=check)
         out = Path(output)
         out.parent.mkdir(parents=True, exist_ok=True)
         shutil.move(os.fspath(tmp_out), os.fspath(out))
+        if tmp_sbs is not None:
+            Path(side_by_side).parent.mkdir(parents=True, exist_ok=True)
+            shutil.move(os.fspath(tmp_sbs), os.fspath(side_by_side))
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     report("done", 1.0)
@@ -195,7 +217,7 @@ def _track(video: str | os.PathLike[str], info: MediaInfo, options: RunOptions, 
 def _frames_without_face(track: Track | None, plan: np.ndarray) -> int:
     if track is None:
         return 0
-    return sum(1 for i in plan if track.faces[i] is None)
+    return sum(1 for i in plan if track.at(i) is None)
 
 
 def _source_iter(video: str | os.PathLike[str], info: MediaInfo, plan: np.ndarray,
@@ -242,7 +264,8 @@ def _source_iter(video: str | os.PathLike[str], info: MediaInfo, plan: np.ndarra
             spool_path.unlink(missing_ok=True)
 
 
-def _render(video: str | os.PathLike[str], audio: str | os.PathLike[str], out: Path, *,
+def _render(video: str | os.PathLike[str], audio: str | os.PathLike[str], out: Path,
+            sbs: Path | None, *,
             vinfo: MediaInfo, options: RunOptions, generator: Generator, track: Track | None,
             mels: np.ndarray, plan: np.ndarray, fps: float, size: tuple[int, int],
             workdir: Path, clock: StageClock, check: Callable[[str, float], None]) -> None:
@@ -253,16 +276,20 @@ def _render(video: str | os.PathLike[str], audio: str | os.PathLike[str], out: P
     n_out = len(plan)
     frames_iter = _source_iter(video, vinfo, plan, workdir, fps)
     p0 = _P_TRACK if track is not None else _P_AUDIO
+    review = (FrameWriter(sbs, 2 * (width - width % 2), height, fps, audio_path=audio,
+                          crf=SBS_CRF, preset=options.preset, encoder=options.encoder)
+              if sbs is not None else contextlib.nullcontext())
     with FrameWriter(out, width, height, fps, audio_path=audio, crf=options.crf,
-                     preset=options.preset, encoder=options.encoder) as writer:
+                     preset=options.preset, encoder=options.encoder) as writer, review:
         for start in range(0, n_out, batch_size):
             check("generate", p0 + (0.97 - p0) * start / n_out)
             stop = min(start + batch_size, n_out)
             with clock.stage("decode"):
                 batch = np.stack([next(frames_iter) for _ in range(stop - start)])  # (B, H, W, 3)
-            faces = [track.faces[i] for i in plan[start:stop]] if track is not None else [None] * len(batch)
+            faces = [track.at(i) for i in plan[start:stop]] if track is not None else [None] * len(batch)
             with clock.stage("generate"), gpu_lock():
                 patches = job.process(batch, mels[start:stop], faces)
+            originals = batch.copy() if sbs is not None else None  # (B, H, W, 3)
             with clock.stage("blend"):
                 for frame, patch in zip(batch, patches):
                     if patch is not None:
@@ -270,7 +297,14 @@ def _render(video: str | os.PathLike[str], audio: str | os.PathLike[str], out: P
             with clock.stage("encode"):
                 for frame in batch:
                     writer.write(frame)
+                if originals is not None:
+                    even = width - width % 2
+                    pairs = np.concatenate([originals[:, :, :even], batch[:, :, :even]], axis=2)  # (B, H, 2W, 3)
+                    for pair in pairs:
+                        review.write(pair)
         check("mux", 0.97)
         with clock.stage("mux"):
             writer.close()
+            if sbs is not None:
+                review.close()
     frames_iter.close()

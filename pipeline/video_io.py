@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import subprocess
 import tempfile
 from collections.abc import Iterator
@@ -21,14 +22,17 @@ from typing import IO
 import numpy as np
 
 from pipeline.errors import FFmpegError, InvalidMedia
-from pipeline.ffmpeg import STDERR_TAIL, base_cmd, input_args
-from pipeline.probe import MediaInfo, probe
+from pipeline.ffmpeg import STDERR_TAIL, base_cmd, input_args, run_ffmpeg
+from pipeline.probe import MediaInfo, probe, require_stream
 
 log = logging.getLogger(__name__)
+
+_PROGRESS_FRAME_RE = re.compile(r"^frame=(\d+)$", re.M)  # ffmpeg -progress key=value lines
 
 PIPE_SIZE = 1 << 20  # bytes; a larger OS pipe buffer means fewer wakeups per 720p frame (2.7 MB)
 F_SETPIPE_SZ = 1031  # Linux fcntl command (not exported by Python's fcntl before 3.10 on all builds)
 TRACKING_SCALER = "fast_bilinear"  # swscale flags for the reduced-size decode used by tracking
+COUNT_TIMEOUT_S = 120.0  # a generous bound: counting decodes only for resampled streams
 CLOSE_TIMEOUT_S = 10.0  # how long to wait for ffmpeg to exit after a pipe broke
 
 # libx264 preset names mapped to NVENC's p1 (fastest) .. p7 (slowest)
@@ -56,15 +60,11 @@ def read_frames(path: str | os.PathLike[str], *, size: tuple[int, int] | None = 
     """
     path = os.fspath(path)
     info = info or probe(path)
-    name = os.path.basename(path)
-    if info.video is None:
-        raise InvalidMedia(f"{name}: has no video stream (it contains only audio)")
+    require_stream(info, "video")
     w, h = size or info.video.display_size
     if w <= 0 or h <= 0:
         raise ValueError(f"invalid decode size {w}x{h}")
-    filters = []
-    if not info.is_image and (fps is not None or info.video.vfr):
-        filters.append(f"fps=fps={rate_str(fps or info.video.fps)}")
+    filters = _rate_filters(info, fps)
     # a final scale pins the output size, so the byte stream can never be misframed
     flags = f":flags={TRACKING_SCALER}" if size else ""
     filters.append(f"scale={w}:{h}{flags}")
@@ -74,6 +74,38 @@ def read_frames(path: str | os.PathLike[str], *, size: tuple[int, int] | None = 
         cmd += ["-frames:v", "1"]
     cmd += ["-pix_fmt", "bgr24", "-f", "rawvideo", "pipe:1"]
     return _pipe_frames(cmd, w, h, path)
+
+
+def count_frames(path: str | os.PathLike[str], *, fps: float | None = None,
+                 info: MediaInfo | None = None, timeout: float = COUNT_TIMEOUT_S) -> int:
+    """How many frames ``read_frames(path, fps=fps)`` yields, known before decoding them.
+
+    The container's duration can promise more frames than the video stream holds (an
+    audio track that runs on). Without resampling the video packets are counted (a
+    demux pass: about 0.1 s for a 14 s 720p clip); where ``read_frames`` resamples (a
+    given ``fps`` or a VFR stream) the frames are decoded and counted, not kept.
+    """
+    path = os.fspath(path)
+    info = info or probe(path)
+    require_stream(info, "video")
+    if info.is_image:
+        return 1
+    filters = _rate_filters(info, fps)
+    codec = ["-vf", ",".join(filters)] if filters else ["-c", "copy"]
+    stderr = run_ffmpeg([*input_args(path), "-map", "0:v:0", "-an", "-sn", "-dn", *codec,
+                         "-nostats", "-progress", "pipe:2", "-f", "null", "-"],
+                        what=f"counting the frames of {os.path.basename(path)}", timeout=timeout)
+    counts = _PROGRESS_FRAME_RE.findall(stderr)
+    if not counts:
+        raise FFmpegError(f"counting the frames of {os.path.basename(path)}: ffmpeg reported no count")
+    return int(counts[-1])
+
+
+def _rate_filters(info: MediaInfo, fps: float | None) -> list[str]:
+    """The fps filter ``read_frames`` applies: for a given rate, or CFR for a VFR stream."""
+    if info.is_image or (fps is None and not info.video.vfr):
+        return []
+    return [f"fps=fps={rate_str(fps or info.video.fps)}"]
 
 
 def _pipe_frames(cmd: list[str], w: int, h: int, path: str) -> Iterator[np.ndarray]:

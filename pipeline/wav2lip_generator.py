@@ -1,14 +1,17 @@
 """The "wav2lip" generator: face crops and mel windows in, feathered mouth patches out.
 
 Inputs are prepared exactly as Wav2Lip's inference.py does: the tracked box grown by the
-pads (top, bottom, left, right; default 0, 10, 0, 0) and clipped to the frame, cropped from
-the BGR frame, resized to 96x96; the 6-channel input is that crop with its lower half zeroed
-followed by the same crop as reference, /255, channels first. The output (x255, truncated
-to uint8) is resized back to the crop box and returned as a Patch whose feathered alpha
-covers the crop, so nothing outside the crop box, above the face's top edge, changes.
+pads (top, bottom, left, right; default 0, 10, 0, 0), clipped to the frame and truncated to
+ints, cropped from the BGR frame and resized to 96x96; the 6-channel input is that crop
+with its lower half zeroed followed by the same crop as reference, /255, channels first;
+the mel window is (1, 80, 16). The output (x255, truncated to uint8) is resized back to
+the crop box. Unlike Wav2Lip's hard paste of the whole box, the Patch keeps the top
+``KEEP_TOP`` of the crop from the original frame (the model only redraws the masked lower
+half; its copy of the upper half is a blurred 96x96 round trip) and feathers every edge.
 
 One model per process: :func:`get_model` loads a checkpoint once per (path, sha256, mtime,
-device, dtype) and shares it with every job and thread. :func:`forward_with_retry` halves
+device, dtype) and shares it with every job and thread. :func:`forward_batches` runs under
+``torch.inference_mode`` and the process-wide :func:`pipeline.device.gpu_lock`, and halves
 the batch on CUDA out-of-memory instead of failing the job.
 """
 
@@ -19,7 +22,7 @@ import logging
 import os
 import threading
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import cv2
@@ -28,17 +31,20 @@ import torch
 
 from pipeline.blend import Patch, feather_mask
 from pipeline.device import choose_device, choose_dtype, gpu_lock
-from pipeline.generators import Generator, GeneratorJob, register_generator
+from pipeline.generators import Generator, GeneratorJob
 from pipeline.models.wav2lip import IMG_SIZE, MEL_BINS, MEL_STEP, Wav2Lip, load_wav2lip
 from pipeline.weights import WAV2LIP, ResolvedWeights, resolve
 
 log = logging.getLogger(__name__)
 
 DEFAULT_PADS = (0, 10, 0, 0)  # top, bottom, left, right in px: Wav2Lip's --pads default
-GPU_BATCH = 128  # frames per forward on CUDA (Wav2Lip's default; ~2 GiB in fp16)
-CPU_BATCH = 16  # frames per forward on CPU
+GPU_BATCH = 128  # frames per forward on CUDA (Wav2Lip's default; well under 4 GiB in fp16)
+CPU_BATCH = 16  # frames per forward on CPU: larger batches gain nothing and cost memory
 MIN_CROP = 8  # px: a crop box narrower or shorter than this gets no patch
+KEEP_TOP = 0.4  # fraction of the crop height, from its top, left exactly as in the frame
 MAX_MODELS = 2  # loaded checkpoints kept per process (normally one)
+
+Model = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 # ---- inputs and outputs, as Wav2Lip prepares them ---------------------------------------
@@ -54,58 +60,76 @@ def crop_box(box: Sequence[float], pads: Sequence[int], width: int, height: int)
     return x1, y1, x2, y2
 
 
-def prepare_faces(crops: Sequence[np.ndarray]) -> torch.Tensor:
-    """BGR uint8 crops of any size -> (B, 6, 96, 96) float32: masked crop + reference, /255."""
+def prepare_faces(crops: Sequence[np.ndarray]) -> np.ndarray:
+    """BGR uint8 crops of any size -> (B, 96, 96, 6) uint8: lower-half-masked crop + reference.
+
+    Kept as uint8 so that a GPU receives a quarter of the bytes; :func:`to_model_input`
+    does the /255 and the move to channels first on the model's device.
+    """
     faces = np.stack([cv2.resize(c, (IMG_SIZE, IMG_SIZE)) for c in crops])  # (B, 96, 96, 3)
     masked = faces.copy()
     masked[:, IMG_SIZE // 2:] = 0  # the lower half is what the model must draw
-    x = np.concatenate((masked, faces), axis=3).astype(np.float32) / 255.0  # (B, 96, 96, 6)
-    return torch.from_numpy(np.ascontiguousarray(x.transpose(0, 3, 1, 2)))  # (B, 6, 96, 96)
+    return np.concatenate((masked, faces), axis=3)  # (B, 96, 96, 6)
 
 
-def prepare_mels(mels: np.ndarray) -> torch.Tensor:
-    """(B, 80, 16) mel windows -> (B, 1, 80, 16) float32."""
-    mels = np.asarray(mels, dtype=np.float32)
-    if mels.ndim != 3 or mels.shape[1:] != (MEL_BINS, MEL_STEP):
-        raise ValueError(f"mels must be (B, {MEL_BINS}, {MEL_STEP}), got {mels.shape}")
-    return torch.from_numpy(np.ascontiguousarray(mels[:, None]))  # (B, 1, 80, 16)
+def to_model_input(faces: np.ndarray | torch.Tensor, mels: np.ndarray | torch.Tensor, *,
+                   device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
+    """(B, 96, 96, 6) uint8 faces and (B, 80, 16) mels -> the model's (mel, face) tensors.
+
+    face: (B, 6, 96, 96) = uint8 / 255 in float32 (bit-identical to Wav2Lip's float64
+    division cast to float32), then cast to ``dtype``; mel: (B, 1, 80, 16).
+    """
+    face = torch.as_tensor(faces).to(device, non_blocking=True)
+    face = face.permute(0, 3, 1, 2).float().div_(255.0).to(dtype)  # (B, 6, 96, 96), NHWC strides
+    mel = torch.as_tensor(mels, dtype=torch.float32)
+    if mel.dim() != 3 or tuple(mel.shape[1:]) != (MEL_BINS, MEL_STEP):
+        raise ValueError(f"mels must be (B, {MEL_BINS}, {MEL_STEP}), got {tuple(mel.shape)}")
+    mel = mel.to(device, non_blocking=True).unsqueeze(1).to(dtype)  # (B, 1, 80, 16)
+    return mel, face
 
 
-@functools.lru_cache(maxsize=64)
-def feather_alpha(h: int, w: int) -> np.ndarray:
-    """blend's feathered (h, w) alpha over the whole crop, cached per size and read-only."""
-    alpha = feather_mask(h, w)
+@functools.lru_cache(maxsize=128)
+def patch_alpha(h: int, w: int) -> np.ndarray:
+    """(h, w) alpha for a crop: 0 over the top KEEP_TOP, feathered in, 1 over the mouth."""
+    top = int(h * KEEP_TOP)
+    alpha = np.zeros((h, w), np.float32)
+    alpha[top:] = feather_mask(h - top, w)
     alpha.setflags(write=False)
     return alpha
 
 
 def to_patch(pred: np.ndarray, box: tuple[int, int, int, int]) -> Patch:
-    """One (96, 96, 3) uint8 prediction resized into ``box`` with a feathered alpha."""
+    """One (96, 96, 3) uint8 prediction resized into ``box`` with :func:`patch_alpha`."""
     x1, y1, x2, y2 = box
     image = cv2.resize(pred, (x2 - x1, y2 - y1))  # (h, w, 3)
-    return Patch(box=box, image=image, alpha=feather_alpha(y2 - y1, x2 - x1))
+    return Patch(box=box, image=image, alpha=patch_alpha(y2 - y1, x2 - x1))
 
 
 # ---- the forward pass ---------------------------------------------------------------------
 
 
-def forward_with_retry(model: torch.nn.Module, mel: torch.Tensor, face: torch.Tensor, *,
-                       batch_size: int, device: torch.device | str = "cpu",
-                       dtype: torch.dtype = torch.float32) -> tuple[np.ndarray, int]:
-    """Run ``model`` over CPU tensors in chunks of ``batch_size``; return (B, 96, 96, 3)
-    uint8 predictions and the batch size that worked. On CUDA out-of-memory the chunk is
-    retried at half the size, down to 1 frame, before the error is let through."""
-    n = face.shape[0]
-    out = torch.empty((n, IMG_SIZE, IMG_SIZE, 3), dtype=torch.uint8)
+def forward_batches(model: Model, faces: np.ndarray, mels: np.ndarray, *, batch_size: int,
+                    device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32
+                    ) -> tuple[np.ndarray, int]:
+    """Run ``model`` over (N, 96, 96, 6) uint8 faces and (N, 80, 16) mels in chunks of
+    ``batch_size``; return (N, 96, 96, 3) uint8 predictions and the batch size that worked.
+
+    Each chunk holds :func:`gpu_lock` only for its forward pass. On CUDA out-of-memory the
+    chunk is retried at half the size, down to one frame, before the error is let through.
+    """
+    n = len(faces)
+    out = np.empty((n, IMG_SIZE, IMG_SIZE, 3), np.uint8)
     size, start = max(1, batch_size), 0
     with torch.inference_mode():
         while start < n:
             stop = min(n, start + size)
             try:
                 with gpu_lock():
-                    pred = model(mel[start:stop].to(device=device, dtype=dtype),
-                                 face[start:stop].to(device=device, dtype=dtype))  # (b, 3, 96, 96)
-                    pred = (pred.float() * 255.0).to(torch.uint8).cpu()  # truncates, as Wav2Lip's astype
+                    mel_t, face_t = to_model_input(faces[start:stop], mels[start:stop], device=device, dtype=dtype)
+                    pred = model(mel_t, face_t)  # (b, 3, 96, 96) in [0, 1]
+                    pred = (pred.permute(0, 2, 3, 1).float() * 255.0).to(torch.uint8)  # (b, 96, 96, 3), truncated
+                    out[start:stop] = pred.cpu().numpy()
             except torch.cuda.OutOfMemoryError:
                 if size == 1:
                     raise
@@ -114,9 +138,8 @@ def forward_with_retry(model: torch.nn.Module, mel: torch.Tensor, face: torch.Te
                 if torch.cuda.is_available():
                     torch.cuda.empty_cache()
                 continue
-            out[start:stop] = pred.permute(0, 2, 3, 1)  # (b, 96, 96, 3)
             start = stop
-    return out.numpy(), size
+    return out, size
 
 
 # ---- one model per process ----------------------------------------------------------------
@@ -128,10 +151,13 @@ _models_lock = threading.Lock()
 def get_model(weights: ResolvedWeights, *, device: torch.device, dtype: torch.dtype) -> Wav2Lip:
     """The process's Wav2Lip for ``weights`` on ``device``/``dtype``, loaded on first use."""
     key = (weights.path, weights.sha256, os.stat(weights.path).st_mtime_ns, str(device), dtype)
-    with _models_lock:  # later callers wait for the first load instead of loading again
+    with _models_lock:  # a second caller waits for the first load instead of loading again
         model = _models.get(key)
         if model is None:
             model = load_wav2lip(weights.path, device=device, dtype=dtype)
+            if device.type == "cuda":
+                model = model.to(memory_format=torch.channels_last)  # the inputs arrive NHWC
+                torch.backends.cudnn.benchmark = True  # fixed 96x96 shapes: pick the fastest kernels once
             _models[key] = model
             while len(_models) > MAX_MODELS:
                 _models.popitem(last=False)
@@ -145,40 +171,35 @@ def clear_models() -> None:
         _models.clear()
 
 
-def preload(checkpoint: str | os.PathLike[str] | None = None, *, device: str = "auto",
-            allow_download: bool = True) -> dict[str, str]:
-    """Resolve and load the Wav2Lip model now (app start); returns its checkpoint info."""
-    return Wav2LipGenerator(checkpoint=checkpoint, device=device, allow_download=allow_download).checkpoint_info()
-
-
 # ---- the generator -------------------------------------------------------------------------
 
 
 class Wav2LipJob(GeneratorJob):
-    """Per-job state: frame size, pads and the batch size that fits (shrinks after an OOM)."""
+    """Per-job state: the batch size that fits (it shrinks for the rest of the job after an OOM)."""
 
-    def __init__(self, gen: Wav2LipGenerator, *, width: int, height: int) -> None:
+    def __init__(self, gen: Wav2LipGenerator) -> None:
         self.gen = gen
-        self.width, self.height = width, height
         self.batch_size = gen.default_batch_size
 
     def process(self, frames: np.ndarray, mels: np.ndarray, faces: Sequence[Any]) -> list[Patch | None]:
-        """One Patch per frame with a face, None for frames without one."""
-        if not (len(frames) == len(mels) == len(faces)):
+        """One Patch per frame with a usable face, None for the others."""
+        if not len(frames) == len(mels) == len(faces):
             raise ValueError(f"frames, mels and faces differ in length: {len(frames)}, {len(mels)}, {len(faces)}")
         patches: list[Patch | None] = [None] * len(frames)
         todo: list[tuple[int, tuple[int, int, int, int]]] = []
         for i, face in enumerate(faces):
-            box = None if face is None else crop_box(face.box, self.gen.pads, frames[i].shape[1], frames[i].shape[0])
-            if box is not None:
-                todo.append((i, box))
+            if face is not None:
+                h, w = frames[i].shape[:2]
+                box = crop_box(face.box, self.gen.pads, w, h)
+                if box is not None:
+                    todo.append((i, box))
         if not todo:
             return patches
         crops = [frames[i][y1:y2, x1:x2] for i, (x1, y1, x2, y2) in todo]
-        face_t = prepare_faces(crops)  # (n, 6, 96, 96)
-        mel_t = prepare_mels(np.asarray(mels)[[i for i, _ in todo]])  # (n, 1, 80, 16)
-        preds, self.batch_size = forward_with_retry(self.gen.model, mel_t, face_t, batch_size=self.batch_size,
-                                                    device=self.gen.device, dtype=self.gen.dtype)
+        face_in = prepare_faces(crops)  # (n, 96, 96, 6)
+        mel_in = np.asarray(mels, np.float32)[[i for i, _ in todo]]  # (n, 80, 16)
+        preds, self.batch_size = forward_batches(self.gen.model, face_in, mel_in, batch_size=self.batch_size,
+                                                 device=self.gen.device, dtype=self.gen.dtype)
         for (i, box), pred in zip(todo, preds):
             patches[i] = to_patch(pred, box)
         return patches
@@ -197,18 +218,34 @@ class Wav2LipGenerator(Generator):
             raise ValueError(f"pads must be (top, bottom, left, right), got {pads!r}")
         if batch_size is not None and batch_size < 1:
             raise ValueError("batch_size must be >= 1")
-        self.weights = resolve(WAV2LIP, checkpoint, allow_download=allow_download)
         self.device = choose_device(device)
+        self.weights = resolve(WAV2LIP, checkpoint, allow_download=allow_download)
         self.dtype = choose_dtype(self.device)
         self.default_batch_size = batch_size or (GPU_BATCH if self.device.type == "cuda" else CPU_BATCH)
         self.pads = tuple(int(p) for p in pads)
         self.model = get_model(self.weights, device=self.device, dtype=self.dtype)
 
     def checkpoint_info(self) -> dict[str, str]:
+        """Which file produced the video: {"path", "sha256", "source"}."""
         return {"path": self.weights.path, "sha256": self.weights.sha256, "source": self.weights.source}
 
     def new_job(self, *, fps: float, width: int, height: int) -> Wav2LipJob:
-        return Wav2LipJob(self, width=width, height=height)
+        return Wav2LipJob(self)
 
 
-register_generator("wav2lip", Wav2LipGenerator)
+def make_wav2lip_generator(*, checkpoint: str | os.PathLike[str] | None = None, device: str = "auto",
+                           pads: Sequence[int] = DEFAULT_PADS, batch_size: int | None = None,
+                           allow_download: bool = True) -> Wav2LipGenerator:
+    """The entry point ``pipeline.generators.get_generator("wav2lip", ...)`` calls.
+
+    Resolves the checkpoint (WeightsUnavailable naming every place tried and the fix) and
+    loads it once per process (WeightsInvalid for a file that does not fit)."""
+    return Wav2LipGenerator(checkpoint=checkpoint, device=device, pads=pads, batch_size=batch_size,
+                            allow_download=allow_download)
+
+
+def preload(checkpoint: str | os.PathLike[str] | None = None, *, device: str = "auto",
+            allow_download: bool = True) -> dict[str, str]:
+    """Resolve and load the Wav2Lip model now (app start); returns its checkpoint info."""
+    return make_wav2lip_generator(checkpoint=checkpoint, device=device,
+                                  allow_download=allow_download).checkpoint_info()

@@ -115,6 +115,9 @@ def _hub_cache_dir() -> str | None:
 
 _hash_lock = threading.Lock()
 _hash_memo: dict[tuple[str, int, int], str] = {}
+# (repo, file) -> why the Hub failed: an unreachable Hub costs its timeout once per process,
+# not once per job. Local places are still searched on every call.
+_hub_failures: dict[tuple[str, str], str] = {}
 
 
 def file_sha256(path: str | os.PathLike[str]) -> str:
@@ -186,10 +189,14 @@ def _search(spec: WeightsSpec, explicit: str | os.PathLike[str] | None, *,
         tried.append("Hub download: not attempted here (downloads not allowed for this call)")
     elif hub_offline():
         tried.append("Hub download: skipped because HF_HUB_OFFLINE=1")
+    elif (spec.repo_id, spec.repo_filename) in _hub_failures:
+        tried.append(f"Hub download from {spec.repo_id}: not retried, it failed earlier in this process "
+                     f"({_hub_failures[spec.repo_id, spec.repo_filename]}); restart to retry")
     else:
         path, why = _download(spec, cache)
         if path is not None:
             return _found(spec, path, "hub_download"), tried
+        _hub_failures[spec.repo_id, spec.repo_filename] = why
         tried.append(f"Hub download from {spec.repo_id}: {why}")
     return None, tried
 
@@ -243,26 +250,27 @@ def _spec_row(spec: WeightsSpec, *, allow_download: bool) -> dict[str, Any]:
     return row
 
 
+TRACKER_FIXES = {  # what makes each face-tracker backend available
+    "insightface": ("unzip an InsightFace pack (e.g. buffalo_l.zip from the insightface releases) into "
+                    "~/.insightface/models/buffalo_l/, or set LIPSYNC_INSIGHTFACE_ROOT to the folder "
+                    "holding models/buffalo_l/; without it the dlib tracker is used"),
+    "dlib": "pip install dlib-bin==20.0.1.post1 face-recognition-models==0.3.0 (both in requirements.txt)",
+}
+TRACKER_LABELS = {"insightface": "InsightFace model pack", "dlib": "dlib 68-point predictor"}
+
+
 def _tracker_rows() -> list[dict[str, Any]]:
-    """InsightFace pack and dlib predictor, as ``pipeline.faces.tracker_status()`` reports them."""
-    try:
-        from pipeline.faces import tracker_status
-    except ImportError as exc:
-        why = f"unknown: pipeline.faces.tracker_status is not available ({exc})"
-        return [{"name": n, "label": label, "found": False, "where": None, "source": None,
-                 "sha256": None, "why_not": why, "fix": None}
-                for n, label in (("insightface", "InsightFace model pack"), ("dlib", "dlib 68-point predictor"))]
-    status = tracker_status()
-    items = status.items() if isinstance(status, dict) else ((None, s) for s in status)
+    """InsightFace pack and dlib predictor, from ``pipeline.faces.tracker_status()``."""
+    from pipeline.faces import tracker_status
+
     rows = []
-    for name, info in items:
-        info = dict(info) if isinstance(info, dict) else {"found": bool(info)}
+    for name, info in tracker_status().items():
+        found = bool(info.get("available"))
         rows.append({
-            "name": info.get("name", name), "label": info.get("label", info.get("name", name)),
-            "found": bool(info.get("found", info.get("available", False))),
-            "where": info.get("where", info.get("path")), "source": info.get("source"),
-            "sha256": info.get("sha256"), "why_not": info.get("why_not", info.get("reason")),
-            "fix": info.get("fix"),
+            "name": name, "label": TRACKER_LABELS.get(name, name), "found": found,
+            "where": info.get("path") if found else None, "source": "package" if name == "dlib" else "disk",
+            "sha256": None, "why_not": None if found else info.get("reason"),
+            "fix": None if found else TRACKER_FIXES.get(name),
         })
     return rows
 

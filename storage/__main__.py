@@ -50,7 +50,7 @@ def _parser() -> argparse.ArgumentParser:
     r = sub.add_parser("report", help="stage percentiles, throughput, failures, speed, cost, quality")
     filters(r)
     r.add_argument("--window", type=int, default=20, help="jobs per score-trend window (default 20)")
-    r.add_argument("--metric", default=reports.QUALITY_METRIC, help="score for the trend (default LSE-D)")
+    r.add_argument("--metric", default=reports.QUALITY_METRIC, help="score for the trend (default lse_d)")
     r.add_argument("--gpu-hour-usd", type=float, default=None, help="$/GPU-hour (default $LIPSYNC_GPU_HOUR_USD or 2.50)")
     s = sub.add_parser("show", help="one job as JSON, with stages, scores and device")
     s.add_argument("job_id")
@@ -100,37 +100,31 @@ def _history(store: JobStore, args: argparse.Namespace) -> None:
 
 
 def _report(store: JobStore, args: argparse.Namespace) -> None:
-    history = reports.history_frame(store, **_filters(args))
-    stages = reports.stages_frame(store, history)
-    scores = reports.scores_frame(store, history)
-    rate = args.gpu_hour_usd if args.gpu_hour_usd is not None else reports.gpu_hour_usd_from_env()
-    costs = reports.cost_per_job(history, gpu_hour_usd=rate)
-    trends = reports.score_trends(scores, metric=args.metric, window=args.window)
-    errors = reports.top_errors(history)
-    errors["last_message"] = errors["last_message"].map(lambda t: _short(t, MESSAGE_WIDTH))
-    hourly = reports.throughput_per_hour(history)
+    rep = reports.build_report(store, metric=args.metric, window=args.window,
+                               gpu_hour_usd=args.gpu_hour_usd, **_filters(args))
+    errors = rep.top_errors.assign(last_message=rep.top_errors["last_message"].map(
+        lambda t: _short(t, MESSAGE_WIDTH)))
+    hourly = rep.throughput
     sections = [
-        (f"Jobs: {len(history)}", None),
-        ("Seconds per stage (succeeded jobs; p50/p95 linear)", reports.stage_percentiles(stages)),
+        (f"Jobs: {len(rep.history)}", None),
+        ("Seconds per stage (succeeded jobs; p50/p95 linear)", rep.stage_percentiles),
         ("Throughput per hour (UTC, last 24 hours with data)", hourly[hourly["jobs"] > 0].tail(24)),
-        ("Failure rate ((failed + interrupted) / (succeeded + failed + interrupted))",
-         reports.failure_rates(history)),
+        ("Failure rate ((failed + interrupted) / (succeeded + failed + interrupted))", rep.failure_rates),
         ("Top error types", errors),
-        ("Real-time factor (processing s / output s)", reports.realtime_factor(history)),
-        (f"Cost per job at ${rate:.2f}/GPU-hour (target < ${reports.COST_TARGET_USD:.2f})",
-         reports.cost_summary(costs)),
-        (f"{args.metric} trend per {args.window}-job window", trends),
+        ("Real-time factor (processing s / output s)", rep.realtime_factor),
+        (f"Cost per job at ${rep.gpu_hour_usd:.2f}/GPU-hour (target < ${reports.COST_TARGET_USD:.2f})",
+         rep.cost_summary),
+        (f"{rep.metric} trend per {rep.window}-job window", rep.trends),
     ]
     for title, frame in sections:
         print(title)
         if frame is not None:
             print(_table(frame, index=frame.index.name is not None or isinstance(frame.index, pd.MultiIndex)))
         print()
-    alerts = reports.quality_alerts(trends)
-    for row in alerts.itertuples():
-        print(f"QUALITY ALERT: {row.model} mean {args.metric} {row.mean:.3f} moved {row.change:+.1%} "
+    for row in rep.alerts.itertuples():
+        print(f"QUALITY ALERT: {row.model} mean {rep.metric} {row.mean:.3f} moved {row.change:+.1%} "
               f"against its previous window ({'worse' if row.worse else 'better'})")
-    if alerts.empty:
+    if rep.alerts.empty:
         print(f"No quality alert (threshold {reports.QUALITY_THRESHOLD:.0%}).")
 
 
@@ -141,7 +135,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"no job history at {path} yet", file=sys.stderr)
         return 0 if args.command != "show" else 2
     try:
-        with JobStore(path, recover=False) as store:
+        with JobStore(path, recover=False, retention=False) as store:
             if args.command == "history":
                 _history(store, args)
             elif args.command == "report":

@@ -20,22 +20,21 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import shutil
 import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 from sqlite_utils import Database
 
-from storage import records
+from storage import maintenance, records
 from storage.db import (BUSY_TIMEOUT_S, DB_FILENAME, InvalidJobState, JobNotFound, connect,
-                        open_db, prepare, write_transaction)
+                        open_db, prepare, retention_from_env,
+                        write_transaction)
 from storage.db import data_dir as default_data_dir
-from storage.records import (ACTIVE, TERMINAL, check_job_id, clean_text, dir_bytes, dumps, iso,
-                             new_job_id, owner_alive, parse_iso, process_owner, self_owner,
-                             where_clause)
+from storage.records import (ACTIVE, check_job_id, clean_text, dumps, iso, new_job_id, parse_iso,
+                             process_owner, self_owner, where_clause)
 
 log = logging.getLogger(__name__)
 
@@ -57,12 +56,14 @@ class JobStore:
     for ``$LIPSYNC_DATA_DIR/jobs.db``. Job folders live under ``<data_dir>/jobs/<id>/``;
     ``data_dir`` defaults to the database file's folder (or ``$LIPSYNC_DATA_DIR``).
     ``recover=True`` runs :meth:`recover` once at open; its ids are in ``self.recovered``.
+    ``retention=True`` then applies ``$LIPSYNC_RETENTION_DAYS`` / ``$LIPSYNC_RETENTION_MB``
+    (when set) with :meth:`apply_retention`; the ids are in ``self.pruned``.
     ``clock`` returns the current aware datetime (tests pass a fake one).
     """
 
     def __init__(self, db: Database | str | os.PathLike[str] | None = None, *,
                  data_dir: str | os.PathLike[str] | None = None, recover: bool = True,
-                 busy_timeout_s: float = BUSY_TIMEOUT_S, clock: Clock = _utcnow) -> None:
+                 retention: bool = True, busy_timeout_s: float = BUSY_TIMEOUT_S, clock: Clock = _utcnow) -> None:
         self._clock = clock
         self._busy_timeout_s = busy_timeout_s
         self._lock = threading.RLock()
@@ -80,7 +81,14 @@ class JobStore:
             self._opened.append(first)
             default_dir = self.path.parent
         self.data_dir = Path(data_dir) if data_dir is not None else default_dir
-        self.recovered: list[str] = self.recover() if recover else []
+        try:
+            self.recovered: list[str] = self.recover() if recover else []
+            limits = retention_from_env() if retention else {}
+            self.pruned: list[str] = (self.apply_retention(**limits)
+                                      if any(v is not None for v in limits.values()) else [])
+        except BaseException:
+            self.close()
+            raise
 
     # -- connections -----------------------------------------------------------------------
 
@@ -100,9 +108,14 @@ class JobStore:
         yield db
 
     @contextlib.contextmanager
-    def _write(self) -> Iterator[Database]:
+    def transaction(self) -> Iterator[Database]:
+        """One write transaction (``BEGIN IMMEDIATE``) on this thread's connection."""
         with self.connection() as db, write_transaction(db):
             yield db
+
+    def now(self) -> datetime:
+        """The store's clock (aware UTC datetime; tests pass a fake one)."""
+        return self._clock()
 
     def close(self) -> None:
         """Close every connection this store opened (not a Database passed in)."""
@@ -133,9 +146,9 @@ class JobStore:
             raise ValueError(f"source must be one of {', '.join(SOURCES)}, got {source!r}")
         rows = [records.input_row(role, spec, hash_inputs=hash_inputs, chunk=HASH_CHUNK)
                 for role, spec in inputs.items()]
-        now = self._clock()
+        now = self.now()
         pid, create_time, host = self_owner()
-        with self._write() as db:
+        with self.transaction() as db:
             job_id = new_job_id(now)
             while db.execute("SELECT 1 FROM jobs WHERE id = ?", [job_id]).fetchone():
                 job_id = new_job_id(now)
@@ -152,8 +165,8 @@ class JobStore:
     def start(self, job_id: str, *, pid: int | None = None) -> None:
         """queued -> running, owned by process ``pid`` (default: this process)."""
         owner = self_owner() if pid is None else process_owner(pid)
-        now = self._clock()
-        with self._write() as db:
+        now = self.now()
+        with self.transaction() as db:
             job = self._require(db, job_id, ("queued",), "start")
             db.execute(
                 "UPDATE jobs SET status = 'running', started_at = ?, queue_wait_s = ?, "
@@ -167,7 +180,7 @@ class JobStore:
     def record_stages(self, job_id: str, seconds: Mapping[str, float], *,
                       offsets: Mapping[str, float] | None = None) -> None:
         """Several stages in one transaction (``RunResult.timings`` / ``.stage_offsets``)."""
-        with self._write() as db:
+        with self.transaction() as db:
             self._require(db, job_id, ACTIVE, "record stages of")
             _upsert_stages(db, job_id, seconds, offsets or {})
 
@@ -175,8 +188,8 @@ class JobStore:
         """Store (or replace) scores: dicts of metric, value (None needs a reason), reason,
         convention (the pinned arguments, as a dict). Allowed while running or succeeded."""
         rows = [records.score_row(s) for s in scores]
-        now = iso(self._clock())
-        with self._write() as db:
+        now = iso(self.now())
+        with self.transaction() as db:
             self._require(db, job_id, ("running", "succeeded"), "record scores of")
             _upsert_scores(db, job_id, rows, now)
 
@@ -199,8 +212,8 @@ class JobStore:
         outs = {str(k): records.display_path(v) for k, v in (outputs or {}).items()}
         duration = output_duration_s if output_duration_s is not None else facts.get("duration_s")
         score_rows = [records.score_row(s) for s in scores or ()]
-        now = self._clock()
-        with self._write() as db:
+        now = self.now()
+        with self.transaction() as db:
             job = self._require(db, job_id, ("running",), "finish")
             _upsert_stages(db, job_id, stage_seconds or {}, stage_offsets or {})
             _upsert_scores(db, job_id, score_rows, iso(now))
@@ -234,8 +247,8 @@ class JobStore:
     def _end(self, job_id: str, status: str, action: str, error_type: str, message: str,
              stage_seconds: Mapping[str, float] | None, stage_offsets: Mapping[str, float] | None,
              device: Mapping[str, Any] | None) -> None:
-        now = self._clock()
-        with self._write() as db:
+        now = self.now()
+        with self.transaction() as db:
             job = self._require(db, job_id, ACTIVE, action)
             _upsert_stages(db, job_id, stage_seconds or {}, stage_offsets or {})
             if device is not None:
@@ -249,36 +262,10 @@ class JobStore:
     # -- recovery and retention ------------------------------------------------------------
 
     def recover(self) -> list[str]:
-        """Mark queued/running jobs whose owning process is gone as interrupted.
-
-        A job is orphaned when its recorded (pid, create_time) is not a live process on this
-        host, or when no owner was recorded (rows from schema 1). Jobs owned by another host
-        are never touched. Returns the ids marked, so the caller can clean their temp dirs.
-        """
-        with self.connection() as db:
-            rows = list(db.query(
-                "SELECT id, owner_pid, owner_create_time, owner_host FROM jobs "
-                "WHERE status IN ('queued', 'running')"))
-        dead = [r for r in rows if not owner_alive(r["owner_pid"], r["owner_create_time"], r["owner_host"])]
-        if not dead:
-            return []
-        now = iso(self._clock())
-        marked: list[str] = []
-        with self._write() as db:
-            for r in dead:
-                who = (f"the process that owned it (pid {r['owner_pid']} on {r['owner_host']})"
-                       if r["owner_pid"] is not None else "its process (not recorded)")
-                cur = db.execute(
-                    "UPDATE jobs SET status = 'interrupted', interrupted_at = ?, error_type = 'Interrupted', "
-                    "error_message = ? WHERE id = ? AND status IN ('queued', 'running') "
-                    "AND owner_pid IS ? AND owner_create_time IS ? AND owner_host IS ?",
-                    [now, f"{who} ended without finishing the job; noticed at {now}", r["id"],
-                     r["owner_pid"], r["owner_create_time"], r["owner_host"]])
-                if cur.rowcount:
-                    marked.append(r["id"])
-        if marked:
-            log.warning("marked %d orphaned job(s) interrupted: %s", len(marked), ", ".join(marked))
-        return marked
+        """Mark queued/running jobs whose owning process is gone as interrupted (with the
+        time it was noticed); a job owned by a live process is never touched. Returns the
+        ids marked. See :func:`storage.maintenance.recover_orphans`."""
+        return maintenance.recover_orphans(self)
 
     def job_dir(self, job_id: str, *, create: bool = False) -> Path:
         """``<data_dir>/jobs/<id>/`` for a well-formed id (InvalidJobId otherwise: no traversal)."""
@@ -289,44 +276,10 @@ class JobStore:
 
     def apply_retention(self, *, max_age_days: float | None = None,
                         max_total_mb: float | None = None) -> list[str]:
-        """Delete the job folders of finished jobs older than ``max_age_days`` (by finish
-        time), then of the oldest finished jobs until all job folders fit in ``max_total_mb``.
-
-        Rows are kept and marked ``files_gone`` with ``files_deleted_at`` and the bytes freed.
-        Queued/running jobs are never touched (their folders still count toward the total).
-        Only ``<data_dir>/jobs/<id>/`` is deleted, never an output written elsewhere.
-        Returns the ids whose files were deleted.
-        """
-        now = self._clock()
-        with self.connection() as db:
-            rows = list(db.query("SELECT id, status, created_at, finished_at, files_gone FROM jobs "
-                                 "ORDER BY coalesce(finished_at, created_at), id"))
-        sizes = {r["id"]: dir_bytes(self.job_dir(r["id"])) for r in rows}
-        on_disk = {i: s for i, s in sizes.items() if s is not None}
-        leftovers = [r["id"] for r in rows if r["files_gone"] and r["id"] in on_disk]
-        candidates = [r for r in rows if r["status"] in TERMINAL and not r["files_gone"] and r["id"] in on_disk]
-        victims: list[str] = []
-        if max_age_days is not None:
-            cutoff = now - timedelta(days=max_age_days)
-            victims += [r["id"] for r in candidates if parse_iso(r["finished_at"] or r["created_at"]) < cutoff]
-        if max_total_mb is not None:
-            total = sum(on_disk.values()) - sum(on_disk[i] for i in victims + leftovers)
-            for r in candidates:
-                if total <= max_total_mb * 1024 * 1024:
-                    break
-                if r["id"] not in victims:
-                    victims.append(r["id"])
-                    total -= on_disk[r["id"]]
-        if victims:
-            with self._write() as db:  # mark first: a crash mid-delete is finished next time
-                for job_id in victims:
-                    db.execute("UPDATE jobs SET files_gone = 1, files_deleted_at = ?, files_bytes = ? "
-                               "WHERE id = ?", [iso(now), on_disk[job_id], job_id])
-        for job_id in victims + leftovers:
-            shutil.rmtree(self.job_dir(job_id), ignore_errors=True)
-            if self.job_dir(job_id).exists():
-                log.warning("could not delete every file of job %s in %s", job_id, self.job_dir(job_id))
-        return victims
+        """Delete the files under ``job_dir`` of finished jobs older than ``max_age_days``,
+        then of the oldest until they fit in ``max_total_mb`` MiB; rows are kept, marked
+        ``files_gone``. Returns the ids. See :func:`storage.maintenance.apply_retention`."""
+        return maintenance.apply_retention(self, max_age_days=max_age_days, max_total_mb=max_total_mb)
 
     # -- reads -----------------------------------------------------------------------------
 

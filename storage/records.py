@@ -15,10 +15,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import math
-import contextlib
 import os
 import re
 import secrets

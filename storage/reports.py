@@ -21,8 +21,10 @@ Conventions:
 
 from __future__ import annotations
 
+import contextlib
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -34,9 +36,9 @@ from storage.jobs import JobStore
 GPU_HOUR_USD_ENV = "LIPSYNC_GPU_HOUR_USD"
 DEFAULT_GPU_HOUR_USD = 2.50  # $/hour of one rented GPU
 COST_TARGET_USD = 0.50  # the seed's target cost per generated video
-QUALITY_METRIC = "LSE-D"
+QUALITY_METRIC = "lse_d"  # eval's metric name for LSE-D
 QUALITY_THRESHOLD = 0.05  # 5%: relative move of a window's mean that raises the alert
-LOWER_IS_BETTER = frozenset({"LSE-D"})  # every other metric: higher is better
+LOWER_IS_BETTER = frozenset({"lse_d"})  # every other metric: higher is better
 TIME_COLUMNS = ("created_at", "started_at", "finished_at", "interrupted_at")
 HISTORY_COLUMNS = (
     "id", "created_at", "started_at", "finished_at", "interrupted_at", "status", "source", "user",
@@ -59,19 +61,25 @@ def gpu_hour_usd_from_env() -> float:
     return value
 
 
-def _store(source: JobStore | Database | str | os.PathLike[str] | None) -> JobStore:
+Source = JobStore | Database | str | os.PathLike[str] | None
+
+
+@contextlib.contextmanager
+def _store(source: Source) -> Iterator[JobStore]:
+    """The given store, or one opened read-only-style (no recovery, no retention) and closed after."""
     if isinstance(source, JobStore):
-        return source
-    return JobStore(source, recover=False)
+        yield source
+        return
+    with JobStore(source, recover=False, retention=False) as store:
+        yield store
 
 
-def history_frame(source: JobStore | Database | str | os.PathLike[str] | None = None,
-                  **filters: Any) -> pd.DataFrame:
+def history_frame(source: Source = None, **filters: Any) -> pd.DataFrame:
     """One row per job, newest first, filtered like ``JobStore.list`` (status, model, since,
     until, text, source, user). Times are tz-aware UTC; ``model`` is the model used (the
     requested one while unknown); ``inputs`` joins the input names with " | "."""
-    store = _store(source)
-    rows = store.list(limit=None, **filters)
+    with _store(source) as store:
+        rows = store.list(limit=None, **filters)
     for row in rows:
         row["model"] = row["model_used"] or row["model_requested"]
         row["inputs"] = " | ".join(i["name"] for i in row["inputs"])
@@ -84,23 +92,22 @@ def history_frame(source: JobStore | Database | str | os.PathLike[str] | None = 
     return frame
 
 
-def _child_frame(source: Any, history: pd.DataFrame, sql: str, columns: list[str]) -> pd.DataFrame:
-    store = _store(source)
-    with store.connection() as db:
+def _child_frame(source: Source, history: pd.DataFrame, sql: str, columns: list[str]) -> pd.DataFrame:
+    with _store(source) as store, store.connection() as db:
         rows = list(db.query(sql))
     frame = pd.DataFrame(rows, columns=columns)
     keep = history[["id", "model", "status", "created_at"]].rename(columns={"id": "job_id"})
     return frame.merge(keep, on="job_id", how="inner")
 
 
-def stages_frame(source: Any, history: pd.DataFrame) -> pd.DataFrame:
+def stages_frame(source: Source, history: pd.DataFrame) -> pd.DataFrame:
     """Stage timings of the jobs in ``history``: job_id, stage, start_offset_s, seconds,
     with the job's model, status and created_at."""
     return _child_frame(source, history, "SELECT job_id, stage, start_offset_s, seconds FROM job_stages",
                         ["job_id", "stage", "start_offset_s", "seconds"])
 
 
-def scores_frame(source: Any, history: pd.DataFrame) -> pd.DataFrame:
+def scores_frame(source: Source, history: pd.DataFrame) -> pd.DataFrame:
     """Scores of the jobs in ``history``: job_id, metric, value (NaN when missing), reason,
     with the job's model, status and created_at."""
     frame = _child_frame(source, history, "SELECT job_id, metric, value, reason FROM job_scores",
@@ -159,7 +166,8 @@ def failure_rates(history: pd.DataFrame) -> pd.DataFrame:
         return {"jobs": counted, "failed": int(n.get("failed", 0)), "interrupted": int(n.get("interrupted", 0)),
                 "cancelled": int(n.get("cancelled", 0)), "failure_rate": bad / counted if counted else np.nan}
 
-    rows = {model: row(group) for model, group in history.groupby("model", sort=True)}
+    named = history.assign(model=history["model"].fillna("(none)"))  # failed before a model was known
+    rows = {model: row(group) for model, group in named.groupby("model", sort=True)}
     rows["(all)"] = row(history)
     return pd.DataFrame.from_dict(rows, orient="index").rename_axis("model")
 
@@ -246,3 +254,39 @@ def quality_alerts(trends: pd.DataFrame) -> pd.DataFrame:
         return trends
     latest = trends[trends["window"] == trends.groupby("model")["window"].transform("max")]
     return latest[latest["alert"]].reset_index(drop=True)
+
+
+@dataclass(frozen=True)
+class Report:
+    """Every view of ``python -m storage report`` for one filtered history, as frames."""
+
+    history: pd.DataFrame
+    stage_percentiles: pd.DataFrame
+    throughput: pd.DataFrame
+    failure_rates: pd.DataFrame
+    top_errors: pd.DataFrame
+    realtime_factor: pd.DataFrame
+    costs: pd.DataFrame
+    cost_summary: pd.DataFrame
+    trends: pd.DataFrame
+    alerts: pd.DataFrame
+    gpu_hour_usd: float
+    metric: str
+    window: int
+
+
+def build_report(source: Source = None, *, metric: str = QUALITY_METRIC, window: int = 20,
+                 gpu_hour_usd: float | None = None, **filters: Any) -> Report:
+    """Load the history once (filtered like ``JobStore.list``) and compute every report."""
+    rate = gpu_hour_usd_from_env() if gpu_hour_usd is None else float(gpu_hour_usd)
+    with _store(source) as store:
+        history = history_frame(store, **filters)
+        stages = stages_frame(store, history)
+        scores = scores_frame(store, history)
+    costs = cost_per_job(history, gpu_hour_usd=rate)
+    trends = score_trends(scores, metric=metric, window=window)
+    return Report(history=history, stage_percentiles=stage_percentiles(stages),
+                  throughput=throughput_per_hour(history), failure_rates=failure_rates(history),
+                  top_errors=top_errors(history), realtime_factor=realtime_factor(history),
+                  costs=costs, cost_summary=cost_summary(costs), trends=trends,
+                  alerts=quality_alerts(trends), gpu_hour_usd=rate, metric=metric, window=window)

@@ -3,12 +3,15 @@ against Wav2Lip's own audio code (the PyPI package `lipsync`)."""
 
 from __future__ import annotations
 
+import functools
 import importlib
+import importlib.util
 import subprocess
 import sys
 import types
 from pathlib import Path
 
+import librosa
 import numpy as np
 import pytest
 from scipy.io import wavfile
@@ -31,27 +34,48 @@ SHARED_AUDIO = {
 }
 
 
-def wav2lip_audio() -> types.ModuleType:
-    """Wav2Lip's audio.py as shipped in the `lipsync` package (installed --no-deps).
-
-    ``lipsync/__init__.py`` imports the whole inference stack (it needs PyAV, absent
-    here), so the package is stood in for by an empty namespace pointing at its folder;
-    ``lipsync.audio`` and ``lipsync.hparams`` then import unchanged. Its functions call
-    ``librosa.stft`` and ``librosa.filters.mel`` with keyword arguments, so they run on
-    librosa >= 0.10 as they are.
-    """
+@functools.cache
+def _lipsync_audio() -> types.ModuleType | None:
     spec = importlib.util.find_spec("lipsync")
     if spec is None or not spec.submodule_search_locations:
-        pytest.skip("the `lipsync` package (Wav2Lip's code) is not installed")
+        return None
     saved = sys.modules.get("lipsync")
     pkg = types.ModuleType("lipsync")
     pkg.__path__ = list(spec.submodule_search_locations)
+    pkg.__spec__ = spec
     sys.modules["lipsync"] = pkg
     try:
         return importlib.import_module("lipsync.audio")
     finally:
         if saved is not None:
             sys.modules["lipsync"] = saved
+        else:
+            del sys.modules["lipsync"]
+
+
+@pytest.fixture
+def wav2lip_audio(monkeypatch: pytest.MonkeyPatch) -> types.ModuleType:
+    """Wav2Lip's audio.py as shipped in the `lipsync` package (installed --no-deps), run
+    with librosa 0.7's stft padding (reflect), the version Wav2Lip pinned and trained with.
+
+    ``lipsync/__init__.py`` imports the whole inference stack (it needs PyAV, absent
+    here), so the package is stood in for by an empty namespace pointing at its folder;
+    ``lipsync.audio`` and ``lipsync.hparams`` then import unchanged. Its functions call
+    ``librosa.stft`` and ``librosa.filters.mel`` with keyword arguments, so they run on
+    librosa >= 0.10 as they are; only the stft's default ``pad_mode`` changed in 0.10
+    ("reflect" -> "constant"), which this fixture sets back for the duration of a test.
+    """
+    mod = _lipsync_audio()
+    if mod is None:
+        pytest.skip("the `lipsync` package (Wav2Lip's code) is not installed")
+    stft = librosa.stft
+
+    def stft_librosa07(*args: object, **kw: object) -> np.ndarray:
+        kw.setdefault("pad_mode", "reflect")
+        return stft(*args, **kw)
+
+    monkeypatch.setattr(librosa, "stft", stft_librosa07)
+    return mod
 
 
 def wav2lip_chunks(mel: np.ndarray, fps: float) -> list[np.ndarray]:
@@ -123,6 +147,46 @@ def test_empty_and_zero_length(d: Path) -> None:
         load_audio(zero)
 
 
+def test_surround_downmix_is_the_channel_mean(d: Path) -> None:
+    """Six channels (ffmpeg reads them as 5.1, LFE included) average with equal weights."""
+    t = np.arange(SAMPLE_RATE) / SAMPLE_RATE
+    chans = np.stack([0.9 * np.sin(2 * np.pi * (200 + 150 * c) * t) for c in range(6)], axis=1)  # (N, 6)
+    p = d / "six.wav"
+    wavfile.write(p, SAMPLE_RATE, np.round(chans * 32767).astype(np.int16))
+    wav = load_audio(p)
+    _, pcm = wavfile.read(p)
+    np.testing.assert_allclose(wav, pcm.mean(axis=1) / 32768.0, atol=1e-4)
+
+
+def test_full_scale_stereo_stays_in_range(d: Path) -> None:
+    """Both channels at full scale and in phase: the mean is full scale, not 1.414."""
+    pcm = np.full((SAMPLE_RATE // 4, 2), 32767, np.int16)
+    pcm[::2] = -32767  # a square wave at 8 kHz, identical in both channels
+    p = d / "loud_stereo.wav"
+    wavfile.write(p, SAMPLE_RATE, pcm)
+    wav = load_audio(p)
+    assert np.abs(wav).max() == pytest.approx(32767 / 32768, abs=1e-6)
+
+
+def test_load_with_given_info_skips_probe(monkeypatch: pytest.MonkeyPatch, speech_wav: Path) -> None:
+    from pipeline import audio as audio_mod
+
+    info = audio_mod.probe(speech_wav)
+    monkeypatch.setattr(audio_mod, "probe", lambda path: pytest.fail("probed again"))
+    assert load_audio(speech_wav, info=info).shape == (3 * SAMPLE_RATE,)
+
+
+def test_all_zero_audio_gives_no_nan(d: Path) -> None:
+    p = media.write_wav(d / "digital_silence.wav", np.zeros(SAMPLE_RATE // 2, np.float32))
+    wav = load_audio(p)
+    assert wav.shape == (SAMPLE_RATE // 2,) and not wav.any()
+    mel = melspectrogram(wav)
+    assert mel.shape == (80, 41) and (mel == -4.0).all()
+    chunks = mel_chunks(mel, 25.0, 13)
+    assert np.isfinite(chunks).all() and (chunks == -4.0).all()
+    assert (frame_levels(wav, 25.0, 13) == -100.0).all()
+
+
 # ---- melspectrogram -----------------------------------------------------------------------
 
 def test_mel_shape_and_range() -> None:
@@ -132,18 +196,43 @@ def test_mel_shape_and_range() -> None:
     assert melspectrogram(np.zeros(SAMPLE_RATE, np.float32)).max() == -4.0  # silence floor
 
 
-def test_mel_matches_wav2lip_synthetic() -> None:
-    ref = wav2lip_audio()
+def test_mel_matches_wav2lip_synthetic(wav2lip_audio: types.ModuleType) -> None:
+    ref = wav2lip_audio
     wav = media.speech_like(3.0, seed=3)
     np.testing.assert_allclose(melspectrogram(wav), ref.melspectrogram(wav), rtol=0, atol=1e-5)
 
 
-def test_mel_matches_wav2lip_real(shared_media: Path) -> None:
-    ref = wav2lip_audio()
+def test_mel_matches_wav2lip_real(shared_media: Path, wav2lip_audio: types.ModuleType) -> None:
+    ref = wav2lip_audio
     wav = load_audio(shared_media / "speech_44k.mp3")
     ours, theirs = melspectrogram(wav), ref.melspectrogram(wav)
     assert ours.shape == theirs.shape == (80, len(wav) // 200 + 1)
     assert np.abs(ours - theirs).max() < 1e-5
+
+
+@pytest.mark.filterwarnings("ignore:n_fft=800 is too large:UserWarning")
+@pytest.mark.parametrize("n", [0, 1, 150, 799])
+def test_mel_of_empty_or_tiny_audio_is_finite(n: int) -> None:
+    for wav in (np.zeros(n, np.float32), np.full(n, 0.5, np.float32)):
+        mel = melspectrogram(wav)
+        assert mel.shape == (80, n // 200 + 1) and np.isfinite(mel).all()
+    assert (melspectrogram(np.zeros(n, np.float32)) == -4.0).all()
+    chunks = mel_chunks(melspectrogram(np.zeros(n, np.float32)), 25.0, 4)
+    assert chunks.shape == (4, 80, 16) and (chunks == -4.0).all()
+    assert (frame_levels(np.zeros(n, np.float32), 25.0, 4) == -100.0).all()
+
+
+def test_stft_padding_is_wav2lips_reflect() -> None:
+    """Wav2Lip ran librosa 0.7 (stft pad_mode "reflect"); librosa >= 0.10 pads with zeros.
+    The two differ in the first and last 2 columns only; ours must be the reflect one."""
+    ref = _lipsync_audio()
+    if ref is None:
+        pytest.skip("the `lipsync` package (Wav2Lip's code) is not installed")
+    wav = media.speech_like(1.0, pattern=((1.0, True),))  # voiced at both edges
+    ours, zero_padded = melspectrogram(wav), ref.melspectrogram(wav)  # unpatched: librosa 0.11
+    np.testing.assert_allclose(ours[:, 2:-2], zero_padded[:, 2:-2], rtol=0, atol=1e-5)
+    assert np.abs(ours[:, 0] - zero_padded[:, 0]).max() > 0.05
+    assert np.abs(ours[:, -1] - zero_padded[:, -1]).max() > 0.05
 
 
 # ---- mel_chunks ---------------------------------------------------------------------------

@@ -245,3 +245,21 @@ def test_sun_portrait_has_no_audio(shared_media: Path) -> None:
     assert info.audio is None and info.video.display_size == (576, 768)
     with pytest.raises(InvalidMedia, match=r"sun_portrait_noaudio.mp4: has no audio stream"):
         validate_audio_input(info)
+
+
+@pytest.mark.parametrize(("name", "codec", "rate", "channels", "seconds"), [
+    ("sun.wav", "pcm_s16le", 44100, 1, 22.49),
+    ("speech_en_60s.wav", "pcm_s16le", 16000, 1, 60.0),
+    ("radio_stereo_8s.wav", "pcm_s16le", 16000, 2, 8.0),
+    ("speech_48k_24bit.wav", "pcm_s24le", 48000, 2, 5.61),
+    ("speech_44k.mp3", "mp3", 44100, 1, 4.91),
+])
+def test_shared_audio_files(shared_media: Path, name: str, codec: str, rate: int, channels: int,
+                            seconds: float) -> None:
+    info = probe(shared_media / name)
+    validate_audio_input(info)
+    assert info.video is None and not info.is_image
+    assert (info.audio.codec, info.audio.sample_rate, info.audio.channels) == (codec, rate, channels)
+    assert info.duration_s == pytest.approx(seconds, abs=0.01)
+    with pytest.raises(InvalidMedia, match=rf"{name}: has no video stream \(it contains only audio\)"):
+        validate_face_input(info)

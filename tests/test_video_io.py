@@ -16,7 +16,7 @@ import media
 from pipeline.errors import FFmpegError, InvalidMedia
 from pipeline.ffmpeg import ffmpeg_exe
 from pipeline.probe import probe
-from pipeline.video_io import FrameWriter, _video_codec_args, frame_plan, read_frames
+from pipeline.video_io import FrameWriter, _video_codec_args, count_frames, frame_plan, read_frames
 
 
 def ff(*args: str) -> None:
@@ -143,6 +143,34 @@ def test_memory_does_not_grow_with_length(d: Path) -> None:
     assert ffmpeg_children() == []
 
 
+def test_count_frames_matches_read_frames(d: Path, face_mp4: Path, face_png: Path) -> None:
+    assert count_frames(face_mp4) == 50
+    assert count_frames(face_mp4, fps=50) == 100 == sum(1 for _ in read_frames(face_mp4, fps=50))
+    assert count_frames(face_png) == 1
+    p = d / "vfr_count.mp4"
+    ff("-f", "lavfi", "-i", "testsrc=s=64x48:r=25:d=2", "-vf", r"select=lt(n\,10)+not(mod(n\,4))",
+       "-fps_mode", "vfr", "-c:v", "libx264", "-preset", "ultrafast", "-pix_fmt", "yuv420p", str(p))
+    info = probe(p)
+    assert info.video.vfr
+    assert count_frames(p, info=info) == sum(1 for _ in read_frames(p, info=info))
+
+
+@pytest.mark.parametrize(("name", "frames", "size"), [
+    ("hdtf_aoc_512.mp4", 200, (512, 512)),
+    ("monalisa_720p.mp4", 422, (1280, 720)),  # the container's 14.22 s would promise 426
+    ("sun_portrait_noaudio.mp4", 550, (576, 768)),
+])
+def test_shared_videos_decode(shared_media: Path, name: str, frames: int, size: tuple[int, int]) -> None:
+    path = shared_media / name
+    info = probe(path)
+    assert count_frames(path, info=info) == frames
+    w, h = size
+    first = next(iter(read_frames(path, info=info)))
+    assert first.shape == (h, w, 3) and first.std() > 10  # a picture, not a blank
+    if name == "monalisa_720p.mp4":  # the one where the container's duration over-promises
+        assert sum(1 for _ in read_frames(path, size=(w // 8, h // 8), info=info)) == frames
+
+
 # ---- FrameWriter --------------------------------------------------------------------------
 
 def test_write_roundtrip(d: Path) -> None:
@@ -236,6 +264,17 @@ def test_nvenc_encode(d: Path) -> None:
         for i in range(25):
             w.write(media.face_frame(i, size=256))
     assert probe(out).video.codec == "h264"
+
+
+@pytest.mark.skipif(os.path.exists("/dev/nvidia0"), reason="an NVIDIA GPU is present: test_nvenc_encode runs")
+def test_nvenc_without_gpu_fails_with_ffmpeg_stderr(d: Path) -> None:
+    """h264_nvenc is an accepted encoder name; without a GPU ffmpeg's own reason surfaces."""
+    out = d / "nvenc_nogpu.mp4"
+    with pytest.raises(FFmpegError, match=r"encoding nvenc_nogpu.mp4 failed.*(libcuda|nvenc|NVENC|CUDA)"):
+        with FrameWriter(out, 64, 48, 25, encoder="h264_nvenc") as w:
+            for _ in range(30):
+                w.write(marker_frame())
+    assert not out.exists() and ffmpeg_children() == []
 
 
 # ---- frame_plan ---------------------------------------------------------------------------

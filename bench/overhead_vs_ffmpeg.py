@@ -1,0 +1,55 @@
+"""Pipeline wall time against a bare ffmpeg transcode of the same clip (issue 2's bar).
+
+    .venv/bin/python bench/overhead_vs_ffmpeg.py [--runs 5] [--video monalisa_720p.mp4]
+
+Alternates, in one process: a bare ``ffmpeg`` transcode (libx264 -preset veryfast -crf 18,
+AAC, +faststart: the encoder settings the pipeline uses) and the pipeline with the
+``passthrough`` and ``baseline`` generators. Prints medians, the ratios and peak RSS.
+Bars: passthrough <= 1.2x, baseline <= 2.0x.
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+from pathlib import Path
+
+from common import alternate, media_dir, median, peak_rss_mb
+
+from pipeline.ffmpeg import input_args, run_ffmpeg, base_cmd
+from pipeline.options import RunOptions
+from pipeline.run import run
+
+
+def bare_transcode(video: Path, out: Path) -> None:
+    run_ffmpeg([*input_args(video), "-c:v", "libx264", "-preset", "veryfast", "-crf", "18",
+                "-pix_fmt", "yuv420p", "-c:a", "aac", "-b:a", "128k", "-movflags", "+faststart",
+                "-y", str(out)], what="bare transcode")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--runs", type=int, default=5)
+    ap.add_argument("--video", default="monalisa_720p.mp4")
+    args = ap.parse_args()
+    video = media_dir() / args.video
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp)
+        times = alternate(
+            args.runs,
+            ffmpeg=lambda: bare_transcode(video, out / "bare.mp4"),
+            passthrough=lambda: run(video, video, out / "pass.mp4", options=RunOptions(model="passthrough")),
+            baseline=lambda: run(video, video, out / "base.mp4", options=RunOptions(model="baseline")),
+        )
+    ref = median(times["ffmpeg"])
+    print(f"clip: {video.name}, {args.runs} alternating runs each")
+    for name, values in times.items():
+        print(f"  {name:12s} median {median(values):6.2f} s  runs {' '.join(f'{v:.2f}' for v in values)}"
+              f"  ratio {median(values) / ref:5.2f}x")
+    print(f"bars: passthrough <= 1.20x -> {median(times['passthrough']) / ref:.2f}x; "
+          f"baseline <= 2.00x -> {median(times['baseline']) / ref:.2f}x")
+    print(f"peak RSS: this process {peak_rss_mb():.0f} MiB, ffmpeg children {peak_rss_mb(children=True):.0f} MiB")
+
+
+if __name__ == "__main__":
+    main()

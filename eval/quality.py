@@ -1,0 +1,100 @@
+"""PSNR and SSIM between original frame i and generated frame i.
+
+Conventions (DESIGN.md "Metric conventions"): BGR uint8 frames compared as they are (no
+colour conversion); PSNR = 10 log10(255^2 / MSE) with the MSE in float64 over every pixel
+and channel (identical frames give +inf); SSIM is scikit-image's
+``structural_similarity`` with the pinned arguments of Wang et al. 2004 (:data:`SSIM_ARGS`),
+averaged over the three channels by skimage itself. Both are computed on the full frame and
+on the lower-face crop the generator touches (:func:`lower_face_box`), per frame, then
+averaged (arithmetic mean; PSNR is averaged in dB) over the sampled frames.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+from skimage.metrics import structural_similarity
+
+SSIM_ARGS = {"gaussian_weights": True, "sigma": 1.5, "use_sample_covariance": False,
+             "data_range": 255, "channel_axis": -1}
+SSIM_MIN_SIDE = 11  # px: skimage's gaussian window is 2 * int(3.5 * 1.5 + 0.5) + 1 = 11 wide
+PEAK = 255.0  # uint8 data range
+FACE_CROP = "lower half of the tracked face box: cols [x1, x2), rows [(y1 + y2) / 2, y2), clipped"
+
+
+def psnr(a: np.ndarray, b: np.ndarray) -> float:
+    """PSNR in dB of two equally shaped uint8 images; +inf when they are identical."""
+    if a.shape != b.shape:
+        raise ValueError(f"PSNR of differently shaped images {a.shape} and {b.shape}")
+    mse = float(np.mean(np.square(a.astype(np.float64) - b.astype(np.float64))))
+    if mse == 0.0:
+        return math.inf
+    return 10.0 * math.log10(PEAK * PEAK / mse)
+
+
+def ssim(a: np.ndarray, b: np.ndarray) -> float:
+    """SSIM of two equally shaped (H, W, 3) uint8 images, skimage with :data:`SSIM_ARGS`."""
+    if a.shape != b.shape:
+        raise ValueError(f"SSIM of differently shaped images {a.shape} and {b.shape}")
+    return float(structural_similarity(a, b, **SSIM_ARGS))
+
+
+def lower_face_box(box: tuple[float, float, float, float], width: int, height: int
+                   ) -> tuple[int, int, int, int] | None:
+    """The lower half of a face box as integer (x1, y1, x2, y2) inside a width x height
+    frame, or None when the clipped crop is smaller than SSIM's window."""
+    x1, y1, x2, y2 = box
+    c0, c1 = max(0, int(round(x1))), min(width, int(round(x2)))
+    r0, r1 = max(0, int(round((y1 + y2) / 2))), min(height, int(round(y2)))
+    if c1 - c0 < SSIM_MIN_SIDE or r1 - r0 < SSIM_MIN_SIDE:
+        return None
+    return c0, r0, c1, r1
+
+
+def sample_indices(n: int, k: int) -> list[int]:
+    """Up to ``k`` evenly spaced frame indices in [0, n), first and last included."""
+    if n <= 0 or k <= 0:
+        return []
+    if n <= k:
+        return list(range(n))
+    if k == 1:
+        return [0]
+    return sorted({int(round(i * (n - 1) / (k - 1))) for i in range(k)})
+
+
+@dataclass
+class QualityAccumulator:
+    """Per-frame PSNR/SSIM on the full frame (frames in ``full_frames``) and on the face
+    crop (frames in ``face_frames``); :meth:`means` averages them."""
+
+    full_frames: frozenset[int]
+    face_frames: frozenset[int]
+    psnr_full: list[float] = field(default_factory=list)
+    ssim_full: list[float] = field(default_factory=list)
+    psnr_face: list[float] = field(default_factory=list)
+    ssim_face: list[float] = field(default_factory=list)
+    face_missing: int = 0  # face-sampled frames without a usable face box
+
+    def add(self, i: int, original: np.ndarray, generated: np.ndarray,
+            box: tuple[float, float, float, float] | None) -> None:
+        if i in self.full_frames:
+            self.psnr_full.append(psnr(original, generated))
+            self.ssim_full.append(ssim(original, generated))
+        if i in self.face_frames:
+            h, w = original.shape[:2]
+            crop = None if box is None else lower_face_box(box, w, h)
+            if crop is None:
+                self.face_missing += 1
+                return
+            c0, r0, c1, r1 = crop
+            a, b = original[r0:r1, c0:c1], generated[r0:r1, c0:c1]
+            self.psnr_face.append(psnr(a, b))
+            self.ssim_face.append(ssim(a, b))
+
+    def means(self) -> dict[str, float | None]:
+        """Mean of each per-frame list (None where no frame was measured)."""
+        return {name: (float(np.mean(values)) if values else None)
+                for name, values in (("psnr_full", self.psnr_full), ("ssim_full", self.ssim_full),
+                                     ("psnr_face", self.psnr_face), ("ssim_face", self.ssim_face))}

@@ -1,0 +1,258 @@
+"""Generators: what draws the new mouth, behind one interface, and a registry of them.
+
+A :class:`Generator` is loaded once and shared; :meth:`Generator.new_job` gives the
+per-job state (:class:`GeneratorJob`), whose :meth:`GeneratorJob.process` is called on
+consecutive batches of one job's frames, in order, and returns one
+:class:`~pipeline.blend.Patch` (or None: leave the frame as it is) per frame.
+
+Built in, both weights-free:
+
+- ``passthrough``: draws nothing; the original frames with the new audio, the
+  "no lip-sync" reference for scoring.
+- ``baseline``: opens the tracked mouth in proportion to the speech energy of each
+  frame's mel window, closed in silence (noise gate), with attack/release smoothing across
+  batches, rendered by :func:`pipeline.mouth.render_mouth` as a small feathered patch.
+
+``wav2lip`` resolves lazily: :func:`get_generator` imports ``pipeline.wav2lip_generator``
+on first use and calls its ``make_wav2lip_generator`` (or the factory it registered).
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import math
+import threading
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+
+from pipeline.blend import Patch
+from pipeline.errors import WeightsUnavailable
+from pipeline.faces import Face, FaceTracker
+from pipeline.mouth import render_mouth
+
+log = logging.getLogger(__name__)
+
+MEL_BINS, MEL_STEP = 80, 16  # one Wav2Lip mel window: 80 bins x 16 columns (0.2 s at 80 Hz)
+MEL_FPS = 80  # mel columns per second
+MEL_DB_PER_UNIT = 12.5  # Wav2Lip mel: [-4, 4] spans min_level_db -100 .. 0, i.e. 100 dB / 8
+MEL_FLOOR = -4.0  # the value of silence
+DEFAULT_BATCH = 32  # frames per call: the baseline's work is per frame, batching only amortises calls
+
+# The baseline's audio-to-opening curve (levels in dB relative to Wav2Lip's mel reference;
+# measured speech peaks lie at -49 .. -38 dB, medians at -61 .. -50, digital silence -100).
+PEAK_INIT_DB = -45.0  # assumed speech peak before any speech was heard
+PEAK_MIN_DB = -70.0  # the peak tracker never sinks below this: noise alone is not speech
+PEAK_DECAY_DB_S = 4.0  # dB per second the peak estimate sinks without louder speech
+DYNAMIC_DB = 30.0  # levels from peak - 30 dB (closed) to the peak (fully open)
+FLOOR_RISE_DB_S = 3.0  # dB per second the noise-floor estimate rises without quieter frames
+GATE_ABOVE_FLOOR_DB = 8.0  # the gate stays this far above the noise floor
+ABS_GATE_DB = -80.0  # nothing below this opens the mouth
+ATTACK_S = 0.03  # time constant of the opening mouth
+RELEASE_S = 0.07  # time constant of the closing mouth
+SNAP_CLOSED = 0.04  # a smoothed opening below this, with a closed target, becomes 0
+
+
+class GeneratorJob(ABC):
+    """Per-job state of a generator; ``process`` is called on consecutive batches."""
+
+    @abstractmethod
+    def process(self, frames: np.ndarray, mels: np.ndarray,
+                faces: Sequence[Face | None]) -> list[Patch | None]:
+        """frames (B, H, W, 3) uint8, mels (B, 80, 16) float32, one face (or None) per frame
+        -> one Patch (or None: frame untouched) per frame."""
+
+
+class Generator(ABC):
+    """A loaded generator, shared by jobs (and threads)."""
+
+    name: str
+    needs_faces: bool
+    default_batch_size: int = DEFAULT_BATCH
+
+    @abstractmethod
+    def new_job(self, *, fps: float, width: int, height: int) -> GeneratorJob:
+        """Fresh per-job state for a video of this frame rate and size."""
+
+
+def _check_batch(frames: np.ndarray, mels: np.ndarray, faces: Sequence[Face | None]) -> None:
+    if not len(frames) == len(mels) == len(faces):
+        raise ValueError(f"frames, mels and faces differ in length: {len(frames)}, {len(mels)}, {len(faces)}")
+    if len(mels) and np.shape(mels)[1:] != (MEL_BINS, MEL_STEP):
+        raise ValueError(f"mels must be (B, {MEL_BINS}, {MEL_STEP}), got {np.shape(mels)}")
+
+
+# ---- passthrough ---------------------------------------------------------------------------
+
+
+class PassthroughJob(GeneratorJob):
+    def process(self, frames: np.ndarray, mels: np.ndarray,
+                faces: Sequence[Face | None]) -> list[Patch | None]:
+        _check_batch(frames, mels, faces)
+        return [None] * len(frames)
+
+
+class PassthroughGenerator(Generator):
+    """The original frames, untouched: the reference without lip-sync."""
+
+    name = "passthrough"
+    needs_faces = False
+    default_batch_size = 64
+
+    def new_job(self, *, fps: float, width: int, height: int) -> PassthroughJob:
+        return PassthroughJob()
+
+
+# ---- baseline ------------------------------------------------------------------------------
+
+
+def mel_level_db(mels: np.ndarray, fps: float) -> np.ndarray:
+    """Loudness of the audio under each frame, from its mel window: float32 (B,) in dB.
+
+    The window of frame i starts at the frame's time; its first 80/fps columns (3 at 25
+    fps) are the audio during the frame. Power-averaged over those columns and all bins.
+    """
+    k = min(MEL_STEP, max(1, round(MEL_FPS / fps)))
+    db = (np.asarray(mels, np.float32)[:, :, :k] - MEL_FLOOR) * MEL_DB_PER_UNIT - 100.0  # (B, 80, k)
+    power = np.mean(np.power(10.0, db / 10.0, dtype=np.float64), axis=(1, 2))  # (B,)
+    return (10.0 * np.log10(np.maximum(power, 1e-10))).astype(np.float32)
+
+
+class MouthDriver:
+    """Speech level -> mouth opening in [0, 1], causal, with state carried across batches.
+
+    An adaptive peak (fast up, slow decay) and noise floor (fast down, slow rise) place a
+    30 dB window under the peak; the gate keeps the mouth shut below that window and near
+    the noise floor; a one-pole attack/release filter smooths the result.
+    """
+
+    def __init__(self, fps: float) -> None:
+        self.fps = fps
+        self.peak = PEAK_INIT_DB
+        self.floor = ABS_GATE_DB
+        self.value = 0.0
+        self.attack = 1.0 - math.exp(-1.0 / (fps * ATTACK_S))
+        self.release = 1.0 - math.exp(-1.0 / (fps * RELEASE_S))
+
+    def step(self, level_db: float) -> float:
+        self.peak = max(level_db, self.peak - PEAK_DECAY_DB_S / self.fps, PEAK_MIN_DB)
+        self.floor = min(level_db, self.floor + FLOOR_RISE_DB_S / self.fps) if level_db > -100 else self.floor
+        gate = max(ABS_GATE_DB, self.peak - DYNAMIC_DB, self.floor + GATE_ABOVE_FLOOR_DB)
+        target = 0.0 if level_db <= gate else min(1.0, (level_db - gate) / max(self.peak - gate, 1.0))
+        coef = self.attack if target > self.value else self.release
+        self.value += coef * (target - self.value)
+        if target == 0.0 and self.value < SNAP_CLOSED:
+            self.value = 0.0
+        return self.value
+
+    def run(self, levels_db: np.ndarray) -> np.ndarray:
+        return np.array([self.step(float(v)) for v in levels_db], np.float32)
+
+
+class BaselineJob(GeneratorJob):
+    def __init__(self, gen: BaselineGenerator, fps: float) -> None:
+        self.gen = gen
+        self.fps = fps
+        self.driver = MouthDriver(fps)
+        self.openings: list[float] = []  # every frame's opening so far (for tests and reports)
+
+    def process(self, frames: np.ndarray, mels: np.ndarray,
+                faces: Sequence[Face | None]) -> list[Patch | None]:
+        _check_batch(frames, mels, faces)
+        opening = self.driver.run(mel_level_db(mels, self.fps))  # (B,)
+        self.openings.extend(float(v) for v in opening)
+        patches: list[Patch | None] = []
+        for frame, face, amount in zip(frames, faces, opening):
+            if face is None:
+                patches.append(None)
+                continue
+            if self.gen.landmarker is not None:
+                face = self.gen.landmarker.landmarks_in(frame, face)
+            mouth = face.mouth
+            patches.append(None if mouth is None else render_mouth(frame, mouth, float(amount)))
+        return patches
+
+
+class BaselineGenerator(Generator):
+    """Weights-free mouth animation from speech energy and the tracked mouth landmarks.
+
+    ``landmarker`` re-fits each frame's landmarks on the full-resolution frame (tracking
+    runs at reduced size and detects only every few frames); "dlib" by default where it
+    is installed, None to use the tracked landmarks as they are.
+    """
+
+    name = "baseline"
+    needs_faces = True
+
+    def __init__(self, *, landmarker: FaceTracker | str | None = "dlib") -> None:
+        if isinstance(landmarker, str):
+            landmarker = _optional_tracker(landmarker)
+        self.landmarker = landmarker
+
+    def new_job(self, *, fps: float, width: int, height: int) -> BaselineJob:
+        if fps <= 0:
+            raise ValueError(f"fps must be positive, got {fps}")
+        return BaselineJob(self, fps)
+
+
+def _optional_tracker(kind: str) -> FaceTracker | None:
+    from pipeline.face_backends import make_tracker
+
+    try:
+        return make_tracker(kind)
+    except WeightsUnavailable as exc:
+        log.warning("baseline: no %s landmarker (%s); using the tracked landmarks", kind, exc)
+        return None
+
+
+# ---- registry ------------------------------------------------------------------------------
+
+Factory = Callable[..., Generator]
+_factories: dict[str, Factory] = {}
+_lock = threading.Lock()
+LAZY_MODULES = {"wav2lip": ("pipeline.wav2lip_generator", "make_wav2lip_generator")}
+
+
+def register_generator(name: str, factory: Factory) -> None:
+    """Make ``get_generator(name, **kw)`` call ``factory(**kw)``."""
+    with _lock:
+        _factories[name] = factory
+
+
+def available_generators() -> list[str]:
+    return sorted(set(_factories) | set(LAZY_MODULES))
+
+
+def get_generator(name: str, **kw: Any) -> Generator:
+    """A new generator ``name`` built with ``kw`` (generators share their heavy parts,
+    models and trackers, per process themselves).
+
+    "wav2lip" imports ``pipeline.wav2lip_generator`` on first use; when that module cannot
+    be imported the error is a WeightsUnavailable naming why, so "auto" can fall back.
+    Raises ValueError for an unknown name.
+    """
+    return _factory(name)(**kw)
+
+
+def _factory(name: str) -> Factory:
+    if name in LAZY_MODULES:
+        module_name, attr = LAZY_MODULES[name]
+        try:
+            module = importlib.import_module(module_name)
+        except ImportError as exc:
+            raise WeightsUnavailable(f"the {name} generator cannot be loaded here ({exc})") from exc
+        factory = getattr(module, attr, None)
+        if callable(factory):
+            return factory
+    with _lock:
+        factory = _factories.get(name)
+    if factory is None:
+        raise ValueError(f"unknown generator {name!r}: choose one of {', '.join(available_generators())}")
+    return factory
+
+
+register_generator("passthrough", PassthroughGenerator)
+register_generator("baseline", BaselineGenerator)

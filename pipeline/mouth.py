@@ -1,0 +1,122 @@
+"""Drawing an open (or closed) mouth into a frame: the baseline generator's renderer.
+
+Work happens in the mouth's own coordinates: u along the line between the inner lip
+corners (centred between them), v perpendicular to it, pointing down the face. Per
+column u the inner edge of the upper lip y_u(u) stays where it is; the new gap g_t(u)
+below it (a lens profile scaled by the opening) is painted as the dark inside of a mouth,
+and everything under the gap, the lower lip down to the chin, is displaced so that the
+original lower inner lip edge y_l(u) lands on y_u + g_t, tapering linearly to no
+displacement at the chin. A mouth that is open in the source and should be closed is
+therefore shut by the same warp (g_t = 0 pulls the lower lip up to the upper one).
+Outside the inner corners and below the chin nothing moves, so the patch is the original
+image at its borders and the feathered alpha only hides resampling.
+"""
+
+from __future__ import annotations
+
+import math
+
+import cv2
+import numpy as np
+
+from pipeline.blend import Patch, feather_mask
+from pipeline.faces import Mouth
+
+MAX_OPEN = 0.42  # inner-lip gap at full opening, as a fraction of the outer mouth width
+PROFILE_POWER = 0.6  # lens shape of the gap across the mouth: (1 - x^2) ** power
+MARGIN = 0.15  # patch margin around the warped region (room for the feather), fraction of mouth width
+MIN_MOUTH_PX = 6.0  # px: inner corners closer than this give no patch
+INSIDE_BGR = (34.0, 28.0, 62.0)  # the dark inside of an open mouth
+INSIDE_SHADE = 0.45  # how much darker the middle of the opening is than its rim
+TEETH_BGR = (178.0, 186.0, 196.0)  # upper teeth, seen under the upper lip
+TEETH_DEPTH = 0.22  # fraction of the gap the upper teeth cover, at most
+TEETH_SPAN = 0.55  # fraction of the mouth width (from the centre) the teeth cover
+
+
+def _frame_axes(mouth: Mouth) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(centre, e_u, e_v): origin and unit axes of the mouth's coordinates, in pixels."""
+    left, right = mouth.left.astype(np.float64), mouth.right.astype(np.float64)
+    d = right - left
+    angle = math.atan2(d[1], d[0])
+    e_u = np.array([math.cos(angle), math.sin(angle)])
+    e_v = np.array([-math.sin(angle), math.cos(angle)])
+    return (left + right) / 2, e_u, e_v
+
+
+def _curve(points: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(u, v) of a lip curve, sorted by u, for np.interp."""
+    order = np.argsort(points[:, 0])
+    return points[order, 0], points[order, 1]
+
+
+def render_mouth(frame: np.ndarray, mouth: Mouth, opening: float) -> Patch | None:
+    """A patch that shows ``mouth`` opened to ``opening`` (0 = closed, 1 = fully open).
+
+    None when the mouth is too small or lies outside the frame.
+    """
+    centre, e_u, e_v = _frame_axes(mouth)
+    to_uv = np.stack([e_u, e_v])  # (2, 2): rows project onto u and v
+
+    def uv(p: np.ndarray) -> np.ndarray:
+        return (np.asarray(p, np.float64).reshape(-1, 2) - centre) @ to_uv.T  # (n, 2)
+
+    half = float(np.linalg.norm(mouth.right - mouth.left)) / 2
+    if 2 * half < MIN_MOUTH_PX:
+        return None
+    upper_u, upper_v = _curve(uv(mouth.upper_inner))
+    lower_u, lower_v = _curve(uv(mouth.lower_inner))
+    outer = uv(mouth.lower_outer)
+    width = max(2 * half, float(outer[:, 0].max() - outer[:, 0].min()))
+    chin_v = float(uv(mouth.chin)[0, 1])
+    lowest = max(float(lower_v.max()), float(outer[:, 1].max()))
+    chin_v = max(chin_v, lowest + 0.25 * width)  # a degenerate jaw: keep room below the lip
+    gap = float(np.clip(opening, 0.0, 1.0)) * MAX_OPEN * width
+    margin = MARGIN * width
+
+    # patch box: the region from above the upper lip to the chin, grown by the margin
+    corners_uv = np.array([[-half - margin, float(upper_v.min()) - margin],
+                           [half + margin, float(upper_v.min()) - margin],
+                           [-half - margin, chin_v + 0.5 * margin],
+                           [half + margin, chin_v + 0.5 * margin]])
+    corners = centre + corners_uv @ to_uv  # (4, 2) back to pixels
+    fh, fw = frame.shape[:2]
+    x1, y1 = max(0, int(math.floor(corners[:, 0].min()))), max(0, int(math.floor(corners[:, 1].min())))
+    x2, y2 = min(fw, int(math.ceil(corners[:, 0].max())) + 1), min(fh, int(math.ceil(corners[:, 1].max())) + 1)
+    if x2 - x1 < 4 or y2 - y1 < 4:
+        return None
+
+    ys, xs = np.mgrid[y1:y2, x1:x2].astype(np.float32)  # (h, w) pixel centres
+    rel_x, rel_y = xs - np.float32(centre[0]), ys - np.float32(centre[1])
+    u = rel_x * np.float32(e_u[0]) + rel_y * np.float32(e_u[1])  # (h, w)
+    v = rel_x * np.float32(e_v[0]) + rel_y * np.float32(e_v[1])  # (h, w)
+    inside = np.abs(u) < half
+    x = np.clip(u / np.float32(half), -1.0, 1.0)
+    lens = np.power(np.maximum(0.0, 1.0 - x * x), PROFILE_POWER).astype(np.float32)
+    y_u = np.interp(u, upper_u, upper_v).astype(np.float32)
+    g_o = np.where(inside, np.maximum(0.0, np.interp(u, lower_u, lower_v) - y_u), 0.0).astype(np.float32)
+    g_t = np.where(inside, np.float32(gap) * lens, 0.0).astype(np.float32)
+
+    # below the new gap: source row v + (g_o - g_t) * (1 - t), t from the gap's bottom (0) to the chin (1)
+    top = y_u + g_t
+    t = np.clip((v - top) / np.maximum(np.float32(chin_v) - top, 1.0), 0.0, 1.0)
+    shift = np.where(v >= top, (g_o - g_t) * (1.0 - t), 0.0).astype(np.float32)
+    map_x = (xs + shift * np.float32(e_v[0]) - x1).astype(np.float32)
+    map_y = (ys + shift * np.float32(e_v[1]) - y1).astype(np.float32)
+    image = cv2.remap(frame[y1:y2, x1:x2], map_x, map_y, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+
+    if gap >= 0.5:
+        depth = np.clip((v - y_u) / np.maximum(g_t, 1e-3), 0.0, 1.0)  # 0 at the upper lip, 1 at the lower
+        # anti-aliased coverage of the gap: one-pixel ramps at its upper and lower edges
+        cover = (np.clip(v - y_u + 0.5, 0.0, 1.0) * np.clip(top - v + 0.5, 0.0, 1.0) * (g_t > 0.25))
+        shade = 1.0 - INSIDE_SHADE * np.sin(np.pi * depth) * lens  # (h, w) darker in the middle
+        inside_img = shade[:, :, None] * np.asarray(INSIDE_BGR, np.float32)  # (h, w, 3)
+        teeth = (depth < TEETH_DEPTH) & (np.abs(x) < TEETH_SPAN)
+        teeth_w = np.where(teeth, np.clip((TEETH_SPAN - np.abs(x)) / 0.15, 0.0, 1.0) * 0.8, 0.0)
+        inside_img += teeth_w[:, :, None] * (np.asarray(TEETH_BGR, np.float32) - inside_img)
+        blended = image.astype(np.float32)
+        blended += cover[:, :, None].astype(np.float32) * (inside_img - blended)
+        image = np.clip(blended + 0.5, 0, 255).astype(np.uint8)
+
+    h, w = y2 - y1, x2 - x1
+    alpha = feather_mask(h, w, feather=min(0.45, 0.8 * margin / max(1, min(h, w))))
+    return Patch(box=(x1, y1, x2, y2), image=np.ascontiguousarray(image), alpha=alpha)

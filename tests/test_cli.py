@@ -1,0 +1,93 @@
+"""``python -m pipeline``: JSON results, one-line errors, jobs recorded in SQLite."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from pipeline.probe import probe
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def cli(*args: str, data_dir: Path) -> subprocess.CompletedProcess:
+    env = {**os.environ, "LIPSYNC_DATA_DIR": str(data_dir), "HF_HUB_OFFLINE": "1"}
+    return subprocess.run([sys.executable, "-m", "pipeline", *args], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=300)
+
+
+def test_run_json_and_record(face_mp4: Path, speech_wav: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out.mp4"
+    proc = cli("run", str(face_mp4), str(speech_wav), "-o", str(out), "--model", "baseline", "--json",
+               data_dir=tmp_path / "data")
+    assert proc.returncode == 0, proc.stderr
+    res = json.loads(proc.stdout)
+    for key in ("output_path", "model_used", "model_reason", "frames", "fps", "duration_s",
+                "frames_without_face", "timings", "peak_rss_mb", "job_id"):
+        assert key in res, key
+    assert res["model_used"] == "baseline" and res["frames"] == 75 and res["peak_rss_mb"] > 0
+    assert probe(out).audio is not None
+    from storage.jobs import JobStore
+
+    with JobStore(tmp_path / "data" / "jobs.db") as store:
+        job = store.get(res["job_id"])
+    assert job["status"] == "succeeded" and job["source"] == "cli"
+    assert job["model_used"] == "baseline"
+    assert {"probe", "track", "generate", "encode"} <= {s["stage"] for s in job["stages"]}
+    metrics = {s["metric"]: s for s in job["scores"]}
+    assert metrics["lse_d"]["value"] is None and "no SyncNet weights" in metrics["lse_d"]["reason"]
+    assert metrics["psnr_full"]["value"] is not None
+
+
+def test_errors_are_one_line_and_recorded(face_mp4: Path, tmp_path: Path) -> None:
+    bad = tmp_path / "speech.wav"
+    bad.write_bytes(b"")
+    proc = cli("run", str(face_mp4), str(bad), "-o", str(tmp_path / "o.mp4"), "--model", "baseline",
+               data_dir=tmp_path / "data")
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error:") and "speech.wav" in lines[0]
+    assert "Traceback" not in proc.stderr
+    from storage.jobs import JobStore
+
+    with JobStore(tmp_path / "data" / "jobs.db") as store:
+        (job,) = store.list()
+    assert job["status"] == "failed" and job["error_type"] == "InvalidMedia"
+
+
+def test_no_record(face_mp4: Path, speech_wav: Path, tmp_path: Path) -> None:
+    proc = cli("run", str(face_mp4), str(speech_wav), "-o", str(tmp_path / "o.mp4"), "--model",
+               "passthrough", "--no-record", "--no-score", "--json", data_dir=tmp_path / "data")
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["job_id"] is None
+    assert not (tmp_path / "data" / "jobs.db").exists()
+
+
+# Every shared video and every shared audio file is used at least once.
+MATRIX = [
+    ("hdtf_aoc_512.mp4", "speech_en_60s.wav", "baseline"),  # 60 s audio drives the 8 s clip
+    ("sun_portrait_noaudio.mp4", "sun.wav", "baseline"),  # video-only input, 44.1 kHz audio
+    ("monalisa_720p.mp4", "speech_44k.mp3", "baseline"),  # 29.97 fps, mp3
+    ("hdtf_aoc_512.mp4", "radio_stereo_8s.wav", "passthrough"),  # mpeg4 video, stereo audio
+    ("monalisa_720p.mp4", "speech_48k_24bit.wav", "passthrough"),  # 24-bit 48 kHz
+]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("video", "audio", "model"), MATRIX)
+def test_real_media_matrix(shared_media: Path, tmp_path: Path, video: str, audio: str, model: str) -> None:
+    out = tmp_path / "out.mp4"
+    proc = cli("run", str(shared_media / video), str(shared_media / audio), "-o", str(out),
+               "--model", model, "--json", "--no-record", "--no-score", data_dir=tmp_path / "data")
+    assert proc.returncode == 0, proc.stderr
+    res = json.loads(proc.stdout)
+    vin, ain, vout = probe(shared_media / video), probe(shared_media / audio), probe(out)
+    assert abs(vout.video.fps - vin.video.fps) < 0.01
+    assert vout.video.display_size == tuple(s - s % 2 for s in vin.video.display_size)
+    assert abs(vout.duration_s - ain.duration_s) <= 2.0 / vin.video.fps + 0.05
+    assert res["frames_without_face"] <= res["frames"] // 10

@@ -1,0 +1,84 @@
+"""PSNR / SSIM: identical frames, a known noise level, and skimage with the pinned arguments."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from skimage.metrics import structural_similarity
+
+from eval import quality
+from eval.scores import Score, Scores
+
+
+def _frame(seed: int = 0, shape: tuple[int, int, int] = (96, 128, 3)) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    return rng.integers(40, 216, shape, dtype=np.uint8)
+
+
+def test_identical_frames_give_inf_and_one() -> None:
+    a = _frame()
+    assert quality.psnr(a, a.copy()) == math.inf
+    assert quality.ssim(a, a.copy()) == pytest.approx(1.0, abs=1e-12)
+
+
+def test_gaussian_noise_gives_analytic_psnr() -> None:
+    """Noise of sigma 5 on values far from 0 and 255 (no clipping): MSE ~= 25."""
+    rng = np.random.default_rng(1)
+    a = np.full((480, 640, 3), 128, np.uint8)
+    noise = rng.normal(0.0, 5.0, a.shape)
+    b = np.clip(np.rint(a + noise), 0, 255).astype(np.uint8)
+    # rounding to integers adds uniform noise of variance 1/12
+    expected = 10 * math.log10(255.0 ** 2 / (25.0 + 1 / 12))
+    assert quality.psnr(a, b) == pytest.approx(expected, abs=0.05)
+
+
+def test_ssim_equals_direct_skimage_call() -> None:
+    a, b = _frame(2), _frame(3)
+    b = ((a.astype(np.int16) + b) // 2).astype(np.uint8)
+    direct = structural_similarity(a, b, gaussian_weights=True, sigma=1.5, use_sample_covariance=False,
+                                   data_range=255, channel_axis=-1)
+    assert quality.ssim(a, b) == direct
+    assert 0 < direct < 1
+
+
+def test_shape_mismatch_is_an_error() -> None:
+    with pytest.raises(ValueError, match="differently shaped"):
+        quality.psnr(_frame(), _frame(shape=(96, 120, 3)))
+
+
+def test_lower_face_box_and_sampling() -> None:
+    assert quality.lower_face_box((10.0, 20.0, 70.0, 100.0), 128, 96) == (10, 60, 70, 96)
+    assert quality.lower_face_box((120.0, 0.0, 140.0, 30.0), 128, 96) is None  # clipped too small
+    assert quality.sample_indices(100, 4) == [0, 33, 66, 99]
+    assert quality.sample_indices(3, 25) == [0, 1, 2]
+    assert quality.sample_indices(0, 4) == []
+
+
+def test_accumulator_crops_the_lower_face() -> None:
+    a = _frame(4)
+    b = a.copy()
+    b[:40] = 0  # upper part differs, the lower face region (rows 50..90) is identical
+    acc = quality.QualityAccumulator(frozenset({0}), frozenset({0, 1}))
+    acc.add(0, a, b, (20.0, 10.0, 100.0, 90.0))
+    acc.add(1, a, b, None)
+    means = acc.means()
+    assert means["psnr_face"] == math.inf and means["ssim_face"] == pytest.approx(1.0)
+    assert means["psnr_full"] < 20 and means["ssim_full"] < 0.9
+    assert acc.face_missing == 1
+
+
+def test_scores_rows_are_what_storage_takes() -> None:
+    scores = Scores((Score("psnr_full", math.inf, None, {"a": 1}), Score("ssim_full", 0.9, None, {}),
+                     Score("lse_d", None, "n/a (no SyncNet weights): put it there", {})), {"numpy": "x"})
+    rows = scores.rows()
+    assert [set(r) for r in rows] == [{"metric", "value", "reason", "convention"}] * 3
+    assert rows[0]["value"] is None and "identical" in rows[0]["reason"]
+    assert rows[1] == {"metric": "ssim_full", "value": 0.9, "reason": None, "convention": {}}
+    assert scores.get("lse_d").reason.startswith("n/a (no SyncNet weights)")
+    with pytest.raises(ValueError, match="no reason"):
+        Score("lse_c", None, None, {})
+    from storage.records import score_row
+
+    assert [score_row(r)["value"] for r in rows] == [None, 0.9, None]

@@ -1,0 +1,117 @@
+"""score_videos and the CLI on small synthetic media (real ffmpeg, real dlib).
+
+The SyncNet checkpoint of the LSE test is a randomly initialised state_dict in the
+published format (the real one is on the Hub, unreachable here): it checks that resolved
+weights are used end to end, never what the numbers mean.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import media
+from eval.score import score_videos
+from eval.syncnet import SyncNetS
+from pipeline.errors import InvalidMedia
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(autouse=True)
+def no_weights(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("LIPSYNC_MODELS_DIR", str(tmp_path / "models"))
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.delenv("LIPSYNC_SYNCNET_CHECKPOINT", raising=False)
+
+
+@pytest.fixture(scope="module")
+def talking(synth_dir: Path, speech_wav: Path) -> Path:
+    """The synthetic face video with the speech track muxed in (2 s, 25 fps, 384x384)."""
+    return media.face_video(synth_dir / "eval_talking.mp4", seconds=2.0, audio=speech_wav)
+
+
+@pytest.fixture(scope="module")
+def generated(synth_dir: Path, speech_wav: Path) -> Path:
+    """The same video with its lower face darkened: what a generator changes."""
+    frames = [media.face_frame(i) for i in range(50)]
+    for f in frames:
+        f[200:300, 130:260] = (f[200:300, 130:260] * 0.7).astype(np.uint8)
+    return media.write_video(synth_dir / "eval_generated.mp4", frames, audio=speech_wav)
+
+
+def test_original_against_itself(talking: Path) -> None:
+    scores = score_videos(talking, talking)
+    assert scores.value("psnr_full") == math.inf and scores.value("ssim_full") == pytest.approx(1.0)
+    assert scores.value("psnr_face") == math.inf and scores.value("ssim_face") == pytest.approx(1.0)
+    for m in ("lse_d", "lse_c", "av_offset"):
+        s = scores.get(m)
+        assert s.value is None and s.reason.startswith("n/a (no SyncNet weights): ")
+        assert "LIPSYNC_SYNCNET_CHECKPOINT" in s.reason and s.convention["vshift"] == 15
+    assert scores.value("sync_proxy_corr") is not None
+    assert "proxy" in scores.get("sync_proxy_corr").convention["kind"]
+    assert scores.facts["compared_frames"] == 50
+    assert scores.versions["scikit-image"] and scores.versions["numpy"]
+    json.dumps(scores.to_dict(), allow_nan=False)  # strict JSON: inf became null + reason
+
+
+def test_changed_lower_face_lowers_face_scores_more(talking: Path, generated: Path) -> None:
+    scores = score_videos(talking, generated)
+    full, face = scores.value("psnr_full"), scores.value("psnr_face")
+    assert math.isfinite(full) and math.isfinite(face) and face < full
+    assert scores.value("ssim_face") < scores.value("ssim_full") < 1.0
+    conv = scores.get("ssim_face").convention
+    assert "gaussian_weights=True" in conv["ssim"] and conv["frame_indices"][0] == 0
+
+
+def test_different_aspect_is_rejected_and_scaled_is_aligned(talking: Path, synth_dir: Path) -> None:
+    wide = media.write_video(synth_dir / "eval_wide.mp4", [media.face_frame(i)[:200] for i in range(10)])
+    with pytest.raises(InvalidMedia, match="different aspect ratios"):
+        score_videos(talking, wide)
+    small = media.write_video(synth_dir / "eval_small_30fps.mp4",
+                              [media.face_frame(i, size=192) for i in range(60)], fps=30.0)
+    scores = score_videos(talking, small, audio=None)
+    note = scores.facts["alignment"]
+    assert "scaled from 192x192 to 384x384" in note and "resampled from 30.000 to 25.000" in note
+    assert scores.value("ssim_full") is not None
+    assert scores.get("sync_proxy_corr").reason.startswith("n/a (no audio")
+
+
+def test_lse_with_resolved_checkpoint(talking: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    torch.manual_seed(0)
+    ckpt = tmp_path / "syncnet_v2.model"
+    torch.save(SyncNetS().state_dict(), ckpt)
+    monkeypatch.setenv("LIPSYNC_SYNCNET_CHECKPOINT", str(ckpt))
+    scores = score_videos(talking, talking)
+    assert all(scores.value(m) is not None for m in ("lse_d", "lse_c", "av_offset"))
+    assert scores.value("lse_c") >= 0 and -15 <= scores.value("av_offset") <= 15
+    assert scores.get("lse_d").convention["windows"] == 50 - 5
+
+
+def _cli(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "eval", "score", *args], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=120)
+
+
+def test_cli_without_weights_reports_null_lse_and_exits_0(talking: Path, tmp_path: Path) -> None:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "LIPSYNC_MODELS_DIR": str(tmp_path / "none")}
+    env.pop("LIPSYNC_SYNCNET_CHECKPOINT", None)
+    proc = _cli(str(talking), str(talking), "--json", env=env)
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(proc.stdout)
+    for m in ("lse_d", "lse_c", "av_offset"):
+        assert out["scores"][m]["value"] is None
+        assert out["scores"][m]["reason"].startswith("n/a (no SyncNet weights): ")
+    assert out["scores"]["ssim_full"]["value"] == pytest.approx(1.0)
+    text = _cli(str(talking), str(talking), env=env)
+    assert text.returncode == 0 and "lse_d" in text.stdout and "not LSE" in text.stdout
+    bad = _cli(str(talking), str(tmp_path / "missing.mp4"), env=env)
+    assert bad.returncode == 2 and bad.stderr.startswith("error: ")

@@ -1,0 +1,124 @@
+"""The run loop end to end on synthetic media: real ffmpeg, real dlib, no weights."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import media
+from pipeline.errors import InvalidMedia, JobCancelled, JobTimeout, NoFaceFound
+from pipeline.options import RunOptions
+from pipeline.probe import probe
+from pipeline.run import run
+from pipeline.video_io import read_frames
+
+
+def _check_output(path: Path, *, audio_s: float, fps: float, size: tuple[int, int]) -> None:
+    info = probe(path)
+    assert info.video is not None and info.video.codec == "h264"
+    assert info.audio is not None and info.audio.codec == "aac"
+    assert info.video.display_size == size
+    assert abs(info.video.fps - fps) < 0.01
+    assert abs(info.duration_s - audio_s) <= 1.0 / fps + 0.05  # container rounding of AAC
+
+
+@pytest.fixture()
+def work(tmp_path: Path) -> Path:
+    d = tmp_path / "work"
+    d.mkdir()
+    return d
+
+
+def test_passthrough_extends_video_to_audio(face_mp4: Path, speech_wav: Path, tmp_path: Path, work: Path) -> None:
+    seen: list[tuple[str, float]] = []
+    out = tmp_path / "out.mp4"
+    result = run(face_mp4, speech_wav, out, options=RunOptions(model="passthrough", work_dir=str(work)),
+                 progress=lambda stage, f: seen.append((stage, f)))
+    assert out.exists() and result.output_path == str(out)
+    assert result.model_used == "passthrough"
+    assert result.frames == 75 and result.fps == 25.0  # 3.0 s of audio at the video's 25 fps
+    _check_output(out, audio_s=3.0, fps=25.0, size=(384, 384))
+    assert {"probe", "audio", "decode", "generate", "encode", "mux"} <= set(result.timings)
+    assert "track" not in result.timings  # passthrough needs no faces
+    assert list(work.iterdir()) == []  # the job's temp folder is gone
+    fractions = [f for _, f in seen]
+    assert fractions == sorted(fractions) and seen[-1] == ("done", 1.0)
+    # ping-pong: output frame 50 + k shows source frame 48 - k (2 s = 50 source frames)
+    frames = list(read_frames(out))
+    src = list(read_frames(face_mp4))
+    def diff(a: np.ndarray, b: np.ndarray) -> float:
+        return float(np.abs(a.astype(np.int16) - b.astype(np.int16)).mean())
+    assert diff(frames[55], src[44]) < diff(frames[55], src[5])
+
+
+def test_short_audio_cuts_video(face_mp4: Path, synth_dir: Path, tmp_path: Path) -> None:
+    short = media.write_wav(synth_dir / "short.wav", media.speech_like(1.0))
+    result = run(face_mp4, short, tmp_path / "o.mp4", options=RunOptions(model="passthrough"))
+    assert result.frames == 25
+    _check_output(tmp_path / "o.mp4", audio_s=1.0, fps=25.0, size=(384, 384))
+
+
+def test_still_photo_becomes_video(face_png: Path, speech_wav: Path, tmp_path: Path) -> None:
+    result = run(face_png, speech_wav, tmp_path / "o.mp4", options=RunOptions(model="baseline"))
+    assert result.fps == 25.0 and result.frames == 75 and result.frames_without_face == 0
+    _check_output(tmp_path / "o.mp4", audio_s=3.0, fps=25.0, size=(384, 384))
+
+
+def test_auto_without_weights_falls_back_with_reason(face_mp4: Path, speech_wav: Path, tmp_path: Path,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("LIPSYNC_MODELS_DIR", str(tmp_path / "no-models"))
+    monkeypatch.delenv("LIPSYNC_WAV2LIP_CHECKPOINT", raising=False)
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    result = run(face_mp4, speech_wav, tmp_path / "o.mp4", options=RunOptions(model="auto"))
+    assert result.model_used == "baseline"
+    assert "no Wav2Lip weights" in result.model_reason
+    assert result.timings["track"] > 0
+
+
+def test_side_by_side_review_video(face_mp4: Path, speech_wav: Path, tmp_path: Path) -> None:
+    sbs = tmp_path / "sbs.mp4"
+    run(face_mp4, speech_wav, tmp_path / "o.mp4", options=RunOptions(model="baseline"), side_by_side=sbs)
+    _check_output(sbs, audio_s=3.0, fps=25.0, size=(768, 384))
+    left_right = next(iter(read_frames(sbs)))
+    first = next(iter(read_frames(face_mp4)))
+    assert np.abs(left_right[:, :384].astype(int) - first.astype(int)).mean() < 4  # left = original
+
+
+def test_cancel_and_timeout_leave_nothing(face_mp4: Path, speech_wav: Path, tmp_path: Path, work: Path) -> None:
+    out = tmp_path / "o.mp4"
+    calls = {"n": 0}
+
+    def cancel() -> bool:
+        calls["n"] += 1
+        return calls["n"] > 3  # after probe, audio, track: cancel during generation
+
+    with pytest.raises(JobCancelled) as info:
+        run(face_mp4, speech_wav, out, options=RunOptions(model="baseline", work_dir=str(work)), cancel=cancel)
+    assert not out.exists() and list(work.iterdir()) == []
+    assert info.value.timings["seconds"]["probe"] > 0  # partial timings ride on the exception
+    with pytest.raises(JobTimeout, match="time limit"):
+        run(face_mp4, speech_wav, out, options=RunOptions(model="baseline", timeout_s=1e-6, work_dir=str(work)))
+    assert not out.exists() and list(work.iterdir()) == []
+
+
+def test_no_face_anywhere(synth_dir: Path, speech_wav: Path, tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    frames = [np.full((240, 320, 3), 90 + i, np.uint8) + rng.integers(0, 20, (240, 320, 3), dtype=np.uint8)
+              for i in range(25)]
+    blank = media.write_video(synth_dir / "blank.mp4", frames)
+    with pytest.raises(NoFaceFound, match="sampled"):
+        run(blank, speech_wav, tmp_path / "o.mp4", options=RunOptions(model="baseline"))
+    # passthrough needs no face and succeeds on the same input
+    run(blank, speech_wav, tmp_path / "p.mp4", options=RunOptions(model="passthrough"))
+
+
+def test_bad_inputs_are_named(synth_dir: Path, face_mp4: Path, speech_wav: Path, tmp_path: Path) -> None:
+    text = synth_dir / "notes.mp4"
+    text.write_text("this is not a video\n")
+    with pytest.raises(InvalidMedia, match="notes.mp4"):
+        run(text, speech_wav, tmp_path / "o.mp4", options=RunOptions(model="passthrough"))
+    with pytest.raises(InvalidMedia, match="no audio"):
+        run(face_mp4, face_mp4, tmp_path / "o.mp4", options=RunOptions(model="passthrough"))
+    assert not (tmp_path / "o.mp4").exists()

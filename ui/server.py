@@ -1,0 +1,144 @@
+"""The FastAPI app the Gradio UI is mounted on: /healthz, /readyz and /metrics.
+
+- ``/healthz``: the process answers (always 200 while it serves).
+- ``/readyz``: 200 when a generator and a face tracker resolve and the job database takes
+  a write transaction; 503 with the failing check otherwise.
+- ``/metrics``: Prometheus text format: jobs by status, stage duration histograms from
+  the recorded stages, Gradio queue depth and running events, GPU memory.
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+from collections.abc import Iterable
+from typing import Any
+
+import fastapi
+from fastapi.responses import JSONResponse, PlainTextResponse
+
+from pipeline.weights import weights_report
+from storage.db import write_transaction
+from storage.records import ACTIVE, TERMINAL
+from ui.context import GENERATION_GROUP, AppContext
+
+log = logging.getLogger(__name__)
+
+STAGE_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)  # s
+TRACKERS = ("insightface", "dlib")
+PROMETHEUS_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+
+def readiness(ctx: AppContext) -> dict[str, Any]:
+    """``{"ready": bool, "checks": {name: {"ok": bool, "detail": str}}}``."""
+    checks: dict[str, dict[str, Any]] = {}
+    try:
+        rows = {r["name"]: r for r in weights_report(allow_download=False)}
+        trackers = [n for n in TRACKERS if rows.get(n, {}).get("found")]
+        w2l = rows.get("wav2lip", {}).get("found", False)
+        checks["models"] = {
+            "ok": bool(trackers),
+            "detail": (f"face tracker: {', '.join(trackers) or 'none found'}; generator: "
+                       + ("wav2lip weights found" if w2l else "baseline (no Wav2Lip weights)")),
+        }
+    except Exception as exc:  # noqa: BLE001 - a readiness probe reports, never raises
+        checks["models"] = {"ok": False, "detail": f"{type(exc).__name__}: {exc}"}
+    try:
+        with ctx.store.connection() as db, write_transaction(db):
+            pass
+        ctx.settings.data_dir.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=ctx.settings.data_dir):
+            pass
+        checks["database"] = {"ok": True, "detail": f"{ctx.settings.db_path} is writable"}
+    except Exception as exc:  # noqa: BLE001
+        checks["database"] = {"ok": False, "detail": f"{type(exc).__name__}: {exc}"}
+    return {"ready": all(c["ok"] for c in checks.values()), "checks": checks}
+
+
+def _escape(value: str) -> str:
+    return str(value).replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+
+
+def _labels(**labels: str) -> str:
+    inner = ",".join(f'{k}="{_escape(v)}"' for k, v in labels.items())
+    return "{" + inner + "}" if inner else ""
+
+
+def _metric(lines: list[str], name: str, kind: str, help_text: str,
+            samples: Iterable[tuple[str, dict[str, str], float]]) -> None:
+    lines.append(f"# HELP {name} {help_text}")
+    lines.append(f"# TYPE {name} {kind}")
+    for suffix, labels, value in samples:
+        lines.append(f"{name}{suffix}{_labels(**labels)} {value:g}")
+
+
+def _stage_histograms(ctx: AppContext) -> list[tuple[str, dict[str, str], float]]:
+    bucket_sql = ", ".join(f"sum(seconds <= {b!r})" for b in STAGE_BUCKETS)
+    with ctx.store.connection() as db:
+        rows = db.execute(f"SELECT stage, count(*), coalesce(sum(seconds), 0), {bucket_sql} "
+                          "FROM job_stages GROUP BY stage ORDER BY stage").fetchall()
+    samples = []
+    for stage, count, total, *cumulative in rows:
+        for le, n in zip(STAGE_BUCKETS, cumulative):
+            samples.append(("_bucket", {"stage": stage, "le": f"{le:g}"}, float(n or 0)))
+        samples.append(("_bucket", {"stage": stage, "le": "+Inf"}, float(count)))
+        samples.append(("_sum", {"stage": stage}, float(total)))
+        samples.append(("_count", {"stage": stage}, float(count)))
+    return samples
+
+
+def _gpu_memory() -> list[tuple[str, dict[str, str], float]]:
+    import torch
+
+    if not torch.cuda.is_available():
+        return []
+    out = []
+    for i in range(torch.cuda.device_count()):
+        free, total = torch.cuda.mem_get_info(i)
+        out.append(("", {"gpu": str(i), "kind": "used"}, float(total - free)))
+        out.append(("", {"gpu": str(i), "kind": "total"}, float(total)))
+    return out
+
+
+def metrics_text(ctx: AppContext) -> str:
+    """The /metrics body in Prometheus text exposition format 0.0.4."""
+    lines: list[str] = []
+    with ctx.store.connection() as db:
+        counts = dict(db.execute("SELECT status, count(*) FROM jobs GROUP BY status").fetchall())
+    _metric(lines, "lipsync_jobs", "gauge", "Jobs in the history by status.",
+            [("", {"status": s}, float(counts.get(s, 0))) for s in (*ACTIVE, *TERMINAL)])
+    _metric(lines, "lipsync_stage_seconds", "histogram",
+            "Seconds each recorded job spent per pipeline stage.", _stage_histograms(ctx))
+    q = ctx.queue_depth()
+    gen = q["groups"].get(GENERATION_GROUP, {})
+    _metric(lines, "lipsync_queue_waiting", "gauge", "Events waiting in Gradio's queue.",
+            [("", {"group": "all"}, float(q["waiting"])),
+             ("", {"group": GENERATION_GROUP}, float(gen.get("waiting", 0)))])
+    _metric(lines, "lipsync_events_running", "gauge", "Events running now.",
+            [("", {"group": "all"}, float(q["running"])),
+             ("", {"group": GENERATION_GROUP}, float(gen.get("running", 0)))])
+    _metric(lines, "lipsync_generation_slots", "gauge", "Generation jobs allowed in flight at once.",
+            [("", {}, float(ctx.settings.max_jobs))])
+    _metric(lines, "lipsync_gpu_memory_bytes", "gauge", "GPU memory used and total (absent without CUDA).",
+            _gpu_memory())
+    return "\n".join(lines) + "\n"
+
+
+def make_server(ctx: AppContext) -> fastapi.FastAPI:
+    """The FastAPI app with the ops routes; app.py mounts Gradio on it at "/"."""
+    app = fastapi.FastAPI(title="LipSync Lab", docs_url=None, redoc_url=None, openapi_url=None)
+
+    @app.get("/healthz")
+    def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/readyz")
+    def readyz() -> JSONResponse:
+        body = readiness(ctx)
+        return JSONResponse(body, status_code=200 if body["ready"] else 503)
+
+    @app.get("/metrics")
+    def metrics() -> PlainTextResponse:
+        return PlainTextResponse(metrics_text(ctx), media_type=PROMETHEUS_TYPE)
+
+    return app

@@ -1,0 +1,186 @@
+"""What the app's handlers do, without Gradio: run a recorded job, score, query the history.
+
+Handlers in the tab modules call these and wrap them in :func:`ui.errors.user_errors`.
+A generation job runs in a worker thread (:func:`run_cancellable`) so that cancelling the
+Gradio event sets the job's cancel flag: the pipeline stops at its next check, the job is
+recorded as cancelled, and only then is the event's concurrency slot released.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import contextvars
+import dataclasses
+import json
+import logging
+import os
+import threading
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from pipeline.options import RunOptions
+from pipeline.probe import Limits
+from pipeline.recording import run_recorded
+from storage.jobs import JobStore
+from ui.errors import InputMissing
+from ui.settings import Settings
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+ProgressFn = Callable[[str, float], None]
+
+# Options a request may set; the rest (checkpoint path, work folder, limits) are the server's.
+USER_OPTIONS = ("face_index", "batch_size", "pads", "loop", "crf", "preset", "device", "tracker",
+                "timeout_s")
+
+
+@dataclass(frozen=True)
+class JobOutcome:
+    """A finished generation job, as the UI and the API show it."""
+
+    job_id: str
+    video: str
+    side_by_side: str | None
+    scores: dict[str, Any] | None  # eval Scores.to_dict()
+    score_rows: list[dict[str, Any]]  # Scores.rows(): metric, value, reason, convention
+    timings: dict[str, float]
+    offsets: dict[str, float]
+    model_used: str
+    model_reason: str
+    frames: int
+    frames_without_face: int
+    total_s: float
+
+
+def gpu_function(fn: Callable[..., T]) -> Callable[..., T]:
+    """``spaces.GPU(fn)`` on a Hugging Face ZeroGPU Space (package ``spaces``), else ``fn``."""
+    try:
+        import spaces  # type: ignore[import-not-found]
+    except ImportError:
+        return fn
+    log.info("spaces package found: the generation job runs under spaces.GPU")
+    return spaces.GPU(duration=180)(fn)
+
+
+def parse_options(model: str, options: Mapping[str, Any] | str | None, *,
+                  settings: Settings) -> RunOptions:
+    """RunOptions for a request: ``model`` plus the USER_OPTIONS in ``options`` (a dict or
+    JSON text), with the server's limits. Raises ValueError naming a bad key or value."""
+    if isinstance(options, str):
+        text = options.strip()
+        try:
+            options = json.loads(text) if text else {}
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"options are not valid JSON: {exc}") from None
+    options = dict(options or {})
+    unknown = sorted(set(options) - set(USER_OPTIONS))
+    if unknown:
+        raise ValueError(f"unknown option(s) {', '.join(unknown)}: allowed are {', '.join(USER_OPTIONS)}")
+    if options.get("pads") is not None:
+        pads = tuple(int(p) for p in options["pads"])
+        if len(pads) != 4:
+            raise ValueError("pads must be four integers: top, bottom, left, right")
+        options["pads"] = pads
+    timeout = options.get("timeout_s") or settings.job_timeout_s
+    if settings.job_timeout_s and timeout:
+        timeout = min(float(timeout), settings.job_timeout_s)
+    options["timeout_s"] = timeout
+    options = {k: v for k, v in options.items() if v is not None}
+    limits = Limits(max_side=settings.max_side, max_duration_s=settings.max_duration_s)
+    return RunOptions(model=model or "auto", limits=limits, **options)
+
+
+def run_job(video: str | None, audio: str | None, options: RunOptions, *, store: JobStore,
+            source: str, user: str | None = None, progress: ProgressFn | None = None,
+            cancel: Callable[[], bool] | None = None) -> JobOutcome:
+    """Run and record one job (see ``pipeline.recording.run_recorded``); domain errors
+    propagate after the job is recorded as failed or cancelled."""
+    if not video:
+        raise InputMissing("give a face video (or a still photo)")
+    if not audio:
+        raise InputMissing("give a speech audio file")
+    rec = run_recorded(video, audio, options=options, progress=progress, cancel=cancel,
+                       source=source, user=user, store=store, score=True, side_by_side=True)
+    res = rec.result
+    scores = rec.scores
+    sbs = rec.outputs.get("side_by_side")
+    return JobOutcome(
+        job_id=rec.job_id or "", video=rec.outputs.get("video", res.output_path),
+        side_by_side=sbs if sbs and os.path.exists(sbs) else None,
+        scores=scores.to_dict() if scores is not None else None,
+        score_rows=scores.rows() if scores is not None else [],
+        timings=dict(res.timings), offsets=dict(res.stage_offsets), model_used=res.model_used,
+        model_reason=res.model_reason, frames=res.frames,
+        frames_without_face=res.frames_without_face, total_s=res.total_s)
+
+
+run_job_on_gpu = gpu_function(run_job)
+
+
+async def run_cancellable(fn: Callable[[Callable[[], bool]], T]) -> T:
+    """Run ``fn(cancelled)`` in a worker thread (with this context, so gr.Progress works).
+
+    When the awaiting task is cancelled (the user's Cancel button, ``Job.cancel()`` of
+    gradio_client), the flag ``cancelled()`` turns true and this waits for ``fn`` to stop
+    before re-raising, so a cancelled job never runs on beside the next one.
+    """
+    flag = threading.Event()
+    ctx = contextvars.copy_context()
+    future = asyncio.get_running_loop().run_in_executor(None, ctx.run, fn, flag.is_set)
+    try:
+        return await asyncio.shield(future)
+    except asyncio.CancelledError:
+        flag.set()
+        log.info("cancel requested: waiting for the running job to stop")
+        with contextlib.suppress(Exception):
+            await future
+        raise
+
+
+def score_files(original: str | None, generated: str | None, audio: str | None = None) -> dict[str, Any]:
+    """Scores of ``generated`` against ``original`` (eval.score.score_videos) as JSON."""
+    if not original or not generated:
+        raise InputMissing("give the original video and the generated video")
+    from eval.score import score_videos
+
+    return score_videos(original, generated, audio=audio or None).to_dict()
+
+
+def history_filters(status: str | None = None, model: str | None = None, since: str | None = None,
+                    until: str | None = None, text: str | None = None) -> dict[str, Any]:
+    """JobStore.list filters from UI/API values ("all" and blanks mean no filter)."""
+    def clean(v: str | None) -> str | None:
+        v = (v or "").strip()
+        return None if not v or v.lower() == "all" else v
+
+    return {"status": clean(status), "model": clean(model), "since": clean(since),
+            "until": clean(until), "text": clean(text)}
+
+
+def list_jobs(store: JobStore, *, limit: int | None = 200, **filters: Any) -> list[dict[str, Any]]:
+    """Jobs newest first as JSON-able dicts (JobStore.list with ``history_filters``)."""
+    limit = None if limit is None or int(limit) <= 0 else int(limit)
+    return store.list(limit=limit, **history_filters(**filters))
+
+
+def get_job(store: JobStore, job_id: str | None) -> dict[str, Any]:
+    """One job's record with inputs, stages, scores and device (JobStore.get)."""
+    job_id = (job_id or "").strip()
+    if not job_id:
+        raise InputMissing("give a job id")
+    return store.get(job_id)
+
+
+def job_outputs(job: Mapping[str, Any]) -> dict[str, str]:
+    """The job's output files that still exist (retention may have deleted them)."""
+    outs = job.get("outputs") or {}
+    if job.get("files_gone"):
+        return {}
+    return {k: v for k, v in outs.items() if isinstance(v, str) and os.path.isfile(v)}
+
+
+def outcome_dict(outcome: JobOutcome) -> dict[str, Any]:
+    return dataclasses.asdict(outcome)

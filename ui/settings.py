@@ -1,0 +1,96 @@
+"""The app's settings, parsed from environment variables (app.py passes ``os.environ``).
+
+Every setting is documented in the README section "The app and its API".
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from storage.db import DATA_DIR_ENV, DB_FILENAME, DEFAULT_DATA_DIR
+
+DEFAULT_HOST = "127.0.0.1"
+SPACE_HOST = "0.0.0.0"  # a Hugging Face Space must listen on every interface
+DEFAULT_PORT = 7860
+DEFAULT_MAX_JOBS = 2  # generation jobs in flight at once (one Gradio concurrency group)
+DEFAULT_QUEUE_SIZE = 16  # events waiting in Gradio's queue before new ones are rejected
+DEFAULT_MAX_UPLOAD_MB = 200.0
+DEFAULT_MAX_DURATION_S = 300.0  # longest face video or speech track accepted, in seconds
+DEFAULT_MAX_SIDE = 4096  # px, longest side of a face video or photo
+
+
+class SettingsError(ValueError):
+    """An environment variable holds a value the app cannot use; the message names it."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    host: str = DEFAULT_HOST
+    port: int = DEFAULT_PORT
+    max_jobs: int = DEFAULT_MAX_JOBS
+    queue_size: int = DEFAULT_QUEUE_SIZE
+    auth: tuple[str, str] | None = None
+    max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB
+    max_duration_s: float = DEFAULT_MAX_DURATION_S
+    max_side: int = DEFAULT_MAX_SIDE
+    job_timeout_s: float | None = None
+    data_dir: Path = Path(DEFAULT_DATA_DIR)
+    in_space: bool = False
+
+    @property
+    def db_path(self) -> Path:
+        return self.data_dir / DB_FILENAME
+
+    @property
+    def max_file_size(self) -> int:
+        """Upload limit in bytes, as Gradio's ``max_file_size`` takes it."""
+        return int(self.max_upload_mb * 1024 * 1024)
+
+
+def _number(env: Mapping[str, str], name: str, default: float, *, cast: type = float,
+            minimum: float = 1) -> float:
+    raw = (env.get(name) or "").strip()
+    if not raw:
+        return default
+    try:
+        value = cast(raw)
+    except ValueError:
+        raise SettingsError(f"{name}={raw!r} is not a {cast.__name__}") from None
+    if value < minimum:
+        raise SettingsError(f"{name}={raw!r} must be at least {minimum}")
+    return value
+
+
+def parse_auth(raw: str | None) -> tuple[str, str] | None:
+    """``user:password`` -> (user, password); empty -> None (no login)."""
+    raw = (raw or "").strip()
+    if not raw:
+        return None
+    user, sep, password = raw.partition(":")
+    if not sep or not user or not password:
+        raise SettingsError("LIPSYNC_AUTH must look like user:password")
+    return user, password
+
+
+def settings_from_env(env: Mapping[str, str] | None = None) -> Settings:
+    """Settings from ``env`` (default ``os.environ``); raises SettingsError naming a bad one."""
+    env = os.environ if env is None else env
+    in_space = bool((env.get("SPACE_ID") or "").strip())
+    host = (env.get("LIPSYNC_HOST") or "").strip() or (SPACE_HOST if in_space else DEFAULT_HOST)
+    timeout = _number(env, "LIPSYNC_JOB_TIMEOUT_S", 0.0, minimum=0)
+    return Settings(
+        host=host,
+        port=int(_number(env, "LIPSYNC_PORT", DEFAULT_PORT, cast=int)),
+        max_jobs=int(_number(env, "LIPSYNC_MAX_JOBS", DEFAULT_MAX_JOBS, cast=int)),
+        queue_size=int(_number(env, "LIPSYNC_QUEUE_SIZE", DEFAULT_QUEUE_SIZE, cast=int)),
+        auth=parse_auth(env.get("LIPSYNC_AUTH")),
+        max_upload_mb=_number(env, "LIPSYNC_MAX_UPLOAD_MB", DEFAULT_MAX_UPLOAD_MB, minimum=0.001),
+        max_duration_s=_number(env, "LIPSYNC_MAX_DURATION_S", DEFAULT_MAX_DURATION_S, minimum=0.1),
+        max_side=int(_number(env, "LIPSYNC_MAX_SIDE", DEFAULT_MAX_SIDE, cast=int, minimum=16)),
+        job_timeout_s=timeout or None,
+        data_dir=Path(env.get(DATA_DIR_ENV) or DEFAULT_DATA_DIR),
+        in_space=in_space,
+    )
