@@ -18,6 +18,7 @@ import math
 
 import cv2
 import numpy as np
+from scipy.interpolate import PchipInterpolator
 
 from pipeline.blend import Patch, feather_mask
 from pipeline.faces import Mouth
@@ -31,6 +32,9 @@ INSIDE_SHADE = 0.45  # how much darker the middle of the opening is than its rim
 TEETH_BGR = (178.0, 186.0, 196.0)  # upper teeth, seen under the upper lip
 TEETH_DEPTH = 0.22  # fraction of the gap the upper teeth cover, at most
 TEETH_SPAN = 0.55  # fraction of the mouth width (from the centre) the teeth cover
+TUCK = 0.08  # an open source mouth is closed this much further (fraction of mouth width), at most
+    # its own opening: landmarks sit a pixel or two inside the dark gap
+CURVE_SAMPLES = 33  # samples of each smoothed lip curve
 
 
 def _frame_axes(mouth: Mouth) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -44,9 +48,18 @@ def _frame_axes(mouth: Mouth) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
 
 def _curve(points: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(u, v) of a lip curve, sorted by u, for np.interp."""
+    """(u, v) samples of the smooth curve through a lip's points, sorted by u, for np.interp.
+
+    A shape-preserving cubic (PCHIP) through the landmarks: straight chords between them
+    would cut inside the rounded edge of an open mouth and leave slivers of it visible.
+    """
     order = np.argsort(points[:, 0])
-    return points[order, 0], points[order, 1]
+    u, v = points[order, 0], points[order, 1]
+    u = np.maximum.accumulate(u + np.arange(len(u)) * 1e-3)  # strictly increasing for the fit
+    if len(u) < 3:
+        return u, v
+    dense = np.linspace(u[0], u[-1], CURVE_SAMPLES)
+    return dense, PchipInterpolator(u, v)(dense)
 
 
 def render_mouth(frame: np.ndarray, mouth: Mouth, opening: float) -> Patch | None:
@@ -93,7 +106,8 @@ def render_mouth(frame: np.ndarray, mouth: Mouth, opening: float) -> Patch | Non
     x = np.clip(u / np.float32(half), -1.0, 1.0)
     lens = np.power(np.maximum(0.0, 1.0 - x * x), PROFILE_POWER).astype(np.float32)
     y_u = np.interp(u, upper_u, upper_v).astype(np.float32)
-    g_o = np.where(inside, np.maximum(0.0, np.interp(u, lower_u, lower_v) - y_u), 0.0).astype(np.float32)
+    g_o = np.maximum(0.0, np.interp(u, lower_u, lower_v) - y_u)
+    g_o = np.where(inside, g_o + np.minimum(g_o, TUCK * width), 0.0).astype(np.float32)
     g_t = np.where(inside, np.float32(gap) * lens, 0.0).astype(np.float32)
 
     # below the new gap: source row v + (g_o - g_t) * (1 - t), t from the gap's bottom (0) to the chin (1)

@@ -26,6 +26,7 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -38,7 +39,7 @@ from pipeline.options import RunOptions, RunResult
 from pipeline.probe import MediaInfo, probe, validate_audio_input, validate_face_input
 from pipeline.select import select_generator
 from pipeline.blend import paste
-from pipeline.video_io import FrameWriter, frame_plan, read_frames
+from pipeline.video_io import FrameWriter, count_frames, frame_plan, read_frames
 
 log = logging.getLogger(__name__)
 
@@ -126,7 +127,7 @@ def _run(video: str | os.PathLike[str], audio: str | os.PathLike[str],
 
     check("audio", 0.02)
     with clock.stage("audio"):
-        wav = audio_mod.load_audio(audio)
+        wav = audio_mod.load_audio(audio, info=ainfo)
         fps = STILL_FPS if vinfo.is_image else vinfo.video.fps
         n_out = max(1, round(len(wav) / audio_mod.SAMPLE_RATE * fps))
         mels = audio_mod.mel_chunks(audio_mod.melspectrogram(wav), fps, n_out)  # (n_out, 80, 16)
@@ -134,14 +135,14 @@ def _run(video: str | os.PathLike[str], audio: str | os.PathLike[str],
 
     generator, model_reason = select_generator(options)
     width, height = vinfo.video.display_size
-    n_source = 1 if vinfo.is_image else _source_frames(vinfo, fps)
+    n_source = 1 if vinfo.is_image else max(1, count_frames(video, fps=fps, info=vinfo))
     plan = frame_plan(n_source, n_out, mode=options.loop)
 
     track: Track | None = None
     if generator.needs_faces:
         check("track", _P_AUDIO)
         with clock.stage("track"):
-            track = _track(video, vinfo, options, n_track=int(plan.max()) + 1,
+            track = _track(video, vinfo, options, fps=fps, n_track=int(plan.max()) + 1,
                            on_frame=lambda f: check("track", _P_AUDIO + (_P_TRACK - _P_AUDIO) * f))
 
     workdir = Path(tempfile.mkdtemp(prefix="lipsync-job-", dir=options.work_dir))
@@ -184,13 +185,8 @@ def _run(video: str | os.PathLike[str], audio: str | os.PathLike[str],
     )
 
 
-def _source_frames(info: MediaInfo, fps: float) -> int:
-    """Frames the decoder will yield at ``fps`` (CFR) for ``info``'s duration."""
-    return max(1, math.floor(info.duration_s * fps + 0.5))
-
-
 def _track(video: str | os.PathLike[str], info: MediaInfo, options: RunOptions, *,
-           n_track: int, on_frame: Callable[[float], None]) -> Track:
+           fps: float, n_track: int, on_frame: Callable[[float], None]) -> Track:
     """Detect faces on reduced-size frames of the first ``n_track`` source frames."""
     width, height = info.video.display_size
     scale = max(1.0, max(width, height) / options.track_long_side)
@@ -199,7 +195,7 @@ def _track(video: str | os.PathLike[str], info: MediaInfo, options: RunOptions, 
     tracker = make_tracker(options.tracker)
 
     def frames() -> Iterator[np.ndarray]:
-        source = read_frames(video, size=small)
+        source = read_frames(video, size=small, fps=fps, info=info)
         try:
             for i, frame in enumerate(source):
                 if i >= n_track:
@@ -229,15 +225,15 @@ def _source_iter(video: str | os.PathLike[str], info: MediaInfo, plan: np.ndarra
     reads revisited frames back from it, so memory never grows with the output length.
     """
     if info.is_image:
-        frame = next(iter(read_frames(video)))
+        frame = next(iter(read_frames(video, info=info)))
         for _ in plan:
             yield frame
         return
     forward = bool(np.all(plan == np.arange(len(plan))))
     spool_path = workdir / "frames.raw"
     spool = None if forward else open(spool_path, "w+b")
+    source = read_frames(video, fps=fps, info=info)
     try:
-        source = read_frames(video, fps=fps)
         seen = 0
         frame_bytes = 0
         last: np.ndarray | None = None
@@ -257,8 +253,8 @@ def _source_iter(video: str | os.PathLike[str], info: MediaInfo, plan: np.ndarra
                 spool.seek(int(idx) * frame_bytes)
                 buf = spool.read(frame_bytes)
                 yield np.frombuffer(buf, np.uint8).reshape(last.shape)  # (H, W, 3)
-        source.close()
     finally:
+        source.close()
         if spool is not None:
             spool.close()
             spool_path.unlink(missing_ok=True)
@@ -270,11 +266,23 @@ def _render(video: str | os.PathLike[str], audio: str | os.PathLike[str], out: P
             mels: np.ndarray, plan: np.ndarray, fps: float, size: tuple[int, int],
             workdir: Path, clock: StageClock, check: Callable[[str, float], None]) -> None:
     """Stream frames through the generator, the blend and the encoder."""
-    width, height = size
-    job = generator.new_job(fps=fps, width=width, height=height)
+    job = generator.new_job(fps=fps, width=size[0], height=size[1])
     batch_size = options.batch_size or getattr(generator, "default_batch_size", DEFAULT_BATCH)
-    n_out = len(plan)
     frames_iter = _source_iter(video, vinfo, plan, workdir, fps)
+    try:
+        _encode_all(audio, out, sbs, options=options, job=job, track=track, mels=mels, plan=plan,
+                    fps=fps, size=size, batch_size=batch_size, frames_iter=frames_iter,
+                    clock=clock, check=check)
+    finally:
+        frames_iter.close()
+
+
+def _encode_all(audio: str | os.PathLike[str], out: Path, sbs: Path | None, *, options: RunOptions,
+                job: Any, track: Track | None, mels: np.ndarray, plan: np.ndarray, fps: float,
+                size: tuple[int, int], batch_size: int, frames_iter: Iterator[np.ndarray],
+                clock: StageClock, check: Callable[[str, float], None]) -> None:
+    width, height = size
+    n_out = len(plan)
     p0 = _P_TRACK if track is not None else _P_AUDIO
     review = (FrameWriter(sbs, 2 * (width - width % 2), height, fps, audio_path=audio,
                           crf=SBS_CRF, preset=options.preset, encoder=options.encoder)
@@ -307,4 +315,3 @@ def _render(video: str | os.PathLike[str], audio: str | os.PathLike[str], out: P
             writer.close()
             if sbs is not None:
                 review.close()
-    frames_iter.close()

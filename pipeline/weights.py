@@ -8,7 +8,8 @@ its file in this order and returns the first hit with its sha256:
   3. the Hub cache (``huggingface_hub.try_to_load_from_cache``; ``$HF_HUB_CACHE`` / ``$HF_HOME``)
   4. a Hub download (``hf_hub_download``, with a progress bar); skipped when
      ``HF_HUB_OFFLINE=1``; a single metadata request bounded by ``HUB_TIMEOUT_S`` decides
-     first whether the Hub answers at all, so an unreachable Hub costs seconds, not minutes.
+     first whether the Hub answers at all, so an unreachable Hub costs seconds, not minutes,
+     and a failure is remembered: it is not retried in the same process.
 
 Repo, file name and expected sha256 are settings: ``$LIPSYNC_<MODEL>_REPO``,
 ``$LIPSYNC_<MODEL>_FILENAME``, ``$LIPSYNC_<MODEL>_SHA256``. When nothing is found,
@@ -94,6 +95,11 @@ class ResolvedWeights:
     sha256: str
 
 
+def forget_hub_failures() -> None:
+    """Let the next resolve() try the Hub again (tests; after the network came back)."""
+    _hub_failures.clear()
+
+
 def models_dir() -> Path:
     return Path(os.environ.get(MODELS_DIR_ENV) or DEFAULT_MODELS_DIR).expanduser()
 
@@ -101,6 +107,8 @@ def models_dir() -> Path:
 def hub_offline() -> bool:
     from huggingface_hub import constants
 
+    # huggingface_hub reads the variable once, at import, and refuses every request after
+    # that; the variable read now also counts (set by a test or an app after the import)
     return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in _TRUE or bool(constants.HF_HUB_OFFLINE)
 
 
@@ -185,10 +193,10 @@ def _search(spec: WeightsSpec, explicit: str | os.PathLike[str] | None, *,
         return _found(spec, hit, "hub_cache"), tried
     tried.append(f"Hub cache: no {spec.repo_id}/{spec.repo_filename} in {cache or constants.HF_HUB_CACHE}")
 
-    if not allow_download:
-        tried.append("Hub download: not attempted here (downloads not allowed for this call)")
-    elif hub_offline():
+    if hub_offline():
         tried.append("Hub download: skipped because HF_HUB_OFFLINE=1")
+    elif not allow_download:
+        tried.append("Hub download: not attempted here (downloads not allowed for this call)")
     elif (spec.repo_id, spec.repo_filename) in _hub_failures:
         tried.append(f"Hub download from {spec.repo_id}: not retried, it failed earlier in this process "
                      f"({_hub_failures[spec.repo_id, spec.repo_filename]}); restart to retry")
@@ -206,13 +214,15 @@ def _download(spec: WeightsSpec, cache: str | None) -> tuple[str | None, str]:
     from huggingface_hub import get_hf_file_metadata, hf_hub_download, hf_hub_url
 
     timeout = float(os.environ.get("HF_HUB_ETAG_TIMEOUT") or HUB_TIMEOUT_S)
+    endpoint = os.environ.get("HF_ENDPOINT") or None  # read now: huggingface_hub reads it at import
     try:  # one request, no retries: is the Hub there at all?
-        get_hf_file_metadata(hf_hub_url(spec.repo_id, spec.repo_filename), timeout=timeout)
+        get_hf_file_metadata(hf_hub_url(spec.repo_id, spec.repo_filename, endpoint=endpoint), timeout=timeout)
     except Exception as exc:  # noqa: BLE001 - network, HTTP and auth errors all mean "not from here"
         return None, f"the Hub did not answer within {timeout:.0f} s or refused ({type(exc).__name__}: {exc})"
     log.warning("downloading %s weights from the Hub: %s/%s", spec.label, spec.repo_id, spec.repo_filename)
     try:
-        return hf_hub_download(spec.repo_id, spec.repo_filename, cache_dir=cache, etag_timeout=timeout), ""
+        return hf_hub_download(spec.repo_id, spec.repo_filename, cache_dir=cache, etag_timeout=timeout,
+                               endpoint=endpoint), ""
     except Exception as exc:  # noqa: BLE001
         return None, f"download failed ({type(exc).__name__}: {exc})"
 

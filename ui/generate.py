@@ -96,10 +96,11 @@ def build_generate_tab(ctx: AppContext) -> None:
                                elem_id="side-by-side-video")
             job_id_out = gr.Textbox(label="Job id", interactive=False, elem_id="job-id")
             summary_out = gr.Markdown()
-            scores_out = gr.Dataframe(label="Scores (each with its convention)", interactive=False,
-                                      wrap=True, elem_id="scores")
-            timing_out = gr.BarPlot(x="stage", y="seconds", label="Seconds per stage",
-                                    sort=None, elem_id="timings")
+            scores_out = gr.Dataframe(label="Scores", interactive=False, wrap=True, elem_id="scores")
+            with gr.Accordion("Score conventions (the pinned arguments of each score)", open=False):
+                conventions_out = gr.JSON(label="Conventions")
+            timing_out = gr.BarPlot(x="stage", y="seconds", label="Seconds per stage (in pipeline order)",
+                                    elem_id="timings")
     if ctx.examples:
         gr.Examples([[ctx.examples["video"], None, ctx.examples["audio"]],
                      [None, ctx.examples["photo"], ctx.examples["audio"]]],
@@ -120,13 +121,15 @@ def build_generate_tab(ctx: AppContext) -> None:
                                            model_reason=out.model_reason, frames=out.frames,
                                            frames_without_face=out.frames_without_face, total_s=out.total_s)
         return (video, out.video, out.side_by_side, out.job_id, summary,
-                present.scores_table(out.score_rows), present.timings_table(out.timings, out.offsets))
+                present.scores_table(out.score_rows), present.conventions(out.score_rows),
+                present.timing_plot(present.timings_table(out.timings, out.offsets)))
 
     gen_event = run_btn.click(
         generate,
         inputs=[video_in, photo_in, audio_in, model_in, face_index, pad_top, pad_bottom, pad_left,
                 pad_right, batch_size, loop, crf, preset],
-        outputs=[original_out, result_out, sbs_out, job_id_out, summary_out, scores_out, timing_out],
+        outputs=[original_out, result_out, sbs_out, job_id_out, summary_out, scores_out, conventions_out,
+                 timing_out],
         api_name="generate", api_visibility="undocumented", concurrency_id=GENERATION_GROUP,
         concurrency_limit=ctx.settings.max_jobs, trigger_mode="once")
     cancel_btn.click(None, cancels=[gen_event], api_visibility="private")

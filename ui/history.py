@@ -40,7 +40,8 @@ def _details(ctx: AppContext, job_id: str) -> tuple[Any, ...]:
     outs = job_outputs(job)
     options = {"options": job.get("options"), "facts": job.get("facts"), "device": job.get("device")}
     return (present.job_markdown(job), outs.get("video"), outs.get("side_by_side"),
-            present.scores_table(job.get("scores") or []), present.stages_table(job.get("stages") or []),
+            present.scores_table(job.get("scores") or []),
+            present.timing_plot(present.stages_table(job.get("stages") or [])),
             options)
 
 
@@ -71,7 +72,7 @@ def build_history_tab(ctx: AppContext) -> gr.Tab:
             video = gr.Video(label="Result", interactive=False)
             sbs = gr.Video(label="Side by side", interactive=False)
         scores = gr.Dataframe(label="Scores", interactive=False, wrap=True)
-        timings = gr.BarPlot(x="stage", y="seconds", label="Seconds per stage", sort=None)
+        timings = gr.BarPlot(x="stage", y="seconds", label="Seconds per stage (in pipeline order)")
         options = gr.JSON(label="Options, facts and device")
 
     filters = [status, model, since, until, text]

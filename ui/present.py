@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+import gradio as gr
 import pandas as pd
 
 # metric -> (what it is, which way is better); conventions come with each score.
@@ -22,7 +22,7 @@ METRICS = {
                         "higher is better"),
     "sync_proxy_offset": ("Sync proxy best lag, in video frames", "0 = in sync"),
 }
-SCORE_COLUMNS = ["metric", "value", "meaning", "better", "convention"]
+SCORE_COLUMNS = ["metric", "value", "better", "meaning"]
 TIMING_COLUMNS = ["stage", "seconds", "start_s"]
 HISTORY_COLUMNS = ["id", "created_at", "status", "source", "model", "inputs", "run_s",
                    "output_duration_s", "error_type", "error_message"]
@@ -34,13 +34,6 @@ def _fmt(value: Any, digits: int = 3) -> str:
     if isinstance(value, float):
         return f"{value:.{digits}f}"
     return str(value)
-
-
-def _convention_text(convention: Mapping[str, Any] | None) -> str:
-    if not convention:
-        return ""
-    return "; ".join(f"{k}={json.dumps(v) if not isinstance(v, str) else v}"
-                     for k, v in convention.items())
 
 
 def na_text(reason: str | None) -> str:
@@ -57,9 +50,18 @@ def scores_table(rows: Iterable[Mapping[str, Any]]) -> pd.DataFrame:
         meaning, better = METRICS.get(metric, (metric, ""))
         value = r.get("value")
         shown = na_text(r.get("reason")) if value is None else _fmt(float(value), 4)
-        out.append({"metric": metric, "value": shown, "meaning": meaning, "better": better,
-                    "convention": _convention_text(r.get("convention"))})
+        out.append({"metric": metric, "value": shown, "better": better, "meaning": meaning})
     return pd.DataFrame(out, columns=SCORE_COLUMNS)
+
+
+def conventions(rows: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
+    """metric -> its convention (the pinned arguments it was computed with)."""
+    return {r.get("metric", ""): r.get("convention") or {} for r in rows}
+
+
+def timing_plot(table: pd.DataFrame) -> Any:
+    """A bar plot update of a timings table, bars in pipeline order (not alphabetical)."""
+    return gr.BarPlot(value=table, sort=list(table["stage"]))
 
 
 def timings_table(seconds: Mapping[str, float], offsets: Mapping[str, float] | None = None) -> pd.DataFrame:

@@ -1,0 +1,141 @@
+"""pipeline.faces / pipeline.face_backends: backend choice, detection and tracking on the
+real synthetic face (a photo shipped with scikit-image) with the real dlib models."""
+
+from __future__ import annotations
+
+import time
+
+import cv2
+import numpy as np
+import pytest
+
+import media
+from pipeline.errors import NoFaceFound, WeightsUnavailable
+from pipeline.face_backends import dlib_predictor_path, insightface_pack_dir, tracker_status
+from pipeline.faces import Face, FaceTracker, Track, iou, make_tracker, track_frames
+
+HALF = media.FACE_SIZE // 2  # px: tracking size of the synthetic frames (what run.py's scaling gives 768 px)
+
+
+@pytest.fixture(scope="module")
+def tracker() -> FaceTracker:
+    return make_tracker("dlib")
+
+
+@pytest.fixture(scope="module")
+def frames() -> list[np.ndarray]:
+    return [media.face_frame(i) for i in range(30)]
+
+
+def _small(frame: np.ndarray) -> np.ndarray:
+    return cv2.resize(frame, (HALF, HALF), interpolation=cv2.INTER_AREA)
+
+
+def test_dlib_backend_is_found_offline() -> None:
+    path = dlib_predictor_path()
+    assert path is not None and path.name == "shape_predictor_68_face_landmarks.dat" and path.is_file()
+    status = tracker_status()
+    assert status["dlib"]["available"] is True and status["dlib"]["path"] == str(path)
+
+
+def test_insightface_without_pack_falls_back_and_says_where(tmp_path) -> None:
+    status = tracker_status(insightface_root=str(tmp_path))
+    assert status["insightface"]["available"] is False
+    assert str(tmp_path / "models" / "buffalo_l") in status["insightface"]["reason"]
+    assert insightface_pack_dir("buffalo_s", str(tmp_path)) == tmp_path / "models" / "buffalo_s"
+    with pytest.raises(WeightsUnavailable, match="insightface face tracker unavailable"):
+        make_tracker("insightface", insightface_root=str(tmp_path))
+    assert make_tracker("auto", insightface_root=str(tmp_path)).name == "dlib"
+    with pytest.raises(ValueError, match="unknown face tracker"):
+        make_tracker("opencv")
+
+
+def test_insightface_pack_without_landmarks_is_unusable(tmp_path) -> None:
+    pack = tmp_path / "models" / "half"
+    pack.mkdir(parents=True)
+    (pack / "det_10g.onnx").write_bytes(b"not a model")
+    status = tracker_status(insightface_name="half", insightface_root=str(tmp_path))
+    assert status["insightface"]["available"] is False
+    assert "no landmark model" in status["insightface"]["reason"]
+
+
+def test_one_tracker_per_process(tracker: FaceTracker) -> None:
+    assert make_tracker("dlib") is tracker
+
+
+def test_detect_finds_the_face_with_landmarks(tracker: FaceTracker, frames: list[np.ndarray]) -> None:
+    faces = tracker.detect(frames[0])
+    assert len(faces) == 1
+    face = faces[0]
+    x1, y1, x2, y2 = face.box
+    assert 90 < x1 < 130 and 90 < y1 < 130 and 100 < x2 - x1 < 160  # the photo's face
+    assert face.landmarks.shape == (68, 2) and face.landmarks.dtype == np.float32
+    mouth = face.mouth
+    assert y1 + 0.5 * face.height < mouth.left[1] < y2 + 0.1 * face.height  # the mouth is low in the box
+    assert mouth.width > 0.2 * face.width
+    assert mouth.nose[1] < mouth.upper_inner[:, 1].min() < mouth.chin[1]
+
+
+def test_landmarks_in_crop_match_full_frame(tracker: FaceTracker, frames: list[np.ndarray]) -> None:
+    face = tracker.detect(frames[3])[0]
+    bare = Face(face.box, None, face.score)
+    cropped = tracker.landmarks_in(frames[3], bare)
+    assert np.abs(cropped.landmarks - face.landmarks).max() <= 1.0
+
+
+def test_track_at_half_resolution_maps_to_full(tracker: FaceTracker, frames: list[np.ndarray]) -> None:
+    t0 = time.perf_counter()
+    track = track_frames((_small(f) for f in frames), scale=2.0, tracker=tracker)
+    per_frame_ms = (time.perf_counter() - t0) * 1000 / len(frames)
+    assert isinstance(track, Track) and len(track) == len(frames)
+    assert track.frames_without_face == 0
+    assert 0 in track.sampled and 29 in track.sampled and len(track.sampled) < len(frames) / 2
+    for i in (0, 7, 29):
+        full = tracker.detect(frames[i])[0]
+        assert iou(track.faces[i].box, full.box) > 0.6
+        assert track.faces[i].landmarks is not None
+    centres = np.array([[(f.box[0] + f.box[2]) / 2, (f.box[1] + f.box[3]) / 2] for f in track.faces])
+    assert np.abs(np.diff(centres, axis=0)).max() < 6.0  # smoothed: no jumps (motion <= ~1 px/frame)
+    assert track.at(1000) is track.faces[-1]
+    assert per_frame_ms < 100  # generous (shared 2-core machine); measured ~1-3 ms/frame
+
+
+def test_frames_without_a_face_are_counted_not_fatal(tracker: FaceTracker, frames: list[np.ndarray]) -> None:
+    blank = np.full_like(frames[0], 128)
+    seq = [blank if 12 <= i < 19 else f for i, f in enumerate(frames)]
+    track = track_frames((_small(f) for f in seq), scale=2.0, tracker=tracker)
+    missing = [i for i, f in enumerate(track.faces) if f is None]
+    assert missing == list(range(12, 19))
+    assert track.frames_without_face == 7
+
+
+def test_no_face_anywhere_names_the_sampled_frames(tracker: FaceTracker) -> None:
+    blank = np.full((HALF, HALF, 3), 90, np.uint8)
+    with pytest.raises(NoFaceFound, match=r"no face found in any of the 3 sampled frames \(0, 5, 10\)"):
+        track_frames([blank] * 11, scale=2.0, tracker=tracker)
+    with pytest.raises(NoFaceFound, match="no frames"):
+        track_frames([], scale=1.0, tracker=tracker)
+
+
+def test_face_index_picks_the_nth_largest(tracker: FaceTracker) -> None:
+    big = media.face_frame(0)  # 384 px, face ~125 px
+    small = cv2.resize(big, (300, 300), interpolation=cv2.INTER_AREA)  # face ~98 px
+    canvas = np.full((384, 700, 3), 200, np.uint8)
+    canvas[:, :384] = big
+    canvas[42:342, 395:695] = small
+    seq = [canvas] * 6
+    first = track_frames(seq, scale=1.0, tracker=tracker, face_index=0)
+    second = track_frames(seq, scale=1.0, tracker=tracker, face_index=1)
+    assert first.faces[0].box[2] < 384 <= second.faces[0].box[0]
+    assert first.faces[0].width > second.faces[0].width
+    assert all(f is not None and f.box[0] >= 384 for f in second.faces)  # it keeps following that face
+    with pytest.raises(NoFaceFound, match="face_index=2"):
+        track_frames(seq, scale=1.0, tracker=tracker, face_index=2)
+
+
+def test_face_scaled_and_track_at() -> None:
+    lm = np.arange(136, dtype=np.float32).reshape(68, 2)  # (68, 2)
+    face = Face((1.0, 2.0, 3.0, 4.0), lm, 0.9)
+    double = face.scaled(2.0)
+    assert double.box == (2.0, 4.0, 6.0, 8.0) and np.array_equal(double.landmarks, lm * 2)
+    assert Track([], 0, []).at(3) is None

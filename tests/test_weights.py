@@ -1,0 +1,220 @@
+"""Weights resolution: explicit path, env var, models folder, Hub cache, Hub download
+(against a real local HTTP server standing in for the unreachable Hub), sha256 checks,
+and the `python -m pipeline weights` report."""
+
+from __future__ import annotations
+
+import hashlib
+import http.server
+import json
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from pipeline.errors import WeightsInvalid, WeightsUnavailable
+from pipeline.weights import (SYNCNET, WAV2LIP, WeightsSpec, file_sha256, forget_hub_failures,
+                              main_weights, resolve, weights_report)
+
+ROOT = Path(__file__).resolve().parents[1]
+ENV_VARS = ("LIPSYNC_WAV2LIP_CHECKPOINT", "LIPSYNC_WAV2LIP_SHA256", "LIPSYNC_WAV2LIP_REPO",
+            "LIPSYNC_WAV2LIP_FILENAME", "LIPSYNC_SYNCNET_CHECKPOINT", "HF_ENDPOINT", "HF_HOME")
+
+
+@pytest.fixture(autouse=True)
+def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
+    """No settings from the machine leak in: empty models folder and Hub cache, offline."""
+    for var in ENV_VARS:
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("LIPSYNC_MODELS_DIR", str(tmp_path / "models"))
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    forget_hub_failures()
+    return tmp_path
+
+
+def weights_file(path: Path, content: bytes = b"weights") -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(content)
+    return path
+
+
+def hub_cache_file(cache: Path, spec: WeightsSpec, content: bytes) -> Path:
+    """A file laid out as huggingface_hub's cache stores it (refs/main -> snapshot)."""
+    repo = cache / f"models--{spec.repo_id.replace('/', '--')}"
+    commit = "a" * 40
+    weights_file(repo / "refs" / "main", commit.encode())
+    return weights_file(repo / "snapshots" / commit / spec.repo_filename, content)
+
+
+def test_explicit_path_wins(clean_env: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    given = weights_file(clean_env / "mine.pth", b"mine")
+    weights_file(clean_env / "models" / "wav2lip_gan.pth")
+    monkeypatch.setenv("LIPSYNC_WAV2LIP_CHECKPOINT", str(weights_file(clean_env / "env.pth")))
+    hit = resolve(WAV2LIP, given)
+    assert (hit.path, hit.source) == (str(given), "argument")
+    assert hit.sha256 == hashlib.sha256(b"mine").hexdigest()
+
+
+def test_env_var_before_models_folder(clean_env: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    env = weights_file(clean_env / "env.pth")
+    weights_file(clean_env / "models" / "wav2lip_gan.pth")
+    monkeypatch.setenv("LIPSYNC_WAV2LIP_CHECKPOINT", str(env))
+    assert (resolve(WAV2LIP).path, resolve(WAV2LIP).source) == (str(env), "env")
+
+
+@pytest.mark.parametrize("how", ["argument", "env"])
+def test_explicit_path_that_is_not_a_file(clean_env: Path, monkeypatch: pytest.MonkeyPatch, how: str) -> None:
+    weights_file(clean_env / "models" / "wav2lip_gan.pth")  # never silently used instead
+    missing = clean_env / "nope.pth"
+    if how == "env":
+        monkeypatch.setenv("LIPSYNC_WAV2LIP_CHECKPOINT", str(missing))
+    with pytest.raises(WeightsUnavailable, match="nope.pth is not a file"):
+        resolve(WAV2LIP, missing if how == "argument" else None)
+
+
+@pytest.mark.parametrize("name", ["wav2lip_gan.pth", "wav2lip.pth"])
+def test_models_folder(clean_env: Path, name: str) -> None:
+    path = weights_file(clean_env / "models" / name)
+    hit = resolve(WAV2LIP)
+    assert (hit.path, hit.source) == (str(path), "models_dir")
+
+
+def test_default_models_folder_is_cwd_models(clean_env: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("LIPSYNC_MODELS_DIR")
+    monkeypatch.chdir(clean_env)
+    path = weights_file(clean_env / "models" / "syncnet_v2.model")
+    assert resolve(SYNCNET).path == str(path)
+
+
+def test_hub_cache_offline(clean_env: Path) -> None:
+    """HF_HUB_OFFLINE=1: a file already in the Hub cache is found, nothing is requested."""
+    cached = hub_cache_file(clean_env / "hub", SYNCNET, b"syncnet")
+    hit = resolve(SYNCNET)
+    assert (hit.path, hit.source) == (str(cached), "hub_cache")
+
+
+def test_nothing_found_offline_says_where_and_how(clean_env: Path) -> None:
+    with pytest.raises(WeightsUnavailable) as info:
+        resolve(WAV2LIP)
+    msg = str(info.value)
+    for part in ("LIPSYNC_WAV2LIP_CHECKPOINT", str(clean_env / "models"), "Nekochu/Wav2Lip",
+                 "skipped because HF_HUB_OFFLINE=1", "Fix:", "hf download Nekochu/Wav2Lip wav2lip_gan.pth"):
+        assert part in msg
+
+
+def test_repo_and_filename_are_settings(clean_env: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("LIPSYNC_WAV2LIP_REPO", "someone/other")
+    monkeypatch.setenv("LIPSYNC_WAV2LIP_FILENAME", "ckpt/w2l.pth")
+    cached = hub_cache_file(clean_env / "hub", WAV2LIP.configured(), b"x")
+    assert resolve(WAV2LIP).path == str(cached)
+
+
+def test_sha256_checked(clean_env: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = weights_file(clean_env / "models" / "wav2lip_gan.pth", b"abc")
+    monkeypatch.setenv("LIPSYNC_WAV2LIP_SHA256", hashlib.sha256(b"abc").hexdigest().upper())
+    assert resolve(WAV2LIP).path == str(path)
+    monkeypatch.setenv("LIPSYNC_WAV2LIP_SHA256", "0" * 64)
+    with pytest.raises(WeightsInvalid, match="expected 0000"):
+        resolve(WAV2LIP)
+
+
+def test_file_sha256_follows_changes(tmp_path: Path) -> None:
+    path = weights_file(tmp_path / "f.bin", b"one")
+    assert file_sha256(path) == hashlib.sha256(b"one").hexdigest()
+    path.write_bytes(b"two!")  # other size: a new memo key
+    assert file_sha256(path) == hashlib.sha256(b"two!").hexdigest()
+
+
+# ---- Hub download, against a local server ---------------------------------------------------
+
+class _Unavailable(http.server.BaseHTTPRequestHandler):
+    requests: list[str] = []
+
+    def _answer(self) -> None:
+        type(self).requests.append(f"{self.command} {self.path}")
+        self.send_response(503)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    do_GET = do_HEAD = _answer
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@pytest.fixture
+def broken_hub(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[str]]:
+    """A real HTTP server that answers every request 503, as HF_ENDPOINT, Hub online.
+
+    huggingface_hub reads HF_HUB_OFFLINE once at import (conftest sets it to 1), so its
+    constant is switched off too for this test."""
+    import huggingface_hub.constants
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+    _Unavailable.requests = []
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Unavailable)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{server.server_address[1]}")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+    monkeypatch.setenv("HF_HUB_ETAG_TIMEOUT", "3")
+    try:
+        yield _Unavailable.requests
+    finally:
+        server.shutdown()
+        server.server_close()
+        forget_hub_failures()
+
+
+def test_hub_failure_is_fast_and_not_retried(broken_hub: list[str]) -> None:
+    with pytest.raises(WeightsUnavailable, match="Hub download from Nekochu/Wav2Lip: the Hub did not answer"):
+        resolve(WAV2LIP)
+    file_requests = [r for r in broken_hub if "/resolve/" in r]  # huggingface_hub may add its own calls
+    assert file_requests == ["HEAD /Nekochu/Wav2Lip/resolve/main/wav2lip_gan.pth"]  # one try, no retries
+    seen = len(broken_hub)
+    with pytest.raises(WeightsUnavailable, match="not retried, it failed earlier in this process"):
+        resolve(WAV2LIP)
+    with pytest.raises(WeightsUnavailable, match="downloads not allowed"):
+        resolve(SYNCNET, allow_download=False)
+    assert len(broken_hub) == seen
+
+
+# ---- the report ------------------------------------------------------------------------------
+
+def test_report_rows(clean_env: Path) -> None:
+    weights_file(clean_env / "models" / "syncnet_v2.model", b"s")
+    rows = {r["name"]: r for r in weights_report()}
+    assert list(rows) == ["wav2lip", "syncnet", "insightface", "dlib"]
+    assert rows["syncnet"]["found"] and rows["syncnet"]["source"] == "models_dir"
+    assert rows["syncnet"]["sha256"] == hashlib.sha256(b"s").hexdigest()
+    w = rows["wav2lip"]
+    assert not w["found"] and "HF_HUB_OFFLINE=1" in w["why_not"] and "LIPSYNC_WAV2LIP_CHECKPOINT" in w["fix"]
+    for name in ("insightface", "dlib"):
+        r = rows[name]
+        assert (r["found"] and r["where"]) or (r["why_not"] and r["fix"]), r
+
+
+def test_main_weights_text_and_json(clean_env: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    weights_file(clean_env / "models" / "wav2lip.pth")
+    assert main_weights([]) == 0
+    text = capsys.readouterr().out
+    assert "Wav2Lip generator" in text and str(clean_env / "models" / "wav2lip.pth") in text
+    assert "fix: put syncnet_v2.model in" in text
+    assert main_weights(["--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert [r["found"] for r in rows][:2] == [True, False]
+
+
+def test_cli_weights(clean_env: Path) -> None:
+    env = {"PATH": "/usr/bin:/bin", "LIPSYNC_MODELS_DIR": str(clean_env / "models"),
+           "HF_HUB_CACHE": str(clean_env / "hub"), "HF_HUB_OFFLINE": "1", "HOME": str(clean_env)}
+    proc = subprocess.run([sys.executable, "-m", "pipeline", "weights"], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    for label in ("Wav2Lip generator", "SyncNet", "InsightFace model pack", "dlib 68-point predictor"):
+        assert label in proc.stdout
+    assert "LIPSYNC_WAV2LIP_CHECKPOINT" in proc.stdout
