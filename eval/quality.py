@@ -54,14 +54,13 @@ def lower_face_box(box: tuple[float, float, float, float], width: int, height: i
 
 
 def sample_indices(n: int, k: int) -> list[int]:
-    """Up to ``k`` evenly spaced frame indices in [0, n), first and last included."""
+    """Up to ``k`` evenly spaced frame indices in [0, n): the middle frame of each of k
+    equal parts (so 2 of 100 frames are 25 and 75, not the fade-in and fade-out)."""
     if n <= 0 or k <= 0:
         return []
     if n <= k:
         return list(range(n))
-    if k == 1:
-        return [0]
-    return sorted({int(round(i * (n - 1) / (k - 1))) for i in range(k)})
+    return sorted({min(n - 1, int((j + 0.5) * n / k)) for j in range(k)})
 
 
 @dataclass

@@ -23,7 +23,7 @@ import numpy as np
 
 from eval import lse, quality
 from eval.frames import align, read_selected
-from eval.scores import LSE_METRICS, PROXY_METRICS, QUALITY_METRICS, Score, Scores, unavailable, versions
+from eval.scores import LSE_METRICS, PROXY_METRICS, QUALITY_METRICS, Score, Scores, nulls, versions
 from eval.sync_proxy import CONVENTION as PROXY_CONVENTION
 from eval.sync_proxy import mouth_openings, sync_proxy
 from pipeline.audio import load_audio
@@ -35,7 +35,7 @@ from pipeline.video_io import frame_plan, read_frames
 
 log = logging.getLogger(__name__)
 
-FULL_SAMPLES = 4  # frames for full-frame PSNR/SSIM (720p SSIM costs ~0.15-0.5 s a frame)
+FULL_SAMPLES = 2  # frames for full-frame PSNR/SSIM (one 720p SSIM costs 0.15-0.5 s)
 FACE_SAMPLES = 25  # frames for lower-face PSNR/SSIM
 LANDMARK_MARGIN = 0.25  # fraction of the box added on each side of the landmark region
 PLAN_MODE = "pingpong"  # how the run loop extends a video shorter than its audio
@@ -152,7 +152,7 @@ class _FaceLookup:
 
 
 def _landmarks_near(landmarker, frame: np.ndarray, face: Face) -> Face:
-    """Landmarks at a known box, computed on a region around it (not the whole frame)."""
+    """Landmarks at a known box, computed on the region around it (not the whole frame)."""
     x1, y1, x2, y2 = face.box
     mx, my = LANDMARK_MARGIN * (x2 - x1), LANDMARK_MARGIN * (y2 - y1)
     h, w = frame.shape[:2]
@@ -250,14 +250,14 @@ def _lse_scores(model, reason: str | None, crops: list[np.ndarray], wav: np.ndar
                 fps: float) -> list[Score]:
     conv = dict(lse.CONVENTION)
     if model is None or wav is None:
-        return unavailable(LSE_METRICS, reason or "n/a (SyncNet not run)", conv)
+        return nulls(LSE_METRICS, reason or "n/a (SyncNet not run)", conv)
     stack = np.stack(crops) if crops else np.zeros((0, 224, 224, 3), np.uint8)  # (N, 224, 224, 3)
     idx = lse.resample_indices(len(stack), fps)
     conv["resampled"] = f"{fps:.3f} -> 25 fps, nearest frame" if len(idx) != len(stack) else "no (25 fps)"
     try:
         res = lse.evaluate(model, stack[idx], lse.to_int16(wav))
     except ValueError as exc:
-        return unavailable(LSE_METRICS, f"n/a ({exc})", conv)
+        return nulls(LSE_METRICS, f"n/a ({exc})", conv)
     conv["windows"] = res.windows
     return [Score("lse_d", res.min_dist, None, conv), Score("lse_c", res.confidence, None, conv),
             Score("av_offset", float(res.offset), None, {**conv, "unit": "frames at 25 fps, + = audio leads"})]
@@ -267,10 +267,10 @@ def _proxy_scores(faces: list[Face | None], reason: str | None, wav: np.ndarray 
                   fps: float) -> list[Score]:
     conv = {**PROXY_CONVENTION, "fps": fps}
     if reason is not None or wav is None:
-        return unavailable(PROXY_METRICS, reason or "n/a (no audio)", conv)
+        return nulls(PROXY_METRICS, reason or "n/a (no audio)", conv)
     try:
         corr, offset, _ = sync_proxy(mouth_openings(faces), wav, fps)
     except ValueError as exc:
-        return unavailable(PROXY_METRICS, f"n/a ({exc})", conv)
+        return nulls(PROXY_METRICS, f"n/a ({exc})", conv)
     return [Score("sync_proxy_corr", corr, None, conv),
             Score("sync_proxy_offset", float(offset), None, {**conv, "unit": "frames, + = audio leads"})]

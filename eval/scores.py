@@ -53,7 +53,7 @@ def _non_finite_reason(metric: str, value: float) -> str:
     return f"not a finite number ({value})"
 
 
-def unavailable(metrics: tuple[str, ...], reason: str, convention: dict[str, Any] | None = None) -> list[Score]:
+def nulls(metrics: tuple[str, ...], reason: str, convention: dict[str, Any] | None = None) -> list[Score]:
     """One null Score per metric, all with the same reason."""
     return [Score(m, None, reason, dict(convention or {})) for m in metrics]
 
@@ -86,6 +86,11 @@ class Scores:
             row = s.row()
             out[s.metric] = {"value": row["value"], "reason": row["reason"], "convention": row["convention"]}
         return {"scores": out, "versions": dict(self.versions), "facts": dict(self.facts)}
+
+
+def unavailable(reason: str) -> Scores:
+    """Scores with every metric null for the same reason (scoring could not run at all)."""
+    return Scores(tuple(nulls(METRICS, reason)), versions())
 
 
 def versions() -> dict[str, str]:

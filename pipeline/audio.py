@@ -13,7 +13,6 @@ import logging
 import os
 import subprocess
 
-import librosa
 import numpy as np
 from scipy import signal
 
@@ -104,16 +103,31 @@ def melspectrogram(wav: np.ndarray) -> np.ndarray:
     if wav.size == 0:
         wav = np.zeros(1)  # one silent sample: a single silent column, as for any N < 200
     emphasized = signal.lfilter([1, -PREEMPHASIS], [1], wav)
-    spec = librosa.stft(y=emphasized, n_fft=N_FFT, hop_length=HOP_SIZE, win_length=WIN_SIZE,
-                        pad_mode=STFT_PAD_MODE)  # (401, T)
+    spec = _stft(emphasized)  # (401, T)
     mel = _mel_basis() @ np.abs(spec)  # (80, T)
     db = 20 * np.log10(np.maximum(MIN_AMPLITUDE, mel)) - REF_LEVEL_DB
     normed = (2 * MAX_ABS_VALUE) * ((db - MIN_LEVEL_DB) / -MIN_LEVEL_DB) - MAX_ABS_VALUE
     return np.clip(normed, -MAX_ABS_VALUE, MAX_ABS_VALUE).astype(np.float32)
 
 
+def _stft(wav: np.ndarray) -> np.ndarray:
+    """librosa.stft(y, n_fft=N_FFT, hop_length=HOP_SIZE, win_length=WIN_SIZE, center=True,
+    pad_mode=STFT_PAD_MODE) in plain numpy: identical values, without librosa's first-call
+    JIT compile (seconds per process)."""
+    padded = np.pad(wav, (N_FFT // 2, N_FFT // 2), mode=STFT_PAD_MODE)
+    frames = np.lib.stride_tricks.sliding_window_view(padded, N_FFT)[::HOP_SIZE]  # (T, N_FFT), a view
+    return np.fft.rfft(frames * _window(), axis=1).T  # (T, 401) -> (401, T)
+
+
+@functools.cache
+def _window() -> np.ndarray:
+    return signal.get_window("hann", WIN_SIZE, fftbins=True)  # periodic Hann, as librosa uses
+
+
 @functools.cache
 def _mel_basis() -> np.ndarray:
+    import librosa  # imported here: importing it costs about a second per process
+
     return librosa.filters.mel(sr=SAMPLE_RATE, n_fft=N_FFT, n_mels=N_MELS, fmin=FMIN, fmax=FMAX)  # (80, 401)
 
 

@@ -14,11 +14,11 @@ image at its borders and the feathered alpha only hides resampling.
 
 from __future__ import annotations
 
+import functools
 import math
 
 import cv2
 import numpy as np
-from scipy.interpolate import PchipInterpolator
 
 from pipeline.blend import Patch, feather_mask
 from pipeline.faces import Mouth
@@ -48,18 +48,36 @@ def _frame_axes(mouth: Mouth) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
 
 def _curve(points: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(u, v) samples of the smooth curve through a lip's points, sorted by u, for np.interp.
+    """(u, v) samples of a smooth curve through a lip's points, sorted by u, for np.interp.
 
-    A shape-preserving cubic (PCHIP) through the landmarks: straight chords between them
-    would cut inside the rounded edge of an open mouth and leave slivers of it visible.
+    A cubic Hermite curve with central-difference slopes (a Catmull-Rom spline in function
+    form): straight chords between the landmarks would cut inside the rounded edge of an
+    open mouth and leave slivers of it visible when it is closed.
     """
     order = np.argsort(points[:, 0])
     u, v = points[order, 0], points[order, 1]
-    u = np.maximum.accumulate(u + np.arange(len(u)) * 1e-3)  # strictly increasing for the fit
+    u = np.maximum.accumulate(u + np.arange(len(u)) * 1e-3)  # strictly increasing
     if len(u) < 3:
         return u, v
+    slope = np.empty_like(v)
+    slope[1:-1] = (v[2:] - v[:-2]) / (u[2:] - u[:-2])
+    slope[0], slope[-1] = (v[1] - v[0]) / (u[1] - u[0]), (v[-1] - v[-2]) / (u[-1] - u[-2])
     dense = np.linspace(u[0], u[-1], CURVE_SAMPLES)
-    return dense, PchipInterpolator(u, v)(dense)
+    k = np.clip(np.searchsorted(u, dense, side="right") - 1, 0, len(u) - 2)  # segment of each sample
+    du = u[k + 1] - u[k]
+    t = (dense - u[k]) / du
+    t2, t3 = t * t, t * t * t
+    curve = ((2 * t3 - 3 * t2 + 1) * v[k] + (t3 - 2 * t2 + t) * du * slope[k]
+             + (-2 * t3 + 3 * t2) * v[k + 1] + (t3 - t2) * du * slope[k + 1])
+    return dense, curve
+
+
+@functools.lru_cache(maxsize=256)
+def _alpha(h: int, w: int, ramp_px: int) -> np.ndarray:
+    """The feathered alpha of an (h, w) patch fading over ``ramp_px`` pixels; cached, read-only."""
+    alpha = feather_mask(h, w, feather=min(0.45, ramp_px / max(1, min(h, w))))
+    alpha.setflags(write=False)
+    return alpha
 
 
 def render_mouth(frame: np.ndarray, mouth: Mouth, opening: float) -> Patch | None:
@@ -131,6 +149,5 @@ def render_mouth(frame: np.ndarray, mouth: Mouth, opening: float) -> Patch | Non
         blended += cover[:, :, None].astype(np.float32) * (inside_img - blended)
         image = np.clip(blended + 0.5, 0, 255).astype(np.uint8)
 
-    h, w = y2 - y1, x2 - x1
-    alpha = feather_mask(h, w, feather=min(0.45, 0.8 * margin / max(1, min(h, w))))
+    alpha = _alpha(y2 - y1, x2 - x1, max(1, round(0.8 * margin)))
     return Patch(box=(x1, y1, x2, y2), image=np.ascontiguousarray(image), alpha=alpha)

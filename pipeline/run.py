@@ -1,6 +1,8 @@
 """The run loop: one lip-sync job from two input files to one MP4.
 
-Stages, in order (each timed; streaming stages interleave and their times add up):
+Stages, in order (each timed). Decoding and encoding run in ffmpeg processes fed by background
+threads (pipeline.streams), so they overlap with generation; their stage times are the
+seconds the job waited on them, not their total work:
   1. probe     read container/stream facts and validate both inputs
   2. audio     decode the speech to 16 kHz mono, Wav2Lip mel, one 80x16 window per frame
   3. track     decode at reduced size, detect and smooth faces (skipped by passthrough)
@@ -38,12 +40,14 @@ from pipeline.generators import Generator
 from pipeline.options import RunOptions, RunResult
 from pipeline.probe import MediaInfo, probe, validate_audio_input, validate_face_input
 from pipeline.select import select_generator
-from pipeline.blend import paste
+from pipeline.streams import BackgroundWriter, Prefetch
+from pipeline.yuv import YuvFrame, hstack, paste
 from pipeline.video_io import FrameWriter, count_frames, frame_plan, read_frames
 
 log = logging.getLogger(__name__)
 
 STILL_FPS = 25.0  # a still photo becomes a video at this rate
+STREAM_DEPTH = 16  # frames read ahead of / queued behind the main thread (bounded memory)
 SBS_CRF = 23  # the review video favours size over fidelity
 DEFAULT_BATCH = 16  # frames per generator call when the generator names no size
 ProgressFn = Callable[[str, float], None]
@@ -142,7 +146,7 @@ def _run(video: str | os.PathLike[str], audio: str | os.PathLike[str],
     if generator.needs_faces:
         check("track", _P_AUDIO)
         with clock.stage("track"):
-            track = _track(video, vinfo, options, fps=fps, n_track=int(plan.max()) + 1,
+            track = track_video(video, vinfo, options=options, fps=fps, n_track=int(plan.max()) + 1,
                            on_frame=lambda f: check("track", _P_AUDIO + (_P_TRACK - _P_AUDIO) * f))
 
     workdir = Path(tempfile.mkdtemp(prefix="lipsync-job-", dir=options.work_dir))
@@ -185,9 +189,12 @@ def _run(video: str | os.PathLike[str], audio: str | os.PathLike[str],
     )
 
 
-def _track(video: str | os.PathLike[str], info: MediaInfo, options: RunOptions, *,
-           fps: float, n_track: int, on_frame: Callable[[float], None]) -> Track:
-    """Detect faces on reduced-size frames of the first ``n_track`` source frames."""
+def track_video(video: str | os.PathLike[str], info: MediaInfo, *, options: RunOptions,
+                fps: float, n_track: int, on_frame: Callable[[float], None] | None = None) -> Track:
+    """Faces of the first ``n_track`` source frames (decoded at ``fps``, as the render pass
+    decodes them), detected on frames reduced to ``options.track_long_side``; boxes and
+    landmarks in full-resolution pixels."""
+    on_frame = on_frame or (lambda fraction: None)
     width, height = info.video.display_size
     scale = max(1.0, max(width, height) / options.track_long_side)
     small = (max(2, round(width / scale)), max(2, round(height / scale)))
@@ -217,42 +224,42 @@ def _frames_without_face(track: Track | None, plan: np.ndarray) -> int:
 
 
 def _source_iter(video: str | os.PathLike[str], info: MediaInfo, plan: np.ndarray,
-                 workdir: Path, fps: float) -> Iterator[np.ndarray]:
-    """Full-size source frames in ``plan`` order with bounded memory.
+                 workdir: Path, fps: float) -> Iterator[YuvFrame]:
+    """Full-size source frames (I420, see pipeline.yuv) in ``plan`` order, bounded memory.
 
     A forward plan streams straight from ffmpeg. A plan that revisits frames (the audio is
     longer than the video) spools the first pass into one raw file in the job folder and
     reads revisited frames back from it, so memory never grows with the output length.
+    Every yielded frame is a fresh buffer: the caller pastes into it.
     """
-    if info.is_image:
-        frame = next(iter(read_frames(video, info=info)))
-        for _ in plan:
-            yield frame
-        return
+    source = read_frames(video, fps=None if info.is_image else fps, info=info, pix_fmt="yuv420p")
     forward = bool(np.all(plan == np.arange(len(plan))))
     spool_path = workdir / "frames.raw"
-    spool = None if forward else open(spool_path, "w+b")
-    source = read_frames(video, fps=fps, info=info)
+    spool = None if forward or info.is_image else open(spool_path, "w+b")
     try:
+        if info.is_image:
+            still = next(source)
+            for _ in plan:
+                yield YuvFrame(still.copy())
+            return
         seen = 0
-        frame_bytes = 0
         last: np.ndarray | None = None
         for idx in plan:
             if idx >= seen:
                 frame = next(source, None)
-                if frame is None:  # the decoder gave fewer frames than the duration promised
-                    frame = last
+                if frame is None:  # the decoder gave fewer frames than counted: repeat the last
+                    frame = last.copy()
                 else:
                     seen += 1
                     if spool is not None:
-                        spool.write(frame.tobytes())
-                        frame_bytes = frame.nbytes
-                last = frame
-                yield frame
+                        spool.write(memoryview(frame).cast("B"))
+                    last = frame  # (only repeated if the decoder runs short: rare, harmless)
+                yield YuvFrame(frame)
             else:
-                spool.seek(int(idx) * frame_bytes)
-                buf = spool.read(frame_bytes)
-                yield np.frombuffer(buf, np.uint8).reshape(last.shape)  # (H, W, 3)
+                buf = np.empty_like(last)  # (H * 3 / 2, W)
+                spool.seek(int(idx) * buf.nbytes)
+                spool.readinto(memoryview(buf).cast("B"))
+                yield YuvFrame(buf)
     finally:
         source.close()
         if spool is not None:
@@ -268,7 +275,8 @@ def _render(video: str | os.PathLike[str], audio: str | os.PathLike[str], out: P
     """Stream frames through the generator, the blend and the encoder."""
     job = generator.new_job(fps=fps, width=size[0], height=size[1])
     batch_size = options.batch_size or getattr(generator, "default_batch_size", DEFAULT_BATCH)
-    frames_iter = _source_iter(video, vinfo, plan, workdir, fps)
+    frames_iter = Prefetch(_source_iter(video, vinfo, plan, workdir, fps),
+                           depth=max(STREAM_DEPTH, batch_size), name="decode")
     try:
         _encode_all(audio, out, sbs, options=options, job=job, track=track, mels=mels, plan=plan,
                     fps=fps, size=size, batch_size=batch_size, frames_iter=frames_iter,
@@ -279,39 +287,40 @@ def _render(video: str | os.PathLike[str], audio: str | os.PathLike[str], out: P
 
 def _encode_all(audio: str | os.PathLike[str], out: Path, sbs: Path | None, *, options: RunOptions,
                 job: Any, track: Track | None, mels: np.ndarray, plan: np.ndarray, fps: float,
-                size: tuple[int, int], batch_size: int, frames_iter: Iterator[np.ndarray],
+                size: tuple[int, int], batch_size: int, frames_iter: Iterator[YuvFrame],
                 clock: StageClock, check: Callable[[str, float], None]) -> None:
-    width, height = size
+    width, height = size[0] - size[0] % 2, size[1] - size[1] % 2  # yuv420p: even sides
     n_out = len(plan)
     p0 = _P_TRACK if track is not None else _P_AUDIO
-    review = (FrameWriter(sbs, 2 * (width - width % 2), height, fps, audio_path=audio,
-                          crf=SBS_CRF, preset=options.preset, encoder=options.encoder)
-              if sbs is not None else contextlib.nullcontext())
-    with FrameWriter(out, width, height, fps, audio_path=audio, crf=options.crf,
-                     preset=options.preset, encoder=options.encoder) as writer, review:
+    depth = max(STREAM_DEPTH, batch_size)
+
+    def writer(path: Path, w: int, crf: int, name: str) -> BackgroundWriter:
+        return BackgroundWriter(FrameWriter(path, w, height, fps, audio_path=audio, crf=crf,
+                                            preset=options.preset, encoder=options.encoder,
+                                            pix_fmt="yuv420p"), depth=depth, name=name)
+
+    review = writer(sbs, 2 * width, SBS_CRF, "encode-review") if sbs is not None else contextlib.nullcontext()
+    with writer(out, width, options.crf, "encode") as main, review:
         for start in range(0, n_out, batch_size):
             check("generate", p0 + (0.97 - p0) * start / n_out)
             stop = min(start + batch_size, n_out)
             with clock.stage("decode"):
-                batch = np.stack([next(frames_iter) for _ in range(stop - start)])  # (B, H, W, 3)
+                batch = [next(frames_iter) for _ in range(stop - start)]  # B YuvFrames
             faces = [track.at(i) for i in plan[start:stop]] if track is not None else [None] * len(batch)
             with clock.stage("generate"), gpu_lock():
                 patches = job.process(batch, mels[start:stop], faces)
-            originals = batch.copy() if sbs is not None else None  # (B, H, W, 3)
+            originals = [f.copy() for f in batch] if sbs is not None else None
             with clock.stage("blend"):
                 for frame, patch in zip(batch, patches):
                     if patch is not None:
                         paste(frame, patch)
             with clock.stage("encode"):
                 for frame in batch:
-                    writer.write(frame)
-                if originals is not None:
-                    even = width - width % 2
-                    pairs = np.concatenate([originals[:, :, :even], batch[:, :, :even]], axis=2)  # (B, H, 2W, 3)
-                    for pair in pairs:
-                        review.write(pair)
+                    main.write(frame.data)
+                for original, frame in zip(originals or (), batch):
+                    review.write(hstack(original, frame).data)
         check("mux", 0.97)
         with clock.stage("mux"):
-            writer.close()
+            main.close()
             if sbs is not None:
                 review.close()

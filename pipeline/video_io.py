@@ -31,6 +31,7 @@ _PROGRESS_FRAME_RE = re.compile(r"^frame=(\d+)$", re.M)  # ffmpeg -progress key=
 
 PIPE_SIZE = 1 << 20  # bytes; a larger OS pipe buffer means fewer wakeups per 720p frame (2.7 MB)
 F_SETPIPE_SZ = 1031  # Linux fcntl command (not exported by Python's fcntl before 3.10 on all builds)
+PIX_FMTS = ("bgr24", "yuv420p")  # frame formats read_frames yields and FrameWriter takes
 TRACKING_SCALER = "fast_bilinear"  # swscale flags for the reduced-size decode used by tracking
 COUNT_TIMEOUT_S = 120.0  # a generous bound: counting decodes only for resampled streams
 CLOSE_TIMEOUT_S = 10.0  # how long to wait for ffmpeg to exit after a pipe broke
@@ -47,7 +48,8 @@ def rate_str(fps: float) -> str:
 
 
 def read_frames(path: str | os.PathLike[str], *, size: tuple[int, int] | None = None,
-                fps: float | None = None, info: MediaInfo | None = None) -> Iterator[np.ndarray]:
+                fps: float | None = None, info: MediaInfo | None = None,
+                pix_fmt: str = "bgr24") -> Iterator[np.ndarray]:
     """Yield BGR uint8 frames (H, W, 3) in display orientation, one at a time.
 
     ``size=(w, h)`` decodes scaled (fast scaler; for face tracking). ``fps=None`` keeps the
@@ -57,6 +59,8 @@ def read_frames(path: str | os.PathLike[str], *, size: tuple[int, int] | None = 
     has one. ffmpeg starts on the first ``next()`` and is killed when the generator is
     closed (also on an early ``break``). Raises InvalidMedia (before the first frame, for
     inputs without a video stream) and FFmpegError (ffmpeg failed while decoding).
+    ``pix_fmt="yuv420p"`` yields raw I420 buffers (H * 3 // 2, W) instead (see
+    pipeline.yuv), cropped to even sides as the encoder would crop them.
     """
     path = os.fspath(path)
     info = info or probe(path)
@@ -64,7 +68,14 @@ def read_frames(path: str | os.PathLike[str], *, size: tuple[int, int] | None = 
     w, h = size or info.video.display_size
     if w <= 0 or h <= 0:
         raise ValueError(f"invalid decode size {w}x{h}")
+    if pix_fmt not in PIX_FMTS:
+        raise ValueError(f"pix_fmt must be one of {', '.join(PIX_FMTS)}, got {pix_fmt!r}")
     filters = _rate_filters(info, fps)
+    if pix_fmt == "yuv420p" and (w % 2 or h % 2):
+        if size:
+            raise ValueError(f"yuv420p frames need even sides, got {w}x{h}")
+        w, h = w - w % 2, h - h % 2
+        filters.append(f"crop={w}:{h}:0:0")
     # a final scale pins the output size, so the byte stream can never be misframed
     flags = f":flags={TRACKING_SCALER}" if size else ""
     filters.append(f"scale={w}:{h}{flags}")
@@ -72,8 +83,8 @@ def read_frames(path: str | os.PathLike[str], *, size: tuple[int, int] | None = 
            "-an", "-sn", "-dn", "-vf", ",".join(filters)]
     if info.is_image:
         cmd += ["-frames:v", "1"]
-    cmd += ["-pix_fmt", "bgr24", "-f", "rawvideo", "pipe:1"]
-    return _pipe_frames(cmd, w, h, path)
+    cmd += ["-pix_fmt", pix_fmt, "-f", "rawvideo", "pipe:1"]
+    return _pipe_frames(cmd, w, h, path, pix_fmt=pix_fmt)
 
 
 def count_frames(path: str | os.PathLike[str], *, fps: float | None = None,
@@ -108,9 +119,11 @@ def _rate_filters(info: MediaInfo, fps: float | None) -> list[str]:
     return [f"fps=fps={rate_str(fps or info.video.fps)}"]
 
 
-def _pipe_frames(cmd: list[str], w: int, h: int, path: str) -> Iterator[np.ndarray]:
+def _pipe_frames(cmd: list[str], w: int, h: int, path: str, *,
+                 pix_fmt: str = "bgr24") -> Iterator[np.ndarray]:
     name = os.path.basename(path)
-    nbytes = w * h * 3
+    shape = (h, w, 3) if pix_fmt == "bgr24" else (h * 3 // 2, w)  # BGR pixels or I420 planes
+    nbytes = int(np.prod(shape))
     log.debug("decode: %s", " ".join(cmd))
     with tempfile.TemporaryFile() as err:
         proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=err, bufsize=0)
@@ -118,7 +131,7 @@ def _pipe_frames(cmd: list[str], w: int, h: int, path: str) -> Iterator[np.ndarr
         count = 0
         try:
             while True:
-                frame = np.empty((h, w, 3), np.uint8)
+                frame = np.empty(shape, np.uint8)
                 got = _read_exact(proc.stdout, memoryview(frame).cast("B"))
                 if got == 0:
                     break
@@ -181,20 +194,27 @@ class FrameWriter:
 
     def __init__(self, path: str | os.PathLike[str], width: int, height: int, fps: float, *,
                  audio_path: str | os.PathLike[str] | None = None, crf: int = 18,
-                 preset: str = "veryfast", encoder: str = "libx264", audio_bitrate: str = "128k") -> None:
+                 preset: str = "veryfast", encoder: str = "libx264", audio_bitrate: str = "128k",
+                 pix_fmt: str = "bgr24") -> None:
+        if pix_fmt not in PIX_FMTS:
+            raise ValueError(f"pix_fmt must be one of {', '.join(PIX_FMTS)}, got {pix_fmt!r}")
+        if pix_fmt == "yuv420p" and (width % 2 or height % 2):
+            raise ValueError(f"yuv420p frames need even sides, got {width}x{height}")
         if width < 2 or height < 2:
             raise ValueError(f"frame size {width}x{height} is too small to encode")
         if fps <= 0:
             raise ValueError(f"fps must be positive, got {fps}")
         self.path = os.fspath(path)
         self.size = (width, height)
+        self.pix_fmt = pix_fmt
+        self._shape = (height, width, 3) if pix_fmt == "bgr24" else (height * 3 // 2, width)
         self.out_size = (width - width % 2, height - height % 2)
         self.frames_written = 0
         self.frames_dropped = 0  # frames after the audio ended (-shortest); not an error
         self._shortest = audio_path is not None
         self._closed = False
         cmd = [*base_cmd(), "-loglevel", "error",
-               "-f", "rawvideo", "-pix_fmt", "bgr24", "-s", f"{width}x{height}", "-r", rate_str(fps),
+               "-f", "rawvideo", "-pix_fmt", pix_fmt, "-s", f"{width}x{height}", "-r", rate_str(fps),
                "-i", "pipe:0"]
         if audio_path is not None:
             cmd += input_args(audio_path)
@@ -213,10 +233,9 @@ class FrameWriter:
         self._proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=self._err)
 
     def write(self, frame: np.ndarray) -> None:
-        """Append one BGR uint8 frame of the writer's (H, W, 3) size."""
-        w, h = self.size
-        if frame.shape != (h, w, 3) or frame.dtype != np.uint8:
-            raise ValueError(f"expected a ({h}, {w}, 3) uint8 frame, got {frame.shape} {frame.dtype}")
+        """Append one uint8 frame: BGR (H, W, 3), or I420 planes (H * 3 // 2, W) for yuv420p."""
+        if frame.shape != self._shape or frame.dtype != np.uint8:
+            raise ValueError(f"expected a {self._shape} uint8 frame, got {frame.shape} {frame.dtype}")
         if self._closed:
             raise ValueError("write() on a closed FrameWriter")
         if self._proc.poll() is None:

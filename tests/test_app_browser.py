@@ -75,10 +75,17 @@ def test_generate_in_the_browser_then_find_it_in_history(server: AppServer, brow
     page.screenshot(path=tmp_path / "3_result.png", full_page=True)
 
     page.get_by_role("tab", name="History").click()
-    row_cell = page.locator("#history-table td").filter(has_text=job_id).filter(visible=True).first
+    row_cell = page.locator("#history-table").get_by_text(job_id).filter(visible=True).first
     row_cell.wait_for(timeout=30_000)
     row_cell.click()
     page.locator("#history-details").get_by_text("succeeded").first.wait_for(timeout=30_000)
     page.screenshot(path=tmp_path / "4_history.png", full_page=True)
+
+    page.get_by_role("tab", name="Performance").click()
+    page.get_by_text(re.compile(r"^1 jobs ·")).first.wait_for(timeout=30_000)
+    page.screenshot(path=tmp_path / "5_performance.png", full_page=True)
+    page.get_by_role("tab", name="System").click()
+    page.get_by_text("dlib 68-point predictor").filter(visible=True).first.wait_for(timeout=30_000)
+    page.screenshot(path=tmp_path / "6_system.png", full_page=True)
 
     assert not errors, errors

@@ -27,7 +27,7 @@ def _lead(wav: np.ndarray, frames: int) -> np.ndarray:
 @pytest.fixture(scope="module")
 def hdtf(shared_media: Path) -> tuple[np.ndarray, np.ndarray]:
     """(mouth openings per frame, audio) of hdtf_aoc_512.mp4: tracked at half size, landmarks
-    of every frame by dlib at the tracked box (what score_videos does on a generated video)."""
+    of every frame by dlib at the tracked box (score_videos does the same on a scaled region)."""
     video = shared_media / "hdtf_aoc_512.mp4"
     tracker = make_tracker("dlib")
     track = track_frames(read_frames(video, size=(256, 256)), scale=2.0, tracker=tracker)

@@ -9,7 +9,7 @@ import pytest
 from skimage.metrics import structural_similarity
 
 from eval import quality
-from eval.scores import Score, Scores
+from eval.scores import METRICS, Score, Scores, unavailable
 
 
 def _frame(seed: int = 0, shape: tuple[int, int, int] = (96, 128, 3)) -> np.ndarray:
@@ -51,7 +51,7 @@ def test_shape_mismatch_is_an_error() -> None:
 def test_lower_face_box_and_sampling() -> None:
     assert quality.lower_face_box((10.0, 20.0, 70.0, 100.0), 128, 96) == (10, 60, 70, 96)
     assert quality.lower_face_box((120.0, 0.0, 140.0, 30.0), 128, 96) is None  # clipped too small
-    assert quality.sample_indices(100, 4) == [0, 33, 66, 99]
+    assert quality.sample_indices(100, 4) == [12, 37, 62, 87]
     assert quality.sample_indices(3, 25) == [0, 1, 2]
     assert quality.sample_indices(0, 4) == []
 
@@ -79,6 +79,9 @@ def test_scores_rows_are_what_storage_takes() -> None:
     assert scores.get("lse_d").reason.startswith("n/a (no SyncNet weights)")
     with pytest.raises(ValueError, match="no reason"):
         Score("lse_c", None, None, {})
+    nothing = unavailable("n/a (scoring failed: boom)")
+    assert [r["metric"] for r in nothing.rows()] == list(METRICS)
+    assert all(r["value"] is None and r["reason"] == "n/a (scoring failed: boom)" for r in nothing.rows())
     from storage.records import score_row
 
     assert [score_row(r)["value"] for r in rows] == [None, 0.9, None]

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import logging
+import threading
 
 import gradio as gr
+import numpy as np
 
 from storage.jobs import JobStore
 from ui.context import AppContext
@@ -21,9 +23,20 @@ INTRO = ("Lip-sync a face video (or a still photo) to a speech track. The result
          "the original with its scores, and every job is kept in the History.")
 
 
+def _warm_up() -> None:
+    """Import and run the audio front end once (librosa's first call costs seconds)."""
+    try:
+        from pipeline import audio
+
+        audio.melspectrogram(np.zeros(audio.SAMPLE_RATE, np.float32))  # 1 s of silence
+    except Exception:  # noqa: BLE001 - only a speed-up; the first job pays the cost instead
+        log.warning("audio warm-up failed", exc_info=True)
+
+
 def make_context(settings: Settings) -> AppContext:
     """Open the job history (marking jobs of dead processes interrupted) and make the examples."""
     settings.data_dir.mkdir(parents=True, exist_ok=True)
+    threading.Thread(target=_warm_up, name="audio-warm-up", daemon=True).start()
     store = JobStore(settings.db_path, data_dir=settings.data_dir)
     if store.recovered:
         log.warning("%d job(s) of an earlier process were marked interrupted", len(store.recovered))

@@ -96,7 +96,7 @@ def build_generate_tab(ctx: AppContext) -> None:
                                elem_id="side-by-side-video")
             job_id_out = gr.Textbox(label="Job id", interactive=False, elem_id="job-id")
             summary_out = gr.Markdown()
-            scores_out = gr.Dataframe(label="Scores", interactive=False, wrap=True, elem_id="scores")
+            scores_out = gr.Dataframe(present.scores_table([]), label="Scores", interactive=False, wrap=True, elem_id="scores")
             with gr.Accordion("Score conventions (the pinned arguments of each score)", open=False):
                 conventions_out = gr.JSON(label="Conventions")
             timing_out = gr.BarPlot(x="stage", y="seconds", label="Seconds per stage (in pipeline order)",

@@ -69,9 +69,9 @@ def build_history_tab(ctx: AppContext) -> gr.Tab:
             show_btn = gr.Button("Show job")
         details = gr.Markdown(elem_id="history-details")
         with gr.Row():
-            video = gr.Video(label="Result", interactive=False)
-            sbs = gr.Video(label="Side by side", interactive=False)
-        scores = gr.Dataframe(label="Scores", interactive=False, wrap=True)
+            video = gr.Video(label="Result", interactive=False, height=360)
+            sbs = gr.Video(label="Side by side", interactive=False, height=360)
+        scores = gr.Dataframe(present.scores_table([]), label="Scores", interactive=False, wrap=True)
         timings = gr.BarPlot(x="stage", y="seconds", label="Seconds per stage (in pipeline order)")
         options = gr.JSON(label="Options, facts and device")
 
@@ -109,8 +109,8 @@ def build_compare_tab(ctx: AppContext) -> gr.Tab:
             refresh = gr.Button("Refresh job list")
             compare = gr.Button("Compare", variant="primary")
         with gr.Row():
-            video_a = gr.Video(label="A", interactive=False)
-            video_b = gr.Video(label="B", interactive=False)
+            video_a = gr.Video(label="A", interactive=False, height=360)
+            video_b = gr.Video(label="B", interactive=False, height=360)
         with gr.Row():
             text_a = gr.Markdown()
             text_b = gr.Markdown()

@@ -34,7 +34,7 @@ def performance_views(ctx: AppContext) -> dict[str, pd.DataFrame | str]:
     return {
         "summary": summary, "stage_pct": pct, "rtf": show(report.realtime_factor),
         "throughput": throughput, "failures": show(report.failure_rates),
-        "errors": show(report.top_errors), "cost": show(report.cost_summary),
+        "errors": show(report.top_errors), "cost": show(report.cost_summary, digits=6),
         "alerts": show(report.alerts),
     }
 
@@ -88,8 +88,9 @@ def build_performance_tab(ctx: AppContext) -> gr.Tab:
     def load() -> tuple[Any, ...]:
         with user_errors("performance report"):
             v = performance_views(ctx)
-        return (v["summary"], v["stage_pct"], v["stage_pct"], v["rtf"], v["failures"],
-                v["throughput"], v["throughput"], v["cost"], v["errors"], v["alerts"])
+        stages = list(dict.fromkeys(v["stage_pct"]["stage"])) if len(v["stage_pct"]) else None
+        return (v["summary"], gr.BarPlot(value=v["stage_pct"], sort=stages), v["stage_pct"], v["rtf"],
+                v["failures"], v["throughput"], v["throughput"], v["cost"], v["errors"], v["alerts"])
 
     outputs = [summary, stage_plot, stage_pct, rtf, failures, throughput_plot, throughput, cost,
                errors, alerts]

@@ -36,10 +36,14 @@ def _fmt(value: Any, digits: int = 3) -> str:
     return str(value)
 
 
-def na_text(reason: str | None) -> str:
-    """``n/a (reason)`` for a score that could not be computed."""
+def na_text(reason: str | None, *, limit: int = 160) -> str:
+    """``n/a (reason)`` for a score that could not be computed, short enough for a table
+    cell (the full reason is in :func:`conventions`)."""
     reason = (reason or "not computed").strip()
-    return reason if reason.lower().startswith("n/a") else f"n/a ({reason})"
+    if reason.lower().startswith("n/a"):
+        reason = reason.split("): ", 1)[0] + (")" if "): " in reason else "")
+        return reason[:limit]
+    return f"n/a ({reason[:limit]})"
 
 
 def scores_table(rows: Iterable[Mapping[str, Any]]) -> pd.DataFrame:
@@ -55,8 +59,15 @@ def scores_table(rows: Iterable[Mapping[str, Any]]) -> pd.DataFrame:
 
 
 def conventions(rows: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
-    """metric -> its convention (the pinned arguments it was computed with)."""
-    return {r.get("metric", ""): r.get("convention") or {} for r in rows}
+    """metric -> its convention (the pinned arguments it was computed with), and the full
+    reason where the score is n/a."""
+    out: dict[str, Any] = {}
+    for r in rows:
+        entry = dict(r.get("convention") or {})
+        if r.get("value") is None:
+            entry["reason"] = r.get("reason")
+        out[r.get("metric", "")] = entry
+    return out
 
 
 def timing_plot(table: pd.DataFrame) -> Any:

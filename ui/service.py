@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import contextvars
-import dataclasses
 import json
 import logging
 import os
@@ -90,7 +89,10 @@ def parse_options(model: str, options: Mapping[str, Any] | str | None, *,
     options["timeout_s"] = timeout
     options = {k: v for k, v in options.items() if v is not None}
     limits = Limits(max_side=settings.max_side, max_duration_s=settings.max_duration_s)
-    return RunOptions(model=model or "auto", limits=limits, **options)
+    try:
+        return RunOptions(model=model or "auto", limits=limits, **options)
+    except TypeError as exc:  # a value of the wrong type, e.g. "face_index": "two"
+        raise ValueError(f"bad option value: {exc}") from None
 
 
 def run_job(video: str | None, audio: str | None, options: RunOptions, *, store: JobStore,
@@ -180,7 +182,3 @@ def job_outputs(job: Mapping[str, Any]) -> dict[str, str]:
     if job.get("files_gone"):
         return {}
     return {k: v for k, v in outs.items() if isinstance(v, str) and os.path.isfile(v)}
-
-
-def outcome_dict(outcome: JobOutcome) -> dict[str, Any]:
-    return dataclasses.asdict(outcome)
