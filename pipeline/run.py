@@ -307,7 +307,7 @@ def _encode_all(audio: str | os.PathLike[str], out: Path, sbs: Path | None, *, o
             with clock.stage("decode"):
                 batch = [next(frames_iter) for _ in range(stop - start)]  # B YuvFrames
             faces = [track.at(i) for i in plan[start:stop]] if track is not None else [None] * len(batch)
-            with clock.stage("generate"), gpu_lock():
+            with gpu_lock(), clock.stage("generate"):
                 patches = job.process(batch, mels[start:stop], faces)
             originals = [f.copy() for f in batch] if sbs is not None else None
             with clock.stage("blend"):
