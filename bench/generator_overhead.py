@@ -113,7 +113,7 @@ def main() -> None:
     ratio = t_w2l / (t_fwd + t_pass)
     print(f"bar: wav2lip <= {BAR:.2f} x (bare forward + passthrough) = {BAR * (t_fwd + t_pass):.2f} s "
           f"-> {ratio:.2f}x {'PASS' if ratio <= BAR else 'FAIL'}")
-    print(f"peak RSS: {peak_rss_mb():.0f} MiB (this process), {peak_rss_mb(children=True):.0f} MiB (largest ffmpeg child)")
+    print(f"peak RSS: {peak_rss_mb():.0f} MiB (this process: model, frames, batches; ffmpeg children not included)")
 
 
 if __name__ == "__main__":

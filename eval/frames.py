@@ -1,4 +1,4 @@
-"""Lining up the original and the generated video, and decoding only sampled frames.
+"""Lining up the original and the generated video, and the decoded frames scoring reads.
 
 :func:`align` decides how generated frame i is compared with original frame i, or rejects
 the pair with a message that says why:
@@ -10,6 +10,13 @@ the pair with a message that says why:
   aspect ratio within 1 %, decoded scaled to the original's size; anything else is rejected;
 - frame counts: compared over the common prefix (a job's output is cut to its audio, or
   extended ping-pong past the source's end, which starts with the source's frames).
+
+Frames are decoded in the decoder's own I420 format (``pipeline.yuv.YuvFrame``): the
+generated video once, every frame, for the landmarks and SyncNet crops (only the face
+region is converted to BGR); the original only at the sampled frames (ffmpeg's ``select``).
+Both convert a compared frame to BGR the same way (OpenCV, BT.601 limited range, as
+ffmpeg's own conversion), so a video scored against itself compares identical pixels.
+I420 frames have even sides: an odd-sized video is compared on its top-left even area.
 """
 
 from __future__ import annotations
@@ -21,9 +28,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from pipeline.errors import InvalidMedia
-from pipeline.ffmpeg import base_cmd, input_args
 from pipeline.probe import MediaInfo
-from pipeline.video_io import _pipe_frames, rate_str
+from pipeline.video_io import read_frames
+from pipeline.yuv import YuvFrame
 
 FPS_TOLERANCE = 1e-3  # relative: 25 vs 25.02 is the same rate
 ASPECT_TOLERANCE = 0.01  # relative aspect-ratio difference accepted for scaling
@@ -56,15 +63,13 @@ def align(original: MediaInfo, generated: MediaInfo) -> Alignment:
     if abs(gfps - ofps) > FPS_TOLERANCE * ofps:
         resample = ofps
         notes.append(f"generated resampled from {gfps:.3f} to {ofps:.3f} fps")
-    size, scaled = (ow, oh), None
-    if (gw, gh) == (ow, oh):
-        pass
-    elif gw in (ow, ow - ow % 2) and gh in (oh, oh - oh % 2):
-        size = (gw, gh)
-        notes.append(f"original {ow}x{oh} compared on its top-left {gw}x{gh} (even-size crop)")
+    size, scaled = (ow - ow % 2, oh - oh % 2), None  # I420 frames have even sides
+    if gw in (ow, size[0]) and gh in (oh, size[1]):
+        if size != (ow, oh):
+            notes.append(f"original {ow}x{oh} compared on its top-left {size[0]}x{size[1]} (even-size crop)")
     elif abs((gw / gh) / (ow / oh) - 1) <= ASPECT_TOLERANCE:
-        scaled = (ow, oh)
-        notes.append(f"generated scaled from {gw}x{gh} to {ow}x{oh}")
+        scaled = size
+        notes.append(f"generated scaled from {gw}x{gh} to {size[0]}x{size[1]}")
     else:
         raise InvalidMedia(f"cannot compare {_name(original)} ({ow}x{oh}) with {_name(generated)} "
                            f"({gw}x{gh}): different aspect ratios; score a video against its own "
@@ -73,26 +78,24 @@ def align(original: MediaInfo, generated: MediaInfo) -> Alignment:
                      note="; ".join(notes) or "same size and frame rate")
 
 
-def read_selected(info: MediaInfo, indices: Sequence[int]) -> Iterator[tuple[int, np.ndarray]]:
-    """(index, BGR frame) for the given frame indices only (ascending), in display size.
-
-    ffmpeg decodes every frame but converts and pipes only the selected ones (its
-    ``select`` filter), which halves the cost of reading a few frames of a long video.
-    Indices past the end are simply not yielded.
-    """
-    wanted = sorted(set(int(i) for i in indices))
-    if not wanted:
-        return
-    w, h = info.video.display_size
-    filters = []
-    if not info.is_image and info.video.vfr:
-        filters.append(f"fps=fps={rate_str(info.video.fps)}")
-    filters.append("select='" + "+".join(f"eq(n\\,{i})" for i in wanted) + "'")
-    filters.append(f"scale={w}:{h}")
-    cmd = [*base_cmd(), "-loglevel", "error", *input_args(info.path), "-map", "0:v:0", "-an", "-sn", "-dn",
-           "-vf", ",".join(filters), "-fps_mode", "passthrough", "-pix_fmt", "bgr24", "-f", "rawvideo", "pipe:1"]
-    frames = _pipe_frames(cmd, w, h, info.path)
+def generated_frames(info: MediaInfo, al: Alignment) -> Iterator[YuvFrame]:
+    """Every frame of the generated video as ``al`` aligns it, as I420 (even sides)."""
+    frames = read_frames(info.path, size=al.generated_size, fps=al.generated_fps, info=info,
+                         pix_fmt="yuv420p")
     try:
-        yield from zip(wanted, frames)
+        for data in frames:
+            yield YuvFrame(data)
+    finally:
+        frames.close()
+
+
+def original_samples(info: MediaInfo, indices: Sequence[int]) -> Iterator[tuple[int, np.ndarray]]:
+    """(index, BGR frame) of the original at the given indices only, ascending; indices past
+    the end are not yielded. Closing the generator stops ffmpeg's decoding there."""
+    wanted = sorted({int(i) for i in indices})
+    frames = read_frames(info.path, info=info, pix_fmt="yuv420p", select=wanted)
+    try:
+        for i, data in zip(wanted, frames):
+            yield i, YuvFrame(data).to_bgr()
     finally:
         frames.close()

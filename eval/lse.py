@@ -24,13 +24,15 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from typing import TYPE_CHECKING
+
 import cv2
 import numpy as np
 import python_speech_features
-import torch
 from scipy import signal
 
-from eval.syncnet import CROP_SIZE, LIP_FRAMES, MFCC_WINDOW, SyncNetS
+if TYPE_CHECKING:
+    from eval.syncnet import SyncNetS
 
 LSE_FPS = 25.0  # video rate SyncNet was trained on
 SAMPLE_RATE = 16000  # Hz
@@ -38,6 +40,9 @@ SAMPLES_PER_FRAME = 640  # 16000 / 25
 MFCC_PER_FRAME = 4  # MFCC columns per video frame: 100 Hz / 25 fps
 VSHIFT = 15  # frames searched each way: 31 shifts
 BATCH_SIZE = 20  # windows per forward pass (syncnet_python's default)
+LIP_FRAMES = 5  # video frames per window: 0.2 s at 25 fps
+MFCC_WINDOW = 20  # MFCC columns per 5-frame window: 0.2 s at 100 Hz
+CROP_SIZE = 224  # px, square BGR face crop
 CROP_SCALE = 0.4  # run_pipeline's --crop_scale
 CROP_PAD_VALUE = 110  # run_pipeline's np.pad constant
 SMOOTH_KERNEL = 13  # run_pipeline's medfilt kernel over box size and centre
@@ -105,13 +110,23 @@ def face_crop(frame: np.ndarray, cx: float, cy: float, s: float) -> np.ndarray:
     return cv2.resize(out, (CROP_SIZE, CROP_SIZE))
 
 
-@torch.no_grad()
 def evaluate(model: SyncNetS, crops: np.ndarray, audio: np.ndarray, *, vshift: int = VSHIFT,
              batch_size: int = BATCH_SIZE, device: str = "cpu") -> LseResult:
     """``SyncNetInstance.evaluate`` on (N, 224, 224, 3) BGR crops at 25 fps and int16 audio.
 
     Raises ValueError when the clip is shorter than one 5-frame window (6 frames / 0.24 s).
+    (torch is imported here, not with the module: scoring without weights never needs it.)
     """
+    import torch
+
+    with torch.no_grad():
+        return _evaluate(model, crops, audio, vshift=vshift, batch_size=batch_size, device=device)
+
+
+def _evaluate(model: SyncNetS, crops: np.ndarray, audio: np.ndarray, *, vshift: int,
+              batch_size: int, device: str) -> LseResult:
+    import torch
+
     crops = np.asarray(crops)
     if crops.ndim != 4 or crops.shape[1:] != (CROP_SIZE, CROP_SIZE, 3):
         raise ValueError(f"expected (N, {CROP_SIZE}, {CROP_SIZE}, 3) crops, got {crops.shape}")

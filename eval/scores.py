@@ -10,6 +10,7 @@ reason in ``rows()`` and ``to_dict()``, so JSON and SQLite never see a bare infi
 
 from __future__ import annotations
 
+import functools
 import importlib.metadata
 import math
 import platform
@@ -95,10 +96,16 @@ def unavailable(reason: str) -> Scores:
 
 def versions() -> dict[str, str]:
     """Python and the installed versions of the libraries that compute scores."""
-    found = {"python": platform.python_version()}
+    return dict(_versions())
+
+
+@functools.lru_cache(maxsize=1)
+def _versions() -> tuple[tuple[str, str], ...]:
+    """Looked up once per process (installed versions do not change under a running server)."""
+    found = [("python", platform.python_version())]
     for dist in VERSIONED:
         try:
-            found[dist] = importlib.metadata.version(dist)
+            found.append((dist, importlib.metadata.version(dist)))
         except importlib.metadata.PackageNotFoundError:
             continue
-    return found
+    return tuple(found)

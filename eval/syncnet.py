@@ -21,16 +21,16 @@ from collections import OrderedDict
 import torch
 from torch import nn
 
+from eval.syncnet_weights import resolve_syncnet
 from pipeline.errors import WeightsInvalid, WeightsUnavailable
-from pipeline.weights import SYNCNET, ResolvedWeights, hub_offline, resolve
+from pipeline.weights import ResolvedWeights
+
+__all__ = ["SyncNetS", "cached_syncnet", "load_syncnet", "resolve_syncnet"]
 
 log = logging.getLogger(__name__)
 
 EMBED_DIM = 1024  # syncnet_python's num_layers_in_fc_layers
 MFCC_BINS = 13  # python_speech_features.mfcc default numcep
-MFCC_WINDOW = 20  # MFCC columns per 5-frame window: 0.2 s at 100 Hz
-LIP_FRAMES = 5  # video frames per window: 0.2 s at 25 fps
-CROP_SIZE = 224  # px, square BGR face crop
 MAX_MODELS = 2  # loaded checkpoints kept per process (normally one)
 
 
@@ -131,7 +131,6 @@ def load_syncnet(path: str | os.PathLike[str], *, device: str = "cpu") -> SyncNe
 
 _models: OrderedDict[tuple[str, str, str], SyncNetS] = OrderedDict()
 _models_lock = threading.Lock()
-_hub_failed = threading.Event()  # a Hub download failed in this process: not retried
 
 
 def cached_syncnet(weights: ResolvedWeights, *, device: str = "cpu") -> SyncNetS:
@@ -147,26 +146,3 @@ def cached_syncnet(weights: ResolvedWeights, *, device: str = "cpu") -> SyncNetS
         while len(_models) > MAX_MODELS:
             _models.popitem(last=False)
     return model
-
-
-def resolve_syncnet(checkpoint: str | os.PathLike[str] | None = None) -> ResolvedWeights:
-    """The SyncNet weights file: ``checkpoint`` when given, else the shared resolution order.
-
-    Local places are searched on every call (a file dropped into the models folder is seen
-    at once); a failed Hub download is remembered for the process, so an unreachable Hub
-    costs its timeout once, not on every job. Raises WeightsUnavailable / WeightsInvalid.
-    """
-    if checkpoint is not None:
-        return resolve(SYNCNET, checkpoint)
-    if _hub_failed.is_set() and not hub_offline():
-        try:
-            return resolve(SYNCNET, allow_download=False)
-        except WeightsUnavailable as exc:
-            raise WeightsUnavailable(f"{exc} (a Hub download already failed in this process; "
-                                     "restart to retry)") from None
-    try:
-        return resolve(SYNCNET)
-    except WeightsUnavailable:
-        if not hub_offline():
-            _hub_failed.set()
-        raise

@@ -109,6 +109,7 @@ class DlibTracker(FaceTracker):
     """dlib HOG frontal detector + 68-point predictor."""
 
     name = "dlib"
+    accepts_gray = True
 
     def __init__(self, predictor_path: Path) -> None:
         import dlib

@@ -47,10 +47,11 @@ OUTER_LOWER = (48, 59, 58, 57, 56, 55, 54)  # outer edge of the lower lip, left 
 
 DETECT_EVERY = 5  # frames between detections: 85 detections for a 425-frame clip
 ROI_MARGIN = 0.6  # a re-detection searches the last box grown by this fraction of its size per side
-ROI_FACE_PX = 110  # px: a re-detection rescales its search region so the face is about this wide
+ROI_FACE_PX = 96  # px: a re-detection rescales its search region so the face is about this wide (HOG window: 80)
 SAME_FACE_IOU = 0.2  # a detection overlapping the last face at least this much is the same face
 SMOOTH_WEIGHTS = (0.25, 0.5, 0.25)  # over consecutive detections: removes detector jitter
 LANDMARK_MARGIN = 0.25  # landmarks_in crops the box grown by this fraction of its size per side
+LUMA_GAIN = 255 / 219  # limited-range luma (16..235) to full-range grey
 
 
 def _area(box: Box) -> float:
@@ -146,6 +147,7 @@ class FaceTracker(ABC):
     """A face detector with a landmark model. Coordinates are those of the given frame."""
 
     name: str
+    accepts_gray = False  # whether detect/landmarks take (H, W) grey frames as well as BGR
 
     @abstractmethod
     def detect(self, frame: np.ndarray, *, landmarks: bool = True) -> list[Face]:
@@ -166,7 +168,8 @@ class FaceTracker(ABC):
         if x2 - x1 < 8 or y2 - y1 < 8:
             return face
         local = Face((face.box[0] - x1, face.box[1] - y1, face.box[2] - x1, face.box[3] - y1), None, face.score)
-        fitted = self.landmarks(frame[y1:y2, x1:x2], local)
+        crop = _gray_crop(frame, x1, y1, x2, y2) if self.accepts_gray else None
+        fitted = self.landmarks(frame[y1:y2, x1:x2] if crop is None else crop, local)
         shift = np.array([x1, y1], np.float32)
         return Face(face.box,
                     None if fitted.landmarks is None else fitted.landmarks + shift,
@@ -193,6 +196,17 @@ class FaceTracker(ABC):
         found = self.detect(roi, landmarks=False)
         return [Face((f.box[0] / s + x1, f.box[1] / s + y1, f.box[2] / s + x1, f.box[3] / s + y1),
                      None, f.score) for f in found]
+
+
+def _gray_crop(frame: np.ndarray, x1: int, y1: int, x2: int, y2: int) -> np.ndarray | None:
+    """The grey (H, W) region of an I420 frame (pipeline.yuv.YuvFrame: anything with
+    ``planes()``) straight from its luma plane, limited range stretched to full as a
+    BGR -> grey conversion of its BT.601 colours would give; None for other frames."""
+    planes = getattr(frame, "planes", None)
+    if not callable(planes):
+        return None
+    luma = planes()[0][y1:y2, x1:x2]
+    return cv2.convertScaleAbs(luma, alpha=LUMA_GAIN, beta=-16 * LUMA_GAIN)
 
 
 # Backend selection lives in pipeline/face_backends.py; these names are re-exported here.
@@ -268,7 +282,9 @@ class _Observer:
         return face
 
 
-def _lerp(a: Face, b: Face, t: float) -> Face:
+def lerp_faces(a: Face, b: Face, t: float) -> Face:
+    """The face a fraction ``t`` of the way from ``a`` to ``b`` (box, landmarks, score)."""
+
     def mix(x: np.ndarray | None, y: np.ndarray | None) -> np.ndarray | None:
         if x is None or y is None:
             return None
@@ -363,7 +379,7 @@ def track_frames(frames: Iterable[np.ndarray], *, scale: float, tracker: FaceTra
         faces[i] = a.scaled(scale)
         if j - i <= every and all(obs.get(k, a) is not None for k in range(i + 1, j)):
             for k in range(i + 1, j):
-                faces[k] = _lerp(a, b, (k - i) / (j - i)).scaled(scale)
+                faces[k] = lerp_faces(a, b, (k - i) / (j - i)).scaled(scale)
     faces[found[-1][0]] = found[-1][1].scaled(scale)
     missing = sum(f is None for f in faces)
     log.info("tracked %d frames: %d detections, %d frames without a face",

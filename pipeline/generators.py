@@ -24,6 +24,7 @@ import logging
 import math
 import threading
 from abc import ABC, abstractmethod
+from collections import deque
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -31,10 +32,12 @@ import numpy as np
 
 from pipeline.blend import Patch
 from pipeline.errors import WeightsUnavailable
-from pipeline.faces import Face, FaceTracker
+from pipeline.faces import Face, FaceTracker, lerp_faces
 from pipeline.mouth import render_mouth
 
 log = logging.getLogger(__name__)
+
+Frames = Sequence[Any] | np.ndarray  # B frames: (B, H, W, 3) uint8, or B frames that slice like (H, W, 3)
 
 MEL_BINS, MEL_STEP = 80, 16  # one Wav2Lip mel window: 80 bins x 16 columns (0.2 s at 80 Hz)
 MEL_FPS = 80  # mel columns per second
@@ -48,22 +51,26 @@ PEAK_INIT_DB = -45.0  # assumed speech peak before any speech was heard
 PEAK_MIN_DB = -70.0  # the peak tracker never sinks below this: noise alone is not speech
 PEAK_DECAY_DB_S = 4.0  # dB per second the peak estimate sinks without louder speech
 DYNAMIC_DB = 30.0  # levels from peak - 30 dB (closed) to the peak (fully open)
-FLOOR_RISE_DB_S = 3.0  # dB per second the noise-floor estimate rises without quieter frames
+FLOOR_WINDOW_S = 2.0  # the noise floor is the quietest frame of the last 2 s (speech always dips)
+FLOOR_INIT_DB = -70.0  # the assumed noise floor until a whole window has been heard
 GATE_ABOVE_FLOOR_DB = 8.0  # the gate stays this far above the noise floor
 ABS_GATE_DB = -80.0  # nothing below this opens the mouth
 ATTACK_S = 0.03  # time constant of the opening mouth
 RELEASE_S = 0.07  # time constant of the closing mouth
 SNAP_CLOSED = 0.04  # a smoothed opening below this, with a closed target, becomes 0
+REFIT_AGREE = 0.02  # neighbouring landmark fits closer than this (mean, fraction of face width) are averaged
 
 
 class GeneratorJob(ABC):
     """Per-job state of a generator; ``process`` is called on consecutive batches."""
 
     @abstractmethod
-    def process(self, frames: np.ndarray, mels: np.ndarray,
+    def process(self, frames: Frames, mels: np.ndarray,
                 faces: Sequence[Face | None]) -> list[Patch | None]:
-        """frames (B, H, W, 3) uint8, mels (B, 80, 16) float32, one face (or None) per frame
-        -> one Patch (or None: frame untouched) per frame."""
+        """B frames, mels (B, 80, 16) float32, one face (or None) per frame -> one Patch
+        (or None: frame untouched) per frame. A frame is a (H, W, 3) BGR uint8 array or
+        anything that slices like one (the run loop passes pipeline.yuv.YuvFrame, whose
+        ``frame[y1:y2, x1:x2]`` converts just that region): read only the regions you need."""
 
 
 class Generator(ABC):
@@ -78,7 +85,7 @@ class Generator(ABC):
         """Fresh per-job state for a video of this frame rate and size."""
 
 
-def _check_batch(frames: np.ndarray, mels: np.ndarray, faces: Sequence[Face | None]) -> None:
+def _check_batch(frames: Frames, mels: np.ndarray, faces: Sequence[Face | None]) -> None:
     if not len(frames) == len(mels) == len(faces):
         raise ValueError(f"frames, mels and faces differ in length: {len(frames)}, {len(mels)}, {len(faces)}")
     if len(mels) and np.shape(mels)[1:] != (MEL_BINS, MEL_STEP):
@@ -89,7 +96,7 @@ def _check_batch(frames: np.ndarray, mels: np.ndarray, faces: Sequence[Face | No
 
 
 class PassthroughJob(GeneratorJob):
-    def process(self, frames: np.ndarray, mels: np.ndarray,
+    def process(self, frames: Frames, mels: np.ndarray,
                 faces: Sequence[Face | None]) -> list[Patch | None]:
         _check_batch(frames, mels, faces)
         return [None] * len(frames)
@@ -124,23 +131,25 @@ def mel_level_db(mels: np.ndarray, fps: float) -> np.ndarray:
 class MouthDriver:
     """Speech level -> mouth opening in [0, 1], causal, with state carried across batches.
 
-    An adaptive peak (fast up, slow decay) and noise floor (fast down, slow rise) place a
-    30 dB window under the peak; the gate keeps the mouth shut below that window and near
-    the noise floor; a one-pole attack/release filter smooths the result.
+    An adaptive peak (fast up, slow decay) places a 30 dB window under the loudest recent
+    speech; the noise floor is the quietest frame of a sliding window; the gate keeps the
+    mouth shut below the peak's window and near the noise floor (steady background noise
+    does not move it); a one-pole attack/release filter smooths the result.
     """
 
     def __init__(self, fps: float) -> None:
         self.fps = fps
         self.peak = PEAK_INIT_DB
-        self.floor = ABS_GATE_DB
+        window = max(1, round(FLOOR_WINDOW_S * fps))
+        self.recent: deque[float] = deque([FLOOR_INIT_DB] * window, maxlen=window)
         self.value = 0.0
         self.attack = 1.0 - math.exp(-1.0 / (fps * ATTACK_S))
         self.release = 1.0 - math.exp(-1.0 / (fps * RELEASE_S))
 
     def step(self, level_db: float) -> float:
         self.peak = max(level_db, self.peak - PEAK_DECAY_DB_S / self.fps, PEAK_MIN_DB)
-        self.floor = min(level_db, self.floor + FLOOR_RISE_DB_S / self.fps) if level_db > -100 else self.floor
-        gate = max(ABS_GATE_DB, self.peak - DYNAMIC_DB, self.floor + GATE_ABOVE_FLOOR_DB)
+        self.recent.append(level_db)
+        gate = max(ABS_GATE_DB, self.peak - DYNAMIC_DB, min(self.recent) + GATE_ABOVE_FLOOR_DB)
         target = 0.0 if level_db <= gate else min(1.0, (level_db - gate) / max(self.peak - gate, 1.0))
         coef = self.attack if target > self.value else self.release
         self.value += coef * (target - self.value)
@@ -158,36 +167,63 @@ class BaselineJob(GeneratorJob):
         self.fps = fps
         self.driver = MouthDriver(fps)
         self.openings: list[float] = []  # every frame's opening so far (for tests and reports)
+        self.done = 0  # frames processed so far
 
-    def process(self, frames: np.ndarray, mels: np.ndarray,
+    def process(self, frames: Frames, mels: np.ndarray,
                 faces: Sequence[Face | None]) -> list[Patch | None]:
         _check_batch(frames, mels, faces)
         opening = self.driver.run(mel_level_db(mels, self.fps))  # (B,)
         self.openings.extend(float(v) for v in opening)
         patches: list[Patch | None] = []
-        for frame, face, amount in zip(frames, faces, opening):
-            if face is None:
-                patches.append(None)
-                continue
-            if self.gen.landmarker is not None:
-                face = self.gen.landmarker.landmarks_in(frame, face)
-            mouth = face.mouth
+        for frame, face, amount in zip(frames, self._fitted(frames, faces), opening):
+            mouth = None if face is None else face.mouth
             patches.append(None if mouth is None else render_mouth(frame, mouth, float(amount)))
+        self.done += len(faces)
         return patches
+
+    def _fitted(self, frames: Frames, faces: Sequence[Face | None]) -> list[Face | None]:
+        """The faces with landmarks fitted on their full-resolution frames: on every other
+        frame of the job (and the batch's last), the mean of the two neighbouring fits in
+        between, unless those disagree (fast motion, a cut): then fitted as well."""
+        fit = self.gen.landmarker
+        if fit is None:
+            return list(faces)
+        n = len(faces)
+        out: list[Face | None] = [None] * n
+        for i, face in enumerate(faces):
+            if face is not None and ((self.done + i) % 2 == 0 or i == n - 1):
+                out[i] = fit.landmarks_in(frames[i], face)
+        for i, face in enumerate(faces):
+            if face is None or out[i] is not None:
+                continue
+            a, b = out[i - 1] if i > 0 else None, out[i + 1]
+            if a is not None and b is not None and _agree(a, b, face):
+                out[i] = lerp_faces(a, b, 0.5)
+            else:
+                out[i] = fit.landmarks_in(frames[i], face)
+        return out
+
+
+def _agree(a: Face, b: Face, face: Face) -> bool:
+    """Whether two fits of neighbouring frames are close enough to average."""
+    if a.landmarks is None or b.landmarks is None:
+        return False
+    return float(np.abs(a.landmarks - b.landmarks).mean()) < REFIT_AGREE * face.width
 
 
 class BaselineGenerator(Generator):
     """Weights-free mouth animation from speech energy and the tracked mouth landmarks.
 
     ``landmarker`` re-fits each frame's landmarks on the full-resolution frame (tracking
-    runs at reduced size and detects only every few frames); "dlib" by default where it
-    is installed, None to use the tracked landmarks as they are.
+    runs at reduced size, fits landmarks only where it detects, and interpolates between):
+    a FaceTracker, or a make_tracker kind ("auto", the default, is the same process-wide
+    tracker a job with default options tracks with), or None to use the tracked landmarks.
     """
 
     name = "baseline"
     needs_faces = True
 
-    def __init__(self, *, landmarker: FaceTracker | str | None = "dlib") -> None:
+    def __init__(self, *, landmarker: FaceTracker | str | None = "auto") -> None:
         if isinstance(landmarker, str):
             landmarker = _optional_tracker(landmarker)
         self.landmarker = landmarker

@@ -35,6 +35,7 @@ TEETH_SPAN = 0.55  # fraction of the mouth width (from the centre) the teeth cov
 TUCK = 0.08  # an open source mouth is closed this much further (fraction of mouth width), at most
     # its own opening: landmarks sit a pixel or two inside the dark gap
 CURVE_SAMPLES = 33  # samples of each smoothed lip curve
+TABLE_SIZE = 257  # samples across the mouth of everything that depends on the position along it
 
 
 def _frame_axes(mouth: Mouth) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -120,34 +121,44 @@ def render_mouth(frame: np.ndarray, mouth: Mouth, opening: float) -> Patch | Non
     rel_x, rel_y = xs - np.float32(centre[0]), ys - np.float32(centre[1])
     u = rel_x * np.float32(e_u[0]) + rel_y * np.float32(e_u[1])  # (h, w)
     v = rel_x * np.float32(e_v[0]) + rel_y * np.float32(e_v[1])  # (h, w)
-    inside = np.abs(u) < half
-    x = np.clip(u / np.float32(half), -1.0, 1.0)
-    lens = np.power(np.maximum(0.0, 1.0 - x * x), PROFILE_POWER).astype(np.float32)
-    y_u = np.interp(u, upper_u, upper_v).astype(np.float32)
-    g_o = np.maximum(0.0, np.interp(u, lower_u, lower_v) - y_u)
-    g_o = np.where(inside, g_o + np.minimum(g_o, TUCK * width), 0.0).astype(np.float32)
-    g_t = np.where(inside, np.float32(gap) * lens, 0.0).astype(np.float32)
+
+    # everything that depends on u alone, tabulated across the mouth and looked up per pixel
+    grid = np.linspace(-half, half, TABLE_SIZE)  # (T,)
+    x_grid = grid / half
+    lens_t = np.power(np.maximum(0.0, 1.0 - x_grid * x_grid), PROFILE_POWER)
+    y_u_t = np.interp(grid, upper_u, upper_v)
+    g_o_t = np.maximum(0.0, np.interp(grid, lower_u, lower_v) - y_u_t)
+    g_o_t += np.minimum(g_o_t, TUCK * width)
+    g_t_t = gap * lens_t
+    lens_t[[0, -1]] = g_o_t[[0, -1]] = g_t_t[[0, -1]] = 0.0  # nothing moves at or beyond the corners
+    pos = (u + np.float32(half)) * np.float32((TABLE_SIZE - 1) / (2 * half))  # (h, w) table position
+    idx = np.clip(np.rint(pos), 0, TABLE_SIZE - 1).astype(np.intp)  # (h, w)
+    y_u = y_u_t.astype(np.float32)[idx]
+    g_o = g_o_t.astype(np.float32)[idx]
+    g_t = g_t_t.astype(np.float32)[idx]
 
     # below the new gap: source row v + (g_o - g_t) * (1 - t), t from the gap's bottom (0) to the chin (1)
     top = y_u + g_t
     t = np.clip((v - top) / np.maximum(np.float32(chin_v) - top, 1.0), 0.0, 1.0)
     shift = np.where(v >= top, (g_o - g_t) * (1.0 - t), 0.0).astype(np.float32)
-    map_x = (xs + shift * np.float32(e_v[0]) - x1).astype(np.float32)
-    map_y = (ys + shift * np.float32(e_v[1]) - y1).astype(np.float32)
+    map_x = xs + shift * np.float32(e_v[0]) - np.float32(x1)
+    map_y = ys + shift * np.float32(e_v[1]) - np.float32(y1)
     image = cv2.remap(frame[y1:y2, x1:x2], map_x, map_y, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
 
-    if gap >= 0.5:
-        depth = np.clip((v - y_u) / np.maximum(g_t, 1e-3), 0.0, 1.0)  # 0 at the upper lip, 1 at the lower
-        # anti-aliased coverage of the gap: one-pixel ramps at its upper and lower edges
-        cover = (np.clip(v - y_u + 0.5, 0.0, 1.0) * np.clip(top - v + 0.5, 0.0, 1.0) * (g_t > 0.25))
-        shade = 1.0 - INSIDE_SHADE * np.sin(np.pi * depth) * lens  # (h, w) darker in the middle
-        inside_img = shade[:, :, None] * np.asarray(INSIDE_BGR, np.float32)  # (h, w, 3)
-        teeth = (depth < TEETH_DEPTH) & (np.abs(x) < TEETH_SPAN)
-        teeth_w = np.where(teeth, np.clip((TEETH_SPAN - np.abs(x)) / 0.15, 0.0, 1.0) * 0.8, 0.0)
+    # anti-aliased coverage of the new gap: one-pixel ramps at its upper and lower edges
+    cover = np.clip(v - y_u + 0.5, 0.0, 1.0) * np.clip(top - v + 0.5, 0.0, 1.0) * (g_t > 0.25)  # (h, w)
+    rows, cols = np.flatnonzero(cover.any(axis=1)), np.flatnonzero(cover.any(axis=0))
+    if gap >= 0.5 and len(rows):
+        box = (slice(rows[0], rows[-1] + 1), slice(cols[0], cols[-1] + 1))  # the gap's bounding box
+        depth = np.clip((v[box] - y_u[box]) / np.maximum(g_t[box], 1e-3), 0.0, 1.0)  # 0 upper lip .. 1 lower
+        ax = np.abs(u[box]) / np.float32(half)
+        shade = 1.0 - INSIDE_SHADE * np.sin(np.pi * depth) * lens_t.astype(np.float32)[idx[box]]  # darker middle
+        inside_img = shade[:, :, None] * np.asarray(INSIDE_BGR, np.float32)  # (h', w', 3)
+        teeth_w = np.where(depth < TEETH_DEPTH, np.clip((TEETH_SPAN - ax) / 0.15, 0.0, 1.0) * 0.8, 0.0)
         inside_img += teeth_w[:, :, None] * (np.asarray(TEETH_BGR, np.float32) - inside_img)
-        blended = image.astype(np.float32)
-        blended += cover[:, :, None].astype(np.float32) * (inside_img - blended)
-        image = np.clip(blended + 0.5, 0, 255).astype(np.uint8)
+        region = image[box].astype(np.float32)
+        region += cover[box][:, :, None] * (inside_img - region)
+        image[box] = np.clip(region + 0.5, 0, 255).astype(np.uint8)
 
     alpha = _alpha(y2 - y1, x2 - x1, max(1, round(0.8 * margin)))
     return Patch(box=(x1, y1, x2, y2), image=np.ascontiguousarray(image), alpha=alpha)

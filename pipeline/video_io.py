@@ -14,7 +14,7 @@ import os
 import re
 import subprocess
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from fractions import Fraction
 from types import TracebackType
 from typing import IO
@@ -49,7 +49,7 @@ def rate_str(fps: float) -> str:
 
 def read_frames(path: str | os.PathLike[str], *, size: tuple[int, int] | None = None,
                 fps: float | None = None, info: MediaInfo | None = None,
-                pix_fmt: str = "bgr24") -> Iterator[np.ndarray]:
+                pix_fmt: str = "bgr24", select: Sequence[int] | None = None) -> Iterator[np.ndarray]:
     """Yield BGR uint8 frames (H, W, 3) in display orientation, one at a time.
 
     ``size=(w, h)`` decodes scaled (fast scaler; for face tracking). ``fps=None`` keeps the
@@ -61,6 +61,9 @@ def read_frames(path: str | os.PathLike[str], *, size: tuple[int, int] | None = 
     inputs without a video stream) and FFmpegError (ffmpeg failed while decoding).
     ``pix_fmt="yuv420p"`` yields raw I420 buffers (H * 3 // 2, W) instead (see
     pipeline.yuv), cropped to even sides as the encoder would crop them.
+    ``select`` yields only the frames with those indices (counted after any resampling;
+    ascending, each once, those past the end left out): ffmpeg still decodes up to the last
+    one, but converts and pipes only these. An empty ``select`` yields nothing.
     """
     path = os.fspath(path)
     info = info or probe(path)
@@ -71,6 +74,13 @@ def read_frames(path: str | os.PathLike[str], *, size: tuple[int, int] | None = 
     if pix_fmt not in PIX_FMTS:
         raise ValueError(f"pix_fmt must be one of {', '.join(PIX_FMTS)}, got {pix_fmt!r}")
     filters = _rate_filters(info, fps)
+    if select is not None:
+        wanted = sorted({int(i) for i in select})
+        if not wanted:
+            return iter(())
+        if wanted[0] < 0:
+            raise ValueError(f"frame indices must be non-negative, got {wanted[0]}")
+        filters.append("select='" + "+".join(f"eq(n\\,{i})" for i in wanted) + "'")
     if pix_fmt == "yuv420p" and (w % 2 or h % 2):
         if size:
             raise ValueError(f"yuv420p frames need even sides, got {w}x{h}")
@@ -83,6 +93,8 @@ def read_frames(path: str | os.PathLike[str], *, size: tuple[int, int] | None = 
            "-an", "-sn", "-dn", "-vf", ",".join(filters)]
     if info.is_image:
         cmd += ["-frames:v", "1"]
+    if select is not None:
+        cmd += ["-fps_mode", "passthrough"]  # no duplicated frames filling the gaps
     cmd += ["-pix_fmt", pix_fmt, "-f", "rawvideo", "pipe:1"]
     return _pipe_frames(cmd, w, h, path, pix_fmt=pix_fmt)
 

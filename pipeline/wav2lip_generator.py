@@ -30,7 +30,7 @@ import numpy as np
 import torch
 
 from pipeline.blend import Patch, feather_mask
-from pipeline.device import choose_device, choose_dtype, gpu_lock
+from pipeline.device import choose_device, choose_dtype, configure_cpu_threads, gpu_lock
 from pipeline.generators import Generator, GeneratorJob
 from pipeline.models.wav2lip import IMG_SIZE, MEL_BINS, MEL_STEP, Wav2Lip, load_wav2lip
 from pipeline.weights import WAV2LIP, ResolvedWeights, resolve
@@ -219,6 +219,8 @@ class Wav2LipGenerator(Generator):
         if batch_size is not None and batch_size < 1:
             raise ValueError("batch_size must be >= 1")
         self.device = choose_device(device)
+        if self.device.type == "cpu":
+            configure_cpu_threads()
         self.weights = resolve(WAV2LIP, checkpoint, allow_download=allow_download)
         self.dtype = choose_dtype(self.device)
         self.default_batch_size = batch_size or (GPU_BATCH if self.device.type == "cuda" else CPU_BATCH)

@@ -13,7 +13,6 @@ import importlib.util
 import sys
 import types
 from collections import OrderedDict
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -28,7 +27,9 @@ def random_wav2lip(seed: int = SEED) -> Wav2Lip:
     """A Wav2Lip with random conv weights AND random BatchNorm statistics and affines, so
     that a loader that dropped or mixed up any tensor would change the output."""
     gen = torch.Generator().manual_seed(seed)
-    model = Wav2Lip()
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)  # PyTorch's own init, deterministic too
+        model = Wav2Lip()
     with torch.no_grad():
         for p in model.parameters():
             if p.dim() > 1:  # conv kernels: keep PyTorch's fan-in scale, new draw
@@ -70,8 +71,17 @@ def wav2lip_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
+def _lipsync_folders() -> list[str]:
+    """Where the `lipsync` package lies, also while a stand-in for it is in sys.modules."""
+    loaded = sys.modules.get("lipsync")
+    if loaded is not None and getattr(loaded, "__path__", None):
+        return list(loaded.__path__)
+    spec = importlib.util.find_spec("lipsync")
+    return list(spec.submodule_search_locations or []) if spec is not None else []
+
+
 @pytest.fixture(scope="session")
-def lipsync_pkg() -> Iterator[types.SimpleNamespace]:
+def lipsync_pkg() -> types.SimpleNamespace:
     """The `lipsync` package's Wav2Lip model, audio code and inference class.
 
     It is installed with --no-deps: its ``__init__`` imports PyAV and face_alignment, which
@@ -79,20 +89,23 @@ def lipsync_pkg() -> Iterator[types.SimpleNamespace]:
     tests do not call). The package is therefore imported under an empty parent module
     pointing at its folder, and ``av`` / ``face_alignment`` are stood in for by empty
     modules while ``lipsync.lipsync`` is imported; every function the tests call runs as
-    shipped.
+    shipped. sys.modules is left as it was found.
     """
-    spec = importlib.util.find_spec("lipsync")
-    if spec is None or not spec.submodule_search_locations:
+    folders = _lipsync_folders()
+    if not folders:
         pytest.skip("the `lipsync` package is not installed (requirements-dev.txt, --no-deps)")
+    before = set(sys.modules)
     with pytest.MonkeyPatch.context() as mp:
         pkg = types.ModuleType("lipsync")
-        pkg.__path__ = list(spec.submodule_search_locations)
+        pkg.__path__ = folders
         mp.setitem(sys.modules, "lipsync", pkg)
+        for name in [n for n in sys.modules if n.startswith("lipsync.")]:
+            mp.delitem(sys.modules, name)
         for absent in ("av", "face_alignment"):
             if importlib.util.find_spec(absent) is None:
                 mp.setitem(sys.modules, absent, types.ModuleType(absent))
-        names = ("lipsync.models.wav2lip", "lipsync.audio", "lipsync.lipsync")
-        for name in names:
-            mp.delitem(sys.modules, name, raising=False)
-        mods = [importlib.import_module(n) for n in names]
-        yield types.SimpleNamespace(Wav2Lip=mods[0].Wav2Lip, audio=mods[1], LipSync=mods[2].LipSync)
+        mods = [importlib.import_module(n) for n in ("lipsync.models.wav2lip", "lipsync.audio", "lipsync.lipsync")]
+    for name in set(sys.modules) - before:  # what the imports added; the modules live on in `mods`
+        if name.startswith("lipsync."):
+            del sys.modules[name]
+    return types.SimpleNamespace(Wav2Lip=mods[0].Wav2Lip, audio=mods[1], LipSync=mods[2].LipSync)

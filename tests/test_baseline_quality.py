@@ -3,7 +3,8 @@ dlib's own detector and 68-point predictor (not the pipeline's tracker) give the
 opening per frame, which must correlate with the driving speech's energy (best lag within
 +-3 frames) at least 0.35, and stay shut during silent stretches; the top 40% of every
 frame must be what the passthrough generator writes (PSNR > 42 dB). Outputs come from the
-real run loop (pipeline.run.run) on synthetic media and, where present, on real media."""
+real run loop (pipeline.run.run) on synthetic media (encoded losslessly, crf 0) and, where
+present, on real media (default settings)."""
 
 from __future__ import annotations
 
@@ -26,7 +27,7 @@ log = logging.getLogger(__name__)
 
 MIN_CORR = 0.35  # the issue's bar; the original hdtf clip with its own speech scores ~0.30
 MAX_LAG = 3  # frames either way
-DETECT_SIDE = 256  # px: the measure detects on frames scaled to this long side (upsample 1)
+DETECT_SIDE = 256  # px: the measure detects on frames scaled to this long side (upsampled if need be)
 ENERGY_RANGE_DB = 50.0  # speech energy floor: the loudest frame minus this
 SILENT_DB = 40.0  # a frame quieter than the loudest by this much is silent
 SILENT_RUN = 8  # frames: a silent stretch is at least this long ...
@@ -43,7 +44,8 @@ def lip_openings(video: Path) -> np.ndarray:
     for frame in read_frames(video):
         gray = cv2.cvtColor(frame, cv2.COLOR_BGR2GRAY)
         s = DETECT_SIDE / max(gray.shape)
-        found = detector(cv2.resize(gray, None, fx=s, fy=s, interpolation=cv2.INTER_AREA), 1)
+        small = cv2.resize(gray, None, fx=s, fy=s, interpolation=cv2.INTER_AREA)
+        found = detector(small, 0) or detector(small, 1)
         if not found:
             out.append(np.nan)
             continue
@@ -111,8 +113,8 @@ def _psnr_top(a: np.ndarray, b: np.ndarray) -> float:
 @pytest.fixture(scope="module")
 def synthetic_runs(tmp_path_factory: pytest.TempPathFactory, face_mp4: Path, speech_wav: Path):
     out = tmp_path_factory.mktemp("baseline_quality")
-    base = run(face_mp4, speech_wav, out / "baseline.mp4", options=RunOptions(model="baseline"))
-    ref = run(face_mp4, speech_wav, out / "passthrough.mp4", options=RunOptions(model="passthrough"))
+    base = run(face_mp4, speech_wav, out / "baseline.mp4", options=RunOptions(model="baseline", crf=0))
+    ref = run(face_mp4, speech_wav, out / "passthrough.mp4", options=RunOptions(model="passthrough", crf=0))
     return base, ref
 
 
@@ -141,6 +143,9 @@ def test_synthetic_baseline_keeps_the_mouth_shut_in_silence(synthetic_facts) -> 
 
 
 def test_baseline_leaves_the_top_of_the_frame_alone(synthetic_runs) -> None:
+    """Compared losslessly (crf 0), so that what is measured is the generator and not
+    x264: at crf 18 the two encodes' rate control drifts apart over each GOP and holds
+    the top-40% PSNR between them near 40-41 dB although no pixel there differs."""
     base, ref = synthetic_runs
     n = 0
     worst = float("inf")
@@ -149,6 +154,7 @@ def test_baseline_leaves_the_top_of_the_frame_alone(synthetic_runs) -> None:
         n += 1
     assert n == base.frames
     assert worst > TOP_PSNR_DB, worst
+    assert worst == float("inf")  # bit-identical: the baseline draws nothing up there
 
 
 def test_real_baseline_follows_its_own_speech(shared_media: Path, tmp_path: Path) -> None:

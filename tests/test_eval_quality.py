@@ -60,13 +60,33 @@ def test_accumulator_crops_the_lower_face() -> None:
     a = _frame(4)
     b = a.copy()
     b[:40] = 0  # upper part differs, the lower face region (rows 50..90) is identical
-    acc = quality.QualityAccumulator(frozenset({0}), frozenset({0, 1}))
+    acc = quality.QualityAccumulator({"psnr_full": frozenset({0, 2}), "ssim_full": frozenset({0}),
+                                      "psnr_face": frozenset({0, 1}), "ssim_face": frozenset({0, 1})})
+    assert acc.wanted == {0, 1, 2}
     acc.add(0, a, b, (20.0, 10.0, 100.0, 90.0))
     acc.add(1, a, b, None)
+    acc.add(2, a, a, None)  # PSNR only: a full frame needs no face box
     means = acc.means()
     assert means["psnr_face"] == math.inf and means["ssim_face"] == pytest.approx(1.0)
-    assert means["psnr_full"] < 20 and means["ssim_full"] < 0.9
+    assert means["psnr_full"] == math.inf and len(acc.values["psnr_full"]) == 2
+    assert acc.values["psnr_full"][0] < 20 and means["ssim_full"] < 0.9 and len(acc.values["ssim_full"]) == 1
     assert acc.face_missing == 1
+
+
+def test_sample_plan_per_metric() -> None:
+    plan = quality.sample_plan(100, {"psnr_full": 4, "ssim_full": 1})
+    assert plan == {"psnr_full": frozenset({12, 37, 62, 87}), "ssim_full": frozenset({50})}
+
+
+def test_psnr_is_the_float64_mean_bit_for_bit() -> None:
+    """The fast path (OpenCV's exact sum of squares) equals the float64 formula exactly,
+    also on non-contiguous crops and single-channel images."""
+    rng = np.random.default_rng(5)
+    a = rng.integers(0, 256, (120, 160, 3), dtype=np.uint8)
+    b = rng.integers(0, 256, (120, 160, 3), dtype=np.uint8)
+    for x, y in ((a, b), (a[7:90, 11:150], b[7:90, 11:150]), (a[..., 0], b[..., 1])):
+        mse = float(np.mean(np.square(x.astype(np.float64) - y.astype(np.float64))))
+        assert quality.psnr(x, y) == 10 * math.log10(255.0 ** 2 / mse)
 
 
 def test_scores_rows_are_what_storage_takes() -> None:

@@ -20,7 +20,7 @@ import torch
 
 import media
 from eval.__main__ import main
-from eval.score import score_videos
+from eval.score import QUALITY_SAMPLES, landmark_stride, score_videos
 from eval.syncnet import SyncNetS
 from pipeline.errors import InvalidMedia
 
@@ -70,7 +70,11 @@ def test_changed_lower_face_lowers_face_scores_more(talking: Path, generated: Pa
     assert math.isfinite(full) and math.isfinite(face) and face < full
     assert scores.value("ssim_face") < scores.value("ssim_full") < 1.0
     conv = scores.get("ssim_face").convention
-    assert "gaussian_weights=True" in conv["ssim"] and len(conv["frame_indices"]) == 25
+    assert "gaussian_weights=True" in conv["ssim"] and len(conv["frame_indices"]) == QUALITY_SAMPLES["ssim_face"]
+    assert len(scores.get("psnr_full").convention["frame_indices"]) == QUALITY_SAMPLES["psnr_full"]
+    proxy = scores.get("sync_proxy_corr").convention
+    assert proxy["landmark_frames"].startswith(f"every {landmark_stride(25.0)}. generated frame")
+    assert scores.facts["generated_frames"] == 50
 
 
 def test_different_aspect_is_rejected_and_scaled_is_aligned(talking: Path, synth_dir: Path) -> None:

@@ -83,6 +83,18 @@ def test_landmarks_in_crop_match_full_frame(tracker: FaceTracker, frames: list[n
     assert np.abs(cropped.landmarks - face.landmarks).max() <= 1.0
 
 
+def test_landmarks_in_an_i420_frame_use_its_luma(tracker: FaceTracker, frames: list[np.ndarray]) -> None:
+    """The run loop hands generators pipeline.yuv.YuvFrames; dlib fits on their Y plane."""
+    from pipeline.yuv import YuvFrame
+
+    bgr = frames[5]
+    yuv = YuvFrame(cv2.cvtColor(bgr, cv2.COLOR_BGR2YUV_I420))  # (H * 3 / 2, W)
+    face = tracker.detect(bgr)[0]
+    bare = Face(face.box, None, face.score)
+    from_yuv = tracker.landmarks_in(yuv, bare)
+    assert np.abs(from_yuv.landmarks - tracker.landmarks_in(bgr, bare).landmarks).mean() < 1.0
+
+
 def test_track_at_half_resolution_maps_to_full(tracker: FaceTracker, frames: list[np.ndarray]) -> None:
     t0 = time.perf_counter()
     track = track_frames((_small(f) for f in frames), scale=2.0, tracker=tracker)

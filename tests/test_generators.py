@@ -100,6 +100,18 @@ def test_driver_attack_is_faster_than_release() -> None:
     assert opening[20] == 0.0
 
 
+def test_driver_ignores_steady_background_noise() -> None:
+    """Speech bursts (-45 dB) over a constant hum (-62 dB): after the 2 s floor window has
+    heard the hum, the mouth stays shut between bursts and still opens for speech."""
+    burst, pause = [-45.0] * 8, [-62.0] * 12
+    levels = np.array((burst + pause) * 8, np.float32)  # 160 frames, 6.4 s
+    opening = MouthDriver(FPS).run(levels)
+    late = np.arange(len(levels)) >= 60
+    in_pause = np.array([(i % 20) >= 12 for i in range(len(levels))])
+    assert np.all(opening[late & in_pause & (np.arange(len(levels)) % 20 >= 16)] == 0.0)
+    assert opening[late & ~in_pause].max() > 0.7
+
+
 def test_baseline_state_carries_across_batches(face_and_frame) -> None:
     face, frame = face_and_frame
     mels = _mels(1.6, ((0.3, False), (0.8, True), (0.5, False)))

@@ -32,7 +32,7 @@ from pipeline.run import run
 from pipeline.video_io import read_frames
 from pipeline.wav2lip_generator import (CPU_BATCH, KEEP_TOP, Wav2LipGenerator, _models, clear_models,
                                         crop_box, forward_batches, make_wav2lip_generator, prepare_faces,
-                                        to_model_input)
+                                        preload, to_model_input)
 from pipeline.weights import file_sha256
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -152,6 +152,8 @@ def test_one_model_shared_by_threads(wav2lip_checkpoint: Path) -> None:  # noqa:
     for t in threads:
         t.join()
     assert len(made) == 3 and len({id(g.model) for g in made}) == 1 and len(_models) == 1
+    info = preload(wav2lip_checkpoint, device="cpu")  # what app start calls: the same model again
+    assert info["sha256"] == made[0].checkpoint_info()["sha256"] and len(_models) == 1
 
 
 def test_invalid_checkpoint_is_not_cached(tmp_path: Path, gen: Wav2LipGenerator) -> None:

@@ -1,6 +1,6 @@
 """Weights resolution: explicit path, env var, models folder, Hub cache, Hub download
-(against a real local HTTP server standing in for the unreachable Hub), sha256 checks,
-and the `python -m pipeline weights` report."""
+(against a real local HTTP server standing in for the Hub, which no machine here can
+reach), sha256 checks, and the `python -m pipeline weights` report."""
 
 from __future__ import annotations
 
@@ -131,56 +131,86 @@ def test_file_sha256_follows_changes(tmp_path: Path) -> None:
 
 # ---- Hub download, against a local server ---------------------------------------------------
 
-class _Unavailable(http.server.BaseHTTPRequestHandler):
+class _LocalHub(http.server.BaseHTTPRequestHandler):
+    """Serves ``files`` (URL path -> bytes) the way the Hub's resolve endpoint does (commit
+    and ETag headers); anything else gets 503."""
+
+    files: dict[str, bytes] = {}
     requests: list[str] = []
 
-    def _answer(self) -> None:
+    def _answer(self, body: bool) -> None:
         type(self).requests.append(f"{self.command} {self.path}")
-        self.send_response(503)
-        self.send_header("Content-Length", "0")
+        data = self.files.get(self.path)
+        if data is None:
+            self.send_response(503)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return
+        self.send_response(200)
+        self.send_header("X-Repo-Commit", "b" * 40)
+        self.send_header("ETag", f'"{hashlib.sha256(data).hexdigest()}"')
+        self.send_header("Content-Length", str(len(data)))
         self.end_headers()
+        if body:
+            self.wfile.write(data)
 
-    do_GET = do_HEAD = _answer
+    def do_GET(self) -> None:
+        self._answer(True)
+
+    def do_HEAD(self) -> None:
+        self._answer(False)
 
     def log_message(self, *args: object) -> None:
         pass
 
 
 @pytest.fixture
-def broken_hub(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[str]]:
-    """A real HTTP server that answers every request 503, as HF_ENDPOINT, Hub online.
+def local_hub(monkeypatch: pytest.MonkeyPatch) -> Iterator[type[_LocalHub]]:
+    """A real HTTP server on 127.0.0.1 as HF_ENDPOINT, with the Hub switched online.
 
     huggingface_hub reads HF_HUB_OFFLINE once at import (conftest sets it to 1), so its
     constant is switched off too for this test."""
     import huggingface_hub.constants
 
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
-    _Unavailable.requests = []
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Unavailable)
+    _LocalHub.files, _LocalHub.requests = {}, []
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _LocalHub)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{server.server_address[1]}")
     monkeypatch.setenv("HF_HUB_OFFLINE", "0")
     monkeypatch.setenv("HF_HUB_ETAG_TIMEOUT", "3")
     try:
-        yield _Unavailable.requests
+        yield _LocalHub
     finally:
         server.shutdown()
         server.server_close()
         forget_hub_failures()
 
 
-def test_hub_failure_is_fast_and_not_retried(broken_hub: list[str]) -> None:
+def test_hub_download_lands_in_the_cache(local_hub: type[_LocalHub], clean_env: Path,
+                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    content = b"weights from the hub" * 1000
+    local_hub.files["/Nekochu/Wav2Lip/resolve/main/wav2lip_gan.pth"] = content
+    hit = resolve(WAV2LIP)
+    assert hit.source == "hub_download" and hit.sha256 == hashlib.sha256(content).hexdigest()
+    assert Path(hit.path).read_bytes() == content and Path(hit.path).is_relative_to(clean_env / "hub")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    again = resolve(WAV2LIP)
+    assert (again.source, again.sha256) == ("hub_cache", hit.sha256)
+
+
+def test_hub_failure_is_fast_and_not_retried(local_hub: type[_LocalHub]) -> None:
     with pytest.raises(WeightsUnavailable, match="Hub download from Nekochu/Wav2Lip: the Hub did not answer"):
         resolve(WAV2LIP)
-    file_requests = [r for r in broken_hub if "/resolve/" in r]  # huggingface_hub may add its own calls
+    file_requests = [r for r in local_hub.requests if "/resolve/" in r]  # huggingface_hub adds its own calls
     assert file_requests == ["HEAD /Nekochu/Wav2Lip/resolve/main/wav2lip_gan.pth"]  # one try, no retries
-    seen = len(broken_hub)
+    seen = len(local_hub.requests)
     with pytest.raises(WeightsUnavailable, match="not retried, it failed earlier in this process"):
         resolve(WAV2LIP)
     with pytest.raises(WeightsUnavailable, match="downloads not allowed"):
         resolve(SYNCNET, allow_download=False)
-    assert len(broken_hub) == seen
+    assert len(local_hub.requests) == seen
 
 
 # ---- the report ------------------------------------------------------------------------------

@@ -1,0 +1,99 @@
+"""What scoring decodes: read_frames(select=...) (real ffmpeg), the alignment of odd sizes,
+and scoring without SyncNet weights never importing torch."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import media
+from eval.frames import align, generated_frames, original_samples
+from pipeline.probe import probe
+from pipeline.video_io import read_frames
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def counted(synth_dir: Path) -> Path:
+    """12 frames whose mean grey level is 10 * index + 20: each frame tells its index."""
+    frames = [np.full((48, 64, 3), 10 * i + 20, np.uint8) for i in range(12)]
+    return media.write_video(synth_dir / "eval_counted.mp4", frames)
+
+
+def _index(frame: np.ndarray) -> int:
+    return int(round((float(frame.mean()) - 20) / 10))
+
+
+@pytest.mark.parametrize("pix_fmt", ["bgr24", "yuv420p"])
+def test_select_yields_only_those_frames(counted: Path, pix_fmt: str) -> None:
+    every = list(read_frames(counted, pix_fmt=pix_fmt))
+    picked = list(read_frames(counted, pix_fmt=pix_fmt, select=[7, 0, 3, 7, 99]))  # unsorted, repeated, past the end
+    assert [_index(f) for f in every[:1]] == [0] and len(every) == 12
+    assert len(picked) == 3
+    for frame, i in zip(picked, (0, 3, 7)):
+        np.testing.assert_array_equal(frame, every[i])
+    assert list(read_frames(counted, select=[])) == []
+    with pytest.raises(ValueError, match="non-negative"):
+        read_frames(counted, select=[-1])
+
+
+def test_select_counts_after_resampling(counted: Path) -> None:
+    """With fps= the indices are those of the resampled stream (25 -> 50 fps doubles frames)."""
+    doubled = list(read_frames(counted, fps=50.0))
+    picked = list(read_frames(counted, fps=50.0, select=[5, 10]))
+    np.testing.assert_array_equal(picked[0], doubled[5])
+    np.testing.assert_array_equal(picked[1], doubled[10])
+
+
+def test_original_samples_match_the_generated_stream(counted: Path) -> None:
+    """Both sides convert I420 the same way: a video against itself gives identical pixels."""
+    info = probe(counted)
+    al = align(info, info)
+    assert al.note == "same size and frame rate" and al.size == (64, 48)
+    gen = [f.to_bgr() for f in generated_frames(info, al)]
+    samples = dict(original_samples(info, [2, 9]))
+    assert sorted(samples) == [2, 9]
+    np.testing.assert_array_equal(samples[9], gen[9])
+
+
+def test_odd_sized_original_is_compared_on_its_even_area(synth_dir: Path) -> None:
+    odd = media.write_video(synth_dir / "eval_odd.mkv", [media.face_frame(i, size=97) for i in range(3)],
+                            extra=["-c:v", "ffv1"])
+    info = probe(odd)
+    al = align(info, info)
+    assert al.size == (96, 96) and "top-left 96x96" in al.note
+    frame = next(generated_frames(info, al))
+    assert frame.shape == (96, 96, 3)
+
+
+def test_scoring_without_weights_does_not_import_torch(synth_dir: Path, speech_wav: Path,
+                                                       tmp_path: Path) -> None:
+    """With the job's track given (the app's path) and no SyncNet weights, torch stays unloaded."""
+    video = media.face_video(synth_dir / "eval_notorch.mp4", seconds=2.0, audio=speech_wav)
+    code = (
+        "import json, sys\n"
+        "from pipeline.faces import make_tracker, track_frames\n"
+        "from pipeline.video_io import read_frames\n"
+        "from eval.score import score_videos\n"
+        f"v = {str(video)!r}\n"
+        "track = track_frames(read_frames(v), scale=1.0, tracker=make_tracker('dlib'))\n"
+        "s = score_videos(v, v, track=track)\n"
+        "print(json.dumps({'torch': 'torch' in sys.modules, 'lse': s.get('lse_d').reason,\n"
+        "                  'proxy': s.value('sync_proxy_corr')}))\n"
+    )
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "LIPSYNC_MODELS_DIR": str(tmp_path / "none"),
+           "HF_HUB_CACHE": str(tmp_path / "hub"), "PYTHONPATH": str(ROOT)}
+    env.pop("LIPSYNC_SYNCNET_CHECKPOINT", None)
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert out["torch"] is False
+    assert out["lse"].startswith("n/a (no SyncNet weights)") and out["proxy"] is not None
