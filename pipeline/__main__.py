@@ -74,16 +74,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--debug", action="store_true", help="verbose logs and full tracebacks")
     sub = parser.add_subparsers(dest="command", required=True)
     _run_parser(sub)
-    w = sub.add_parser("weights", help="where each model's weights were found, or why not")
-    w.add_argument("--json", action="store_true")
-    args = parser.parse_args(argv)
+    sub.add_parser("weights", help="where each model's weights were found, or why not "
+                                   "(--json, --download)", add_help=False)
+    args, rest = parser.parse_known_args(argv)
+    if rest and args.command != "weights":
+        parser.error(f"unrecognized arguments: {' '.join(rest)}")
     logging.basicConfig(level=logging.DEBUG if args.debug else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
     try:
         if args.command == "weights":
             from pipeline.weights import main_weights
 
-            return main_weights(["--json"] if args.json else [])
+            return main_weights(rest)
         return _cmd_run(args)
     except LipSyncError as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -21,7 +21,7 @@ def select_generator(options: RunOptions) -> tuple[Generator, str]:
         return get_generator(options.model), f"{options.model} requested"
     try:
         gen = get_generator("wav2lip", checkpoint=options.checkpoint, device=options.device,
-                            pads=options.pads)
+                            pads=options.pads, batch_size=options.batch_size)
     except WeightsUnavailable as exc:
         if options.model == "wav2lip":
             raise

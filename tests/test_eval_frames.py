@@ -22,20 +22,16 @@ ROOT = Path(__file__).resolve().parents[1]
 
 @pytest.fixture(scope="module")
 def counted(synth_dir: Path) -> Path:
-    """12 frames whose mean grey level is 10 * index + 20: each frame tells its index."""
+    """12 frames of different grey levels (10 * index + 20), so any two frames differ."""
     frames = [np.full((48, 64, 3), 10 * i + 20, np.uint8) for i in range(12)]
     return media.write_video(synth_dir / "eval_counted.mp4", frames)
-
-
-def _index(frame: np.ndarray) -> int:
-    return int(round((float(frame.mean()) - 20) / 10))
 
 
 @pytest.mark.parametrize("pix_fmt", ["bgr24", "yuv420p"])
 def test_select_yields_only_those_frames(counted: Path, pix_fmt: str) -> None:
     every = list(read_frames(counted, pix_fmt=pix_fmt))
     picked = list(read_frames(counted, pix_fmt=pix_fmt, select=[7, 0, 3, 7, 99]))  # unsorted, repeated, past the end
-    assert [_index(f) for f in every[:1]] == [0] and len(every) == 12
+    assert len(every) == 12 and not np.array_equal(every[3], every[7])
     assert len(picked) == 3
     for frame, i in zip(picked, (0, 3, 7)):
         np.testing.assert_array_equal(frame, every[i])
