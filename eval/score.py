@@ -21,6 +21,8 @@ import os
 import sys
 import time
 from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import closing
 from typing import Any
 
 import numpy as np
@@ -37,6 +39,7 @@ from pipeline.faces import LANDMARK_MARGIN, Face, Track, make_tracker
 from pipeline.options import RunOptions
 from pipeline.probe import MediaInfo, probe
 from pipeline.video_io import frame_plan
+from pipeline.yuv import YuvFrame
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +47,7 @@ log = logging.getLogger(__name__)
 # cheap (OpenCV's sum of squares); one full-frame 720p SSIM costs 0.15-0.5 s of CPU.
 QUALITY_SAMPLES = {"psnr_full": 25, "ssim_full": 1, "psnr_face": 25, "ssim_face": 10}
 LANDMARK_RATE_HZ = 12.5  # mouth landmarks per second of video (dlib's fit costs ~2-3 ms a frame)
+MAX_QUEUED = 4  # sampled frame pairs waiting for the quality worker (a 720p pair holds ~4 MB)
 PLAN_MODE = "pingpong"  # how the run loop extends a video shorter than its audio
 COLOUR = ("BGR uint8 from the decoded I420 frames of both videos (OpenCV COLOR_YUV2BGR_I420, "
           "BT.601 limited range), no other conversion")
@@ -101,14 +105,20 @@ def score_videos(original: str | os.PathLike[str], generated: str | os.PathLike[
     frames = generated_frames(ginfo, al)
     waiting: dict[int, np.ndarray] = {}  # original frames read ahead of their generated partner
     n_gen = 0
-    try:
+    compared: list[Future[None]] = []
+    # PSNR/SSIM run on a worker thread (scipy's filters release the GIL) while this one reads
+    # frames and fits landmarks; one worker keeps the per-frame values in frame order.
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="eval-quality") as pool, \
+            closing(frames), closing(orig_iter):
         for i, g in enumerate(frames):
             n_gen = i + 1
             face = faces.get(i)
             if samples and i <= samples[-1] and i in acc.wanted:
                 o = _next_sampled(orig_iter, waiting, i)
                 if o is not None:
-                    _compare(acc, i, o, g.to_bgr(), face)
+                    compared.append(pool.submit(_compare, acc, i, o, g, face))
+                    if len(compared) > MAX_QUEUED:
+                        compared[-MAX_QUEUED - 1].result()  # bounds the frames held in the queue
                 if i == samples[-1]:
                     orig_iter.close()  # stops ffmpeg decoding the rest of the original
             if landmarker is not None:
@@ -117,9 +127,8 @@ def score_videos(original: str | os.PathLike[str], generated: str | os.PathLike[
             if params is not None:
                 cx, cy, s = params[min(i, len(params) - 1)]
                 crops.append(lse.face_crop(g, cx, cy, s))
-    finally:
-        frames.close()
-        orig_iter.close()
+        for job in compared:
+            job.result()  # re-raises a failure of the worker here
     seconds["frames"] = time.perf_counter() - t
     n_cmp = min(n_orig, n_gen)
     facts.update(original_frames=n_orig, generated_frames=n_gen, compared_frames=n_cmp)
@@ -146,9 +155,10 @@ def landmark_stride(fps: float) -> int:
     return max(1, round(fps / LANDMARK_RATE_HZ))
 
 
-def _compare(acc: quality.QualityAccumulator, i: int, original: np.ndarray, generated: np.ndarray,
+def _compare(acc: quality.QualityAccumulator, i: int, original: np.ndarray, frame: YuvFrame,
              face: Face | None) -> None:
     """One sampled pair, on their common top-left area (both are even-sided I420 decodes)."""
+    generated = frame.to_bgr()
     h = min(original.shape[0], generated.shape[0])
     w = min(original.shape[1], generated.shape[1])
     acc.add(i, original[:h, :w], generated[:h, :w], None if face is None else face.box)

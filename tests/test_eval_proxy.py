@@ -7,8 +7,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from scipy.io import wavfile
 
+from eval import lse
 from eval import sync_proxy as sp
+from eval.score import score_videos
 from pipeline.audio import SAMPLE_RATE, load_audio
 from pipeline.faces import make_tracker, track_frames
 from pipeline.video_io import read_frames
@@ -52,6 +55,23 @@ def test_unrelated_speech_correlates_less(hdtf: tuple[np.ndarray, np.ndarray], s
     other = load_audio(shared_media / "speech_en_60s.wav")[:8 * SAMPLE_RATE]
     unrelated, _, _ = sp.sync_proxy(openings, other, FPS)
     assert unrelated < aligned - 0.15, (aligned, unrelated)
+
+
+def test_score_videos_proxy_follows_shifted_audio(shared_media: Path, tmp_path: Path) -> None:
+    """End to end through score_videos (landmarks every ``landmark_stride`` frames, the rest
+    interpolated): audio made to lead by 5 frames moves the proxy's offset by 5 +- 1."""
+    video = shared_media / "hdtf_aoc_512.mp4"
+    track = track_frames(read_frames(video, size=(256, 256)), scale=2.0, tracker=make_tracker("dlib"))
+    wav = load_audio(video)
+    offsets = []
+    for shift in (0, 5):
+        path = tmp_path / f"lead{shift}.wav"
+        wavfile.write(path, SAMPLE_RATE, lse.to_int16(_lead(wav, shift)))
+        scores = score_videos(video, video, audio=path, track=track)
+        offsets.append(scores.value("sync_proxy_offset"))
+        assert scores.value("sync_proxy_corr") > 0.2
+    assert abs(offsets[1] - offsets[0] - 5) <= 1, offsets
+    assert abs(offsets[0]) <= 5
 
 
 def test_cross_correlation_finds_a_planted_lead() -> None:

@@ -1,0 +1,225 @@
+"""The hostile / edge input corpus of issue 7, generated into a tmp folder with real ffmpeg.
+
+:func:`build_corpus` writes every case's files and returns :class:`Case` records: the face
+input, the speech input, and the expected outcome: a correct output (``expect_ok``, with an
+optional check of the probed result) or a named error whose message contains ``words``.
+Media are tiny (<= 1-2 s, small frames) so the whole corpus runs in a couple of minutes.
+A case whose encoder is missing from the ffmpeg build is returned with ``skip`` set.
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+import subprocess
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+from scipy.io import wavfile
+
+import media
+from pipeline.ffmpeg import ffmpeg_exe
+
+SR = 16000
+SIDE = 256  # px: big enough for dlib to find the face, small enough to be quick
+TEN_HOURS_S = 36000
+
+
+@dataclass(frozen=True)
+class Case:
+    name: str
+    video: Path
+    audio: Path
+    expect_ok: bool
+    error_type: str | None = None  # the exception class named in the AppError message
+    words: tuple[str, ...] = ()  # words the error message must contain (case-insensitive)
+    options: str = "{}"
+    check: Callable[[Any, dict[str, Any]], None] | None = None  # (probe of the result, job record)
+    skip: str | None = None
+    note: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def encoders() -> set[str]:
+    out = subprocess.run([ffmpeg_exe(), "-hide_banner", "-encoders"], capture_output=True, text=True,
+                         check=True).stdout
+    return {line.split()[1] for line in out.splitlines()[10:] if len(line.split()) > 1}
+
+
+def _ff(*args: str) -> None:
+    subprocess.run([ffmpeg_exe(), "-hide_banner", "-loglevel", "error", "-y", *args], check=True)
+
+
+def faces(n: int, *, side: int = SIDE) -> list[np.ndarray]:
+    return [media.face_frame(i, size=side) for i in range(n)]
+
+
+def ramp(n: int, *, side: int = SIDE) -> list[np.ndarray]:
+    """Frames with no face: a horizontal grey ramp scrolling sideways."""
+    row = np.linspace(40, 200, side, dtype=np.uint8)
+    img = np.tile(row[None, :, None], (side, 1, 3))  # (side, side, 3)
+    return [np.roll(img, 3 * i, axis=1) for i in range(n)]
+
+
+def _speech(path: Path, seconds: float, *, sr: int = SR) -> Path:
+    return media.write_wav(path, media.speech_like(seconds, sr=sr), sr=sr)
+
+
+def _patch_mkv_duration(path: Path, seconds: float) -> None:
+    """Rewrite the Matroska Segment Info Duration (EBML id 0x4489, a float in ms) in place."""
+    data = bytearray(path.read_bytes())
+    i = data.find(bytes([0x44, 0x89]))
+    size = data[i + 2] & 0x0F  # 0x88 (8-byte double) or 0x84 (4-byte float)
+    data[i + 3:i + 3 + size] = struct.pack(">d" if size == 8 else ">f", seconds * 1000.0)
+    path.write_bytes(bytes(data))
+
+
+def _x264(pix_fmt: str = "yuv420p") -> list[str]:
+    return ["-c:v", "libx264", "-preset", "ultrafast", "-pix_fmt", pix_fmt]
+
+
+def _ok_size(w: int, h: int, *, tol: int = 1) -> Callable[[Any, dict[str, Any]], None]:
+    def check(info: Any, job: dict[str, Any]) -> None:
+        got = info.video.display_size
+        if abs(got[0] - w) > tol or abs(got[1] - h) > tol:
+            raise AssertionError(f"output is {got[0]}x{got[1]}, expected about {w}x{h}")
+    return check
+
+
+def _duration(seconds: float, *, tol: float = 0.15) -> Callable[[Any, dict[str, Any]], None]:
+    def check(info: Any, job: dict[str, Any]) -> None:
+        if abs(info.duration_s - seconds) > tol:
+            raise AssertionError(f"output lasts {info.duration_s:.2f} s, expected {seconds:.2f} s")
+    return check
+
+
+def _some_frames_without_face(info: Any, job: dict[str, Any]) -> None:
+    missing, frames = job["facts"]["frames_without_face"], job["facts"]["frames"]
+    if not 0 < missing < frames:
+        raise AssertionError(f"expected some but not all frames without a face, got {missing}/{frames}")
+
+
+def build_corpus(d: Path) -> list[Case]:  # noqa: PLR0915 - one flat list of cases reads best
+    d.mkdir(parents=True, exist_ok=True)
+    have = encoders()
+    speech = _speech(d / "speech_1s.wav", 1.0)
+    face = media.write_video(d / "face_1s.mp4", faces(25))
+    cases: list[Case] = []
+
+    def add(name: str, video: Path, audio: Path = speech, **kw: Any) -> None:
+        cases.append(Case(name=name, video=video, audio=audio, **kw))
+
+    def err(name: str, error_type: str, *words: str, video: Path = face, audio: Path = speech,
+            **kw: Any) -> None:
+        add(name, video, audio, expect_ok=False, error_type=error_type, words=words, **kw)
+
+    def need(*names: str) -> str | None:
+        missing = [n for n in names if n not in have]
+        return f"ffmpeg build lacks encoder(s) {', '.join(missing)}" if missing else None
+
+    # --- files that are not media at all
+    (d / "empty.mp4").write_bytes(b"")
+    err("empty file", "InvalidMedia", "empty.mp4", "empty", video=d / "empty.mp4")
+    (d / "random.mp4").write_bytes(np.random.default_rng(7).bytes(64 * 1024))
+    err("random bytes named .mp4", "InvalidMedia", "random.mp4", video=d / "random.mp4")
+    (d / "notes.mp4").write_text("this is a text file, not a video\n" * 20)
+    err("text file", "InvalidMedia", "notes.mp4", video=d / "notes.mp4")
+    full = media.write_video(d / "full.mp4", faces(25))  # moov at the end (no faststart)
+    data = full.read_bytes()
+    (d / "truncated.mp4").write_bytes(data[: len(data) // 2])
+    err("truncated MP4 (moov missing)", "InvalidMedia", "truncated.mp4", video=d / "truncated.mp4")
+
+    # --- wrong or degenerate streams
+    _ff("-i", os.fspath(speech), "-c:a", "aac", os.fspath(d / "audio_only.mp4"))
+    err("video input with only an audio stream", "InvalidMedia", "audio_only.mp4", "only audio",
+        video=d / "audio_only.mp4")
+    err("audio input with only a video stream", "InvalidMedia", "face_1s.mp4", "only video", audio=face)
+    _ff("-f", "lavfi", "-i", "color=c=gray:s=64x64:r=25", "-frames:v", "0", *_x264(),
+        os.fspath(d / "zero_frames.mp4"))
+    err("zero-duration video", "InvalidMedia", "zero_frames.mp4", video=d / "zero_frames.mp4")
+    media.write_video(d / "tiny_1x1.mp4", [np.full((1, 1, 3), 128, np.uint8)] * 10, extra=_x264("yuv444p"))
+    err("1x1 video", "NoFaceFound", "face", video=d / "tiny_1x1.mp4")
+    big = np.zeros((8000, 8000, 3), np.uint8)  # (8000, 8000, 3)
+    cv2.imwrite(os.fspath(d / "huge_8000.png"), big)
+    err("8000x8000 still image", "InvalidMedia", "8000x8000", video=d / "huge_8000.png")
+    long_claim = media.write_video(d / "ten_hours.mkv", faces(25))
+    _patch_mkv_duration(long_claim, TEN_HOURS_S)  # 1 s of frames, 10 h in the header
+    err("10-hour duration claim in the header", "InvalidMedia", "ten_hours.mkv", "10:00:00", "limit",
+        video=long_claim, note="Matroska Duration patched to 36000 s (ffmpeg ignores patched MP4 mvhd)")
+
+    # --- unusual but valid video: each must give a correct output
+    odd = [f[:, :SIDE - 1][:SIDE - 3] for f in faces(25)]  # (253, 255, 3)
+    media.write_video(d / "odd_255x253.mp4", odd, extra=_x264("yuv444p"))
+    add("odd width/height 255x253", d / "odd_255x253.mp4", expect_ok=True, check=_ok_size(255, 253))
+    tall = [f[:, 32:SIDE - 32] for f in faces(25)]  # (256, 192, 3)
+    media.write_video(d / "tall.mp4", tall)
+    _ff("-display_rotation", "90", "-i", os.fspath(d / "tall.mp4"), "-c", "copy", os.fspath(d / "rotated90.mp4"))
+    add("90-degree rotation metadata", d / "rotated90.mp4", expect_ok=True, check=_ok_size(256, 192),
+        note="display 256x192 from coded 192x256")
+    media.write_video(d / "vfr.mp4", faces(30), extra=[
+        "-vf", "setpts=(N+floor(N/2))/(25*TB)", "-fps_mode", "passthrough", *_x264()])
+    add("variable frame rate", d / "vfr.mp4", expect_ok=True, check=_duration(1.0))
+    media.write_video(d / "fps120.mp4", faces(60), fps=120)
+    add("120 fps", d / "fps120.mp4", expect_ok=True, check=_duration(1.0))
+    media.write_video(d / "tenbit.mp4", faces(25), extra=_x264("yuv420p10le"))
+    add("10-bit video", d / "tenbit.mp4", expect_ok=True, check=_ok_size(SIDE, SIDE))
+    media.write_video(d / "yuv444.mp4", faces(25), extra=_x264("yuv444p"))
+    add("yuv444 video", d / "yuv444.mp4", expect_ok=True, check=_ok_size(SIDE, SIDE))
+    skip = need("libx265")
+    if not skip:
+        media.write_video(d / "hevc.mp4", faces(25), extra=["-c:v", "libx265", "-preset", "ultrafast",
+                                                             "-x265-params", "log-level=error",
+                                                             "-pix_fmt", "yuv420p", "-tag:v", "hvc1"])
+    add("HEVC input", d / "hevc.mp4", expect_ok=True, check=_ok_size(SIDE, SIDE), skip=skip)
+    skip = need("libvpx-vp9", "libopus")
+    if not skip:
+        media.write_video(d / "vp9.webm", faces(25), audio=None, extra=[
+            "-c:v", "libvpx-vp9", "-deadline", "realtime", "-cpu-used", "8", "-b:v", "300k"])
+        _ff("-i", os.fspath(speech), "-c:a", "libopus", os.fspath(d / "speech.webm"))
+    add("VP9/WebM input (and Opus/WebM speech)", d / "vp9.webm", d / "speech.webm", expect_ok=True,
+        check=_ok_size(SIDE, SIDE), skip=skip)
+    skip = need("mjpeg")
+    if not skip:
+        media.write_video(d / "mjpeg.avi", faces(25), extra=["-c:v", "mjpeg", "-q:v", "5",
+                                                              "-pix_fmt", "yuvj420p"])
+    add("MJPEG/AVI input", d / "mjpeg.avi", expect_ok=True, check=_ok_size(SIDE, SIDE), skip=skip)
+
+    # --- faces
+    media.write_video(d / "no_face.mp4", ramp(25))
+    err("no face anywhere", "NoFaceFound", "face", video=d / "no_face.mp4")
+    media.write_video(d / "some_faces.mp4", faces(13) + ramp(12))
+    add("faces in only some frames", d / "some_faces.mp4", expect_ok=True, check=_some_frames_without_face)
+    two = [np.concatenate([f, f[:, ::-1]], axis=1) for f in faces(25)]  # (256, 512, 3)
+    media.write_video(d / "two_faces.mp4", two)
+    add("two faces (face_index 1)", d / "two_faces.mp4", expect_ok=True, options='{"face_index": 1}',
+        check=_ok_size(2 * SIDE, SIDE))
+
+    # --- audio
+    _ff("-f", "lavfi", "-i", "anullsrc=r=44100:cl=stereo", "-t", "1", "-c:a", "aac", os.fspath(d / "silent.m4a"))
+    add("silent audio (AAC digital silence)", face, d / "silent.m4a", expect_ok=True, check=_duration(1.0))
+    add("8 kHz mono audio", face, _speech(d / "speech_8k.wav", 1.0, sr=8000), expect_ok=True,
+        check=_duration(1.0))
+    short = media.write_video(d / "face_0.5s.mp4", faces(13))
+    add("audio 20x longer than the video (0.5 s / 10 s)", short, _speech(d / "speech_10s.wav", 10.0),
+        expect_ok=True, check=_duration(10.0))
+    add("all-zero PCM audio", face, media.write_wav(d / "zeros.wav", np.zeros(SR, np.float32)),
+        expect_ok=True, check=_duration(1.0))
+    t = np.arange(SR) / SR
+    square = np.sign(np.sin(2 * np.pi * 220 * t)) * 4.0  # clipped far past full scale
+    add("clipped square wave", face, media.write_wav(d / "square.wav", square.astype(np.float32)),
+        expect_ok=True, check=_duration(1.0))
+    nan = media.speech_like(1.0)
+    nan[::50] = np.nan
+    nan[1::97] = np.inf
+    wavfile.write(os.fspath(d / "nan_float.wav"), SR, nan.astype(np.float32))  # IEEE float WAV with NaN/inf
+    add("float WAV with NaN and inf samples", face, d / "nan_float.wav", expect_ok=True, check=_duration(1.0))
+
+    # --- names
+    weird = d / "..%2F..%2Fetc%2Fpasswd \"q\" 'x' ñandú 顔 ..mp4"
+    weird.write_bytes(face.read_bytes())
+    add("file name with path traversal, quotes and non-ASCII", weird, expect_ok=True, check=_duration(1.0))
+    return cases
