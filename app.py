@@ -14,6 +14,7 @@ import gradio as gr
 import uvicorn
 
 from ui.blocks import build_blocks, make_context
+from ui.examples import examples_dir
 from ui.server import make_server
 from ui.settings import Settings, settings_from_env
 
@@ -26,7 +27,10 @@ def create_app(settings: Settings) -> fastapi.FastAPI:
     return gr.mount_gradio_app(
         make_server(ctx), blocks, path="/", auth=settings.auth,
         auth_message="LipSync Lab: log in to review jobs" if settings.auth else None,
-        max_file_size=settings.max_file_size, allowed_paths=[os.fspath(settings.data_dir.resolve())],
+        max_file_size=settings.max_file_size,
+        # the examples and the job folders <data_dir>/jobs/<id>/ only: never jobs.db or the rest
+        allowed_paths=[os.fspath(examples_dir(settings.data_dir).resolve()),
+                       os.fspath((settings.data_dir / "jobs").resolve())],
         show_error=True, footer_links=["api", "settings"])
 
 

@@ -106,8 +106,9 @@ def score_videos(original: str | os.PathLike[str], generated: str | os.PathLike[
     waiting: dict[int, np.ndarray] = {}  # original frames read ahead of their generated partner
     n_gen = 0
     compared: list[Future[None]] = []
-    # PSNR/SSIM run on a worker thread (scipy's filters release the GIL) while this one reads
-    # frames and fits landmarks; one worker keeps the per-frame values in frame order.
+    # PSNR/SSIM run on a worker thread, so they fill the time this thread waits on ffmpeg's
+    # pipes (scipy's filters and dlib hold the GIL, so they do not run side by side); one
+    # worker keeps the per-frame values in frame order.
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="eval-quality") as pool, \
             closing(frames), closing(orig_iter):
         for i, g in enumerate(frames):

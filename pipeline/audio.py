@@ -72,7 +72,8 @@ def load_audio(path: str | os.PathLike[str], *, info: MediaInfo | None = None,
     wav = np.frombuffer(proc.stdout[:usable], dtype="<f4").astype(np.float32)  # (N,), a writable copy
     if wav.size == 0:
         raise InvalidMedia(f"{name}: has no audio samples")
-    np.nan_to_num(wav, copy=False, nan=0.0, posinf=1.0, neginf=-1.0)
+    if not np.isfinite(wav).all():  # the output mux would fail on them after all the work
+        raise InvalidMedia(f"{name}: the audio contains NaN or infinite samples (a broken float WAV?)")
     np.clip(wav, -1.0, 1.0, out=wav)
     return wav
 

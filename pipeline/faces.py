@@ -52,6 +52,7 @@ SAME_FACE_IOU = 0.2  # a detection overlapping the last face at least this much 
 SMOOTH_WEIGHTS = (0.25, 0.5, 0.25)  # over consecutive detections: removes detector jitter
 LANDMARK_MARGIN = 0.25  # landmarks_in crops the box grown by this fraction of its size per side
 LUMA_GAIN = 255 / 219  # limited-range luma (16..235) to full-range grey
+LANDMARK_FACE_PX = 192  # landmarks_in fits on a crop scaled so the face box is at most this wide
 
 
 def _area(box: Box) -> float:
@@ -167,14 +168,25 @@ class FaceTracker(ABC):
         x2, y2 = min(w, int(face.box[2] + mx) + 1), min(h, int(face.box[3] + my) + 1)
         if x2 - x1 < 8 or y2 - y1 < 8:
             return face
-        local = Face((face.box[0] - x1, face.box[1] - y1, face.box[2] - x1, face.box[3] - y1), None, face.score)
-        crop = _gray_crop(frame, x1, y1, x2, y2) if self.accepts_gray else None
-        fitted = self.landmarks(frame[y1:y2, x1:x2] if crop is None else crop, local)
+        # Fit on a crop scaled down so the face is at most LANDMARK_FACE_PX wide: dlib's cost
+        # grows with the crop (its conversion copies it), its accuracy does not.
+        s = min(1.0, LANDMARK_FACE_PX / max(face.width, 1.0))
+        size = (max(8, round((x2 - x1) * s)), max(8, round((y2 - y1) * s)))
+        sx, sy = size[0] / (x2 - x1), size[1] / (y2 - y1)
+        crop = _gray_crop(frame, x1, y1, x2, y2, size=size) if self.accepts_gray else None
+        if crop is None:
+            crop = frame[y1:y2, x1:x2]
+            if s < 1.0:
+                crop = cv2.resize(crop, size, interpolation=cv2.INTER_AREA)
+        local = Face(((face.box[0] - x1) * sx, (face.box[1] - y1) * sy,
+                      (face.box[2] - x1) * sx, (face.box[3] - y1) * sy), None, face.score)
+        fitted = self.landmarks(np.ascontiguousarray(crop), local)
+        scale = np.array([1.0 / sx, 1.0 / sy], np.float32)
         shift = np.array([x1, y1], np.float32)
         return Face(face.box,
-                    None if fitted.landmarks is None else fitted.landmarks + shift,
+                    None if fitted.landmarks is None else fitted.landmarks * scale + shift,
                     face.score,
-                    None if fitted.mouth_points is None else fitted.mouth_points + shift)
+                    None if fitted.mouth_points is None else fitted.mouth_points * scale + shift)
 
     def detect_near(self, frame: np.ndarray, box: Box) -> list[Face]:
         """Faces (without landmarks) in a region around ``box``, rescaled so the face is
@@ -198,7 +210,8 @@ class FaceTracker(ABC):
                      None, f.score) for f in found]
 
 
-def _gray_crop(frame: np.ndarray, x1: int, y1: int, x2: int, y2: int) -> np.ndarray | None:
+def _gray_crop(frame: np.ndarray, x1: int, y1: int, x2: int, y2: int, *,
+               size: tuple[int, int] | None = None) -> np.ndarray | None:
     """The grey (H, W) region of an I420 frame (pipeline.yuv.YuvFrame: anything with
     ``planes()``) straight from its luma plane, limited range stretched to full as a
     BGR -> grey conversion of its BT.601 colours would give; None for other frames."""
@@ -206,6 +219,8 @@ def _gray_crop(frame: np.ndarray, x1: int, y1: int, x2: int, y2: int) -> np.ndar
     if not callable(planes):
         return None
     luma = planes()[0][y1:y2, x1:x2]
+    if size is not None and size != (x2 - x1, y2 - y1):
+        luma = cv2.resize(luma, size, interpolation=cv2.INTER_AREA)  # (size[1], size[0])
     return cv2.convertScaleAbs(luma, alpha=LUMA_GAIN, beta=-16 * LUMA_GAIN)
 
 

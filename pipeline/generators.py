@@ -161,6 +161,9 @@ class MouthDriver:
         return np.array([self.step(float(v)) for v in levels_db], np.float32)
 
 
+FIT_EVERY = 2  # landmarks are fitted on every 2nd frame (dlib's fit costs ~4 ms), interpolated between
+
+
 class BaselineJob(GeneratorJob):
     def __init__(self, gen: BaselineGenerator, fps: float) -> None:
         self.gen = gen
@@ -182,23 +185,27 @@ class BaselineJob(GeneratorJob):
         return patches
 
     def _fitted(self, frames: Frames, faces: Sequence[Face | None]) -> list[Face | None]:
-        """The faces with landmarks fitted on their full-resolution frames: on every other
-        frame of the job (and the batch's last), the mean of the two neighbouring fits in
-        between, unless those disagree (fast motion, a cut): then fitted as well."""
+        """The faces with landmarks fitted on their full-resolution frames: on every
+        FIT_EVERY-th frame of the job (and the batch's last); in between, interpolated from
+        the nearest fits on both sides, unless those disagree (fast motion, a cut): then
+        fitted as well."""
         fit = self.gen.landmarker
         if fit is None:
             return list(faces)
         n = len(faces)
         out: list[Face | None] = [None] * n
         for i, face in enumerate(faces):
-            if face is not None and ((self.done + i) % 2 == 0 or i == n - 1):
+            if face is not None and ((self.done + i) % FIT_EVERY == 0 or i == n - 1):
                 out[i] = fit.landmarks_in(frames[i], face)
+        fitted = [i for i in range(n) if out[i] is not None]
         for i, face in enumerate(faces):
             if face is None or out[i] is not None:
                 continue
-            a, b = out[i - 1] if i > 0 else None, out[i + 1]
-            if a is not None and b is not None and _agree(a, b, face):
-                out[i] = lerp_faces(a, b, 0.5)
+            j = max((k for k in fitted if k < i), default=None)
+            k = min((k for k in fitted if k > i), default=None)
+            a, b = (out[j] if j is not None else None), (out[k] if k is not None else None)
+            if a is not None and b is not None and k - j <= FIT_EVERY and _agree(a, b, face):
+                out[i] = lerp_faces(a, b, (i - j) / (k - j))
             else:
                 out[i] = fit.landmarks_in(frames[i], face)
         return out

@@ -139,7 +139,7 @@ def _run(video: str | os.PathLike[str], audio: str | os.PathLike[str],
 
     generator, model_reason = select_generator(options)
     width, height = vinfo.video.display_size
-    n_source = 1 if vinfo.is_image else max(1, count_frames(video, fps=fps, info=vinfo))
+    n_source = 1 if vinfo.is_image else max(1, count_frames(video, fps=decode_rate(vinfo, fps), info=vinfo))
     plan = frame_plan(n_source, n_out, mode=options.loop)
 
     track: Track | None = None
@@ -189,6 +189,14 @@ def _run(video: str | os.PathLike[str], audio: str | os.PathLike[str],
     )
 
 
+def decode_rate(info: MediaInfo, fps: float) -> float | None:
+    """The ``fps`` to ask the decoder for: None (the stream's own constant rate, which lets
+    frame counting skip decoding) when that is already ``fps``."""
+    if info.is_image or (not info.video.vfr and abs(info.video.fps - fps) < 1e-6):
+        return None
+    return fps
+
+
 def track_video(video: str | os.PathLike[str], info: MediaInfo, *, options: RunOptions,
                 fps: float, n_track: int, on_frame: Callable[[float], None] | None = None) -> Track:
     """Faces of the first ``n_track`` source frames (decoded at ``fps``, as the render pass
@@ -202,7 +210,7 @@ def track_video(video: str | os.PathLike[str], info: MediaInfo, *, options: RunO
     tracker = make_tracker(options.tracker)
 
     def frames() -> Iterator[np.ndarray]:
-        source = read_frames(video, size=small, fps=fps, info=info)
+        source = read_frames(video, size=small, fps=decode_rate(info, fps), info=info)
         try:
             for i, frame in enumerate(source):
                 if i >= n_track:
@@ -232,7 +240,7 @@ def _source_iter(video: str | os.PathLike[str], info: MediaInfo, plan: np.ndarra
     reads revisited frames back from it, so memory never grows with the output length.
     Every yielded frame is a fresh buffer: the caller pastes into it.
     """
-    source = read_frames(video, fps=None if info.is_image else fps, info=info, pix_fmt="yuv420p")
+    source = read_frames(video, fps=decode_rate(info, fps), info=info, pix_fmt="yuv420p")
     forward = bool(np.all(plan == np.arange(len(plan))))
     spool_path = workdir / "frames.raw"
     spool = None if forward or info.is_image else open(spool_path, "w+b")

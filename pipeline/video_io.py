@@ -35,6 +35,7 @@ PIX_FMTS = ("bgr24", "yuv420p")  # frame formats read_frames yields and FrameWri
 TRACKING_SCALER = "fast_bilinear"  # swscale flags for the reduced-size decode used by tracking
 COUNT_TIMEOUT_S = 120.0  # a generous bound: counting decodes only for resampled streams
 CLOSE_TIMEOUT_S = 10.0  # how long to wait for ffmpeg to exit after a pipe broke
+SELECT_MAX_TERMS = 64  # read_frames(select=) indices ffmpeg's select filter takes (its parser fails ~110)
 
 # libx264 preset names mapped to NVENC's p1 (fastest) .. p7 (slowest)
 NVENC_PRESETS = {"ultrafast": "p1", "superfast": "p1", "veryfast": "p2", "faster": "p3", "fast": "p3",
@@ -63,7 +64,8 @@ def read_frames(path: str | os.PathLike[str], *, size: tuple[int, int] | None = 
     pipeline.yuv), cropped to even sides as the encoder would crop them.
     ``select`` yields only the frames with those indices (counted after any resampling;
     ascending, each once, those past the end left out): ffmpeg still decodes up to the last
-    one, but converts and pipes only these. An empty ``select`` yields nothing.
+    one, but converts and pipes only these (beyond SELECT_MAX_TERMS indices every frame is
+    piped and the others dropped here). An empty ``select`` yields nothing.
     """
     path = os.fspath(path)
     info = info or probe(path)
@@ -74,13 +76,14 @@ def read_frames(path: str | os.PathLike[str], *, size: tuple[int, int] | None = 
     if pix_fmt not in PIX_FMTS:
         raise ValueError(f"pix_fmt must be one of {', '.join(PIX_FMTS)}, got {pix_fmt!r}")
     filters = _rate_filters(info, fps)
-    if select is not None:
-        wanted = sorted({int(i) for i in select})
+    wanted = None if select is None else sorted({int(i) for i in select})
+    if wanted is not None:
         if not wanted:
             return iter(())
         if wanted[0] < 0:
             raise ValueError(f"frame indices must be non-negative, got {wanted[0]}")
-        filters.append("select='" + "+".join(f"eq(n\\,{i})" for i in wanted) + "'")
+        if len(wanted) <= SELECT_MAX_TERMS:
+            filters.append("select='" + "+".join(f"eq(n\\,{i})" for i in wanted) + "'")
     if pix_fmt == "yuv420p" and (w % 2 or h % 2):
         if size:
             raise ValueError(f"yuv420p frames need even sides, got {w}x{h}")
@@ -93,10 +96,26 @@ def read_frames(path: str | os.PathLike[str], *, size: tuple[int, int] | None = 
            "-an", "-sn", "-dn", "-vf", ",".join(filters)]
     if info.is_image:
         cmd += ["-frames:v", "1"]
-    if select is not None:
+    if wanted is not None and len(wanted) <= SELECT_MAX_TERMS:
         cmd += ["-fps_mode", "passthrough"]  # no duplicated frames filling the gaps
     cmd += ["-pix_fmt", pix_fmt, "-f", "rawvideo", "pipe:1"]
-    return _pipe_frames(cmd, w, h, path, pix_fmt=pix_fmt)
+    frames = _pipe_frames(cmd, w, h, path, pix_fmt=pix_fmt)
+    if wanted is None or len(wanted) <= SELECT_MAX_TERMS:
+        return frames
+    return _only(frames, wanted)
+
+
+def _only(frames: Iterator[np.ndarray], wanted: list[int]) -> Iterator[np.ndarray]:
+    """The frames at the (sorted) ``wanted`` indices; stops decoding after the last one."""
+    keep = set(wanted)
+    try:
+        for i, frame in enumerate(frames):
+            if i in keep:
+                yield frame
+                if i == wanted[-1]:
+                    return
+    finally:
+        frames.close()
 
 
 def count_frames(path: str | os.PathLike[str], *, fps: float | None = None,

@@ -155,11 +155,13 @@ def build_corpus(d: Path) -> list[Case]:  # noqa: PLR0915 - one flat list of cas
     odd = [f[:, :SIDE - 1][:SIDE - 3] for f in faces(25)]  # (253, 255, 3)
     media.write_video(d / "odd_255x253.mp4", odd, extra=_x264("yuv444p"))
     add("odd width/height 255x253", d / "odd_255x253.mp4", expect_ok=True, check=_ok_size(255, 253))
-    tall = [f[:, 32:SIDE - 32] for f in faces(25)]  # (256, 192, 3)
-    media.write_video(d / "tall.mp4", tall)
+    # coded sideways (the upright 192x256 face turned clockwise: 256 wide, 192 high); the
+    # display matrix turns it 90 degrees counter-clockwise back upright: displayed 192x256
+    sideways = [cv2.rotate(f[:, 32:SIDE - 32], cv2.ROTATE_90_CLOCKWISE) for f in faces(25)]  # (192, 256, 3)
+    media.write_video(d / "tall.mp4", sideways)
     _ff("-display_rotation", "90", "-i", os.fspath(d / "tall.mp4"), "-c", "copy", os.fspath(d / "rotated90.mp4"))
-    add("90-degree rotation metadata", d / "rotated90.mp4", expect_ok=True, check=_ok_size(256, 192),
-        note="display 256x192 from coded 192x256")
+    add("90-degree rotation metadata", d / "rotated90.mp4", expect_ok=True, check=_ok_size(192, 256),
+        note="display 192x256 from coded 256x192")
     media.write_video(d / "vfr.mp4", faces(30), extra=[
         "-vf", "setpts=(N+floor(N/2))/(25*TB)", "-fps_mode", "passthrough", *_x264()])
     add("variable frame rate", d / "vfr.mp4", expect_ok=True, check=_duration(1.0))
@@ -216,7 +218,7 @@ def build_corpus(d: Path) -> list[Case]:  # noqa: PLR0915 - one flat list of cas
     nan[::50] = np.nan
     nan[1::97] = np.inf
     wavfile.write(os.fspath(d / "nan_float.wav"), SR, nan.astype(np.float32))  # IEEE float WAV with NaN/inf
-    add("float WAV with NaN and inf samples", face, d / "nan_float.wav", expect_ok=True, check=_duration(1.0))
+    err("float WAV with NaN and inf samples", "InvalidMedia", "nan_float.wav", "NaN", audio=d / "nan_float.wav")
 
     # --- names
     weird = d / "..%2F..%2Fetc%2Fpasswd \"q\" 'x' ñandú 顔 ..mp4"

@@ -15,15 +15,15 @@ import pytest
 import media
 from eval.frames import align, generated_frames, original_samples
 from pipeline.probe import probe
-from pipeline.video_io import read_frames
+from pipeline.video_io import SELECT_MAX_TERMS, read_frames
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
 def counted(synth_dir: Path) -> Path:
-    """12 frames of different grey levels (10 * index + 20), so any two frames differ."""
-    frames = [np.full((48, 64, 3), 10 * i + 20, np.uint8) for i in range(12)]
+    """80 frames of different grey levels (3 * index + 10), so any two frames differ."""
+    frames = [np.full((48, 64, 3), 3 * i + 10, np.uint8) for i in range(80)]
     return media.write_video(synth_dir / "eval_counted.mp4", frames)
 
 
@@ -31,13 +31,24 @@ def counted(synth_dir: Path) -> Path:
 def test_select_yields_only_those_frames(counted: Path, pix_fmt: str) -> None:
     every = list(read_frames(counted, pix_fmt=pix_fmt))
     picked = list(read_frames(counted, pix_fmt=pix_fmt, select=[7, 0, 3, 7, 99]))  # unsorted, repeated, past the end
-    assert len(every) == 12 and not np.array_equal(every[3], every[7])
+    assert len(every) == 80 and not np.array_equal(every[3], every[7])
     assert len(picked) == 3
     for frame, i in zip(picked, (0, 3, 7)):
         np.testing.assert_array_equal(frame, every[i])
     assert list(read_frames(counted, select=[])) == []
     with pytest.raises(ValueError, match="non-negative"):
         read_frames(counted, select=[-1])
+
+
+def test_select_of_many_frames(counted: Path) -> None:
+    """More indices than ffmpeg's select expression takes: filtered after decoding instead."""
+    every = list(read_frames(counted))
+    wanted = list(range(1, 200, 2))  # 100 indices, 40 of them past the end
+    assert len(wanted) > SELECT_MAX_TERMS
+    picked = list(read_frames(counted, select=wanted))
+    assert len(picked) == 40
+    for frame, i in zip(picked, range(1, 80, 2)):
+        np.testing.assert_array_equal(frame, every[i])
 
 
 def test_select_counts_after_resampling(counted: Path) -> None:

@@ -74,9 +74,14 @@ def speech_samples(seconds: float = SPEECH_S, *, seed: int = 1) -> np.ndarray:
     return (0.5 * out / peak).astype(np.float32)
 
 
+def examples_dir(data_dir: str | os.PathLike[str]) -> Path:
+    """``<data_dir>/examples``: the only data folder Gradio may serve files from by path."""
+    return Path(data_dir) / "examples"
+
+
 def ensure_examples(data_dir: str | os.PathLike[str]) -> dict[str, str]:
     """Make the example files under ``<data_dir>/examples`` when missing; return their paths."""
-    folder = Path(data_dir) / "examples"
+    folder = examples_dir(data_dir)
     folder.mkdir(parents=True, exist_ok=True)
     paths = {"photo": folder / "photo.png", "video": folder / "video.mp4", "audio": folder / "speech.wav"}
     if not paths["photo"].exists():

@@ -4,12 +4,17 @@
 - ``/readyz``: 200 when a generator and a face tracker resolve and the job database takes
   a write transaction; 503 with the failing check otherwise.
 - ``/metrics``: Prometheus text format: jobs by status, stage duration histograms from
-  the recorded stages, Gradio queue depth and running events, GPU memory.
+  the recorded stages, Gradio queue depth and running events, GPU memory. With
+  ``LIPSYNC_AUTH`` set it needs the same user and password as HTTP Basic auth (it is
+  derived from the job history); /healthz and /readyz stay open for orchestrator probes.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
 import logging
+import secrets
 import tempfile
 from collections.abc import Iterable
 from typing import Any
@@ -124,6 +129,21 @@ def metrics_text(ctx: AppContext) -> str:
     return "\n".join(lines) + "\n"
 
 
+def basic_auth_ok(header: str | None, auth: tuple[str, str] | None) -> bool:
+    """Whether an ``Authorization`` header carries ``auth`` as HTTP Basic (always, without auth)."""
+    if auth is None:
+        return True
+    scheme, _, value = (header or "").partition(" ")
+    if scheme.lower() != "basic":
+        return False
+    try:
+        user, sep, password = base64.b64decode(value.strip(), validate=True).decode("utf-8").partition(":")
+    except (binascii.Error, UnicodeDecodeError):
+        return False
+    return bool(sep) and secrets.compare_digest(user.encode(), auth[0].encode()) and \
+        secrets.compare_digest(password.encode(), auth[1].encode())
+
+
 def make_server(ctx: AppContext) -> fastapi.FastAPI:
     """The FastAPI app with the ops routes; app.py mounts Gradio on it at "/"."""
     app = fastapi.FastAPI(title="LipSync Lab", docs_url=None, redoc_url=None, openapi_url=None)
@@ -138,7 +158,10 @@ def make_server(ctx: AppContext) -> fastapi.FastAPI:
         return JSONResponse(body, status_code=200 if body["ready"] else 503)
 
     @app.get("/metrics")
-    def metrics() -> PlainTextResponse:
+    def metrics(request: fastapi.Request) -> PlainTextResponse:
+        if not basic_auth_ok(request.headers.get("authorization"), ctx.settings.auth):
+            return PlainTextResponse("login required", status_code=401,
+                                     headers={"WWW-Authenticate": 'Basic realm="LipSync Lab metrics"'})
         return PlainTextResponse(metrics_text(ctx), media_type=PROMETHEUS_TYPE)
 
     return app
