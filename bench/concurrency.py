@@ -7,6 +7,7 @@ folder and ``LIPSYNC_MAX_JOBS`` (default 4), cuts ``--seconds`` of the shared me
 (hdtf_aoc_512.mp4 and speech_44k.mp3) and runs one warm-up job. Then, per level, a fixed
 number of jobs is shared among that many client threads; it prints jobs/s, the per-core CPU
 busy percentage (psutil.cpu_percent(percpu=True) sampled every 0.5 s during the level),
+the server's own CPU use (its process and finished ffmpeg children, 100% = one core),
 the throughput ratios 2v1 and 4v1, the server's peak RSS and the load average (the machine
 may be shared). Bar on a 2-core machine: 2 clients >= 1.5x one, or both cores >= 90% busy.
 """
@@ -43,7 +44,8 @@ class Level:
     jobs: int
     wall_s: float
     failures: int
-    cpu_per_core: tuple[float, ...]  # mean busy % per core during the level
+    cpu_per_core: tuple[float, ...]  # mean busy % per core during the level (whole machine)
+    server_cpu: float  # CPU % used by the server and its finished ffmpeg children (100 = one core)
 
     @property
     def jobs_per_s(self) -> float:
@@ -99,6 +101,12 @@ def cut_media(folder: Path, seconds: float) -> tuple[Path, Path]:
     return video, audio
 
 
+def tree_cpu_s(proc: psutil.Process) -> float:
+    """CPU seconds of ``proc`` and its waited-for children (ffmpeg, finished by then)."""
+    t = proc.cpu_times()
+    return t.user + t.system + t.children_user + t.children_system
+
+
 def run_level(server: AppServer, clients: int, jobs: int, video: Path, audio: Path, model: str,
               peak: Sampler) -> Level:
     todo: queue.Queue[int] = queue.Queue()
@@ -120,18 +128,20 @@ def run_level(server: AppServer, clients: int, jobs: int, video: Path, audio: Pa
 
     threads = [threading.Thread(target=worker, args=(c,)) for c in conns]
     with Sampler(server.process.pid) as cpu:
+        cpu0 = tree_cpu_s(cpu.proc)
         start = time.perf_counter()
         for t in threads:
             t.start()
         for t in threads:
             t.join()
         wall = time.perf_counter() - start
+        server_cpu = 100 * (tree_cpu_s(cpu.proc) - cpu0) / wall
     peak.peak_rss = max(peak.peak_rss, cpu.peak_rss)
     peak.peak_rss_tree = max(peak.peak_rss_tree, cpu.peak_rss_tree)
     for f in failures[:3]:
         print(f"  failure: {f[:200]}")
     return Level(clients=clients, jobs=jobs, wall_s=wall, failures=len(failures),
-                 cpu_per_core=cpu.mean_per_core())
+                 cpu_per_core=cpu.mean_per_core(), server_cpu=server_cpu)
 
 
 def main() -> None:
@@ -161,10 +171,10 @@ def main() -> None:
     print(f"server: LIPSYNC_MAX_JOBS={args.max_jobs}, model {args.model}, {args.seconds:g} s of "
           f"hdtf_aoc_512.mp4 (512x512) + speech_44k.mp3, {args.jobs} jobs per level, "
           f"{psutil.cpu_count()} cores")
-    print(f"{'clients':>7} {'jobs':>4} {'failed':>6} {'wall s':>7} {'jobs/s':>7}  cpu busy % per core")
+    print(f"{'clients':>7} {'jobs':>4} {'failed':>6} {'wall s':>7} {'jobs/s':>7} {'server cpu %':>12}  machine cpu busy % per core")
     for lv in levels:
         cores = " ".join(f"{c:5.1f}" for c in lv.cpu_per_core)
-        print(f"{lv.clients:7d} {lv.jobs:4d} {lv.failures:6d} {lv.wall_s:7.2f} {lv.jobs_per_s:7.3f}  {cores}")
+        print(f"{lv.clients:7d} {lv.jobs:4d} {lv.failures:6d} {lv.wall_s:7.2f} {lv.jobs_per_s:7.3f} {lv.server_cpu:12.0f}  {cores}")
     by = {lv.clients: lv for lv in levels}
     if 1 in by:
         for c in (2, 4):
