@@ -11,7 +11,11 @@ plan[i] (``frame_plan(..., "pingpong")``, as the run loop extends a short video)
 boxes of a ping-pong extension are right too.
 
 Without SyncNet weights every LSE field is null with the reason and the fix; a number
-from random weights is never reported, and torch is not even imported.
+from random weights is never reported, and torch is not imported for it (tracking an
+original without a job's track goes through pipeline.run, which does import torch).
+
+Cost, monalisa_720p (426 frames) on a loaded 2-core machine (bench/scoring_cost.py): about
+3.5-4 s of CPU, of which the two H.264 decodes are ~2 s, landmarks ~0.7 s, one 720p SSIM ~0.5 s.
 """
 
 from __future__ import annotations
@@ -35,7 +39,7 @@ from eval.sync_proxy import mouth_openings, sync_proxy
 from eval.syncnet_weights import resolve_syncnet
 from pipeline.audio import load_audio
 from pipeline.errors import InvalidMedia, NoFaceFound, WeightsInvalid, WeightsUnavailable
-from pipeline.faces import LANDMARK_MARGIN, Face, Track, make_tracker
+from pipeline.faces import LANDMARK_FACE_PX, LANDMARK_MARGIN, Face, Track, make_tracker
 from pipeline.options import RunOptions
 from pipeline.probe import MediaInfo, probe
 from pipeline.video_io import frame_plan
@@ -44,7 +48,7 @@ from pipeline.yuv import YuvFrame
 log = logging.getLogger(__name__)
 
 # Frames (evenly spaced over the compared frames) each quality metric is measured on. PSNR is
-# cheap (OpenCV's sum of squares); one full-frame 720p SSIM costs 0.15-0.5 s of CPU.
+# cheap (an exact integer sum of squares); one full-frame 720p SSIM costs 0.3-0.8 s of CPU.
 QUALITY_SAMPLES = {"psnr_full": 25, "ssim_full": 1, "psnr_face": 25, "ssim_face": 10}
 LANDMARK_RATE_HZ = 12.5  # mouth landmarks per second of video (dlib's fit costs ~2-3 ms a frame)
 MAX_QUEUED = 4  # sampled frame pairs waiting for the quality worker (a 720p pair holds ~4 MB)
@@ -296,8 +300,9 @@ def _proxy_scores(faces: list[Face | None], reason: str | None, wav: np.ndarray 
     conv = {**PROXY_CONVENTION, "fps": fps,
             "landmark_frames": f"every {stride}. generated frame (0, {stride}, {2 * stride}, ...) at the "
                                f"compared size, fitted in the original's tracked box grown by "
-                               f"{LANDMARK_MARGIN:g} of its size per side; openings of the other frames "
-                               f"linearly interpolated"}
+                               f"{LANDMARK_MARGIN:g} of its size per side, on its grey crop scaled so the "
+                               f"face is at most {LANDMARK_FACE_PX} px wide (FaceTracker.landmarks_in); "
+                               f"openings of the other frames linearly interpolated"}
     if reason is not None or wav is None:
         return nulls(PROXY_METRICS, reason or "n/a (no audio)", conv)
     try:
