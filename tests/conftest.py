@@ -54,3 +54,20 @@ def shared_media() -> Path:
     if not (d / "hdtf_aoc_512.mp4").exists():
         pytest.skip(f"real test media not found at {d} (set LIPSYNC_TEST_MEDIA)")
     return d
+
+
+# The app tests' client and job store: each app test module defines its own ``server``
+# fixture (tests/app_server.py starts it); these two follow whichever server that is.
+@pytest.fixture(scope="module")
+def client(server):  # noqa: ANN001, ANN201 - AppServer -> gradio_client.Client
+    from gradio_client import Client
+
+    return Client(server.url, verbose=False)
+
+
+@pytest.fixture(scope="module")
+def store(server):  # noqa: ANN001, ANN201 - AppServer -> storage.jobs.JobStore
+    from storage.jobs import JobStore
+
+    with JobStore(server.db_path, recover=False, retention=False) as s:
+        yield s

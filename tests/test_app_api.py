@@ -36,17 +36,6 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> AppServer:
 
 
 @pytest.fixture(scope="module")
-def client(server: AppServer) -> Client:
-    return Client(server.url, verbose=False)
-
-
-@pytest.fixture(scope="module")
-def store(server: AppServer) -> JobStore:
-    with JobStore(server.db_path, recover=False, retention=False) as s:
-        yield s
-
-
-@pytest.fixture(scope="module")
 def synthetic_run(client: Client, face_mp4: Path, speech_wav: Path) -> tuple[Any, ...]:
     """One /lipsync call on the synthetic face video and speech (shared by several tests)."""
     return client.predict(handle_file(str(face_mp4)), handle_file(str(speech_wav)), BASELINE, "{}",

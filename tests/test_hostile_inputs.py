@@ -41,17 +41,6 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> AppServer:
 
 
 @pytest.fixture(scope="module")
-def client(server: AppServer) -> Client:
-    return Client(server.url, verbose=False)
-
-
-@pytest.fixture(scope="module")
-def store(server: AppServer) -> JobStore:
-    with JobStore(server.db_path, recover=False, retention=False) as s:
-        yield s
-
-
-@pytest.fixture(scope="module")
 def corpus(tmp_path_factory: pytest.TempPathFactory) -> list[hostile_corpus.Case]:
     return hostile_corpus.build_corpus(tmp_path_factory.mktemp("corpus"))
 
