@@ -13,6 +13,7 @@ import fastapi
 import gradio as gr
 import uvicorn
 
+from storage.jobs import JOBS_FOLDER
 from ui.blocks import build_blocks, make_context
 from ui.examples import examples_dir
 from ui.server import make_server
@@ -30,7 +31,7 @@ def create_app(settings: Settings) -> fastapi.FastAPI:
         max_file_size=settings.max_file_size,
         # the examples and the job folders <data_dir>/jobs/<id>/ only: never jobs.db or the rest
         allowed_paths=[os.fspath(examples_dir(settings.data_dir).resolve()),
-                       os.fspath((settings.data_dir / "jobs").resolve())],
+                       os.fspath((settings.data_dir / JOBS_FOLDER).resolve())],
         show_error=True, footer_links=["api", "settings"])
 
 

@@ -48,6 +48,8 @@ def _utcnow() -> datetime:
     return datetime.now(timezone.utc)
 
 
+JOBS_FOLDER = "jobs"  # a job's files live in <data_dir>/jobs/<id>/
+
 class JobStore:
     """The job history. Thread-safe: each thread gets its own connection to the file.
 
@@ -269,7 +271,7 @@ class JobStore:
 
     def job_dir(self, job_id: str, *, create: bool = False) -> Path:
         """``<data_dir>/jobs/<id>/`` for a well-formed id (InvalidJobId otherwise: no traversal)."""
-        path = self.data_dir / "jobs" / check_job_id(job_id)
+        path = self.data_dir / JOBS_FOLDER / check_job_id(job_id)
         if create:
             path.mkdir(parents=True, exist_ok=True)
         return path
