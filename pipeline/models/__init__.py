@@ -1,0 +1,1 @@
+"""Neural network architectures whose published checkpoints the pipeline loads."""
