@@ -72,9 +72,11 @@ class RunResult:
     video: dict[str, Any]  # probe facts of the face input
     audio: dict[str, Any]  # probe facts of the speech input
     track: Any = field(default=None, repr=False, compare=False)  # pipeline.faces.Track or None
+    # output index -> the original frame (pipeline.yuv.YuvFrame) kept for scoring (run(keep=))
+    originals: Any = field(default=None, repr=False, compare=False)
 
     def to_dict(self) -> dict[str, Any]:
-        d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "track"}
+        d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name not in ("track", "originals")}
         d["timings"] = {k: round(v, 4) for k, v in self.timings.items()}
         d["stage_offsets"] = {k: round(v, 4) for k, v in self.stage_offsets.items()}
         return d

@@ -26,7 +26,7 @@ import resource
 import shutil
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -47,6 +47,7 @@ from pipeline.video_io import FrameWriter, count_frames, frame_plan, read_frames
 log = logging.getLogger(__name__)
 
 STILL_FPS = 25.0  # a still photo becomes a video at this rate
+KEEP_BUDGET_BYTES = 256 * 2**20  # at most this much of original frames kept for scoring
 STREAM_DEPTH = 16  # frames read ahead of / queued behind the main thread (bounded memory)
 SBS_CRF = 23  # the review video favours size over fidelity
 DEFAULT_BATCH = 16  # frames per generator call when the generator names no size
@@ -92,17 +93,21 @@ def run(
     progress: ProgressFn | None = None,
     cancel: CancelFn | None = None,
     side_by_side: str | os.PathLike[str] | None = None,
+    keep: Collection[int] | None = None,
 ) -> RunResult:
     """Lip-sync ``video`` (or a still photo) to ``audio`` and write an MP4 to ``output``.
 
     ``side_by_side`` also writes a frame-aligned review video there: original | result, with
-    the new audio. An exception leaving this function carries the partial stage timings as
+    the new audio. ``keep`` names output frames whose ORIGINAL (source frame i, before any
+    paste) is kept in ``result.originals`` for scoring, so the scorer need not decode the
+    original again; it is skipped when those frames would exceed ``KEEP_BUDGET_BYTES``.
+    An exception leaving this function carries the partial stage timings as
     ``exc.timings = {"seconds": {...}, "offsets": {...}}`` for the job record.
     """
     clock = StageClock()
     try:
         return _run(video, audio, output, options=options or RunOptions(), progress=progress,
-                    cancel=cancel, side_by_side=side_by_side, clock=clock)
+                    cancel=cancel, side_by_side=side_by_side, keep=keep, clock=clock)
     except BaseException as exc:
         exc.timings = {"seconds": dict(clock.seconds), "offsets": dict(clock.offsets)}
         raise
@@ -111,7 +116,7 @@ def run(
 def _run(video: str | os.PathLike[str], audio: str | os.PathLike[str],
          output: str | os.PathLike[str], *, options: RunOptions, progress: ProgressFn | None,
          cancel: CancelFn | None, side_by_side: str | os.PathLike[str] | None,
-         clock: StageClock) -> RunResult:
+         keep: Collection[int] | None, clock: StageClock) -> RunResult:
     deadline = clock.t0 + options.timeout_s if options.timeout_s else None
     report = progress or (lambda stage, fraction: None)
 
@@ -149,13 +154,18 @@ def _run(video: str | os.PathLike[str], audio: str | os.PathLike[str],
             track = track_video(video, vinfo, options=options, fps=fps, n_track=int(plan.max()) + 1,
                            on_frame=lambda f: check("track", _P_AUDIO + (_P_TRACK - _P_AUDIO) * f))
 
+    originals: dict[int, YuvFrame] = {}
+    wanted = {int(i) for i in keep or () if 0 <= int(i) < min(n_source, n_out) and plan[int(i)] == int(i)}
+    if len(wanted) * 1.5 * (width + 1) * (height + 1) > KEEP_BUDGET_BYTES:
+        log.info("not keeping %d original frames for scoring: over the memory budget", len(wanted))
+        wanted = set()
     workdir = Path(tempfile.mkdtemp(prefix="lipsync-job-", dir=options.work_dir))
     try:
         tmp_out = workdir / "out.mp4"
         tmp_sbs = workdir / "side_by_side.mp4" if side_by_side is not None else None
         _render(video, audio, tmp_out, tmp_sbs, vinfo=vinfo, options=options, generator=generator,
                 track=track, mels=mels, plan=plan, fps=fps, size=(width, height),
-                workdir=workdir, clock=clock, check=check)
+                workdir=workdir, clock=clock, check=check, keep=(wanted, originals))
         out = Path(output)
         out.parent.mkdir(parents=True, exist_ok=True)
         shutil.move(os.fspath(tmp_out), os.fspath(out))
@@ -186,6 +196,7 @@ def _run(video: str | os.PathLike[str], audio: str | os.PathLike[str],
         video=vinfo.to_dict(),
         audio=ainfo.to_dict(),
         track=track,
+        originals=originals,
     )
 
 
@@ -279,7 +290,8 @@ def _render(video: str | os.PathLike[str], audio: str | os.PathLike[str], out: P
             sbs: Path | None, *,
             vinfo: MediaInfo, options: RunOptions, generator: Generator, track: Track | None,
             mels: np.ndarray, plan: np.ndarray, fps: float, size: tuple[int, int],
-            workdir: Path, clock: StageClock, check: Callable[[str, float], None]) -> None:
+            workdir: Path, clock: StageClock, check: Callable[[str, float], None],
+            keep: tuple[set[int], dict[int, YuvFrame]]) -> None:
     """Stream frames through the generator, the blend and the encoder."""
     job = generator.new_job(fps=fps, width=size[0], height=size[1])
     batch_size = options.batch_size or getattr(generator, "default_batch_size", DEFAULT_BATCH)
@@ -288,7 +300,7 @@ def _render(video: str | os.PathLike[str], audio: str | os.PathLike[str], out: P
     try:
         _encode_all(audio, out, sbs, options=options, job=job, track=track, mels=mels, plan=plan,
                     fps=fps, size=size, batch_size=batch_size, frames_iter=frames_iter,
-                    clock=clock, check=check)
+                    clock=clock, check=check, keep=keep)
     finally:
         frames_iter.close()
 
@@ -296,7 +308,9 @@ def _render(video: str | os.PathLike[str], audio: str | os.PathLike[str], out: P
 def _encode_all(audio: str | os.PathLike[str], out: Path, sbs: Path | None, *, options: RunOptions,
                 job: Any, track: Track | None, mels: np.ndarray, plan: np.ndarray, fps: float,
                 size: tuple[int, int], batch_size: int, frames_iter: Iterator[YuvFrame],
-                clock: StageClock, check: Callable[[str, float], None]) -> None:
+                clock: StageClock, check: Callable[[str, float], None],
+                keep: tuple[set[int], dict[int, YuvFrame]]) -> None:
+    wanted, kept = keep
     width, height = size[0] - size[0] % 2, size[1] - size[1] % 2  # yuv420p: even sides
     n_out = len(plan)
     p0 = _P_TRACK if track is not None else _P_AUDIO
@@ -318,6 +332,8 @@ def _encode_all(audio: str | os.PathLike[str], out: Path, sbs: Path | None, *, o
             with gpu_lock(), clock.stage("generate"):
                 patches = job.process(batch, mels[start:stop], faces)
             originals = [f.copy() for f in batch] if sbs is not None else None
+            for k in wanted.intersection(range(start, stop)):
+                kept[k] = batch[k - start].copy()  # before the paste: the original frame k
             with clock.stage("blend"):
                 for frame, patch in zip(batch, patches):
                     if patch is not None:

@@ -122,3 +122,14 @@ def test_bad_inputs_are_named(synth_dir: Path, face_mp4: Path, speech_wav: Path,
     with pytest.raises(InvalidMedia, match="no audio"):
         run(face_mp4, face_mp4, tmp_path / "o.mp4", options=RunOptions(model="passthrough"))
     assert not (tmp_path / "o.mp4").exists()
+
+
+def test_keep_hands_over_the_original_frames(face_mp4: Path, speech_wav: Path, tmp_path: Path) -> None:
+    """Kept frames are the ORIGINAL source frames (before the baseline's paste), only inside
+    the source; the scorer compares them with the decoded output."""
+    result = run(face_mp4, speech_wav, tmp_path / "o.mp4", options=RunOptions(model="baseline"),
+                 keep=[0, 20, 49, 60])
+    assert sorted(result.originals) == [0, 20, 49]  # 60 lies in the ping-pong extension
+    src = list(read_frames(face_mp4, pix_fmt="yuv420p"))
+    for i, frame in result.originals.items():
+        assert np.array_equal(frame.data, src[i])  # byte-identical to a fresh decode
