@@ -15,6 +15,7 @@ import uvicorn
 
 from storage.jobs import JOBS_FOLDER
 from ui.blocks import build_blocks, make_context
+from ui.cancels import QueuedCancelRecorder
 from ui.examples import examples_dir
 from ui.server import make_server
 from ui.settings import Settings, settings_from_env
@@ -25,8 +26,10 @@ def create_app(settings: Settings) -> fastapi.FastAPI:
     ctx = make_context(settings)
     blocks = build_blocks(ctx)
     blocks.queue(max_size=settings.queue_size, default_concurrency_limit=settings.max_jobs)
+    server = make_server(ctx)
+    server.add_middleware(QueuedCancelRecorder, ctx=ctx)  # records cancels of queued jobs
     return gr.mount_gradio_app(
-        make_server(ctx), blocks, path="/", auth=settings.auth,
+        server, blocks, path="/", auth=settings.auth,
         auth_message="LipSync Lab: log in to review jobs" if settings.auth else None,
         max_file_size=settings.max_file_size,
         # the examples and the job folders <data_dir>/jobs/<id>/ only: never jobs.db or the rest

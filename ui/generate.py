@@ -11,6 +11,7 @@ import gradio as gr
 from pipeline.options import DEFAULT_PADS, LOOP_MODES
 from pipeline.weights import weights_report
 from ui import present
+from ui.cancels import QueuedInputs, register_queued_inputs
 from ui.context import GENERATION_GROUP, SCORING_GROUP, AppContext
 from ui.errors import user_errors
 from ui.service import JobOutcome, parse_options, run_cancellable, run_job_on_gpu, score_files
@@ -132,6 +133,8 @@ def build_generate_tab(ctx: AppContext) -> None:
                  timing_out],
         api_name="generate", api_visibility="undocumented", concurrency_id=GENERATION_GROUP,
         concurrency_limit=ctx.settings.max_jobs, trigger_mode="once")
+    # a cancel while the event still waits in the queue is recorded by ui.cancels
+    register_queued_inputs("generate", QueuedInputs(source="app", video=(0, 1), audio=2, model=3))
     cancel_btn.click(None, cancels=[gen_event], api_visibility="private")
 
 
@@ -171,6 +174,7 @@ def build_api_endpoints(ctx: AppContext) -> None:
     lipsync_btn.click(lipsync, inputs=[api_video, api_audio, api_model, api_options],
                       outputs=[api_result, api_sbs, api_scores, api_job_id], api_name="lipsync",
                       concurrency_id=GENERATION_GROUP, concurrency_limit=ctx.settings.max_jobs)
+    register_queued_inputs("lipsync", QueuedInputs(source="api", video=(0,), audio=1, model=2, options=3))
     score_btn.click(score, inputs=[score_original, score_generated, score_audio],
                     outputs=[score_result], api_name="score", concurrency_id=SCORING_GROUP,
                     concurrency_limit=ctx.settings.max_jobs)
