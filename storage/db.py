@@ -14,6 +14,7 @@ written by a newer LipSync Lab raises :class:`DatabaseTooNew`.
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
 import os
 import sqlite3
@@ -108,6 +109,9 @@ def _unavailable(exc: BaseException, path: str) -> StorageError:
         hint = f"make the folder writable or set {DATA_DIR_ENV} to a writable folder"
     elif "full" in text or "no space" in text:
         hint = "free disk space, or lower the retention limits (python -m storage prune)"
+    elif "disk i/o" in text or getattr(exc, "errno", None) in (errno.EFBIG, errno.EIO):
+        hint = ("a write to the disk failed: the disk may be full, over a file size limit or "
+                "failing; free disk space or check the device")
     elif "not a database" in text or "malformed" in text:
         hint = f"move the damaged file aside or set {DATA_DIR_ENV} to another folder"
     else:

@@ -130,9 +130,12 @@ def test_hostile_corpus_done(corpus: list[hostile_corpus.Case]) -> None:
 
 
 def test_no_temp_files_left_behind(test_hostile_corpus_done: None, server: AppServer, store: JobStore) -> None:
+    # job temp folders live in the app's per-process work folder (ui/workspace.py); TMPDIR too
+    work = server.data_dir / "work"
+    assert [p for p in work.iterdir() if p.is_dir()], f"no per-process work folder in {work}"
     tmp = server.data_dir.parent / "tmp"
-    leftovers = [p.name for p in tmp.iterdir() if p.name.startswith("lipsync")]
-    assert leftovers == [], f"job temp folders left in {tmp}: {leftovers}"
+    leftovers = [str(p) for p in [*work.glob("*/lipsync-job-*"), *tmp.glob("lipsync*")]]
+    assert leftovers == [], f"job temp folders left behind: {leftovers}"
     jobs = store.list(limit=None)
     assert len(jobs) >= 25
     assert not [j["id"] for j in jobs if j["status"] in ("queued", "running")]

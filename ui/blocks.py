@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
 
@@ -15,6 +16,7 @@ from ui.generate import build_api_endpoints, build_generate_tab
 from ui.history import build_compare_tab, build_history_api, build_history_tab
 from ui.monitor import build_performance_tab, build_system_tab
 from ui.settings import Settings
+from ui.workspace import clean_stale_work_dirs, process_work_dir
 
 log = logging.getLogger(__name__)
 
@@ -34,8 +36,12 @@ def _warm_up() -> None:
 
 
 def make_context(settings: Settings) -> AppContext:
-    """Open the job history (marking jobs of dead processes interrupted) and make the examples."""
+    """Open the job history (marking jobs of dead processes interrupted), delete the job temp
+    folders of dead processes, give this process its own (``settings.work_dir``) and make the
+    examples."""
     settings.data_dir.mkdir(parents=True, exist_ok=True)
+    clean_stale_work_dirs(settings.data_dir)
+    settings = dataclasses.replace(settings, work_dir=process_work_dir(settings.data_dir))
     threading.Thread(target=_warm_up, name="audio-warm-up", daemon=True).start()
     store = JobStore(settings.db_path, data_dir=settings.data_dir)
     if store.recovered:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import base64
 import binascii
 import logging
+import os
 import secrets
 import tempfile
 from collections.abc import Iterable
@@ -31,6 +32,7 @@ log = logging.getLogger(__name__)
 
 STAGE_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)  # s
 TRACKERS = ("insightface", "dlib")
+WRITE_PROBE_BYTES = 64 * 1024  # /readyz writes this much in the data folder: a full disk fails it
 PROMETHEUS_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 
@@ -52,11 +54,14 @@ def readiness(ctx: AppContext) -> dict[str, Any]:
         with ctx.store.connection() as db, write_transaction(db):
             pass
         ctx.settings.data_dir.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryFile(dir=ctx.settings.data_dir):
-            pass
+        with tempfile.TemporaryFile(dir=ctx.settings.data_dir) as probe:  # read-only or full?
+            probe.write(bytes(WRITE_PROBE_BYTES))
+            probe.flush()
+            os.fsync(probe.fileno())
         checks["database"] = {"ok": True, "detail": f"{ctx.settings.db_path} is writable"}
     except Exception as exc:  # noqa: BLE001
-        checks["database"] = {"ok": False, "detail": f"{type(exc).__name__}: {exc}"}
+        checks["database"] = {"ok": False, "detail": f"the job database {ctx.settings.db_path} or its "
+                              f"folder cannot be written: {type(exc).__name__}: {exc}"}
     return {"ready": all(c["ok"] for c in checks.values()), "checks": checks}
 
 

@@ -90,7 +90,8 @@ def parse_options(model: str, options: Mapping[str, Any] | str | None, *,
     options = {k: v for k, v in options.items() if v is not None}
     limits = Limits(max_side=settings.max_side, max_duration_s=settings.max_duration_s)
     try:
-        return RunOptions(model=model or "auto", limits=limits, **options)
+        return RunOptions(model=model or "auto", limits=limits,
+                          work_dir=os.fspath(settings.work_dir) if settings.work_dir else None, **options)
     except TypeError as exc:  # a value of the wrong type, e.g. "face_index": "two"
         raise ValueError(f"bad option value: {exc}") from None
 

@@ -39,6 +39,7 @@ class Settings:
     job_timeout_s: float | None = None
     data_dir: Path = Path(DEFAULT_DATA_DIR)
     in_space: bool = False
+    work_dir: Path | None = None  # parent of job temp folders: make_context sets one per process
 
     @property
     def db_path(self) -> Path:
