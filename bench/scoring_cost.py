@@ -4,7 +4,8 @@
 
 Alternates, in one process: a job with the ``baseline`` generator on CPU
 (``pipeline.run.run``, the clip's own audio) and ``eval.score_videos`` of its output
-against the clip, reusing the job's face track as the app does (no SyncNet weights here,
+against the clip, reusing the job's face track and its kept original frames as the app
+does (``run(keep=sample_frames)``, ``score_videos(originals=)``; no SyncNet weights here,
 so LSE is skipped with its reason). Prints medians of wall seconds and of CPU seconds
 (``os.times()``: this process and its finished children, i.e. the ffmpeg processes; on a
 shared, loaded machine CPU seconds compare more fairly than wall), both ratios and peak RSS.
@@ -21,7 +22,7 @@ from pathlib import Path
 
 from common import media_dir, median, peak_rss_mb
 
-from eval.score import score_videos
+from eval.score import sample_frames, score_videos
 from pipeline.options import RunOptions
 from pipeline.run import run
 
@@ -61,10 +62,12 @@ def main() -> None:
 
         def generate() -> None:
             nonlocal result
-            result = run(video, video, out, options=RunOptions(model="baseline", device="cpu"))
+            result = run(video, video, out, options=RunOptions(model="baseline", device="cpu"),
+                         keep=sample_frames)  # as pipeline.recording runs a scored job
 
         def score() -> None:
-            parts.append(score_videos(video, out, track=result.track).facts["seconds"])
+            scores = score_videos(video, out, track=result.track, originals=result.originals)
+            parts.append(scores.facts["seconds"])
 
         generate()  # warm-up: loads the face tracker once per process, as a server would
         score()

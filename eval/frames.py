@@ -21,19 +21,24 @@ I420 frames have even sides: an odd-sized video is compared on its top-left even
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
 from pipeline.errors import InvalidMedia
+from pipeline.ffmpeg import base_cmd, input_args
 from pipeline.probe import MediaInfo
-from pipeline.video_io import read_frames
+from pipeline.video_io import SELECT_MAX_TERMS, _pipe_frames, read_frames
 from pipeline.yuv import YuvFrame
 
 FPS_TOLERANCE = 1e-3  # relative: 25 vs 25.02 is the same rate
 ASPECT_TOLERANCE = 0.01  # relative aspect-ratio difference accepted for scaling
+_EPS = 1e-9  # guards floor() against products a hair below an integer
+DECODE_THREADS = 1  # region_frames' H.264 decoder threads: frame threads cost ~10% more CPU in all
 
 
 @dataclass(frozen=True)
@@ -89,13 +94,109 @@ def generated_frames(info: MediaInfo, al: Alignment) -> Iterator[YuvFrame]:
         frames.close()
 
 
-def original_samples(info: MediaInfo, indices: Sequence[int]) -> Iterator[tuple[int, np.ndarray]]:
-    """(index, BGR frame) of the original at the given indices only, ascending; indices past
+def original_samples(info: MediaInfo, indices: Sequence[int]) -> Iterator[tuple[int, YuvFrame]]:
+    """(index, I420 frame) of the original at the given indices only, ascending; indices past
     the end are not yielded. Closing the generator stops ffmpeg's decoding there."""
     wanted = sorted({int(i) for i in indices})
     frames = read_frames(info.path, info=info, pix_fmt="yuv420p", select=wanted)
     try:
         for i, data in zip(wanted, frames):
-            yield i, YuvFrame(data).to_bgr()
+            yield i, YuvFrame(data)
     finally:
         frames.close()
+
+
+def region_decodable(info: MediaInfo, al: Alignment, samples: Sequence[int]) -> bool:
+    """Whether :func:`region_frames` decodes ``info`` exactly as :func:`generated_frames` would:
+    frames one for one (no resampling, scaling, rotation or odd-side crop)."""
+    v = info.video
+    return (not info.is_image and v is not None and al.generated_fps is None and al.generated_size is None
+            and not v.vfr and v.rotation == 0 and v.width % 2 == 0 and v.height % 2 == 0
+            and len(set(samples)) <= SELECT_MAX_TERMS)
+
+
+def even_region(x1: float, y1: float, x2: float, y2: float, width: int, height: int
+                ) -> tuple[int, int, int, int]:
+    """(x, y, w, h): the smallest even-cornered region inside width x height holding the box."""
+    x, y = max(0, int(np.floor(x1))), max(0, int(np.floor(y1)))
+    x, y = x - x % 2, y - y % 2
+    r, b = min(width, int(np.ceil(x2))), min(height, int(np.ceil(y2)))
+    r, b = min(width, r + r % 2), min(height, b + b % 2)
+    return x, y, max(2, r - x), max(2, b - y)
+
+
+def region_frames(info: MediaInfo, region: tuple[int, int, int, int], rate: float,
+                  samples: Sequence[int], full: str | os.PathLike[str],
+                  count: str | os.PathLike[str], *, size: tuple[int, int] | None = None
+                  ) -> Iterator[LumaFrame]:
+    """The luma of ``region`` (x, y, w, h; even) of a :func:`region_decodable` video at the
+    frames where floor(n * rate) steps up (n = 0 included: :func:`rate_frame`), as
+    :class:`LumaFrame`s, scaled to ``size`` (w, h; ffmpeg's area averaging) if given. From the same decode, the frames at ``samples`` go whole (raw I420,
+    ascending) to the file ``full`` (read them with :class:`SampleFile` as they complete), and
+    6 bytes per decoded frame to the file ``count`` (:func:`counted_frames`)."""
+    x, y, w, h = region
+    wanted = sorted({int(i) for i in samples})
+    select = "+".join(f"eq(n\\,{i})" for i in wanted) or "0"
+    steps = f"eq(n\\,0)+gt(floor(n*{rate!r}+{_EPS!r})\\,floor((n-1)*{rate!r}+{_EPS!r}))"
+    scale = "" if size is None or size == (w, h) else f",scale={size[0]}:{size[1]}:flags=area"
+    graph = (f"[0:v:0]split=3[a][b][c];[a]select='{steps}',crop={w}:{h}:{x}:{y},extractplanes=y{scale}[luma];"
+             f"[b]select='{select}'[full];[c]crop=2:2:0:0[count]")
+    out = ["-fps_mode", "passthrough", "-f", "rawvideo"]
+    cmd = [*base_cmd(), "-loglevel", "error", *input_args(info.path, pre=["-threads", str(DECODE_THREADS)]),
+           "-an", "-sn", "-dn", "-filter_complex", graph,
+           "-map", "[luma]", *out, "-pix_fmt", "gray", "pipe:1",
+           "-map", "[full]", *out, "-pix_fmt", "yuv420p", "file:" + os.fspath(full),
+           "-map", "[count]", *out, "-pix_fmt", "yuv420p", "file:" + os.fspath(count)]
+    frames = _pipe_frames(cmd, *(size or (w, h)), info.path, pix_fmt="gray")
+    try:
+        for data in frames:
+            yield LumaFrame(data)
+    finally:
+        frames.close()
+
+
+def rate_frame(i: int, rate: float) -> bool:
+    """Whether frame i is one of :func:`region_frames`' (floor(i * rate) steps up at i, or i = 0);
+    ffmpeg's select evaluates the same double arithmetic."""
+    return i == 0 or math.floor(i * rate + _EPS) > math.floor((i - 1) * rate + _EPS)
+
+
+def counted_frames(count: str | os.PathLike[str]) -> int:
+    """The frames :func:`region_frames` decoded, from its ``count`` file (once it has exited)."""
+    return os.path.getsize(count) // 6  # a 2x2 I420 frame: 4 luma bytes + 1 + 1 chroma
+
+
+class LumaFrame:
+    """A grey (H, W) luma region, with the ``planes()`` and ``shape`` that
+    ``FaceTracker.landmarks_in`` reads from a ``pipeline.yuv.YuvFrame``."""
+
+    def __init__(self, y: np.ndarray) -> None:
+        self.y = y  # (H, W) uint8, limited range as decoded
+        self.shape = y.shape
+
+    def planes(self) -> tuple[np.ndarray]:
+        return (self.y,)
+
+
+class SampleFile:
+    """The whole frames :func:`region_frames` writes to ``path``, read as they complete: the
+    file only grows, so frame k is complete once it holds k + 1 frames' bytes."""
+
+    def __init__(self, path: str | os.PathLike[str], samples: Sequence[int], size: tuple[int, int]) -> None:
+        self.path = Path(path)
+        self.samples = sorted({int(i) for i in samples})
+        self.width, self.height = size
+        self.nbytes = self.width * self.height * 3 // 2
+        self.done = 0  # samples yielded so far
+
+    def ready(self) -> Iterator[tuple[int, YuvFrame]]:
+        """(index, I420 frame) of the samples completed since the last call, ascending."""
+        try:
+            have = self.path.stat().st_size // self.nbytes
+        except FileNotFoundError:
+            return
+        while self.done < min(have, len(self.samples)):
+            data = np.fromfile(self.path, np.uint8, count=self.nbytes, offset=self.done * self.nbytes)
+            frame = YuvFrame(data.reshape(self.height * 3 // 2, self.width))  # (H * 3 / 2, W) I420 planes
+            yield self.samples[self.done], frame
+            self.done += 1

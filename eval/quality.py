@@ -98,6 +98,8 @@ class QualityAccumulator:
 
     def add(self, i: int, original: np.ndarray, generated: np.ndarray,
             box: tuple[float, float, float, float] | None) -> None:
+        """Frame i's values. For frames of the face metrics only, the frames may be
+        ``pipeline.yuv.YuvFrame``s: only the face crop is converted to BGR."""
         on = {m for m in QUALITY_METRICS if i in self.frames.get(m, ())}
         if "psnr_full" in on:
             self.values["psnr_full"].append(psnr(original, generated))

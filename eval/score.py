@@ -14,23 +14,33 @@ Without SyncNet weights every LSE field is null with the reason and the fix; a n
 from random weights is never reported, and torch is not imported for it (tracking an
 original without a job's track goes through pipeline.run, which does import torch).
 
+A job hands over the original's frames at the sampled indices (``originals=``, from
+``pipeline.run.run(keep=sample_frames)``), so the original is not decoded at all. Without
+SyncNet weights, the generated video is piped only in the landmark region of each frame
+(``eval.frames.region_frames``), the sampled frames whole through a temp file.
+
 Cost, monalisa_720p (426 frames) on a loaded 2-core machine (bench/scoring_cost.py): about
-3.5-4 s of CPU, of which the two H.264 decodes are ~2 s, landmarks ~0.7 s, one 720p SSIM ~0.5 s.
+2.1-2.4 s of CPU: the one H.264 decode ~0.8-1.0 s, 178 landmark fits ~0.5-0.7 s, SSIM ~0.4 s
+(one 720p frame ~0.3 s).
 """
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 import sys
+import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import closing
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
 
+from eval import frames as frames_mod
 from eval import lse, quality
 from eval.frames import align, generated_frames, original_samples
 from eval.scores import LSE_METRICS, PROXY_METRICS, QUALITY_METRICS, Score, Scores, nulls, versions
@@ -39,7 +49,7 @@ from eval.sync_proxy import mouth_openings, sync_proxy
 from eval.syncnet_weights import resolve_syncnet
 from pipeline.audio import load_audio
 from pipeline.errors import InvalidMedia, NoFaceFound, WeightsInvalid, WeightsUnavailable
-from pipeline.faces import LANDMARK_FACE_PX, LANDMARK_MARGIN, Face, Track, make_tracker
+from pipeline.faces import LANDMARK_FACE_PX, LANDMARK_MARGIN, Face, FaceTracker, Track, make_tracker
 from pipeline.options import RunOptions
 from pipeline.probe import MediaInfo, probe
 from pipeline.video_io import frame_plan
@@ -50,7 +60,7 @@ log = logging.getLogger(__name__)
 # Frames (evenly spaced over the compared frames) each quality metric is measured on. PSNR is
 # cheap (an exact integer sum of squares); one full-frame 720p SSIM costs 0.3-0.8 s of CPU.
 QUALITY_SAMPLES = {"psnr_full": 25, "ssim_full": 1, "psnr_face": 25, "ssim_face": 10}
-LANDMARK_RATE_HZ = 12.5  # mouth landmarks per second of video (dlib's fit costs ~2-3 ms a frame)
+LANDMARK_RATE_HZ = 12.5  # mouth landmarks per second of video (dlib's fit costs ~2.5-4.5 ms a frame)
 MAX_QUEUED = 4  # sampled frame pairs waiting for the quality worker (a 720p pair holds ~4 MB)
 PLAN_MODE = "pingpong"  # how the run loop extends a video shorter than its audio
 COLOUR = ("BGR uint8 from the decoded I420 frames of both videos (OpenCV COLOR_YUV2BGR_I420, "
@@ -60,12 +70,14 @@ COLOUR = ("BGR uint8 from the decoded I420 frames of both videos (OpenCV COLOR_Y
 def score_videos(original: str | os.PathLike[str], generated: str | os.PathLike[str], *,
                  audio: str | os.PathLike[str] | None = None, track: Track | None = None,
                  syncnet_checkpoint: str | os.PathLike[str] | None = None,
-                 device: str = "cpu") -> Scores:
+                 device: str = "cpu", originals: Mapping[int, YuvFrame] | None = None) -> Scores:
     """Every metric of ``generated`` against ``original`` (see the module doc).
 
     ``audio`` defaults to the generated video's own audio track; ``track`` is the
     original's face track at full-resolution coordinates (from the job), else the original
-    is tracked here. Raises InvalidMedia when the videos cannot be aligned.
+    is tracked here. ``originals`` maps frame indices to the original's frames already at hand
+    (a job's ``RunResult.originals``, see :func:`sample_frames`): those are not decoded again.
+    Raises InvalidMedia when the videos cannot be aligned.
     """
     t0 = time.perf_counter()
     oinfo, ginfo = probe(original), probe(generated)
@@ -100,38 +112,69 @@ def score_videos(original: str | os.PathLike[str], generated: str | os.PathLike[
     acc = quality.QualityAccumulator(quality.sample_plan(max(1, min(n_orig, n_gen_est)), QUALITY_SAMPLES))
     faces = _FaceLookup(track)
     params = None if model is None else lse.crop_params(faces.boxes(n_gen_est))
-    opened: list[Face | None] = []  # generated faces with landmarks; None between strides
-    stride = landmark_stride(al.fps)
+    opened: list[Face | None] = []  # generated faces with landmarks; None between fitted frames
     crops: list[np.ndarray] = []
     t = time.perf_counter()
     samples = sorted(i for i in acc.wanted if i < n_orig)
-    orig_iter = original_samples(oinfo, samples)
-    frames = generated_frames(ginfo, al)
-    waiting: dict[int, np.ndarray] = {}  # original frames read ahead of their generated partner
+    kept = {i: originals[i] for i in samples if originals and i in originals}
+    orig_iter = original_samples(oinfo, [i for i in samples if i not in kept])
+    region = None
+    if params is None and landmarker is not None and frames_mod.region_decodable(ginfo, al, samples):
+        region = _landmark_region(faces, al.size)
+    facts["generated_decode"] = "every frame whole" if region is None else \
+        f"luma of region {region[2]}x{region[3]} at ({region[0]}, {region[1]}) of the landmark frames; " \
+        "sampled frames whole"
+    facts["original_frames_reused"] = len(kept)
+    waiting: dict[int, YuvFrame] = dict(kept)  # original frames at hand before their generated partner
     n_gen = 0
     compared: list[Future[None]] = []
+
+    def compare(i: int, g: YuvFrame) -> None:
+        o = _next_sampled(orig_iter, waiting, i)
+        if o is not None:
+            compared.append(pool.submit(_compare, acc, i, o, g, faces.get(i)))
+            if len(compared) > MAX_QUEUED:
+                compared[-MAX_QUEUED - 1].result()  # bounds the frames held in the queue
+        if i == samples[-1]:
+            orig_iter.close()  # stops ffmpeg decoding the rest of the original
+
     # PSNR/SSIM run on a worker thread, so they fill the time this thread waits on ffmpeg's
     # pipes (scipy's filters and dlib hold the GIL, so they do not run side by side); one
     # worker keeps the per-frame values in frame order.
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="eval-quality") as pool, \
-            closing(frames), closing(orig_iter):
-        for i, g in enumerate(frames):
-            n_gen = i + 1
-            face = faces.get(i)
-            if samples and i <= samples[-1] and i in acc.wanted:
-                o = _next_sampled(orig_iter, waiting, i)
-                if o is not None:
-                    compared.append(pool.submit(_compare, acc, i, o, g, face))
-                    if len(compared) > MAX_QUEUED:
-                        compared[-MAX_QUEUED - 1].result()  # bounds the frames held in the queue
-                if i == samples[-1]:
-                    orig_iter.close()  # stops ffmpeg decoding the rest of the original
-            if landmarker is not None:
-                fit = face is not None and i % stride == 0
-                opened.append(landmarker.landmarks_in(g, face) if fit else None)
-            if params is not None:
-                cx, cy, s = params[min(i, len(params) - 1)]
-                crops.append(lse.face_crop(g, cx, cy, s))
+            tempfile.TemporaryDirectory(prefix="lipsync-eval-") as tmp, closing(orig_iter):
+        if region is None:
+            with closing(generated_frames(ginfo, al)) as frames:
+                for i, g in enumerate(frames):
+                    n_gen = i + 1
+                    face = faces.get(i)
+                    if samples and i <= samples[-1] and i in acc.wanted:
+                        compare(i, g)
+                    if landmarker is not None:
+                        fitted = face is not None and landmark_frame(i, al.fps)
+                        opened.append(landmarker.landmarks_in(g, face) if fitted else None)
+                    if params is not None:
+                        cx, cy, s = params[min(i, len(params) - 1)]
+                        crops.append(lse.face_crop(g, cx, cy, s))
+        else:
+            full, count = os.path.join(tmp, "samples.yuv"), os.path.join(tmp, "count.yuv")
+            whole = frames_mod.SampleFile(full, samples, al.size)
+            rate = LANDMARK_RATE_HZ / al.fps
+            fitted_at = (i for i in itertools.count() if frames_mod.rate_frame(i, rate))
+            fits: dict[int, Face] = {}
+            size, scale = _fit_scale(faces, region)
+            with closing(frames_mod.region_frames(ginfo, region, rate, samples, full, count,
+                                                  size=size)) as frames:
+                for i, luma in zip(fitted_at, frames):
+                    for j, gj in whole.ready():
+                        compare(j, gj)  # sampled frames ffmpeg has written whole so far
+                    face = faces.get(i)
+                    if face is not None:
+                        fits[i] = _fit_in_region(landmarker, luma, face, region[:2], scale)
+            n_gen = frames_mod.counted_frames(count)
+            for j, gj in whole.ready():
+                compare(j, gj)  # the rest, now that ffmpeg has exited
+            opened = [fits.get(i) for i in range(n_gen)]
         for job in compared:
             job.result()  # re-raises a failure of the worker here
     seconds["frames"] = time.perf_counter() - t
@@ -143,30 +186,82 @@ def score_videos(original: str | os.PathLike[str], generated: str | os.PathLike[
     scores += _lse_scores(model, lse_reason, crops, wav, al.fps)
     seconds["lse"] = time.perf_counter() - t
     t = time.perf_counter()
-    scores += _proxy_scores(opened, proxy_reason, wav, al.fps, stride)
+    scores += _proxy_scores(opened, proxy_reason, wav, al.fps)
     seconds["proxy"] = time.perf_counter() - t
     seconds["total"] = time.perf_counter() - t0
     facts["seconds"] = {k: round(v, 4) for k, v in seconds.items()}
     return Scores(tuple(scores), versions(), facts)
 
 
-def landmark_stride(fps: float) -> int:
-    """Landmarks are fitted on every n-th frame: about ``LANDMARK_RATE_HZ`` per second.
+def sample_frames(n_frames: int) -> set[int]:
+    """The frame indices :func:`score_videos` compares (PSNR/SSIM) when ``n_frames`` frames are
+    compared (the original's track length, for a job): a job keeps the originals of these
+    (``pipeline.run.run(keep=sample_frames)``) and passes them as ``originals=``."""
+    return set(quality.QualityAccumulator(quality.sample_plan(max(1, n_frames), QUALITY_SAMPLES)).wanted)
+
+
+def landmark_frame(i: int, fps: float) -> bool:
+    """Whether generated frame i gets landmarks: about ``LANDMARK_RATE_HZ`` frames a second,
+    frame i where floor(i * LANDMARK_RATE_HZ / fps) steps up (0, 2, 4, ... at 25 fps; every 2nd
+    or 3rd frame at 29.97, every 4th at 50).
 
     Mouth movement in speech is mostly below 6 Hz, so 12.5 fits a second keep it, and the
     proxy's offset still resolves single frames (shifted audio moves it by the shift, +-1;
-    tests/test_eval_proxy.py). 25 and 30 fps give 2, 50 and 60 fps 4 and 5.
+    tests/test_eval_proxy.py). 8.3 a second (every 3rd frame at 25 fps) is not enough: on
+    hdtf_aoc_512 one of the three phases put shifts of +3 and +5 frames 6-8 frames off.
     """
-    return max(1, round(fps / LANDMARK_RATE_HZ))
+    return frames_mod.rate_frame(i, LANDMARK_RATE_HZ / fps)
 
 
-def _compare(acc: quality.QualityAccumulator, i: int, original: np.ndarray, frame: YuvFrame,
+def _compare(acc: quality.QualityAccumulator, i: int, frame0: YuvFrame, frame: YuvFrame,
              face: Face | None) -> None:
-    """One sampled pair, on their common top-left area (both are even-sided I420 decodes)."""
-    generated = frame.to_bgr()
+    """One sampled pair, on their common top-left area (both are even-sided I420 decodes).
+    A frame sampled for the face metrics only is converted to BGR only in the face crop
+    (``YuvFrame`` slicing: the same pixels as slicing the whole frame's conversion)."""
+    box = None if face is None else face.box
+    if frame0.shape == frame.shape and not any(
+            i in acc.frames.get(m, ()) for m in ("psnr_full", "ssim_full")):
+        acc.add(i, frame0, frame, box)
+        return
+    original, generated = frame0.to_bgr(), frame.to_bgr()
     h = min(original.shape[0], generated.shape[0])
     w = min(original.shape[1], generated.shape[1])
-    acc.add(i, original[:h, :w], generated[:h, :w], None if face is None else face.box)
+    acc.add(i, original[:h, :w], generated[:h, :w], box)
+
+
+def _landmark_region(faces: "_FaceLookup", size: tuple[int, int]) -> tuple[int, int, int, int] | None:
+    """(x, y, w, h): every area ``landmarks_in`` may read (each tracked box grown by
+    LANDMARK_MARGIN per side, and 2 px for its rounding), or None when no frame has a face."""
+    boxes = [f.box for f in faces.faces if f is not None]
+    if not boxes:
+        return None
+    b = np.array(boxes, np.float64)  # (k, 4) x1, y1, x2, y2
+    mx, my = LANDMARK_MARGIN * (b[:, 2] - b[:, 0]) + 2, LANDMARK_MARGIN * (b[:, 3] - b[:, 1]) + 2
+    return frames_mod.even_region(float((b[:, 0] - mx).min()), float((b[:, 1] - my).min()),
+                                  float((b[:, 2] + mx).max()), float((b[:, 3] + my).max()), *size)
+
+
+def _fit_scale(faces: "_FaceLookup", region: tuple[int, int, int, int]
+               ) -> tuple[tuple[int, int], tuple[float, float]]:
+    """The (w, h) the landmark region is decoded at, so the widest tracked face is at most
+    LANDMARK_FACE_PX wide (as ``landmarks_in`` scales each crop), and the (x, y) scale."""
+    widest = max(f.width for f in faces.faces if f is not None)
+    s = min(1.0, (LANDMARK_FACE_PX - 1) / max(widest, 1.0))
+    w, h = region[2:]
+    size = (max(8, round(w * s)), max(8, round(h * s)))
+    return size, (size[0] / w, size[1] / h)
+
+
+def _fit_in_region(landmarker: FaceTracker, luma: frames_mod.LumaFrame, face: Face,
+                   origin: tuple[int, int], scale: tuple[float, float]) -> Face:
+    """``face`` with landmarks fitted on the scaled luma region at ``origin``, in frame pixels."""
+    (x0, y0), (sx, sy) = origin, scale
+    x1, y1, x2, y2 = face.box
+    local = replace(face, box=((x1 - x0) * sx, (y1 - y0) * sy, (x2 - x0) * sx, (y2 - y0) * sy))
+    fitted = landmarker.landmarks_in(luma, local)
+    back, shift = np.array([1 / sx, 1 / sy], np.float32), np.array([x0, y0], np.float32)
+    return replace(face, landmarks=None if fitted.landmarks is None else fitted.landmarks * back + shift,
+                   mouth_points=None if fitted.mouth_points is None else fitted.mouth_points * back + shift)
 
 
 class _FaceLookup:
@@ -195,8 +290,8 @@ class _FaceLookup:
         return out
 
 
-def _next_sampled(it: Iterator[tuple[int, np.ndarray]], waiting: dict[int, np.ndarray],
-                  i: int) -> np.ndarray | None:
+def _next_sampled(it: Iterator[tuple[int, YuvFrame]], waiting: dict[int, YuvFrame],
+                  i: int) -> YuvFrame | None:
     """The original's frame i from the sampled stream (None when the stream ended first)."""
     while i not in waiting:
         try:
@@ -296,9 +391,10 @@ def _lse_scores(model, reason: str | None, crops: list[np.ndarray], wav: np.ndar
 
 
 def _proxy_scores(faces: list[Face | None], reason: str | None, wav: np.ndarray | None,
-                  fps: float, stride: int) -> list[Score]:
+                  fps: float) -> list[Score]:
     conv = {**PROXY_CONVENTION, "fps": fps,
-            "landmark_frames": f"every {stride}. generated frame (0, {stride}, {2 * stride}, ...) at the "
+            "landmark_frames": f"{LANDMARK_RATE_HZ:g} generated frames a second (frame i where floor(i * "
+                               f"{LANDMARK_RATE_HZ:g} / fps) steps up: 0, 2, 4, ... at 25 fps) at the "
                                f"compared size, fitted in the original's tracked box grown by "
                                f"{LANDMARK_MARGIN:g} of its size per side, on its grey crop scaled so the "
                                f"face is at most {LANDMARK_FACE_PX} px wide (FaceTracker.landmarks_in); "

@@ -80,7 +80,19 @@ def score_result(video: str | os.PathLike[str], audio: str | os.PathLike[str],
     """Scores of ``result`` against the original; a scoring failure never fails the job."""
     from eval.score import score_videos
 
-    return score_videos(video, result.output_path, audio=audio, track=result.track)
+    try:
+        return score_videos(video, result.output_path, audio=audio, track=result.track,
+                            originals=result.originals)
+    finally:
+        if result.originals:
+            result.originals.clear()  # the kept original frames (~1.4 MB each at 720p) are done with
+
+
+def scored_frames(n_frames: int) -> set[int]:
+    """The output indices whose original frames scoring compares (``run(keep=...)``)."""
+    from eval.score import sample_frames
+
+    return sample_frames(n_frames)
 
 
 def _inputs(video: str | os.PathLike[str], audio: str | os.PathLike[str]) -> dict[str, Any]:
@@ -127,7 +139,7 @@ def run_recorded(
                                                   f"{out_path.stem}.side_by_side.mp4")
     try:
         result = run(video, audio, out_path, options=options, progress=progress, cancel=cancel,
-                     side_by_side=sbs_path)
+                     side_by_side=sbs_path, keep=scored_frames if score else None)
         scores = None
         if score:
             if progress is not None:

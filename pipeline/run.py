@@ -93,14 +93,16 @@ def run(
     progress: ProgressFn | None = None,
     cancel: CancelFn | None = None,
     side_by_side: str | os.PathLike[str] | None = None,
-    keep: Collection[int] | None = None,
+    keep: Collection[int] | Callable[[int], Collection[int]] | None = None,
 ) -> RunResult:
     """Lip-sync ``video`` (or a still photo) to ``audio`` and write an MP4 to ``output``.
 
     ``side_by_side`` also writes a frame-aligned review video there: original | result, with
     the new audio. ``keep`` names output frames whose ORIGINAL (source frame i, before any
     paste) is kept in ``result.originals`` for scoring, so the scorer need not decode the
-    original again; it is skipped when those frames would exceed ``KEEP_BUDGET_BYTES``.
+    original again; it is skipped when those frames would exceed ``KEEP_BUDGET_BYTES``. A
+    callable ``keep`` is called with the number of source frames the output shows (the
+    track's length, ``plan.max() + 1``) once that is known, and returns the indices.
     An exception leaving this function carries the partial stage timings as
     ``exc.timings = {"seconds": {...}, "offsets": {...}}`` for the job record.
     """
@@ -116,7 +118,8 @@ def run(
 def _run(video: str | os.PathLike[str], audio: str | os.PathLike[str],
          output: str | os.PathLike[str], *, options: RunOptions, progress: ProgressFn | None,
          cancel: CancelFn | None, side_by_side: str | os.PathLike[str] | None,
-         keep: Collection[int] | None, clock: StageClock) -> RunResult:
+         keep: Collection[int] | Callable[[int], Collection[int]] | None,
+         clock: StageClock) -> RunResult:
     deadline = clock.t0 + options.timeout_s if options.timeout_s else None
     report = progress or (lambda stage, fraction: None)
 
@@ -155,6 +158,8 @@ def _run(video: str | os.PathLike[str], audio: str | os.PathLike[str],
                            on_frame=lambda f: check("track", _P_AUDIO + (_P_TRACK - _P_AUDIO) * f))
 
     originals: dict[int, YuvFrame] = {}
+    if callable(keep):
+        keep = keep(int(plan.max()) + 1)
     wanted = {int(i) for i in keep or () if 0 <= int(i) < min(n_source, n_out) and plan[int(i)] == int(i)}
     if len(wanted) * 1.5 * (width + 1) * (height + 1) > KEEP_BUDGET_BYTES:
         log.info("not keeping %d original frames for scoring: over the memory budget", len(wanted))
@@ -247,14 +252,18 @@ def _source_iter(video: str | os.PathLike[str], info: MediaInfo, plan: np.ndarra
     """Full-size source frames (I420, see pipeline.yuv) in ``plan`` order, bounded memory.
 
     A forward plan streams straight from ffmpeg. A plan that revisits frames (the audio is
-    longer than the video) spools the first pass into one raw file in the job folder and
-    reads revisited frames back from it, so memory never grows with the output length.
+    longer than the video) spools the frames it shows again, on their first pass, into one
+    raw file in the job folder and reads them back from it, so memory never grows with the
+    output length.
     Every yielded frame is a fresh buffer: the caller pastes into it.
     """
     source = read_frames(video, fps=decode_rate(info, fps), info=info, pix_fmt="yuv420p")
-    forward = bool(np.all(plan == np.arange(len(plan))))
+    # Frames shown again later (a ping-pong or loop extension) are spooled on first sight;
+    # only those: a plan extended by a few frames spools a few frames, not the whole clip.
+    prev_max = np.concatenate([[-1], np.maximum.accumulate(plan)[:-1]])  # (N,) max index shown before
+    slots = {int(i): k for k, i in enumerate(np.unique(plan[plan <= prev_max]))}
     spool_path = workdir / "frames.raw"
-    spool = None if forward or info.is_image else open(spool_path, "w+b")
+    spool = None if not slots or info.is_image else open(spool_path, "w+b")
     try:
         if info.is_image:
             still = next(source)
@@ -262,6 +271,7 @@ def _source_iter(video: str | os.PathLike[str], info: MediaInfo, plan: np.ndarra
                 yield YuvFrame(still.copy())
             return
         seen = 0
+        spooled: set[int] = set()
         last: np.ndarray | None = None
         for idx in plan:
             if idx >= seen:
@@ -269,15 +279,20 @@ def _source_iter(video: str | os.PathLike[str], info: MediaInfo, plan: np.ndarra
                 if frame is None:  # the decoder gave fewer frames than counted: repeat the last
                     frame = last.copy()
                 else:
-                    seen += 1
-                    if spool is not None:
+                    if seen in slots:
+                        spool.seek(slots[seen] * frame.nbytes)
                         spool.write(memoryview(frame).cast("B"))
+                        spooled.add(seen)
+                    seen += 1
                     last = frame  # (only repeated if the decoder runs short: rare, harmless)
                 yield YuvFrame(frame)
             else:
                 buf = np.empty_like(last)  # (H * 3 / 2, W)
-                spool.seek(int(idx) * buf.nbytes)
-                spool.readinto(memoryview(buf).cast("B"))
+                if int(idx) in spooled:
+                    spool.seek(slots[int(idx)] * buf.nbytes)
+                    spool.readinto(memoryview(buf).cast("B"))
+                else:  # past a short decode's end: the last frame decoded
+                    buf[...] = last
                 yield YuvFrame(buf)
     finally:
         source.close()

@@ -153,7 +153,8 @@ def _rate_filters(info: MediaInfo, fps: float | None) -> list[str]:
 def _pipe_frames(cmd: list[str], w: int, h: int, path: str, *,
                  pix_fmt: str = "bgr24") -> Iterator[np.ndarray]:
     name = os.path.basename(path)
-    shape = (h, w, 3) if pix_fmt == "bgr24" else (h * 3 // 2, w)  # BGR pixels or I420 planes
+    # BGR pixels, grey, or I420 planes
+    shape = {"bgr24": (h, w, 3), "gray": (h, w)}.get(pix_fmt, (h * 3 // 2, w))
     nbytes = int(np.prod(shape))
     log.debug("decode: %s", " ".join(cmd))
     with tempfile.TemporaryFile() as err:

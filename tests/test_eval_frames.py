@@ -13,9 +13,11 @@ import numpy as np
 import pytest
 
 import media
-from eval.frames import align, generated_frames, original_samples
+from eval.frames import (SampleFile, align, counted_frames, even_region, generated_frames,
+                         original_samples, rate_frame, region_decodable, region_frames)
 from pipeline.probe import probe
 from pipeline.video_io import SELECT_MAX_TERMS, read_frames
+from pipeline.yuv import YuvFrame
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -67,7 +69,35 @@ def test_original_samples_match_the_generated_stream(counted: Path) -> None:
     gen = [f.to_bgr() for f in generated_frames(info, al)]
     samples = dict(original_samples(info, [2, 9]))
     assert sorted(samples) == [2, 9]
-    np.testing.assert_array_equal(samples[9], gen[9])
+    np.testing.assert_array_equal(samples[9].to_bgr(), gen[9])
+
+
+def test_region_decode_matches_the_whole_decode(counted: Path, tmp_path: Path) -> None:
+    """One decode pipes the luma of a region of the frames at a rate, writes the sampled
+    frames whole and counts every frame: the same bytes as the whole-frame decode."""
+    info = probe(counted)
+    al = align(info, info)
+    assert region_decodable(info, al, [3, 40])
+    every = [f.data for f in generated_frames(info, al)]
+    x, y, w, h = even_region(9.5, 5.2, 40.1, 29.0, 64, 48)
+    assert (x, y, w, h) == (8, 4, 34, 26)
+    full, count = tmp_path / "full.yuv", tmp_path / "count.yuv"
+    rate = 12.5 / (30000 / 1001)  # every 2nd or 3rd frame
+    parts = list(region_frames(info, (x, y, w, h), rate, [40, 3, 99], full, count))
+    at = [i for i in range(80) if rate_frame(i, rate)]
+    assert len(parts) == len(at) and 30 < len(at) < 40 and at[:4] == [0, 3, 5, 8]
+    assert counted_frames(count) == 80
+    for k in range(len(at)):  # ffmpeg selected exactly the frames rate_frame names
+        i = at[k]
+        np.testing.assert_array_equal(parts[k].planes()[0], YuvFrame(every[i]).planes()[0][y:y + h, x:x + w])
+    samples = SampleFile(full, [40, 3, 99], al.size)
+    whole = list(samples.ready())
+    assert list(samples.ready()) == []  # each frame once
+    assert [i for i, _ in whole] == [3, 40]  # 99 lies past the end
+    for i, frame in whole:
+        np.testing.assert_array_equal(frame.data, every[i])
+    assert not region_decodable(info, align(info, probe(media.write_video(
+        tmp_path / "wide.mp4", [np.zeros((24, 32, 3), np.uint8)] * 3))), [3])  # scaled: whole frames
 
 
 def test_odd_sized_original_is_compared_on_its_even_area(synth_dir: Path) -> None:

@@ -58,7 +58,7 @@ def test_unrelated_speech_correlates_less(hdtf: tuple[np.ndarray, np.ndarray], s
 
 
 def test_score_videos_proxy_follows_shifted_audio(shared_media: Path, tmp_path: Path) -> None:
-    """End to end through score_videos (landmarks every ``landmark_stride`` frames, the rest
+    """End to end through score_videos (landmarks on ``landmark_frame`` frames, the rest
     interpolated): audio made to lead by 5 frames moves the proxy's offset by 5 +- 1."""
     video = shared_media / "hdtf_aoc_512.mp4"
     track = track_frames(read_frames(video, size=(256, 256)), scale=2.0, tracker=make_tracker("dlib"))

@@ -105,3 +105,20 @@ def test_scores_rows_are_what_storage_takes() -> None:
     from storage.records import score_row
 
     assert [score_row(r)["value"] for r in rows] == [None, 0.9, None]
+
+
+def test_face_only_frames_may_stay_i420() -> None:
+    """A frame sampled only for the face metrics can be added as I420 (converted only in its
+    crop, odd crop corners included): the same values as adding its whole BGR conversion."""
+    import cv2
+
+    from pipeline.yuv import YuvFrame
+
+    rng = np.random.default_rng(3)
+    a, b = (YuvFrame(rng.integers(0, 256, (96 * 3 // 2, 128), np.uint8)) for _ in range(2))  # (H*3/2, W)
+    plan = {"psnr_face": frozenset({0}), "ssim_face": frozenset({0})}
+    box = (21.3, 11.0, 97.6, 83.4)  # lower half starts on an odd row and column
+    yuv, bgr = quality.QualityAccumulator(dict(plan)), quality.QualityAccumulator(dict(plan))
+    yuv.add(0, a, b, box)
+    bgr.add(0, *(cv2.cvtColor(f.data, cv2.COLOR_YUV2BGR_I420) for f in (a, b)), box)
+    assert yuv.values == bgr.values and len(yuv.values["ssim_face"]) == 1

@@ -20,7 +20,8 @@ import torch
 
 import media
 from eval.__main__ import main
-from eval.score import QUALITY_SAMPLES, landmark_stride, score_videos
+from eval import frames as eval_frames
+from eval.score import LANDMARK_RATE_HZ, QUALITY_SAMPLES, landmark_frame, sample_frames, score_videos
 from eval.syncnet import SyncNetS
 from pipeline.errors import InvalidMedia
 
@@ -73,8 +74,17 @@ def test_changed_lower_face_lowers_face_scores_more(talking: Path, generated: Pa
     assert "gaussian_weights=True" in conv["ssim"] and len(conv["frame_indices"]) == QUALITY_SAMPLES["ssim_face"]
     assert len(scores.get("psnr_full").convention["frame_indices"]) == QUALITY_SAMPLES["psnr_full"]
     proxy = scores.get("sync_proxy_corr").convention
-    assert proxy["landmark_frames"].startswith(f"every {landmark_stride(25.0)}. generated frame")
+    assert proxy["landmark_frames"].startswith(f"{LANDMARK_RATE_HZ:g} generated frames a second")
     assert scores.facts["generated_frames"] == 50
+
+
+def test_landmark_frames_are_a_fixed_rate() -> None:
+    """12.5 fits a second at any frame rate: every 2nd frame at 25 fps, every 4th at 50, and
+    gaps of 2 or 3 frames at 29.97 (not 15 a second)."""
+    assert [i for i in range(10) if landmark_frame(i, 25.0)] == [0, 2, 4, 6, 8]
+    assert [i for i in range(10) if landmark_frame(i, 50.0)] == [0, 4, 8]
+    ntsc = [i for i in range(3000) if landmark_frame(i, 30000 / 1001)]
+    assert set(np.diff(ntsc)) == {2, 3} and abs(len(ntsc) - 3000 * LANDMARK_RATE_HZ * 1001 / 30000) <= 1
 
 
 def test_different_aspect_is_rejected_and_scaled_is_aligned(talking: Path, synth_dir: Path) -> None:
@@ -128,3 +138,42 @@ def test_cli_text_output_and_errors(talking: Path, tmp_path: Path, capsys: pytes
     assert "n/a (no SyncNet weights)" in out and "n/a (same reason as above)" in out and "not LSE" in out
     assert main(["score", str(talking), str(tmp_path / "missing.mp4")]) == 2
     assert capsys.readouterr().err.startswith("error: ")
+
+
+def test_region_decode_and_kept_originals_give_the_same_scores(talking: Path, generated: Path,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """The cheap paths (landmarks on a decoded region, originals handed over by the job) give
+    exactly the scores of decoding both videos whole."""
+    from pipeline.faces import make_tracker, track_frames
+    from pipeline.video_io import read_frames
+    from pipeline.yuv import YuvFrame
+
+    track = track_frames(read_frames(talking), scale=1.0, tracker=make_tracker("dlib"))
+    wanted = sample_frames(len(track))
+    assert len(wanted) >= QUALITY_SAMPLES["psnr_full"]
+    kept = {i: YuvFrame(f) for i, f in enumerate(read_frames(talking, pix_fmt="yuv420p")) if i in wanted}
+    fast = score_videos(talking, generated, track=track, originals=kept)
+    assert fast.facts["generated_decode"].startswith("luma of region ")
+    assert fast.facts["original_frames_reused"] == len(wanted)
+    monkeypatch.setattr(eval_frames, "region_decodable", lambda *a: False)
+    slow = score_videos(talking, generated, track=track)
+    assert slow.facts["generated_decode"] == "every frame whole" and slow.facts["original_frames_reused"] == 0
+    for a, b in zip(fast.scores, slow.scores):
+        assert (a.metric, a.value, a.reason) == (b.metric, b.value, b.reason)
+    assert fast.value("sync_proxy_corr") is not None
+
+
+def test_a_recorded_job_hands_its_originals_to_scoring(face_mp4: Path, speech_wav: Path,
+                                                       tmp_path: Path) -> None:
+    """run_recorded keeps the originals of exactly the sampled frames (run(keep=callable)), the
+    scorer decodes none of the original, and the kept frames are released afterwards."""
+    from pipeline.options import RunOptions
+    from pipeline.recording import run_recorded
+
+    done = run_recorded(face_mp4, speech_wav, tmp_path / "o.mp4", options=RunOptions(model="baseline"),
+                        record=False)
+    facts = done.scores.facts
+    assert facts["original_frames_reused"] == len(sample_frames(len(done.result.track))) > 0
+    assert facts["generated_decode"].startswith("luma of region ")
+    assert done.result.originals == {}
+    assert math.isfinite(done.scores.value("psnr_full")) and done.scores.value("sync_proxy_corr") is not None

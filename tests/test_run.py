@@ -53,6 +53,25 @@ def test_passthrough_extends_video_to_audio(face_mp4: Path, speech_wav: Path, tm
     assert diff(frames[55], src[44]) < diff(frames[55], src[5])
 
 
+def test_extension_spools_only_the_frames_shown_again(face_mp4: Path, tmp_path: Path) -> None:
+    """``_source_iter`` yields the plan's frames exactly, spooling only the revisited ones: a
+    clip extended by 3 frames ping-pong spools 3 frames, not the whole clip."""
+    from pipeline.run import _source_iter
+    from pipeline.video_io import frame_plan
+    from pipeline.yuv import YuvFrame
+
+    info = probe(face_mp4)
+    src = [YuvFrame(f).data for f in read_frames(face_mp4, pix_fmt="yuv420p")]  # 50 frames
+    plan = frame_plan(len(src), len(src) + 3, "pingpong")
+    assert list(plan[-4:]) == [49, 48, 47, 46]
+    frames = _source_iter(face_mp4, info, plan, tmp_path, 25.0)
+    got = [next(frames).data for _ in range(len(src) + 1)]
+    assert (tmp_path / "frames.raw").stat().st_size == 3 * src[0].nbytes
+    got += [f.data for f in frames]
+    assert len(got) == len(plan) and not (tmp_path / "frames.raw").exists()
+    assert [k for k, i in enumerate(plan) if not np.array_equal(got[k], src[i])] == []
+
+
 def test_short_audio_cuts_video(face_mp4: Path, synth_dir: Path, tmp_path: Path) -> None:
     short = media.write_wav(synth_dir / "short.wav", media.speech_like(1.0))
     result = run(face_mp4, short, tmp_path / "o.mp4", options=RunOptions(model="passthrough"))
