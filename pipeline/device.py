@@ -23,7 +23,54 @@ DEVICE_CHOICES = ("auto", "cpu", "cuda")
 MIB = 1024 * 1024
 CPU_THREADS_ENV = "LIPSYNC_TORCH_THREADS"  # overrides cpu_threads()
 
-_GPU_LOCK = threading.RLock()
+LANE_FILE_ENV = "LIPSYNC_GPU_LANE_FILE"  # set by pipeline.worker: one lane for all its workers
+
+
+class _Lane:
+    """A re-entrant lock; across processes too (``flock`` on the file named by LANE_FILE_ENV),
+    so the workers of one server take turns on the GPU as threads of one process do. The
+    kernel drops a dead holder's ``flock``, so a crashed worker never wedges the lane."""
+
+    def __init__(self) -> None:
+        self._lock = threading.RLock()
+        self._depth = 0  # changed only by the thread holding _lock
+        self._fd: int | None = None
+
+    def acquire(self, blocking: bool = True) -> bool:
+        if not self._lock.acquire(blocking):
+            return False
+        if self._depth == 0:
+            path = os.environ.get(LANE_FILE_ENV)
+            if path:
+                import fcntl
+
+                if self._fd is None:
+                    self._fd = os.open(path, os.O_CREAT | os.O_RDWR, 0o600)
+                try:
+                    fcntl.flock(self._fd, fcntl.LOCK_EX | (0 if blocking else fcntl.LOCK_NB))
+                except BlockingIOError:
+                    self._lock.release()
+                    return False
+        self._depth += 1
+        return True
+
+    def release(self) -> None:
+        self._depth -= 1
+        if self._depth == 0 and self._fd is not None:
+            import fcntl
+
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+        self._lock.release()
+
+    def __enter__(self) -> _Lane:
+        self.acquire()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+
+_GPU_LOCK = _Lane()
 
 
 def choose_device(pref: str = "auto") -> torch.device:
@@ -69,8 +116,9 @@ def configure_cpu_threads() -> int:
     return n
 
 
-def gpu_lock() -> threading.RLock:
-    """The process-wide lock of the generator stage: ``with gpu_lock(): ...``."""
+def gpu_lock() -> _Lane:
+    """The lock of the generator stage (per process, or per server with workers):
+    ``with gpu_lock(): ...``."""
     return _GPU_LOCK
 
 

@@ -38,3 +38,7 @@ class JobCancelled(LipSyncError):
 
 class JobTimeout(LipSyncError):
     """The job ran past its time limit and was stopped."""
+
+
+class WorkerDied(LipSyncError):
+    """The worker process running the job died (a crash in native code, a kill)."""

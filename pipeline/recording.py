@@ -99,6 +99,22 @@ def _inputs(video: str | os.PathLike[str], audio: str | os.PathLike[str]) -> dic
     return {"video": os.fspath(video), "audio": os.fspath(audio)}
 
 
+def generate(video: str | os.PathLike[str], audio: str | os.PathLike[str],
+             output: str | os.PathLike[str], *, options: RunOptions,
+             progress: ProgressFn | None = None, cancel: CancelFn | None = None,
+             side_by_side: str | os.PathLike[str] | None = None,
+             score: bool = True) -> tuple[RunResult, Any]:
+    """The work of one job, without its record: ``run`` and, if ``score``, its Scores."""
+    result = run(video, audio, output, options=options, progress=progress, cancel=cancel,
+                 side_by_side=side_by_side, keep=scored_frames if score else None)
+    scores = None
+    if score:
+        if progress is not None:
+            progress("score", 0.99)
+        scores = _safe_scores(video, audio, result)
+    return result, scores
+
+
 def run_recorded(
     video: str | os.PathLike[str],
     audio: str | os.PathLike[str],
@@ -114,8 +130,11 @@ def run_recorded(
     score: bool = True,
     side_by_side: bool = False,
     on_job_id: Callable[[str], None] | None = None,
+    workers: Any = None,
 ) -> RecordedRun:
-    """Run one job and record it. ``output=None`` writes into the job's own folder."""
+    """Run one job and record it. ``output=None`` writes into the job's own folder.
+    ``workers`` (a ``pipeline.worker.WorkerPool``) runs the generation in a worker process:
+    the job is recorded here, so a worker that dies still leaves a failed job with the reason."""
     options = options or RunOptions()
     if record and store is None:
         store = default_store()
@@ -138,13 +157,9 @@ def run_recorded(
         sbs_path = (folder or out_path.parent) / (SIDE_BY_SIDE_NAME if folder else
                                                   f"{out_path.stem}.side_by_side.mp4")
     try:
-        result = run(video, audio, out_path, options=options, progress=progress, cancel=cancel,
-                     side_by_side=sbs_path, keep=scored_frames if score else None)
-        scores = None
-        if score:
-            if progress is not None:
-                progress("score", 0.99)
-            scores = _safe_scores(video, audio, result)
+        result, scores = (workers.generate if workers is not None else generate)(
+            video, audio, out_path, options=options, progress=progress, cancel=cancel,
+            side_by_side=sbs_path, score=score)
     except JobCancelled as exc:
         if store is not None:
             store.cancel(job_id, str(exc))

@@ -15,6 +15,9 @@ exist here), the dlib tracker, tiny synthetic media.
   and once the limit is lifted /readyz is 200 and the next job succeeds.
 - A job past ``LIPSYNC_JOB_TIMEOUT_S`` is stopped, recorded failed with JobTimeout, leaves
   no temp folder, and the next job succeeds (the generation lane is not wedged).
+- The generation worker process is killed mid-job: that job fails with WorkerDied, the
+  server serves on, and the next job runs on a fresh worker (tests/test_worker.py covers
+  SIGSEGV, a hang past the time limit, and workers outliving a killed server).
 """
 
 from __future__ import annotations
@@ -71,7 +74,14 @@ def _short_job(client: Client, inputs: dict[str, Path]) -> str:
 
 
 def _job_dirs(data_dir: Path) -> list[Path]:
-    return sorted((data_dir / WORK_FOLDER).glob("*/lipsync-job-*"))
+    """Job temp folders under the process work folders (a worker's are one level deeper)."""
+    return sorted((data_dir / WORK_FOLDER).glob("*/**/lipsync-job-*"))
+
+
+def _workers(server: AppServer) -> list[psutil.Process]:
+    """The server's generation worker processes (``python -m pipeline.worker``)."""
+    return [p for p in psutil.Process(server.process.pid).children()
+            if "pipeline.worker" in " ".join(p.cmdline())]
 
 
 def _integrity(db_path: Path) -> list[str]:
@@ -104,7 +114,9 @@ def test_sigkill_mid_job_then_restart(tmp_path: Path, inputs: dict[str, Path]) -
             running = store.list(status="running", limit=None)
         assert len(running) == 1
         killed_id = running[0]["id"]
-        stale = _job_dirs(srv.data_dir)
+        # the job's scratch folder (a worker's job-*/ holding run()'s lipsync-job-*/): a worker
+        # whose server is gone removes its own run folder as it stops, never the scratch one
+        stale = [p.parent if p.parent.name.startswith("job-") else p for p in _job_dirs(srv.data_dir)]
         children = psutil.Process(srv.process.pid).children(recursive=True)
         srv.process.send_signal(signal.SIGKILL)
         srv.process.wait(timeout=10)
@@ -228,6 +240,30 @@ def test_job_past_time_limit_is_stopped_and_lane_stays_free(server: AppServer, c
     assert _job_dirs(server.data_dir) == []
     next_id = _short_job(client, inputs)
     assert store.get(next_id)["status"] == "succeeded"
+
+
+def test_generation_worker_killed_mid_job(server: AppServer, client: Client, store: JobStore,
+                                         inputs: dict[str, Path]) -> None:
+    """Fault (1): the worker process running a job is killed (as a crash in native code would
+    end it): that job is recorded failed with the reason, the server lives on, its temp
+    folder goes, and the next job succeeds on a fresh worker."""
+    _short_job(client, inputs)
+    before = {p.pid for p in _workers(server)}
+    assert len(before) == 2, "the app starts LIPSYNC_MAX_JOBS generation workers"
+    job = client.submit(handle_file(str(inputs["video"])), handle_file(str(inputs["long"])),
+                        BASELINE, "{}", api_name="/lipsync")
+    _wait_for(lambda: _job_dirs(server.data_dir), "the long job to start rendering in a worker")
+    for proc in _workers(server):
+        proc.send_signal(signal.SIGKILL)
+    with pytest.raises(AppError) as info:
+        job.result(timeout=RESULT_TIMEOUT_S)
+    assert "WorkerDied" in str(info.value) and "SIGKILL" in str(info.value)
+    failed = [j for j in store.list(status="failed", limit=None) if j["error_type"] == "WorkerDied"]
+    assert len(failed) == 1 and "killed by SIGKILL" in failed[0]["error_message"], failed
+    assert server.process.poll() is None
+    assert _job_dirs(server.data_dir) == []
+    assert store.get(_short_job(client, inputs))["status"] == "succeeded"
+    assert not before & {p.pid for p in _workers(server)}  # served by a new worker
 
 
 def test_clean_stale_work_dirs_deletes_only_dead_owners(tmp_path: Path) -> None:

@@ -38,7 +38,8 @@ def _warm_up() -> None:
 def make_context(settings: Settings) -> AppContext:
     """Open the job history (marking jobs of dead processes interrupted), delete the job temp
     folders of dead processes, give this process its own (``settings.work_dir``) and make the
-    examples."""
+    examples. With ``settings.isolate`` the generation workers start (and load their models)
+    in the background."""
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     clean_stale_work_dirs(settings.data_dir)
     settings = dataclasses.replace(settings, work_dir=process_work_dir(settings.data_dir))
@@ -51,7 +52,13 @@ def make_context(settings: Settings) -> AppContext:
     except Exception:  # noqa: BLE001 - the app works without examples; say why in the log
         log.exception("could not make the example inputs")
         examples = {}
-    return AppContext(settings=settings, store=store, examples=examples)
+    workers = None
+    if settings.isolate:
+        from pipeline.worker import WorkerPool
+
+        workers = WorkerPool(settings.max_jobs)
+        threading.Thread(target=workers.start, name="workers-start", daemon=True).start()
+    return AppContext(settings=settings, store=store, examples=examples, workers=workers)
 
 
 def build_blocks(ctx: AppContext) -> gr.Blocks:

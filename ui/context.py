@@ -20,6 +20,7 @@ class AppContext:
     settings: Settings
     store: JobStore
     blocks: gr.Blocks | None = None
+    workers: Any = None  # pipeline.worker.WorkerPool when settings.isolate, else None
     examples: dict[str, str] = field(default_factory=dict)
 
     def queue_depth(self) -> dict[str, Any]:

@@ -55,7 +55,7 @@ async def _run(ctx: AppContext, face: str | None, audio: str | None, model: str,
 
         def work(cancelled: Callable[[], bool]) -> JobOutcome:
             return run_job_on_gpu(face, audio, run_options, store=ctx.store, source=source, user=user,
-                                  progress=stage_progress(progress), cancel=cancelled)
+                                  progress=stage_progress(progress), cancel=cancelled, workers=ctx.workers)
 
         return await run_cancellable(work)
 

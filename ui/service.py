@@ -98,15 +98,17 @@ def parse_options(model: str, options: Mapping[str, Any] | str | None, *,
 
 def run_job(video: str | None, audio: str | None, options: RunOptions, *, store: JobStore,
             source: str, user: str | None = None, progress: ProgressFn | None = None,
-            cancel: Callable[[], bool] | None = None) -> JobOutcome:
-    """Run and record one job (see ``pipeline.recording.run_recorded``); domain errors
-    propagate after the job is recorded as failed or cancelled."""
+            cancel: Callable[[], bool] | None = None, workers: Any = None) -> JobOutcome:
+    """Run and record one job (see ``pipeline.recording.run_recorded``; in a ``workers``
+    process when given); domain errors propagate after the job is recorded as failed or
+    cancelled."""
     if not video:
         raise InputMissing("give a face video (or a still photo)")
     if not audio:
         raise InputMissing("give a speech audio file")
     rec = run_recorded(video, audio, options=options, progress=progress, cancel=cancel,
-                       source=source, user=user, store=store, score=True, side_by_side=True)
+                       source=source, user=user, store=store, score=True, side_by_side=True,
+                       workers=workers)
     res = rec.result
     scores = rec.scores
     sbs = rec.outputs.get("side_by_side")

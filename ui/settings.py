@@ -39,6 +39,7 @@ class Settings:
     job_timeout_s: float | None = None
     data_dir: Path = Path(DEFAULT_DATA_DIR)
     in_space: bool = False
+    isolate: bool = True  # generation in worker processes (pipeline.worker); off on a ZeroGPU Space
     work_dir: Path | None = None  # parent of job temp folders: make_context sets one per process
 
     @property
@@ -94,4 +95,16 @@ def settings_from_env(env: Mapping[str, str] | None = None) -> Settings:
         job_timeout_s=timeout or None,
         data_dir=Path(env.get(DATA_DIR_ENV) or DEFAULT_DATA_DIR),
         in_space=in_space,
+        isolate=_flag(env, "LIPSYNC_ISOLATE", default=not in_space),
     )
+
+
+def _flag(env: Mapping[str, str], name: str, *, default: bool) -> bool:
+    raw = (env.get(name) or "").strip().lower()
+    if not raw:
+        return default
+    if raw in ("1", "true", "yes", "on"):
+        return True
+    if raw in ("0", "false", "no", "off"):
+        return False
+    raise SettingsError(f"{name} must be 1/true/yes/on or 0/false/no/off, got {env.get(name)!r}")

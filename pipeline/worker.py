@@ -1,0 +1,287 @@
+"""Generation in worker processes, so a crash in native code kills one job, not the server.
+
+:class:`WorkerPool` keeps up to ``size`` long-lived child processes (``python -m
+pipeline.worker``: a fresh interpreter, never a fork of the threaded server). Each loads its
+face tracker and generator once, on its first job (or on :meth:`WorkerPool.start`), and
+keeps them for the next, so isolation costs no reload per request. A job goes to an idle
+worker over a socket pair; progress comes back over it; cancelling sends SIGUSR1, which sets
+the flag the run loop polls. The workers share one GPU lane (``pipeline.device.gpu_lock``,
+an ``flock`` on a file of the pool's): only one generator stage runs at a time.
+
+When a worker dies mid-job (a segfault in a decoder or the generator, the OOM killer, a
+kill from outside) the job fails with ``WorkerDied`` naming the signal and the last stage it
+reported, the job's temp folder is removed, and the next job gets a fresh worker. A job
+past its time limit that does not stop by itself (a hang inside native code, where the run
+loop's own checks never come) is killed ``KILL_GRACE_S`` after the limit: ``JobTimeout``.
+A worker whose server is gone (even killed with SIGKILL) exits within a second.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import queue
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import replace
+from multiprocessing.connection import Connection
+from pathlib import Path
+from typing import Any
+
+from pipeline.device import LANE_FILE_ENV
+from pipeline.errors import JobTimeout, WorkerDied
+from pipeline.options import RunOptions, RunResult
+
+log = logging.getLogger(__name__)
+
+KILL_GRACE_S = 10.0  # seconds past a job's time limit before its worker is killed
+POLL_S = 0.1  # how often the parent checks cancel, the deadline and the worker's health
+_ROOT = Path(__file__).resolve().parent.parent  # the project root, for the child's sys.path
+
+
+class _Worker:
+    """One child process and the parent's end of its socket pair."""
+
+    def __init__(self, lane_file: str) -> None:
+        mine, theirs = socket.socketpair()
+        env = {**os.environ, LANE_FILE_ENV: lane_file}
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (os.fspath(_ROOT), env.get("PYTHONPATH")) if p)
+        self.proc = subprocess.Popen([sys.executable, "-m", "pipeline.worker", str(theirs.fileno())],
+                                     pass_fds=(theirs.fileno(),), env=env, stdin=subprocess.DEVNULL)
+        theirs.close()
+        self.conn = Connection(mine.detach())
+        self.jobs = 0
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def stop(self, *, kill: bool = False) -> None:
+        if self.alive():
+            if kill:
+                self.proc.kill()
+            else:
+                try:
+                    self.conn.send(("stop",))
+                except OSError:
+                    self.proc.kill()
+            try:
+                self.proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.conn.close()
+
+    def death(self) -> str:
+        """How the process ended, in words."""
+        try:
+            code = self.proc.wait(timeout=2)
+        except subprocess.TimeoutExpired:
+            return "it stopped answering"
+        if code < 0:
+            try:
+                return f"killed by {signal.Signals(-code).name}"
+            except ValueError:
+                return f"killed by signal {-code}"
+        return f"exit code {code}"
+
+
+class WorkerPool:
+    """Runs :func:`pipeline.recording.generate` in up to ``size`` worker processes at once."""
+
+    def __init__(self, size: int = 1) -> None:
+        self.size = max(1, int(size))
+        self._slots = threading.BoundedSemaphore(self.size)
+        self._idle: queue.LifoQueue[_Worker] = queue.LifoQueue()  # warm workers are reused first
+        self._lock = threading.Lock()
+        self._busy: set[_Worker] = set()
+        self._closed = False
+        fd, self.lane_file = tempfile.mkstemp(prefix="lipsync-gpu-lane-", suffix=".lock")
+        os.close(fd)  # the workers flock it around each generator stage (pipeline.device)
+
+    def start(self) -> None:
+        """Start every worker now and have it load its models (a server does this at launch)."""
+        for _ in range(self.size - self._idle.qsize()):
+            w = _Worker(self.lane_file)
+            w.conn.send(("warm",))
+            self._idle.put(w)
+
+    def pids(self) -> list[int]:
+        """Process ids of the live workers, busy ones first."""
+        with self._lock:
+            busy = [w.pid for w in self._busy if w.alive()]
+        return busy + [w.pid for w in list(self._idle.queue) if w.alive()]
+
+    def close(self) -> None:
+        self._closed = True
+        while True:
+            try:
+                self._idle.get_nowait().stop()
+            except queue.Empty:
+                break
+        with self._lock:
+            for w in self._busy:
+                w.stop(kill=True)
+        with contextlib.suppress(OSError):
+            os.unlink(self.lane_file)
+
+    def generate(self, video: str | os.PathLike[str], audio: str | os.PathLike[str],
+                 output: str | os.PathLike[str], *, options: RunOptions,
+                 progress: Callable[[str, float], None] | None = None,
+                 cancel: Callable[[], bool] | None = None,
+                 side_by_side: str | os.PathLike[str] | None = None,
+                 score: bool = True) -> tuple[RunResult, Any]:
+        """``pipeline.recording.generate`` in a worker: (RunResult, Scores or None)."""
+        if self._closed:
+            raise RuntimeError("the worker pool is closed")
+        scratch = Path(options.work_dir or os.environ.get("TMPDIR", "/tmp")) / f"job-{uuid.uuid4().hex[:12]}"
+        scratch.mkdir(parents=True)
+        job = {"video": os.fspath(video), "audio": os.fspath(audio), "output": os.fspath(output),
+               "options": replace(options, work_dir=os.fspath(scratch)),
+               "side_by_side": None if side_by_side is None else os.fspath(side_by_side), "score": score}
+        with self._slots:
+            worker = self._take()
+            try:
+                return self._run(worker, job, options.timeout_s, progress, cancel)
+            finally:
+                with self._lock:
+                    self._busy.discard(worker)
+                if worker.alive() and not self._closed:
+                    self._idle.put(worker)
+                else:
+                    worker.stop(kill=True)
+                shutil.rmtree(scratch, ignore_errors=True)
+
+    def _take(self) -> _Worker:
+        while True:
+            try:
+                w = self._idle.get_nowait()
+            except queue.Empty:
+                w = _Worker(self.lane_file)
+            if w.alive():
+                with self._lock:
+                    self._busy.add(w)
+                return w
+            log.warning("worker %d had died while idle (%s); starting another", w.pid, w.death())
+            w.stop()
+
+    def _run(self, w: _Worker, job: dict[str, Any], timeout_s: float | None,
+             progress: Callable[[str, float], None] | None, cancel: Callable[[], bool] | None
+             ) -> tuple[RunResult, Any]:
+        w.jobs += 1
+        w.conn.send(("job", job))
+        deadline = time.monotonic() + timeout_s + KILL_GRACE_S if timeout_s else None
+        stage, cancel_sent = "start", False
+        while True:
+            if cancel is not None and not cancel_sent and cancel():
+                cancel_sent = True
+                os.kill(w.pid, signal.SIGUSR1)
+            if deadline is not None and time.monotonic() > deadline:
+                w.stop(kill=True)
+                raise JobTimeout(f"the job passed its {timeout_s:g} s time limit and did not stop (stage "
+                                 f"'{stage}'): its worker process was killed")
+            try:
+                if not w.conn.poll(POLL_S):
+                    if not w.alive():
+                        raise EOFError
+                    continue
+                msg = w.conn.recv()
+            except (EOFError, OSError):
+                raise WorkerDied(f"the generation worker process died ({w.death()}) during stage "
+                                 f"'{stage}'; this job is lost, the next one gets a fresh worker") from None
+            if msg[0] == "progress":
+                stage = msg[1]
+                if progress is not None:
+                    progress(msg[1], msg[2])
+            elif msg[0] == "done":
+                return msg[1], msg[2]
+            else:  # ("error", exception)
+                raise msg[1]
+
+
+# ---- the child's side ---------------------------------------------------------------------
+
+def _serve(conn: Connection) -> None:
+    cancelled = threading.Event()
+    signal.signal(signal.SIGUSR1, lambda *_: cancelled.set())
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C in the server's terminal is the server's
+    parent = os.getppid()
+    threading.Thread(target=_exit_with_parent, args=(parent,), name="parent-watch", daemon=True).start()
+    send_lock = threading.Lock()
+
+    def send(msg: tuple[Any, ...]) -> None:
+        with send_lock:
+            conn.send(msg)
+
+    while True:
+        try:
+            msg = conn.recv()
+        except (EOFError, OSError):
+            return
+        if msg[0] == "stop":
+            return
+        if msg[0] == "warm":
+            _warm()
+            continue
+        job = msg[1]
+        cancelled.clear()
+        from pipeline.recording import generate
+
+        try:
+            result, scores = generate(job["video"], job["audio"], job["output"], options=job["options"],
+                                      progress=lambda s, f: send(("progress", s, f)),
+                                      cancel=cancelled.is_set, side_by_side=job["side_by_side"],
+                                      score=job["score"])
+            send(("done", result, scores))
+        except Exception as exc:  # noqa: BLE001 - handed to the parent, which records it
+            send(("error", _sendable(exc)))
+
+
+def _warm() -> None:
+    try:
+        import numpy as np
+
+        from pipeline import audio, recording  # noqa: F401 - imports torch, cv2, the run loop
+        from pipeline.faces import make_tracker
+
+        make_tracker("auto")
+        audio.melspectrogram(np.zeros(audio.SAMPLE_RATE, np.float32))
+    except Exception:  # noqa: BLE001 - only a speed-up; the first job pays instead
+        log.warning("worker warm-up failed", exc_info=True)
+
+
+def _sendable(exc: BaseException) -> BaseException:
+    """``exc`` if it survives pickling (with its ``timings``), else a RuntimeError saying what it was."""
+    import pickle
+
+    try:
+        pickle.loads(pickle.dumps(exc))
+        return exc
+    except Exception:  # noqa: BLE001
+        out = RuntimeError(f"{type(exc).__name__}: {exc}")
+        out.timings = getattr(exc, "timings", None)  # type: ignore[attr-defined]
+        return out
+
+
+def _exit_with_parent(parent: int) -> None:
+    while os.getppid() == parent:
+        time.sleep(1.0)
+    os._exit(0)  # the server is gone: nobody will read this job's result
+
+
+if __name__ == "__main__":
+    logging.basicConfig(level=os.environ.get("LIPSYNC_LOG_LEVEL", "INFO"),
+                        format="%(asctime)s %(levelname)s worker %(process)d %(name)s: %(message)s")
+    _serve(Connection(int(sys.argv[1])))

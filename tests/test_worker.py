@@ -1,0 +1,153 @@
+"""Generation in worker processes (pipeline.worker): real child processes, real signals,
+real ffmpeg and dlib, the baseline generator, tiny synthetic media."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+
+import media
+from pipeline import worker as worker_mod
+from pipeline.errors import InvalidMedia, JobCancelled, JobTimeout, WorkerDied
+from pipeline.options import RunOptions
+from pipeline.worker import WorkerPool
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    d = tmp_path_factory.mktemp("worker_media")
+    return {"video": media.face_video(d / "face.mp4", seconds=0.4),
+            "short": media.write_wav(d / "short.wav", media.speech_like(0.4)),
+            "long": media.write_wav(d / "long.wav", media.speech_like(60.0))}
+
+
+@pytest.fixture(scope="module")
+def pool() -> WorkerPool:
+    p = WorkerPool(1)
+    p.start()
+    yield p
+    p.close()
+
+
+def _running(pid: int) -> bool:
+    """Alive and not a zombie (an orphan's zombie waits for whoever adopted it)."""
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+def _opts(work: Path, **kw: object) -> RunOptions:
+    return RunOptions(model="baseline", work_dir=str(work), **kw)
+
+
+def _when_generating(flag: threading.Event, then: callable):
+    """A progress callback that calls ``then`` once the job reaches the generate stage."""
+    def progress(stage: str, fraction: float) -> None:
+        if stage == "generate" and not flag.is_set():
+            flag.set()
+            then()
+    return progress
+
+
+def test_a_job_runs_in_a_reused_worker(pool: WorkerPool, inputs: dict[str, Path], tmp_path: Path) -> None:
+    stages: list[str] = []
+    result, scores = pool.generate(inputs["video"], inputs["short"], tmp_path / "a.mp4",
+                                   options=_opts(tmp_path / "w"), progress=lambda s, f: stages.append(s))
+    assert (tmp_path / "a.mp4").stat().st_size > 0 and result.frames == 10
+    assert result.track is not None and not result.originals  # scored in the worker, frames released
+    assert scores.value("psnr_full") > 20 and scores.value("lse_d") is None
+    assert {"audio", "track", "generate", "score"} <= set(stages)
+    pid = pool.pids()
+    assert len(pid) == 1 and pid[0] != os.getpid()
+    pool.generate(inputs["video"], inputs["short"], tmp_path / "b.mp4", options=_opts(tmp_path / "w"))
+    assert pool.pids() == pid  # the same process: models stay loaded between jobs
+    assert list((tmp_path / "w").iterdir()) == []  # each job's scratch folder is removed
+
+
+def test_domain_errors_cross_with_their_type(pool: WorkerPool, inputs: dict[str, Path], tmp_path: Path) -> None:
+    junk = tmp_path / "junk.mp4"
+    junk.write_bytes(os.urandom(2048))
+    with pytest.raises(InvalidMedia, match="junk.mp4"):
+        pool.generate(junk, inputs["short"], tmp_path / "o.mp4", options=_opts(tmp_path / "w"))
+    assert not (tmp_path / "o.mp4").exists()
+
+
+@pytest.mark.parametrize("sig", [signal.SIGSEGV, signal.SIGKILL])
+def test_a_worker_that_dies_mid_job_fails_that_job_only(pool: WorkerPool, inputs: dict[str, Path],
+                                                        tmp_path: Path, sig: signal.Signals) -> None:
+    """A crash in native code (SIGSEGV) or a kill: WorkerDied names the signal and the stage;
+    the scratch folder goes; the next job gets a fresh worker and succeeds."""
+    before = pool.pids()
+    flag = threading.Event()
+    with pytest.raises(WorkerDied, match=f"killed by {sig.name}.*during stage 'generate'"):
+        pool.generate(inputs["video"], inputs["long"], tmp_path / "o.mp4", options=_opts(tmp_path / "w"),
+                      progress=_when_generating(flag, lambda: os.kill(pool.pids()[0], sig)))
+    assert not _running(before[0])
+    assert list((tmp_path / "w").iterdir()) == []
+    result, _ = pool.generate(inputs["video"], inputs["short"], tmp_path / "n.mp4", options=_opts(tmp_path / "w"))
+    assert result.frames == 10 and pool.pids() != before
+
+
+def test_cancel_reaches_the_worker(pool: WorkerPool, inputs: dict[str, Path], tmp_path: Path) -> None:
+    flag, cancel = threading.Event(), threading.Event()
+    with pytest.raises(JobCancelled):
+        pool.generate(inputs["video"], inputs["long"], tmp_path / "o.mp4", options=_opts(tmp_path / "w"),
+                      cancel=cancel.is_set, progress=_when_generating(flag, cancel.set))
+    assert not (tmp_path / "o.mp4").exists()
+
+
+def test_a_hung_worker_is_killed_past_the_time_limit(pool: WorkerPool, inputs: dict[str, Path],
+                                                     tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """SIGSTOP freezes the worker as a hang inside native code would: the run loop's own time
+    checks never come, so the parent kills it KILL_GRACE_S after the limit."""
+    monkeypatch.setattr(worker_mod, "KILL_GRACE_S", 1.0)
+    flag = threading.Event()
+    t0 = time.monotonic()
+    with pytest.raises(JobTimeout, match="worker process was killed"):
+        pool.generate(inputs["video"], inputs["long"], tmp_path / "o.mp4",
+                      options=_opts(tmp_path / "w", timeout_s=2.0),
+                      progress=_when_generating(flag, lambda: os.kill(pool.pids()[0], signal.SIGSTOP)))
+    assert time.monotonic() - t0 < 20
+    result, _ = pool.generate(inputs["video"], inputs["short"], tmp_path / "n.mp4", options=_opts(tmp_path / "w"))
+    assert result.frames == 10
+
+
+def test_workers_exit_when_their_server_is_killed(tmp_path: Path) -> None:
+    code = ("import os, sys, time; from pipeline.worker import WorkerPool; p = WorkerPool(2); p.start(); "
+            "time.sleep(0.5); print(' '.join(map(str, p.pids())), flush=True); time.sleep(60)")
+    proc = subprocess.Popen([sys.executable, "-c", code], cwd=ROOT, stdout=subprocess.PIPE, text=True)
+    pids = [int(p) for p in proc.stdout.readline().split()]
+    assert len(pids) == 2 and all(_running(p) for p in pids)
+    proc.kill()  # SIGKILL: no clean-up code runs in the server
+    proc.wait()
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and any(_running(p) for p in pids):
+        time.sleep(0.1)
+    assert not any(_running(p) for p in pids)
+
+
+def test_the_gpu_lane_spans_processes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """With LANE_FILE_ENV set (as the pool sets it for its workers), a process holding the
+    lane keeps another process out until it lets go, or dies."""
+    from pipeline import device
+
+    monkeypatch.setenv(device.LANE_FILE_ENV, str(tmp_path / "lane.lock"))
+    probe = [sys.executable, "-c", "from pipeline.device import gpu_lock; print(gpu_lock().acquire(blocking=False))"]
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    lane = device._Lane()  # this process's lane, as a worker's would be
+    with lane:
+        with lane:  # re-entrant
+            pass
+        assert subprocess.run(probe, env=env, capture_output=True, text=True).stdout.strip() == "False"
+    assert subprocess.run(probe, env=env, capture_output=True, text=True).stdout.strip() == "True"
