@@ -7,7 +7,8 @@ folder and ``LIPSYNC_MAX_JOBS`` (default 4), cuts ``--seconds`` of the shared me
 (hdtf_aoc_512.mp4 and speech_44k.mp3) and runs one warm-up job. Then, per level, a fixed
 number of jobs is shared among that many client threads; it prints jobs/s, the per-core CPU
 busy percentage (psutil.cpu_percent(percpu=True) sampled every 0.5 s during the level),
-the server's own CPU use (its process and finished ffmpeg children, 100% = one core),
+the server's own CPU use (its process, its generation workers and their ffmpeg children,
+100% = one core),
 the throughput ratios 2v1 and 4v1, the server's peak RSS and the load average (the machine
 may be shared). Bar on a 2-core machine: 2 clients >= 1.5x one, or both cores >= 90% busy.
 """
@@ -45,7 +46,7 @@ class Level:
     wall_s: float
     failures: int
     cpu_per_core: tuple[float, ...]  # mean busy % per core during the level (whole machine)
-    server_cpu: float  # CPU % used by the server and its finished ffmpeg children (100 = one core)
+    server_cpu: float  # CPU % of the server, its workers and their ffmpeg children (100 = one core)
 
     @property
     def jobs_per_s(self) -> float:
@@ -102,9 +103,16 @@ def cut_media(folder: Path, seconds: float) -> tuple[Path, Path]:
 
 
 def tree_cpu_s(proc: psutil.Process) -> float:
-    """CPU seconds of ``proc`` and its waited-for children (ffmpeg, finished by then)."""
-    t = proc.cpu_times()
-    return t.user + t.system + t.children_user + t.children_system
+    """CPU seconds of ``proc``, its live descendants (the generation workers, their running
+    ffmpeg) and the children each has waited for (ffmpeg processes that finished)."""
+    total = 0.0
+    for p in [proc, *proc.children(recursive=True)]:
+        try:
+            t = p.cpu_times()
+        except psutil.Error:
+            continue  # ended between the listing and the read
+        total += t.user + t.system + t.children_user + t.children_system
+    return total
 
 
 def run_level(server: AppServer, clients: int, jobs: int, video: Path, audio: Path, model: str,

@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -150,6 +151,7 @@ def run_recorded(
         if on_job_id is not None:
             on_job_id(job_id)
         store.start(job_id)
+    started = time.time()
     folder = Path(store.job_dir(job_id, create=True)) if store is not None else None
     out_path = Path(output) if output is not None else folder / RESULT_NAME
     sbs_path = None
@@ -160,6 +162,7 @@ def run_recorded(
         result, scores = (workers.generate if workers is not None else generate)(
             video, audio, out_path, options=options, progress=progress, cancel=cancel,
             side_by_side=sbs_path, score=score)
+        _offsets_from(result, started)
     except JobCancelled as exc:
         if store is not None:
             store.cancel(job_id, str(exc))
@@ -181,6 +184,14 @@ def run_recorded(
                      stage_offsets=result.stage_offsets,
                      scores=scores.rows() if scores is not None else None)
     return RecordedRun(job_id=job_id, result=result, scores=scores, outputs=outputs)
+
+
+def _offsets_from(result: RunResult, started: float) -> None:
+    """Stage offsets counted from the job's recorded start, not from the run's own (a worker
+    process may start the run a little later: dispatch, or loading its models first)."""
+    lag = result.started_wall - started if result.started_wall else 0.0
+    if lag > 0:
+        result.stage_offsets.update({k: v + lag for k, v in result.stage_offsets.items()})
 
 
 def _facts(result: RunResult) -> dict[str, Any]:

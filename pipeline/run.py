@@ -63,6 +63,7 @@ class StageClock:
 
     def __init__(self) -> None:
         self.t0 = time.perf_counter()
+        self.wall0 = time.time()  # t0 on the wall clock, comparable across processes
         self.seconds: dict[str, float] = {}
         self.offsets: dict[str, float] = {}
 
@@ -202,6 +203,7 @@ def _run(video: str | os.PathLike[str], audio: str | os.PathLike[str],
         audio=ainfo.to_dict(),
         track=track,
         originals=originals,
+        started_wall=clock.wall0,
     )
 
 

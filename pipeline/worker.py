@@ -99,17 +99,20 @@ class _Worker:
 
 
 class WorkerPool:
-    """Runs :func:`pipeline.recording.generate` in up to ``size`` worker processes at once."""
+    """Runs :func:`pipeline.recording.generate` in up to ``size`` worker processes at once;
+    their GPU lane's lock file goes in ``lane_dir`` (default: the temp folder)."""
 
-    def __init__(self, size: int = 1) -> None:
+    def __init__(self, size: int = 1, *, lane_dir: str | os.PathLike[str] | None = None) -> None:
         self.size = max(1, int(size))
         self._slots = threading.BoundedSemaphore(self.size)
         self._idle: queue.LifoQueue[_Worker] = queue.LifoQueue()  # warm workers are reused first
         self._lock = threading.Lock()
         self._busy: set[_Worker] = set()
         self._closed = False
-        fd, self.lane_file = tempfile.mkstemp(prefix="lipsync-gpu-lane-", suffix=".lock")
-        os.close(fd)  # the workers flock it around each generator stage (pipeline.device)
+        # the workers flock it around each generator stage (pipeline.device); a server keeps
+        # it in its own work folder, which goes with the server (ui/workspace.py)
+        fd, self.lane_file = tempfile.mkstemp(prefix="gpu-lane-", suffix=".lock", dir=lane_dir)
+        os.close(fd)
 
     def start(self) -> None:
         """Start every worker now and have it load its models (a server does this at launch)."""

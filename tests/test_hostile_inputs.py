@@ -134,7 +134,9 @@ def test_no_temp_files_left_behind(test_hostile_corpus_done: None, server: AppSe
     work = server.data_dir / "work"
     assert [p for p in work.iterdir() if p.is_dir()], f"no per-process work folder in {work}"
     tmp = server.data_dir.parent / "tmp"
-    leftovers = [str(p) for p in [*work.glob("*/lipsync-job-*"), *tmp.glob("lipsync*")]]
+    # a job's run folder, or the scratch folder a generation worker's job runs in
+    leftovers = [str(p) for p in [*work.glob("*/**/lipsync-job-*"), *work.glob("*/job-*"),
+                                  *tmp.glob("lipsync*")]]
     assert leftovers == [], f"job temp folders left behind: {leftovers}"
     jobs = store.list(limit=None)
     assert len(jobs) >= 25

@@ -56,7 +56,7 @@ def make_context(settings: Settings) -> AppContext:
     if settings.isolate:
         from pipeline.worker import WorkerPool
 
-        workers = WorkerPool(settings.max_jobs)
+        workers = WorkerPool(settings.max_jobs, lane_dir=settings.work_dir)
         threading.Thread(target=workers.start, name="workers-start", daemon=True).start()
     return AppContext(settings=settings, store=store, examples=examples, workers=workers)
 
