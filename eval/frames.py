@@ -24,12 +24,13 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 
 from pipeline.errors import InvalidMedia
+from pipeline.faces import LANDMARK_FACE_PX, LANDMARK_MARGIN, Face, FaceTracker
 from pipeline.ffmpeg import base_cmd, input_args
 from pipeline.probe import MediaInfo
 from pipeline.video_io import SELECT_MAX_TERMS, _pipe_frames, read_frames
@@ -176,6 +177,41 @@ class LumaFrame:
 
     def planes(self) -> tuple[np.ndarray]:
         return (self.y,)
+
+
+def landmark_region(faces: Sequence[Face | None], size: tuple[int, int]) -> tuple[int, int, int, int] | None:
+    """(x, y, w, h): every area ``landmarks_in`` may read (each tracked box grown by
+    LANDMARK_MARGIN per side, and 2 px for its rounding), or None when no frame has a face."""
+    boxes = [f.box for f in faces if f is not None]
+    if not boxes:
+        return None
+    b = np.array(boxes, np.float64)  # (k, 4) x1, y1, x2, y2
+    mx, my = LANDMARK_MARGIN * (b[:, 2] - b[:, 0]) + 2, LANDMARK_MARGIN * (b[:, 3] - b[:, 1]) + 2
+    return even_region(float((b[:, 0] - mx).min()), float((b[:, 1] - my).min()),
+                                  float((b[:, 2] + mx).max()), float((b[:, 3] + my).max()), *size)
+
+
+def fit_scale(faces: Sequence[Face | None], region: tuple[int, int, int, int]
+              ) -> tuple[tuple[int, int], tuple[float, float]]:
+    """The (w, h) the landmark region is decoded at, so the widest tracked face is at most
+    LANDMARK_FACE_PX wide (as ``landmarks_in`` scales each crop), and the (x, y) scale."""
+    widest = max(f.width for f in faces if f is not None)
+    s = min(1.0, (LANDMARK_FACE_PX - 1) / max(widest, 1.0))
+    w, h = region[2:]
+    size = (max(8, round(w * s)), max(8, round(h * s)))
+    return size, (size[0] / w, size[1] / h)
+
+
+def fit_in_region(landmarker: FaceTracker, luma: LumaFrame, face: Face,
+                  origin: tuple[int, int], scale: tuple[float, float]) -> Face:
+    """``face`` with landmarks fitted on the scaled luma region at ``origin``, in frame pixels."""
+    (x0, y0), (sx, sy) = origin, scale
+    x1, y1, x2, y2 = face.box
+    local = replace(face, box=((x1 - x0) * sx, (y1 - y0) * sy, (x2 - x0) * sx, (y2 - y0) * sy))
+    fitted = landmarker.landmarks_in(luma, local)
+    back, shift = np.array([1 / sx, 1 / sy], np.float32), np.array([x0, y0], np.float32)
+    return replace(face, landmarks=None if fitted.landmarks is None else fitted.landmarks * back + shift,
+                   mouth_points=None if fitted.mouth_points is None else fitted.mouth_points * back + shift)
 
 
 class SampleFile:

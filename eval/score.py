@@ -1,10 +1,10 @@
 """Score one (original, generated) pair: PSNR/SSIM, SyncNet LSE, and the sync proxy.
 
-The generated video is decoded once, every frame, in I420 (``eval.frames``): dlib
-landmarks are fitted in the known face box of each frame (only that region is converted
-to BGR) for the sync proxy, and the 224x224 SyncNet crops are cut when SyncNet weights
-resolve. The original is decoded only at the sampled frames (ffmpeg's ``select``), which
-are compared with the generated frames of the same index (PSNR/SSIM, ``QUALITY_SAMPLES``).
+The generated video is decoded once (``eval.frames``): dlib landmarks are fitted in the
+known face box of the landmark frames for the sync proxy, and, when SyncNet weights
+resolve, every frame is decoded whole in I420 to cut the 224x224 SyncNet crops. The
+original is decoded only at the sampled frames (ffmpeg's ``select``), which are compared
+with the generated frames of the same index (PSNR/SSIM, ``QUALITY_SAMPLES``).
 The original's faces come from the job's track (reused, no detection) or, without one,
 from ``pipeline.run.track_video`` here. Generated frame i shows the face of original frame
 plan[i] (``frame_plan(..., "pingpong")``, as the run loop extends a short video), so the
@@ -16,12 +16,15 @@ original without a job's track goes through pipeline.run, which does import torc
 
 A job hands over the original's frames at the sampled indices (``originals=``, from
 ``pipeline.run.run(keep=sample_frames)``), so the original is not decoded at all. Without
-SyncNet weights, the generated video is piped only in the landmark region of each frame
-(``eval.frames.region_frames``), the sampled frames whole through a temp file.
+SyncNet weights, one ffmpeg decode of the generated video pipes only the luma of the face
+region of the landmark frames, scaled so the widest tracked face is at most
+LANDMARK_FACE_PX wide (``eval.frames.region_frames``), writes the sampled frames whole to a
+temp file and counts the frames; its proxy differs from the whole-frame path's (OpenCV's
+per-crop area scaling) by about 0.01 in correlation, the quality scores not at all.
 
-Cost, monalisa_720p (426 frames) on a loaded 2-core machine (bench/scoring_cost.py): about
-2.1-2.4 s of CPU: the one H.264 decode ~0.8-1.0 s, 178 landmark fits ~0.5-0.7 s, SSIM ~0.4 s
-(one 720p frame ~0.3 s).
+Cost, monalisa_720p (426 frames), 2-core machine (bench/scoring_cost.py): about 1.4 s wall,
+2.1 s CPU: the decode ~0.75 s on ffmpeg's side, ~180 dlib fits ~0.5-0.6 s, one 720p SSIM
+~0.3 s, 25 PSNRs ~0.15 s (the Python parts hold the GIL, so they run one after another).
 """
 
 from __future__ import annotations
@@ -35,7 +38,6 @@ import time
 from collections.abc import Iterator, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import closing
-from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -49,7 +51,7 @@ from eval.sync_proxy import mouth_openings, sync_proxy
 from eval.syncnet_weights import resolve_syncnet
 from pipeline.audio import load_audio
 from pipeline.errors import InvalidMedia, NoFaceFound, WeightsInvalid, WeightsUnavailable
-from pipeline.faces import LANDMARK_FACE_PX, LANDMARK_MARGIN, Face, FaceTracker, Track, make_tracker
+from pipeline.faces import LANDMARK_FACE_PX, LANDMARK_MARGIN, Face, Track, make_tracker
 from pipeline.options import RunOptions
 from pipeline.probe import MediaInfo, probe
 from pipeline.video_io import frame_plan
@@ -120,7 +122,7 @@ def score_videos(original: str | os.PathLike[str], generated: str | os.PathLike[
     orig_iter = original_samples(oinfo, [i for i in samples if i not in kept])
     region = None
     if params is None and landmarker is not None and frames_mod.region_decodable(ginfo, al, samples):
-        region = _landmark_region(faces, al.size)
+        region = frames_mod.landmark_region(faces.faces, al.size)
     facts["generated_decode"] = "every frame whole" if region is None else \
         f"luma of region {region[2]}x{region[3]} at ({region[0]}, {region[1]}) of the landmark frames; " \
         "sampled frames whole"
@@ -162,7 +164,7 @@ def score_videos(original: str | os.PathLike[str], generated: str | os.PathLike[
             rate = LANDMARK_RATE_HZ / al.fps
             fitted_at = (i for i in itertools.count() if frames_mod.rate_frame(i, rate))
             fits: dict[int, Face] = {}
-            size, scale = _fit_scale(faces, region)
+            size, scale = frames_mod.fit_scale(faces.faces, region)
             with closing(frames_mod.region_frames(ginfo, region, rate, samples, full, count,
                                                   size=size)) as frames:
                 for i, luma in zip(fitted_at, frames):
@@ -170,7 +172,7 @@ def score_videos(original: str | os.PathLike[str], generated: str | os.PathLike[
                         compare(j, gj)  # sampled frames ffmpeg has written whole so far
                     face = faces.get(i)
                     if face is not None:
-                        fits[i] = _fit_in_region(landmarker, luma, face, region[:2], scale)
+                        fits[i] = frames_mod.fit_in_region(landmarker, luma, face, region[:2], scale)
             n_gen = frames_mod.counted_frames(count)
             for j, gj in whole.ready():
                 compare(j, gj)  # the rest, now that ffmpeg has exited
@@ -227,41 +229,6 @@ def _compare(acc: quality.QualityAccumulator, i: int, frame0: YuvFrame, frame: Y
     h = min(original.shape[0], generated.shape[0])
     w = min(original.shape[1], generated.shape[1])
     acc.add(i, original[:h, :w], generated[:h, :w], box)
-
-
-def _landmark_region(faces: "_FaceLookup", size: tuple[int, int]) -> tuple[int, int, int, int] | None:
-    """(x, y, w, h): every area ``landmarks_in`` may read (each tracked box grown by
-    LANDMARK_MARGIN per side, and 2 px for its rounding), or None when no frame has a face."""
-    boxes = [f.box for f in faces.faces if f is not None]
-    if not boxes:
-        return None
-    b = np.array(boxes, np.float64)  # (k, 4) x1, y1, x2, y2
-    mx, my = LANDMARK_MARGIN * (b[:, 2] - b[:, 0]) + 2, LANDMARK_MARGIN * (b[:, 3] - b[:, 1]) + 2
-    return frames_mod.even_region(float((b[:, 0] - mx).min()), float((b[:, 1] - my).min()),
-                                  float((b[:, 2] + mx).max()), float((b[:, 3] + my).max()), *size)
-
-
-def _fit_scale(faces: "_FaceLookup", region: tuple[int, int, int, int]
-               ) -> tuple[tuple[int, int], tuple[float, float]]:
-    """The (w, h) the landmark region is decoded at, so the widest tracked face is at most
-    LANDMARK_FACE_PX wide (as ``landmarks_in`` scales each crop), and the (x, y) scale."""
-    widest = max(f.width for f in faces.faces if f is not None)
-    s = min(1.0, (LANDMARK_FACE_PX - 1) / max(widest, 1.0))
-    w, h = region[2:]
-    size = (max(8, round(w * s)), max(8, round(h * s)))
-    return size, (size[0] / w, size[1] / h)
-
-
-def _fit_in_region(landmarker: FaceTracker, luma: frames_mod.LumaFrame, face: Face,
-                   origin: tuple[int, int], scale: tuple[float, float]) -> Face:
-    """``face`` with landmarks fitted on the scaled luma region at ``origin``, in frame pixels."""
-    (x0, y0), (sx, sy) = origin, scale
-    x1, y1, x2, y2 = face.box
-    local = replace(face, box=((x1 - x0) * sx, (y1 - y0) * sy, (x2 - x0) * sx, (y2 - y0) * sy))
-    fitted = landmarker.landmarks_in(luma, local)
-    back, shift = np.array([1 / sx, 1 / sy], np.float32), np.array([x0, y0], np.float32)
-    return replace(face, landmarks=None if fitted.landmarks is None else fitted.landmarks * back + shift,
-                   mouth_points=None if fitted.mouth_points is None else fitted.mouth_points * back + shift)
 
 
 class _FaceLookup:
