@@ -63,6 +63,8 @@ class _Worker:
         theirs.close()
         self.conn = Connection(mine.detach())
         self.jobs = 0
+        self.ready = True  # False from sending a job until its answer is read: else the worker
+        # may still be busy with it (e.g. the progress callback raised), and is killed, not reused
 
     @property
     def pid(self) -> int:
@@ -166,7 +168,7 @@ class WorkerPool:
             finally:
                 with self._lock:
                     self._busy.discard(worker)
-                if worker.alive() and not self._closed:
+                if worker.alive() and worker.ready and not self._closed:
                     self._idle.put(worker)
                 else:
                     worker.stop(kill=True)
@@ -189,6 +191,7 @@ class WorkerPool:
              progress: Callable[[str, float], None] | None, cancel: Callable[[], bool] | None
              ) -> tuple[RunResult, Any]:
         w.jobs += 1
+        w.ready = False
         w.conn.send(("job", job))
         deadline = time.monotonic() + timeout_s + KILL_GRACE_S if timeout_s else None
         stage, cancel_sent = "start", False
@@ -214,8 +217,10 @@ class WorkerPool:
                 if progress is not None:
                     progress(msg[1], msg[2])
             elif msg[0] == "done":
+                w.ready = True
                 return msg[1], msg[2]
             else:  # ("error", exception)
+                w.ready = True
                 raise msg[1]
 
 

@@ -99,6 +99,23 @@ def test_a_worker_that_dies_mid_job_fails_that_job_only(pool: WorkerPool, inputs
     assert result.frames == 10 and pool.pids() != before
 
 
+def test_a_worker_left_mid_job_is_not_reused(pool: WorkerPool, inputs: dict[str, Path], tmp_path: Path) -> None:
+    """When the parent stops listening mid-job (here its progress callback raises), the
+    worker may still be busy with that job: it is killed, never handed the next job."""
+    busy = pool.pids()
+
+    def boom(stage: str, fraction: float) -> None:
+        if stage == "generate":
+            raise RuntimeError("the caller went away")
+
+    with pytest.raises(RuntimeError, match="went away"):
+        pool.generate(inputs["video"], inputs["long"], tmp_path / "o.mp4", options=_opts(tmp_path / "w"),
+                      progress=boom)
+    assert not _running(busy[0]) and busy[0] not in pool.pids()
+    result, _ = pool.generate(inputs["video"], inputs["short"], tmp_path / "n.mp4", options=_opts(tmp_path / "w"))
+    assert result.frames == 10
+
+
 def test_cancel_reaches_the_worker(pool: WorkerPool, inputs: dict[str, Path], tmp_path: Path) -> None:
     flag, cancel = threading.Event(), threading.Event()
     with pytest.raises(JobCancelled):
