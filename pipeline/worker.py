@@ -156,7 +156,7 @@ class WorkerPool:
         """``pipeline.recording.generate`` in a worker: (RunResult, Scores or None)."""
         if self._closed:
             raise RuntimeError("the worker pool is closed")
-        scratch = Path(options.work_dir or os.environ.get("TMPDIR", "/tmp")) / f"job-{uuid.uuid4().hex[:12]}"
+        scratch = Path(options.work_dir or tempfile.gettempdir()) / f"job-{uuid.uuid4().hex[:12]}"
         scratch.mkdir(parents=True)
         job = {"video": os.fspath(video), "audio": os.fspath(audio), "output": os.fspath(output),
                "options": replace(options, work_dir=os.fspath(scratch)),
@@ -192,7 +192,11 @@ class WorkerPool:
              ) -> tuple[RunResult, Any]:
         w.jobs += 1
         w.ready = False
-        w.conn.send(("job", job))
+        try:
+            w.conn.send(("job", job))
+        except OSError:  # it died between the health check and now
+            raise WorkerDied(f"the generation worker process died ({w.death()}) before the job "
+                             "reached it; the next job gets a fresh worker") from None
         deadline = time.monotonic() + timeout_s + KILL_GRACE_S if timeout_s else None
         stage, cancel_sent = "start", False
         while True:
