@@ -280,8 +280,8 @@ def _track_original(info: MediaInfo, fps: float) -> Track:
     """The original's face track at full resolution, as a job computes it (default options)."""
     from pipeline.run import track_video  # imports torch (pipeline.device): only when no track is given
 
-    return track_video(info.path, info, options=RunOptions(), fps=fps,
-                       n_track=sys.maxsize)  # every frame the decoder yields
+    return track_video(info.path, info, options=RunOptions(), fps=fps,  # every frame the decoder yields
+                       n_track=sys.maxsize, landmarks=False)  # scoring reads the boxes only
 
 
 def _audio(audio: str | os.PathLike[str] | None, generated: str | os.PathLike[str]

@@ -278,9 +278,8 @@ def _choose(faces: Sequence[Face], prev: Face | None, face_index: int) -> Face |
 class _Observer:
     """Runs the tracker on single frames, following the chosen face between calls."""
 
-    def __init__(self, tracker: FaceTracker, face_index: int) -> None:
-        self.tracker = tracker
-        self.face_index = face_index
+    def __init__(self, tracker: FaceTracker, face_index: int, landmarks: bool) -> None:
+        self.tracker, self.face_index, self.landmarks = tracker, face_index, landmarks
         self.prev: Face | None = None
         self.sampled: list[int] = []
 
@@ -291,7 +290,7 @@ class _Observer:
             face = _choose(self.tracker.detect_near(frame, self.prev.box), self.prev, 0)
         if face is None:
             face = _choose(self.tracker.detect(frame, landmarks=False), self.prev, self.face_index)
-        if face is not None:
+        if face is not None and self.landmarks:
             face = self.tracker.landmarks(frame, face)
         self.prev = face
         return face
@@ -340,8 +339,9 @@ def _average(values: list, weights: list[float]) -> np.ndarray | None:
 
 
 def track_frames(frames: Iterable[np.ndarray], *, scale: float, tracker: FaceTracker,
-                 face_index: int = 0, every: int = DETECT_EVERY) -> Track:
-    """Track one face through reduced-resolution ``frames`` (full = small * ``scale``).
+                 face_index: int = 0, every: int = DETECT_EVERY, landmarks: bool = True) -> Track:
+    """Track one face through reduced-resolution ``frames`` (full = small * ``scale``);
+    ``landmarks=False`` tracks boxes only (for a generator that fits its own, or none).
 
     The detector runs on every ``every``-th frame and on the last one; boxes and landmarks
     are smoothed over consecutive detections and interpolated linearly between them. Where
@@ -355,7 +355,7 @@ def track_frames(frames: Iterable[np.ndarray], *, scale: float, tracker: FaceTra
     """
     if every < 1:
         raise ValueError("every must be >= 1")
-    observe = _Observer(tracker, face_index)
+    observe = _Observer(tracker, face_index, landmarks)
     obs: dict[int, Face | None] = {}
     pending: list[tuple[int, np.ndarray]] = []  # frames since the last detection
     last_key, n = -1, 0

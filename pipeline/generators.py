@@ -78,6 +78,7 @@ class Generator(ABC):
 
     name: str
     needs_faces: bool
+    needs_track_landmarks: bool = True  # False: the track's boxes are enough (tracking skips its fits)
     default_batch_size: int = DEFAULT_BATCH
 
     @abstractmethod
@@ -234,6 +235,10 @@ class BaselineGenerator(Generator):
         if isinstance(landmarker, str):
             landmarker = _optional_tracker(landmarker)
         self.landmarker = landmarker
+
+    @property
+    def needs_track_landmarks(self) -> bool:  # type: ignore[override]
+        return self.landmarker is None  # its landmarker re-fits them on full-resolution frames
 
     def new_job(self, *, fps: float, width: int, height: int) -> BaselineJob:
         if fps <= 0:

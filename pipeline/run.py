@@ -156,7 +156,8 @@ def _run(video: str | os.PathLike[str], audio: str | os.PathLike[str],
         check("track", _P_AUDIO)
         with clock.stage("track"):
             track = track_video(video, vinfo, options=options, fps=fps, n_track=int(plan.max()) + 1,
-                           on_frame=lambda f: check("track", _P_AUDIO + (_P_TRACK - _P_AUDIO) * f))
+                                landmarks=generator.needs_track_landmarks,
+                                on_frame=lambda f: check("track", _P_AUDIO + (_P_TRACK - _P_AUDIO) * f))
 
     originals: dict[int, YuvFrame] = {}
     if callable(keep):
@@ -216,10 +217,11 @@ def decode_rate(info: MediaInfo, fps: float) -> float | None:
 
 
 def track_video(video: str | os.PathLike[str], info: MediaInfo, *, options: RunOptions,
-                fps: float, n_track: int, on_frame: Callable[[float], None] | None = None) -> Track:
+                fps: float, n_track: int, on_frame: Callable[[float], None] | None = None,
+                landmarks: bool = True) -> Track:
     """Faces of the first ``n_track`` source frames (decoded at ``fps``, as the render pass
     decodes them), detected on frames reduced to ``options.track_long_side``; boxes and
-    landmarks in full-resolution pixels."""
+    (if ``landmarks``) landmarks in full-resolution pixels."""
     on_frame = on_frame or (lambda fraction: None)
     width, height = info.video.display_size
     scale = max(1.0, max(width, height) / options.track_long_side)
@@ -240,7 +242,7 @@ def track_video(video: str | os.PathLike[str], info: MediaInfo, *, options: RunO
             source.close()
 
     return track_frames(frames(), scale=(scale_x + scale_y) / 2, tracker=tracker,
-                        face_index=options.face_index)
+                        face_index=options.face_index, landmarks=landmarks)
 
 
 def _frames_without_face(track: Track | None, plan: np.ndarray) -> int:

@@ -210,6 +210,7 @@ class Wav2LipGenerator(Generator):
 
     name = "wav2lip"
     needs_faces = True
+    needs_track_landmarks = False  # crops come from the boxes (with Wav2Lip's pads)
 
     def __init__(self, *, checkpoint: str | os.PathLike[str] | None = None, device: str = "auto",
                  batch_size: int | None = None, pads: Sequence[int] = DEFAULT_PADS,

@@ -112,6 +112,15 @@ def test_track_at_half_resolution_maps_to_full(tracker: FaceTracker, frames: lis
     assert per_frame_ms < 100  # generous (shared 2-core machine); measured ~1-3 ms/frame
 
 
+def test_tracking_boxes_only_skips_the_fits(tracker: FaceTracker, frames: list[np.ndarray]) -> None:
+    """``landmarks=False`` (a generator that fits its own): the same boxes, no landmarks."""
+    full = track_frames((_small(f) for f in frames), scale=2.0, tracker=tracker)
+    boxes = track_frames((_small(f) for f in frames), scale=2.0, tracker=tracker, landmarks=False)
+    assert boxes.sampled == full.sampled and len(boxes) == len(full)
+    assert all(f.landmarks is None for f in boxes.faces)
+    np.testing.assert_allclose([f.box for f in boxes.faces], [f.box for f in full.faces], atol=1e-4)
+
+
 def test_frames_without_a_face_are_counted_not_fatal(tracker: FaceTracker, frames: list[np.ndarray]) -> None:
     blank = np.full_like(frames[0], 128)
     seq = [blank if 12 <= i < 19 else f for i, f in enumerate(frames)]

@@ -178,3 +178,12 @@ def test_render_mouth_closes_an_open_mouth(face_and_frame) -> None:
     assert _dark_rows(opened, refit) > 5
     closed = paste(opened.copy(), render_mouth(opened, refit.mouth, 0.0))
     assert _dark_rows(closed, refit) <= 1
+
+
+def test_only_a_baseline_without_landmarker_needs_the_tracks_landmarks() -> None:
+    """The run loop tracks boxes only when the generator fits its own landmarks (or needs none)."""
+    from pipeline.generators import BaselineGenerator, PassthroughGenerator
+
+    assert BaselineGenerator(landmarker="dlib").needs_track_landmarks is False
+    assert BaselineGenerator(landmarker=None).needs_track_landmarks is True
+    assert PassthroughGenerator().needs_faces is False
