@@ -107,7 +107,7 @@ def main() -> None:
     print(f"model load (once, not in the times below): {load_s:.2f} s")
     for name, values in times.items():
         print(f"  {name:13s} median {median(values):7.2f} s  runs {' '.join(f'{v:.2f}' for v in values)}")
-    print(f"  wav2lip stages: " + ", ".join(f"{k} {v:.2f}" for k, v in w2l.timings.items()))
+    print("  wav2lip stages: " + ", ".join(f"{k} {v:.2f}" for k, v in w2l.timings.items()))
     print(f"fps: pipeline {w2l.frames / t_w2l:.1f}, bare forward {n_model / t_fwd:.1f} "
           f"({n_model} faces in {len(batches)} batches)")
     ratio = t_w2l / (t_fwd + t_pass)

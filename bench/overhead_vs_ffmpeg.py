@@ -16,7 +16,7 @@ from pathlib import Path
 
 from common import alternate, media_dir, median, peak_rss_mb
 
-from pipeline.ffmpeg import input_args, run_ffmpeg, base_cmd
+from pipeline.ffmpeg import input_args, run_ffmpeg
 from pipeline.options import RunOptions
 from pipeline.run import run
 

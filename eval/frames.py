@@ -33,8 +33,8 @@ from pipeline.errors import InvalidMedia
 from pipeline.faces import LANDMARK_FACE_PX, LANDMARK_MARGIN, Face, FaceTracker
 from pipeline.ffmpeg import base_cmd, input_args
 from pipeline.probe import MediaInfo
-from pipeline.video_io import SELECT_MAX_TERMS, _pipe_frames, read_frames
-from pipeline.yuv import YuvFrame
+from pipeline.video_io import SELECT_MAX_TERMS, pipe_frames, read_frames, select_expr
+from pipeline.yuv import YuvFrame, even_box
 
 FPS_TOLERANCE = 1e-3  # relative: 25 vs 25.02 is the same rate
 ASPECT_TOLERANCE = 0.01  # relative aspect-ratio difference accepted for scaling
@@ -119,10 +119,8 @@ def region_decodable(info: MediaInfo, al: Alignment, samples: Sequence[int]) -> 
 def even_region(x1: float, y1: float, x2: float, y2: float, width: int, height: int
                 ) -> tuple[int, int, int, int]:
     """(x, y, w, h): the smallest even-cornered region inside width x height holding the box."""
-    x, y = max(0, int(np.floor(x1))), max(0, int(np.floor(y1)))
-    x, y = x - x % 2, y - y % 2
-    r, b = min(width, int(np.ceil(x2))), min(height, int(np.ceil(y2)))
-    r, b = min(width, r + r % 2), min(height, b + b % 2)
+    x, y, r, b = even_box(int(np.floor(x1)), int(np.floor(y1)), int(np.ceil(x2)), int(np.ceil(y2)),
+                          width, height)
     return x, y, max(2, r - x), max(2, b - y)
 
 
@@ -132,12 +130,12 @@ def region_frames(info: MediaInfo, region: tuple[int, int, int, int], rate: floa
                   ) -> Iterator[LumaFrame]:
     """The luma of ``region`` (x, y, w, h; even) of a :func:`region_decodable` video at the
     frames where floor(n * rate) steps up (n = 0 included: :func:`rate_frame`), as
-    :class:`LumaFrame`s, scaled to ``size`` (w, h; ffmpeg's area averaging) if given. From the same decode, the frames at ``samples`` go whole (raw I420,
-    ascending) to the file ``full`` (read them with :class:`SampleFile` as they complete), and
-    6 bytes per decoded frame to the file ``count`` (:func:`counted_frames`)."""
+    :class:`LumaFrame`s, scaled to ``size`` (w, h; ffmpeg's area averaging) if given. From
+    the same decode, the frames at ``samples`` go whole (raw I420, ascending) to the file
+    ``full`` (read them with :class:`SampleFile` as they complete), and 6 bytes per decoded
+    frame to the file ``count`` (:func:`counted_frames`)."""
     x, y, w, h = region
-    wanted = sorted({int(i) for i in samples})
-    select = "+".join(f"eq(n\\,{i})" for i in wanted) or "0"
+    select = select_expr(sorted({int(i) for i in samples}))
     steps = f"eq(n\\,0)+gt(floor(n*{rate!r}+{_EPS!r})\\,floor((n-1)*{rate!r}+{_EPS!r}))"
     scale = "" if size is None or size == (w, h) else f",scale={size[0]}:{size[1]}:flags=area"
     graph = (f"[0:v:0]split=3[a][b][c];[a]select='{steps}',crop={w}:{h}:{x}:{y},extractplanes=y{scale}[luma];"
@@ -148,7 +146,7 @@ def region_frames(info: MediaInfo, region: tuple[int, int, int, int], rate: floa
            "-map", "[luma]", *out, "-pix_fmt", "gray", "pipe:1",
            "-map", "[full]", *out, "-pix_fmt", "yuv420p", "file:" + os.fspath(full),
            "-map", "[count]", *out, "-pix_fmt", "yuv420p", "file:" + os.fspath(count)]
-    frames = _pipe_frames(cmd, *(size or (w, h)), info.path, pix_fmt="gray")
+    frames = pipe_frames(cmd, *(size or (w, h)), info.path, pix_fmt="gray")
     try:
         for data in frames:
             yield LumaFrame(data)
@@ -188,7 +186,7 @@ def landmark_region(faces: Sequence[Face | None], size: tuple[int, int]) -> tupl
     b = np.array(boxes, np.float64)  # (k, 4) x1, y1, x2, y2
     mx, my = LANDMARK_MARGIN * (b[:, 2] - b[:, 0]) + 2, LANDMARK_MARGIN * (b[:, 3] - b[:, 1]) + 2
     return even_region(float((b[:, 0] - mx).min()), float((b[:, 1] - my).min()),
-                                  float((b[:, 2] + mx).max()), float((b[:, 3] + my).max()), *size)
+                       float((b[:, 2] + mx).max()), float((b[:, 3] + my).max()), *size)
 
 
 def fit_scale(faces: Sequence[Face | None], region: tuple[int, int, int, int]

@@ -51,7 +51,8 @@ from eval.sync_proxy import mouth_openings, sync_proxy
 from eval.syncnet_weights import resolve_syncnet
 from pipeline.audio import load_audio
 from pipeline.errors import InvalidMedia, NoFaceFound, WeightsInvalid, WeightsUnavailable
-from pipeline.faces import LANDMARK_FACE_PX, LANDMARK_MARGIN, Face, Track, make_tracker
+from pipeline.faces import LANDMARK_FACE_PX, LANDMARK_MARGIN, Face, make_tracker
+from pipeline.tracking import Track
 from pipeline.options import RunOptions
 from pipeline.probe import MediaInfo, probe
 from pipeline.video_io import frame_plan

@@ -1,4 +1,4 @@
-"""Faces: detection backends, and tracking one face through a video.
+"""Faces: what a face is (box, landmarks, mouth), and the detection backends' interface.
 
 Two backends implement :class:`FaceTracker` (see ``pipeline/face_backends.py``):
 
@@ -16,23 +16,17 @@ Landmarks follow the iBUG-300W 68-point layout (dlib's): jaw 0-16, brows 17-26, 
 geometry the baseline generator needs from either a 68-point layout or, for 106-point-only
 InsightFace packs, from the mouth points alone.
 
-Tracking (:func:`track_frames`) detects on every ``every``-th frame of a reduced-resolution
-stream, interpolates between detections, smooths, and maps coordinates to full resolution.
+Tracking one face through a video is ``pipeline/tracking.py``.
 """
 
 from __future__ import annotations
 
-import logging
 from abc import ABC, abstractmethod
-from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 import cv2
 import numpy as np
 
-from pipeline.errors import NoFaceFound
-
-log = logging.getLogger(__name__)
 
 Box = tuple[float, float, float, float]  # (x1, y1, x2, y2) pixels
 
@@ -45,17 +39,14 @@ UPPER_INNER = (60, 61, 62, 63, 64)  # inner edge of the upper lip, left to right
 LOWER_INNER = (60, 67, 66, 65, 64)  # inner edge of the lower lip, left to right
 OUTER_LOWER = (48, 59, 58, 57, 56, 55, 54)  # outer edge of the lower lip, left to right
 
-DETECT_EVERY = 5  # frames between detections: 85 detections for a 425-frame clip
 ROI_MARGIN = 0.6  # a re-detection searches the last box grown by this fraction of its size per side
 ROI_FACE_PX = 96  # px: a re-detection rescales its search region so the face is about this wide (HOG window: 80)
-SAME_FACE_IOU = 0.2  # a detection overlapping the last face at least this much is the same face
-SMOOTH_WEIGHTS = (0.25, 0.5, 0.25)  # over consecutive detections: removes detector jitter
 LANDMARK_MARGIN = 0.25  # landmarks_in crops the box grown by this fraction of its size per side
 LUMA_GAIN = 255 / 219  # limited-range luma (16..235) to full-range grey
 LANDMARK_FACE_PX = 192  # landmarks_in fits on a crop scaled so the face box is at most this wide
 
 
-def _area(box: Box) -> float:
+def area(box: Box) -> float:
     return max(0.0, box[2] - box[0]) * max(0.0, box[3] - box[1])
 
 
@@ -64,7 +55,7 @@ def iou(a: Box, b: Box) -> float:
     ix = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
     iy = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
     inter = ix * iy
-    union = _area(a) + _area(b) - inter
+    union = area(a) + area(b) - inter
     return inter / union if union > 0 else 0.0
 
 
@@ -245,57 +236,6 @@ def tracker_status(*, insightface_name: str = "buffalo_l",
                                         insightface_root=insightface_root)
 
 
-@dataclass(frozen=True)
-class Track:
-    """One face per source frame (None where it has none), in full-resolution pixels."""
-
-    faces: list[Face | None]
-    frames_without_face: int
-    sampled: list[int]  # frames the detector ran on
-
-    def __len__(self) -> int:
-        return len(self.faces)
-
-    def at(self, i: int) -> Face | None:
-        """The face of source frame ``i``; past the end, the last frame's. (A decoder can
-        yield a few frames fewer than the container's duration promises; the renderer
-        repeats the last decoded frame there, so it gets that frame's face.)"""
-        if not self.faces:
-            return None
-        return self.faces[min(int(i), len(self.faces) - 1)]
-
-
-def _choose(faces: Sequence[Face], prev: Face | None, face_index: int) -> Face | None:
-    """The tracked face: the one overlapping the last face most, else the face_index-th largest."""
-    if prev is not None and faces:
-        best = max(faces, key=lambda f: iou(f.box, prev.box))
-        if iou(best.box, prev.box) >= SAME_FACE_IOU:
-            return best
-    ranked = sorted(faces, key=lambda f: _area(f.box), reverse=True)
-    return ranked[face_index] if face_index < len(ranked) else None
-
-
-class _Observer:
-    """Runs the tracker on single frames, following the chosen face between calls."""
-
-    def __init__(self, tracker: FaceTracker, face_index: int, landmarks: bool) -> None:
-        self.tracker, self.face_index, self.landmarks = tracker, face_index, landmarks
-        self.prev: Face | None = None
-        self.sampled: list[int] = []
-
-    def __call__(self, i: int, frame: np.ndarray) -> Face | None:
-        self.sampled.append(i)
-        face = None
-        if self.prev is not None:
-            face = _choose(self.tracker.detect_near(frame, self.prev.box), self.prev, 0)
-        if face is None:
-            face = _choose(self.tracker.detect(frame, landmarks=False), self.prev, self.face_index)
-        if face is not None and self.landmarks:
-            face = self.tracker.landmarks(frame, face)
-        self.prev = face
-        return face
-
-
 def lerp_faces(a: Face, b: Face, t: float) -> Face:
     """The face a fraction ``t`` of the way from ``a`` to ``b`` (box, landmarks, score)."""
 
@@ -307,96 +247,3 @@ def lerp_faces(a: Face, b: Face, t: float) -> Face:
     box = tuple((1 - t) * u + t * v for u, v in zip(a.box, b.box))
     return Face(box, mix(a.landmarks, b.landmarks), (1 - t) * a.score + t * b.score,  # type: ignore[arg-type]
                 mix(a.mouth_points, b.mouth_points))
-
-
-def _smooth(obs: list[tuple[int, Face]], every: int) -> list[tuple[int, Face]]:
-    """Weighted average of each detection with its neighbours in the same run (gap <= every)."""
-    out = []
-    w0, w1, w2 = SMOOTH_WEIGHTS
-    for j, (i, f) in enumerate(obs):
-        near = [(w1, f)]
-        if j > 0 and i - obs[j - 1][0] <= every:
-            near.append((w0, obs[j - 1][1]))
-        if j + 1 < len(obs) and obs[j + 1][0] - i <= every:
-            near.append((w2, obs[j + 1][1]))
-        if len(near) == 1 or any((g.landmarks is None) != (f.landmarks is None) for _, g in near):
-            out.append((i, f))
-            continue
-        weights = [w for w, _ in near]
-        box = tuple(float(v) for v in _average([g.box for _, g in near], weights))
-        lm = _average([g.landmarks for _, g in near], weights)
-        mp = _average([g.mouth_points for _, g in near], weights)
-        out.append((i, Face(box, lm, f.score, mp)))  # type: ignore[arg-type]
-    return out
-
-
-def _average(values: list, weights: list[float]) -> np.ndarray | None:
-    """Weighted mean of equally shaped arrays (float32), None if any is None."""
-    if any(v is None for v in values):
-        return None
-    acc = sum(w * np.asarray(v, np.float64) for w, v in zip(weights, values))
-    return (acc / sum(weights)).astype(np.float32)
-
-
-def track_frames(frames: Iterable[np.ndarray], *, scale: float, tracker: FaceTracker,
-                 face_index: int = 0, every: int = DETECT_EVERY, landmarks: bool = True) -> Track:
-    """Track one face through reduced-resolution ``frames`` (full = small * ``scale``);
-    ``landmarks=False`` tracks boxes only (for a generator that fits its own, or none).
-
-    The detector runs on every ``every``-th frame and on the last one; boxes and landmarks
-    are smoothed over consecutive detections and interpolated linearly between them. Where
-    a detection finds a face and the next one does not (or the reverse), every frame
-    between them is examined, so a face is never invented across a gap longer than
-    ``every`` frames. The face followed is the ``face_index``-th largest (0 = largest, by
-    box area) at the first detection; later detections keep the face overlapping it most.
-    Memory stays bounded: only the frames since the last detection are kept.
-
-    Raises NoFaceFound naming the sampled frames when no frame has a face.
-    """
-    if every < 1:
-        raise ValueError("every must be >= 1")
-    observe = _Observer(tracker, face_index, landmarks)
-    obs: dict[int, Face | None] = {}
-    pending: list[tuple[int, np.ndarray]] = []  # frames since the last detection
-    last_key, n = -1, 0
-    frame: np.ndarray | None = None
-
-    def settle(key: int, face: Face | None) -> None:
-        prev = obs.get(last_key) if last_key >= 0 else None
-        if last_key >= 0 and (prev is None) != (face is None):
-            observe.prev = prev
-            for j, small in pending[1:-1]:  # the edge of a face's presence lies in here
-                obs[j] = observe(j, small)
-            observe.prev = face
-        obs[key] = face
-
-    for i, frame in enumerate(frames):
-        n = i + 1
-        pending.append((i, frame))
-        if i % every == 0:
-            settle(i, observe(i, frame))
-            last_key, pending = i, [(i, frame)]
-    if n == 0:
-        raise NoFaceFound("no frames to track")
-    if n - 1 != last_key and frame is not None:
-        settle(n - 1, observe(n - 1, frame))
-
-    found = sorted((i, f) for i, f in obs.items() if f is not None)
-    if not found:
-        shown = ", ".join(str(i) for i in observe.sampled[:12])
-        more = ", ..." if len(observe.sampled) > 12 else ""
-        which = "no face" if face_index == 0 else f"no face #{face_index + 1} (face_index={face_index})"
-        raise NoFaceFound(f"{which} found in any of the {len(observe.sampled)} sampled frames "
-                          f"({shown}{more}); the face must be frontal and clearly visible")
-    found = _smooth(found, every)
-    faces: list[Face | None] = [None] * n
-    for (i, a), (j, b) in zip(found, found[1:]):
-        faces[i] = a.scaled(scale)
-        if j - i <= every and all(obs.get(k, a) is not None for k in range(i + 1, j)):
-            for k in range(i + 1, j):
-                faces[k] = lerp_faces(a, b, (k - i) / (j - i)).scaled(scale)
-    faces[found[-1][0]] = found[-1][1].scaled(scale)
-    missing = sum(f is None for f in faces)
-    log.info("tracked %d frames: %d detections, %d frames without a face",
-             n, len(observe.sampled), missing)
-    return Track(faces, missing, sorted(set(observe.sampled)))

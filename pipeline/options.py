@@ -71,7 +71,7 @@ class RunResult:
     checkpoint: dict[str, str] | None  # {"path", "sha256"} of the generator weights, if any
     video: dict[str, Any]  # probe facts of the face input
     audio: dict[str, Any]  # probe facts of the speech input
-    track: Any = field(default=None, repr=False, compare=False)  # pipeline.faces.Track or None
+    track: Any = field(default=None, repr=False, compare=False)  # pipeline.tracking.Track or None
     # output index -> the original frame (pipeline.yuv.YuvFrame) kept for scoring (run(keep=))
     originals: Any = field(default=None, repr=False, compare=False)
     started_wall: float = field(default=0.0, repr=False, compare=False)  # time.time() at the run's start

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import math
 import os
 import resource
 import shutil
@@ -35,7 +34,8 @@ import numpy as np
 from pipeline import audio as audio_mod
 from pipeline.device import gpu_lock
 from pipeline.errors import JobCancelled, JobTimeout
-from pipeline.faces import Track, make_tracker, track_frames
+from pipeline.faces import make_tracker
+from pipeline.tracking import Track, track_frames
 from pipeline.generators import Generator
 from pipeline.options import RunOptions, RunResult
 from pipeline.probe import MediaInfo, probe, validate_audio_input, validate_face_input
@@ -275,7 +275,6 @@ def _source_iter(video: str | os.PathLike[str], info: MediaInfo, plan: np.ndarra
                 yield YuvFrame(still.copy())
             return
         seen = 0
-        spooled: set[int] = set()
         last: np.ndarray | None = None
         for idx in plan:
             if idx >= seen:
@@ -286,17 +285,13 @@ def _source_iter(video: str | os.PathLike[str], info: MediaInfo, plan: np.ndarra
                     if seen in slots:
                         spool.seek(slots[seen] * frame.nbytes)
                         spool.write(memoryview(frame).cast("B"))
-                        spooled.add(seen)
                     seen += 1
                     last = frame  # (only repeated if the decoder runs short: rare, harmless)
                 yield YuvFrame(frame)
-            else:
+            else:  # idx < seen: decoded already, and shown before, so it is in slots and spooled
                 buf = np.empty_like(last)  # (H * 3 / 2, W)
-                if int(idx) in spooled:
-                    spool.seek(slots[int(idx)] * buf.nbytes)
-                    spool.readinto(memoryview(buf).cast("B"))
-                else:  # past a short decode's end: the last frame decoded
-                    buf[...] = last
+                spool.seek(slots[int(idx)] * buf.nbytes)
+                spool.readinto(memoryview(buf).cast("B"))
                 yield YuvFrame(buf)
     finally:
         source.close()

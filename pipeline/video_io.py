@@ -83,7 +83,7 @@ def read_frames(path: str | os.PathLike[str], *, size: tuple[int, int] | None = 
         if wanted[0] < 0:
             raise ValueError(f"frame indices must be non-negative, got {wanted[0]}")
         if len(wanted) <= SELECT_MAX_TERMS:
-            filters.append("select='" + "+".join(f"eq(n\\,{i})" for i in wanted) + "'")
+            filters.append(f"select='{select_expr(wanted)}'")
     if pix_fmt == "yuv420p" and (w % 2 or h % 2):
         if size:
             raise ValueError(f"yuv420p frames need even sides, got {w}x{h}")
@@ -99,7 +99,7 @@ def read_frames(path: str | os.PathLike[str], *, size: tuple[int, int] | None = 
     if wanted is not None and len(wanted) <= SELECT_MAX_TERMS:
         cmd += ["-fps_mode", "passthrough"]  # no duplicated frames filling the gaps
     cmd += ["-pix_fmt", pix_fmt, "-f", "rawvideo", "pipe:1"]
-    frames = _pipe_frames(cmd, w, h, path, pix_fmt=pix_fmt)
+    frames = pipe_frames(cmd, w, h, path, pix_fmt=pix_fmt)
     if wanted is None or len(wanted) <= SELECT_MAX_TERMS:
         return frames
     return _only(frames, wanted)
@@ -150,7 +150,13 @@ def _rate_filters(info: MediaInfo, fps: float | None) -> list[str]:
     return [f"fps=fps={rate_str(fps or info.video.fps)}"]
 
 
-def _pipe_frames(cmd: list[str], w: int, h: int, path: str, *,
+def select_expr(indices: Sequence[int]) -> str:
+    """ffmpeg ``select`` expression taking exactly these frame numbers (at most SELECT_MAX_TERMS;
+    commas escaped for a filter graph); "0" (no frame) for none."""
+    return "+".join(f"eq(n\\,{int(i)})" for i in indices) or "0"
+
+
+def pipe_frames(cmd: list[str], w: int, h: int, path: str, *,
                  pix_fmt: str = "bgr24") -> Iterator[np.ndarray]:
     name = os.path.basename(path)
     # BGR pixels, grey, or I420 planes

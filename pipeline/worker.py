@@ -62,7 +62,6 @@ class _Worker:
                                      pass_fds=(theirs.fileno(),), env=env, stdin=subprocess.DEVNULL)
         theirs.close()
         self.conn = Connection(mine.detach())
-        self.jobs = 0
         self.ready = True  # False from sending a job until its answer is read: else the worker
         # may still be busy with it (e.g. the progress callback raised), and is killed, not reused
 
@@ -190,7 +189,6 @@ class WorkerPool:
     def _run(self, w: _Worker, job: dict[str, Any], timeout_s: float | None,
              progress: Callable[[str, float], None] | None, cancel: Callable[[], bool] | None
              ) -> tuple[RunResult, Any]:
-        w.jobs += 1
         w.ready = False
         try:
             w.conn.send(("job", job))
@@ -237,6 +235,8 @@ def _serve(conn: Connection) -> None:
     import cv2
 
     cv2.setNumThreads(int(os.environ.get(THREADS_ENV) or 0))
+    from pipeline.recording import generate, warm_up  # the run loop: torch, cv2, ffmpeg helpers
+
     cancelled = threading.Event()
     signal.signal(signal.SIGUSR1, lambda *_: cancelled.set())
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C in the server's terminal is the server's
@@ -256,12 +256,10 @@ def _serve(conn: Connection) -> None:
         if msg[0] == "stop":
             return
         if msg[0] == "warm":
-            _warm()
+            warm_up()
             continue
         job = msg[1]
         cancelled.clear()
-        from pipeline.recording import generate
-
         try:
             result, scores = generate(job["video"], job["audio"], job["output"], options=job["options"],
                                       progress=lambda s, f: send(("progress", s, f)),
@@ -270,22 +268,6 @@ def _serve(conn: Connection) -> None:
             send(("done", result, scores))
         except Exception as exc:  # noqa: BLE001 - handed to the parent, which records it
             send(("error", _sendable(exc)))
-
-
-def _warm() -> None:
-    try:
-        import numpy as np
-
-        import skimage.metrics  # noqa: F401 - scoring's SSIM (scipy.ndimage with it)
-
-        from eval import score  # noqa: F401 - the scorer, imported on a job's first scoring else
-        from pipeline import audio, recording  # noqa: F401 - imports torch, cv2, the run loop
-        from pipeline.faces import make_tracker
-
-        make_tracker("auto")
-        audio.melspectrogram(np.zeros(audio.SAMPLE_RATE, np.float32))
-    except Exception:  # noqa: BLE001 - only a speed-up; the first job pays instead
-        log.warning("worker warm-up failed", exc_info=True)
 
 
 def _sendable(exc: BaseException) -> BaseException:

@@ -19,6 +19,12 @@ import numpy as np
 from pipeline.blend import Patch, paste as paste_bgr
 
 
+def even_box(x1: int, y1: int, x2: int, y2: int, width: int, height: int) -> tuple[int, int, int, int]:
+    """(x1, y1, x2, y2) grown to even corners (I420's chroma is per 2x2 block), inside width x height."""
+    x1, y1 = max(0, x1 - x1 % 2), max(0, y1 - y1 % 2)
+    return x1, y1, min(width, x2 + x2 % 2), min(height, y2 + y2 % 2)
+
+
 class YuvFrame:
     """One I420 frame: ``data`` is (H * 3 // 2, W) uint8, H and W even."""
 
@@ -51,9 +57,7 @@ class YuvFrame:
         return y, u, v
 
     def _even_region(self, x1: int, y1: int, x2: int, y2: int) -> tuple[int, int, int, int]:
-        x1, y1 = max(0, x1 - x1 % 2), max(0, y1 - y1 % 2)
-        x2, y2 = min(self.width, x2 + x2 % 2), min(self.height, y2 + y2 % 2)
-        return x1, y1, x2, y2
+        return even_box(x1, y1, x2, y2, self.width, self.height)
 
     def region_bgr(self, x1: int, y1: int, x2: int, y2: int) -> np.ndarray:
         """BGR (y2 - y1, x2 - x1, 3) of a region whose corners are even and inside the frame."""

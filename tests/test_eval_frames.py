@@ -116,7 +116,7 @@ def test_scoring_without_weights_does_not_import_torch(synth_dir: Path, speech_w
     video = media.face_video(synth_dir / "eval_notorch.mp4", seconds=2.0, audio=speech_wav)
     code = (
         "import json, sys\n"
-        "from pipeline.faces import make_tracker, track_frames\n"
+        "from pipeline.faces import make_tracker\nfrom pipeline.tracking import track_frames\n"
         "from pipeline.video_io import read_frames\n"
         "from eval.score import score_videos\n"
         f"v = {str(video)!r}\n"

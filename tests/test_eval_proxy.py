@@ -13,7 +13,8 @@ from eval import lse
 from eval import sync_proxy as sp
 from eval.score import score_videos
 from pipeline.audio import SAMPLE_RATE, load_audio
-from pipeline.faces import make_tracker, track_frames
+from pipeline.faces import make_tracker
+from pipeline.tracking import track_frames
 from pipeline.video_io import read_frames
 
 FPS = 25.0

@@ -144,7 +144,8 @@ def test_region_decode_and_kept_originals_give_the_same_scores(talking: Path, ge
                                                                monkeypatch: pytest.MonkeyPatch) -> None:
     """The cheap paths (landmarks on a decoded region, originals handed over by the job) give
     exactly the scores of decoding both videos whole."""
-    from pipeline.faces import make_tracker, track_frames
+    from pipeline.faces import make_tracker
+    from pipeline.tracking import track_frames
     from pipeline.video_io import read_frames
     from pipeline.yuv import YuvFrame
 

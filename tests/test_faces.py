@@ -12,7 +12,8 @@ import pytest
 import media
 from pipeline.errors import NoFaceFound, WeightsUnavailable
 from pipeline.face_backends import dlib_predictor_path, insightface_pack_dir, tracker_status
-from pipeline.faces import Face, FaceTracker, Track, iou, make_tracker, track_frames
+from pipeline.faces import Face, FaceTracker, iou, make_tracker
+from pipeline.tracking import Track, track_frames
 
 HALF = media.FACE_SIZE // 2  # px: tracking size of the synthetic frames (what run.py's scaling gives 768 px)
 

@@ -9,6 +9,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import psutil
@@ -51,7 +52,7 @@ def _opts(work: Path, **kw: object) -> RunOptions:
     return RunOptions(model="baseline", work_dir=str(work), **kw)
 
 
-def _when_generating(flag: threading.Event, then: callable):
+def _when_generating(flag: threading.Event, then: Callable[[], object]) -> Callable[[str, float], None]:
     """A progress callback that calls ``then`` once the job reaches the generate stage."""
     def progress(stage: str, fraction: float) -> None:
         if stage == "generate" and not flag.is_set():

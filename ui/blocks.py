@@ -7,7 +7,6 @@ import logging
 import threading
 
 import gradio as gr
-import numpy as np
 
 from storage.jobs import JobStore
 from ui.context import AppContext
@@ -25,16 +24,6 @@ INTRO = ("Lip-sync a face video (or a still photo) to a speech track. The result
          "the original with its scores, and every job is kept in the History.")
 
 
-def _warm_up() -> None:
-    """Import and run the audio front end once (librosa's first call costs seconds)."""
-    try:
-        from pipeline import audio
-
-        audio.melspectrogram(np.zeros(audio.SAMPLE_RATE, np.float32))  # 1 s of silence
-    except Exception:  # noqa: BLE001 - only a speed-up; the first job pays the cost instead
-        log.warning("audio warm-up failed", exc_info=True)
-
-
 def make_context(settings: Settings) -> AppContext:
     """Open the job history (marking jobs of dead processes interrupted), delete the job temp
     folders of dead processes, give this process its own (``settings.work_dir``) and make the
@@ -43,7 +32,6 @@ def make_context(settings: Settings) -> AppContext:
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     clean_stale_work_dirs(settings.data_dir)
     settings = dataclasses.replace(settings, work_dir=process_work_dir(settings.data_dir))
-    threading.Thread(target=_warm_up, name="audio-warm-up", daemon=True).start()
     store = JobStore(settings.db_path, data_dir=settings.data_dir)
     if store.recovered:
         log.warning("%d job(s) of an earlier process were marked interrupted", len(store.recovered))
@@ -53,11 +41,15 @@ def make_context(settings: Settings) -> AppContext:
         log.exception("could not make the example inputs")
         examples = {}
     workers = None
-    if settings.isolate:
+    if settings.isolate:  # jobs run in the workers: they warm up, the server need not
         from pipeline.worker import WorkerPool
 
         workers = WorkerPool(settings.max_jobs, lane_dir=settings.work_dir)
-        threading.Thread(target=workers.start, name="workers-start", daemon=True).start()
+        workers.start()
+    else:
+        from pipeline.recording import warm_up
+
+        threading.Thread(target=warm_up, name="warm-up", daemon=True).start()
     return AppContext(settings=settings, store=store, examples=examples, workers=workers)
 
 
