@@ -33,13 +33,12 @@ from pipeline.errors import InvalidMedia
 from pipeline.faces import LANDMARK_FACE_PX, LANDMARK_MARGIN, Face, FaceTracker
 from pipeline.ffmpeg import base_cmd, input_args
 from pipeline.probe import MediaInfo
-from pipeline.video_io import SELECT_MAX_TERMS, pipe_frames, read_frames, select_expr
+from pipeline.video_io import DECODE_THREADS, SELECT_MAX_TERMS, pipe_frames, read_frames, select_expr
 from pipeline.yuv import YuvFrame, even_box
 
 FPS_TOLERANCE = 1e-3  # relative: 25 vs 25.02 is the same rate
 ASPECT_TOLERANCE = 0.01  # relative aspect-ratio difference accepted for scaling
 _EPS = 1e-9  # guards floor() against products a hair below an integer
-DECODE_THREADS = 1  # region_frames' H.264 decoder threads: frame threads cost ~10% more CPU in all
 
 
 @dataclass(frozen=True)

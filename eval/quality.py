@@ -85,11 +85,16 @@ def sample_plan(n: int, counts: dict[str, int]) -> dict[str, frozenset[int]]:
 @dataclass
 class QualityAccumulator:
     """Per-frame PSNR/SSIM of each metric (``psnr_full``, ``ssim_full``, ``psnr_face``,
-    ``ssim_face``) on its own sampled frames; :meth:`means` averages them."""
+    ``ssim_face``) on its own sampled frames; :meth:`means` averages them. Frames may be
+    added from several threads, in any order: the means do not depend on it."""
 
     frames: dict[str, frozenset[int]]  # metric -> frame indices it is measured on
-    values: dict[str, list[float]] = field(default_factory=lambda: {m: [] for m in QUALITY_METRICS})
-    face_missing: int = 0  # face-sampled frames without a usable face box
+    values: dict[str, dict[int, float]] = field(default_factory=lambda: {m: {} for m in QUALITY_METRICS})
+    missing: set[int] = field(default_factory=set)  # face-sampled frames without a usable face box
+
+    @property
+    def face_missing(self) -> int:
+        return len(self.missing)
 
     @property
     def wanted(self) -> frozenset[int]:
@@ -102,23 +107,23 @@ class QualityAccumulator:
         ``pipeline.yuv.YuvFrame``s: only the face crop is converted to BGR."""
         on = {m for m in QUALITY_METRICS if i in self.frames.get(m, ())}
         if "psnr_full" in on:
-            self.values["psnr_full"].append(psnr(original, generated))
+            self.values["psnr_full"][i] = psnr(original, generated)
         if "ssim_full" in on:
-            self.values["ssim_full"].append(ssim(original, generated))
+            self.values["ssim_full"][i] = ssim(original, generated)
         if not on & {"psnr_face", "ssim_face"}:
             return
         h, w = original.shape[:2]
         crop = None if box is None else lower_face_box(box, w, h)
         if crop is None:
-            self.face_missing += 1
+            self.missing.add(i)
             return
         c0, r0, c1, r1 = crop
         a, b = original[r0:r1, c0:c1], generated[r0:r1, c0:c1]
         if "psnr_face" in on:
-            self.values["psnr_face"].append(psnr(a, b))
+            self.values["psnr_face"][i] = psnr(a, b)
         if "ssim_face" in on:
-            self.values["ssim_face"].append(ssim(a, b))
+            self.values["ssim_face"][i] = ssim(a, b)
 
     def means(self) -> dict[str, float | None]:
-        """Mean of each per-frame list (None where no frame was measured)."""
-        return {m: (float(np.mean(v)) if v else None) for m, v in self.values.items()}
+        """Mean of each metric's per-frame values in frame order (None where no frame was measured)."""
+        return {m: (float(np.mean([v[i] for i in sorted(v)])) if v else None) for m, v in self.values.items()}

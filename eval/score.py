@@ -34,8 +34,9 @@ import logging
 import os
 import sys
 import tempfile
+import threading
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import closing
 from typing import Any
@@ -52,6 +53,7 @@ from eval.syncnet_weights import resolve_syncnet
 from pipeline.audio import load_audio
 from pipeline.errors import InvalidMedia, NoFaceFound, WeightsInvalid, WeightsUnavailable
 from pipeline.faces import LANDMARK_FACE_PX, LANDMARK_MARGIN, Face, make_tracker
+from pipeline.opencv import configure_opencv_threads
 from pipeline.tracking import Track
 from pipeline.options import RunOptions
 from pipeline.probe import MediaInfo, probe
@@ -64,7 +66,13 @@ log = logging.getLogger(__name__)
 # cheap (an exact integer sum of squares); one full-frame 720p SSIM costs 0.3-0.8 s of CPU.
 QUALITY_SAMPLES = {"psnr_full": 25, "ssim_full": 1, "psnr_face": 25, "ssim_face": 10}
 LANDMARK_RATE_HZ = 12.5  # mouth landmarks per second of video (dlib's fit costs ~2.5-4.5 ms a frame)
-MAX_QUEUED = 4  # sampled frame pairs waiting for the quality worker (a 720p pair holds ~4 MB)
+# Sampled frame pairs waiting for the quality worker: up to QUEUE_BYTES of them (a 720p I420
+# pair is 2.8 MB, so every sample of a 720p job; 15 pairs at 1080p), at least MIN_QUEUED.
+# A short queue stalls the decode while the worker runs the full-frame SSIM (0.3-0.4 s on
+# one core, the other idle: ~0.2 s of a 1.4 s scoring on 2 cores).
+QUEUE_BYTES = 96 * 2**20
+MIN_QUEUED = 4
+QUALITY_WORKERS = 2  # threads computing PSNR/SSIM (tail of a 720p scoring: 0.35 s on 1 core before)
 PLAN_MODE = "pingpong"  # how the run loop extends a video shorter than its audio
 COLOUR = ("BGR uint8 from the decoded I420 frames of both videos (OpenCV COLOR_YUV2BGR_I420, "
           "BT.601 limited range), no other conversion")
@@ -83,7 +91,10 @@ def score_videos(original: str | os.PathLike[str], generated: str | os.PathLike[
     Raises InvalidMedia when the videos cannot be aligned.
     """
     t0 = time.perf_counter()
-    oinfo, ginfo = probe(original), probe(generated)
+    configure_opencv_threads()
+    audio_job = _in_background(_audio, audio, generated)  # an ffmpeg decode, beside the frames
+    ginfo_job = _in_background(probe, generated)
+    oinfo, ginfo = probe(original), ginfo_job.result()
     al = align(oinfo, ginfo)
     facts: dict[str, Any] = {"alignment": al.note, "fps": al.fps, "size": list(al.size)}
     seconds: dict[str, float] = {}
@@ -99,12 +110,8 @@ def score_videos(original: str | os.PathLike[str], generated: str | os.PathLike[
     if track is not None:
         facts["frames_without_face"] = track.frames_without_face
 
-    wav, audio_reason = _audio(audio, generated)
-    model, lse_reason = (None, "n/a (no audio to score against): " + audio_reason) if wav is None else \
-        _syncnet(syncnet_checkpoint, device)
+    model, lse_reason = _syncnet(syncnet_checkpoint, device)
     landmarker, proxy_reason = _landmarker()
-    if wav is None:
-        proxy_reason = "n/a (no audio to score against): " + audio_reason
     if track is None:
         lse_reason = lse_reason or f"n/a ({face_reason})"
         proxy_reason = proxy_reason or f"n/a ({face_reason})"
@@ -131,20 +138,21 @@ def score_videos(original: str | os.PathLike[str], generated: str | os.PathLike[
     waiting: dict[int, YuvFrame] = dict(kept)  # original frames at hand before their generated partner
     n_gen = 0
     compared: list[Future[None]] = []
+    max_queued = max(MIN_QUEUED, QUEUE_BYTES // max(1, 3 * al.size[0] * al.size[1]))  # I420 pair: 2 x 1.5 B/px
 
     def compare(i: int, g: YuvFrame) -> None:
         o = _next_sampled(orig_iter, waiting, i)
         if o is not None:
             compared.append(pool.submit(_compare, acc, i, o, g, faces.get(i)))
-            if len(compared) > MAX_QUEUED:
-                compared[-MAX_QUEUED - 1].result()  # bounds the frames held in the queue
+            if len(compared) > max_queued:
+                compared[-max_queued - 1].result()  # bounds the frames held in the queue
         if i == samples[-1]:
             orig_iter.close()  # stops ffmpeg decoding the rest of the original
 
-    # PSNR/SSIM run on a worker thread, so they fill the time this thread waits on ffmpeg's
-    # pipes (scipy's filters and dlib hold the GIL, so they do not run side by side); one
-    # worker keeps the per-frame values in frame order.
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="eval-quality") as pool, \
+    # PSNR/SSIM run on worker threads, so they fill the time this thread waits on ffmpeg's
+    # pipes; scipy's filters and OpenCV release the GIL, so once the decode is done the
+    # backlog runs on every core (the accumulator keys values by frame: order is free).
+    with ThreadPoolExecutor(max_workers=QUALITY_WORKERS, thread_name_prefix="eval-quality") as pool, \
             tempfile.TemporaryDirectory(prefix="lipsync-eval-") as tmp, closing(orig_iter):
         if region is None:
             with closing(generated_frames(ginfo, al)) as frames:
@@ -184,6 +192,9 @@ def score_videos(original: str | os.PathLike[str], generated: str | os.PathLike[
     n_cmp = min(n_orig, n_gen)
     facts.update(original_frames=n_orig, generated_frames=n_gen, compared_frames=n_cmp)
 
+    wav, audio_reason = audio_job.result()
+    if wav is None:
+        lse_reason = proxy_reason = "n/a (no audio to score against): " + audio_reason
     scores = _quality_scores(acc, al.note, n_cmp, face_reason)
     t = time.perf_counter()
     scores += _lse_scores(model, lse_reason, crops, wav, al.fps)
@@ -283,6 +294,20 @@ def _track_original(info: MediaInfo, fps: float) -> Track:
 
     return track_video(info.path, info, options=RunOptions(), fps=fps,  # every frame the decoder yields
                        n_track=sys.maxsize, landmarks=False)  # scoring reads the boxes only
+
+
+def _in_background(fn: Callable[..., Any], *args: Any) -> Future[Any]:
+    """``fn(*args)`` on a daemon thread; its result (or exception) in the returned future."""
+    job: Future[Any] = Future()
+
+    def work() -> None:
+        try:
+            job.set_result(fn(*args))
+        except BaseException as exc:  # noqa: BLE001 - re-raised by job.result() in the caller
+            job.set_exception(exc)
+
+    threading.Thread(target=work, name=f"eval-{getattr(fn, '__name__', 'job')}", daemon=True).start()
+    return job
 
 
 def _audio(audio: str | os.PathLike[str] | None, generated: str | os.PathLike[str]

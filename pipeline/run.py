@@ -26,6 +26,7 @@ import shutil
 import tempfile
 import time
 from collections.abc import Callable, Collection, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +38,7 @@ from pipeline.errors import JobCancelled, JobTimeout
 from pipeline.faces import make_tracker
 from pipeline.tracking import Track, track_frames
 from pipeline.generators import Generator
+from pipeline.opencv import configure_opencv_threads
 from pipeline.options import RunOptions, RunResult
 from pipeline.probe import MediaInfo, probe, validate_audio_input, validate_face_input
 from pipeline.select import select_generator
@@ -108,6 +110,7 @@ def run(
     ``exc.timings = {"seconds": {...}, "offsets": {...}}`` for the job record.
     """
     clock = StageClock()
+    configure_opencv_threads()
     try:
         return _run(video, audio, output, options=options or RunOptions(), progress=progress,
                     cancel=cancel, side_by_side=side_by_side, keep=keep, clock=clock)
@@ -139,16 +142,16 @@ def _run(video: str | os.PathLike[str], audio: str | os.PathLike[str],
         validate_audio_input(ainfo, options.limits)
 
     check("audio", 0.02)
-    with clock.stage("audio"):
-        wav = audio_mod.load_audio(audio, info=ainfo)
-        fps = STILL_FPS if vinfo.is_image else vinfo.video.fps
-        n_out = max(1, round(len(wav) / audio_mod.SAMPLE_RATE * fps))
-        mels = audio_mod.mel_chunks(audio_mod.melspectrogram(wav), fps, n_out)  # (n_out, 80, 16)
-        del wav
-
-    generator, model_reason = select_generator(options)
+    fps = STILL_FPS if vinfo.is_image else vinfo.video.fps
+    # The speech decodes (an ffmpeg process) while this thread counts the video's frames
+    # (another) and loads the generator.
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="audio") as pool:
+        speech = pool.submit(_speech, audio, ainfo, fps, clock)
+        generator, model_reason = select_generator(options)
+        n_source = 1 if vinfo.is_image else max(1, count_frames(video, fps=decode_rate(vinfo, fps), info=vinfo))
+        mels = speech.result()  # (n_out, 80, 16)
+    n_out = len(mels)
     width, height = vinfo.video.display_size
-    n_source = 1 if vinfo.is_image else max(1, count_frames(video, fps=decode_rate(vinfo, fps), info=vinfo))
     plan = frame_plan(n_source, n_out, mode=options.loop)
 
     track: Track | None = None
@@ -206,6 +209,15 @@ def _run(video: str | os.PathLike[str], audio: str | os.PathLike[str],
         originals=originals,
         started_wall=clock.wall0,
     )
+
+
+def _speech(audio: str | os.PathLike[str], info: MediaInfo, fps: float, clock: StageClock) -> np.ndarray:
+    """The speech's mel windows, one per output frame (n_out, 80, 16): the output lasts as
+    long as the audio, at ``fps``."""
+    with clock.stage("audio"):
+        wav = audio_mod.load_audio(audio, info=info)
+        n_out = max(1, round(len(wav) / audio_mod.SAMPLE_RATE * fps))
+        return audio_mod.mel_chunks(audio_mod.melspectrogram(wav), fps, n_out)
 
 
 def decode_rate(info: MediaInfo, fps: float) -> float | None:

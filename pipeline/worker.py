@@ -45,7 +45,6 @@ log = logging.getLogger(__name__)
 
 KILL_GRACE_S = 10.0  # seconds past a job's time limit before its worker is killed
 POLL_S = 0.1  # how often the parent checks cancel, the deadline and the worker's health
-THREADS_ENV = "LIPSYNC_WORKER_THREADS"  # OpenCV threads in a worker: its share of the cores
 _ROOT = Path(__file__).resolve().parent.parent  # the project root, for the child's sys.path
 
 
@@ -54,7 +53,7 @@ class _Worker:
 
     def __init__(self, lane_file: str, threads: int) -> None:
         mine, theirs = socket.socketpair()
-        env = {**os.environ, LANE_FILE_ENV: lane_file, THREADS_ENV: str(threads)}
+        env = {**os.environ, LANE_FILE_ENV: lane_file}
         for name in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
             env.setdefault(name, str(threads))  # BLAS pools spin-wait: one per worker, sized to its share
         env["PYTHONPATH"] = os.pathsep.join(p for p in (os.fspath(_ROOT), env.get("PYTHONPATH")) if p)
@@ -229,12 +228,12 @@ class WorkerPool:
 # ---- the child's side ---------------------------------------------------------------------
 
 def _serve(conn: Connection) -> None:
-    # One OpenCV pool per worker, each as wide as the machine, oversubscribes the cores when
-    # the workers run at once (2 baseline jobs on 2 cores: 0.92x one job's throughput with
-    # 2 threads each, against 1.16x for threads of one process).
-    import cv2
+    # One OpenCV pool per worker, each as wide as the machine, would oversubscribe the cores
+    # when the workers run at once (2 baseline jobs on 2 cores: 0.92x one job's throughput
+    # with 2 threads each, against 1.16x for threads of one process): see pipeline.opencv.
+    from pipeline.opencv import configure_opencv_threads
 
-    cv2.setNumThreads(int(os.environ.get(THREADS_ENV) or 0))
+    configure_opencv_threads()
     from pipeline.recording import generate, warm_up  # the run loop: torch, cv2, ffmpeg helpers
 
     cancelled = threading.Event()
