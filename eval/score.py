@@ -22,9 +22,10 @@ LANDMARK_FACE_PX wide (``eval.frames.region_frames``), writes the sampled frames
 temp file and counts the frames; its proxy differs from the whole-frame path's (OpenCV's
 per-crop area scaling) by about 0.01 in correlation, the quality scores not at all.
 
-Cost, monalisa_720p (426 frames), 2-core machine (bench/scoring_cost.py): about 1.4 s wall,
-2.1 s CPU: the decode ~0.75 s on ffmpeg's side, ~180 dlib fits ~0.5-0.6 s, one 720p SSIM
-~0.3 s, 25 PSNRs ~0.15 s (the Python parts hold the GIL, so they run one after another).
+Cost, monalisa_720p (426 frames), 2-core machine (bench/scoring_cost.py): about 1.15 s wall,
+2.1 s CPU, both cores busy throughout: the decode ~0.6-0.9 CPU s in ffmpeg, ~180 dlib fits
+~0.5 s, one 720p SSIM 0.3-0.4 s, 10 face SSIMs ~0.2 s, 50 PSNRs ~0.12 s. The speech and the
+generated video's probe load on threads beside the rest.
 """
 
 from __future__ import annotations
@@ -34,9 +35,8 @@ import logging
 import os
 import sys
 import tempfile
-import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import closing
 from typing import Any
@@ -57,6 +57,7 @@ from pipeline.opencv import configure_opencv_threads
 from pipeline.tracking import Track
 from pipeline.options import RunOptions
 from pipeline.probe import MediaInfo, probe
+from pipeline.streams import in_background
 from pipeline.video_io import frame_plan
 from pipeline.yuv import YuvFrame
 
@@ -92,8 +93,8 @@ def score_videos(original: str | os.PathLike[str], generated: str | os.PathLike[
     """
     t0 = time.perf_counter()
     configure_opencv_threads()
-    audio_job = _in_background(_audio, audio, generated)  # an ffmpeg decode, beside the frames
-    ginfo_job = _in_background(probe, generated)
+    audio_job = in_background(_audio, audio, generated, name="eval-audio")  # an ffmpeg decode, beside the frames
+    ginfo_job = in_background(probe, generated, name="eval-probe")
     oinfo, ginfo = probe(original), ginfo_job.result()
     al = align(oinfo, ginfo)
     facts: dict[str, Any] = {"alignment": al.note, "fps": al.fps, "size": list(al.size)}
@@ -294,20 +295,6 @@ def _track_original(info: MediaInfo, fps: float) -> Track:
 
     return track_video(info.path, info, options=RunOptions(), fps=fps,  # every frame the decoder yields
                        n_track=sys.maxsize, landmarks=False)  # scoring reads the boxes only
-
-
-def _in_background(fn: Callable[..., Any], *args: Any) -> Future[Any]:
-    """``fn(*args)`` on a daemon thread; its result (or exception) in the returned future."""
-    job: Future[Any] = Future()
-
-    def work() -> None:
-        try:
-            job.set_result(fn(*args))
-        except BaseException as exc:  # noqa: BLE001 - re-raised by job.result() in the caller
-            job.set_exception(exc)
-
-    threading.Thread(target=work, name=f"eval-{getattr(fn, '__name__', 'job')}", daemon=True).start()
-    return job
 
 
 def _audio(audio: str | os.PathLike[str] | None, generated: str | os.PathLike[str]

@@ -5,6 +5,7 @@ threads (pipeline.streams), so they overlap with generation; their stage times a
 seconds the job waited on them, not their total work:
   1. probe     read container/stream facts and validate both inputs
   2. audio     decode the speech to 16 kHz mono, Wav2Lip mel, one 80x16 window per frame
+               (on a thread, while the video's frames are counted and the generator loads)
   3. track     decode at reduced size, detect and smooth faces (skipped by passthrough)
   4. decode    full-size frames streamed from ffmpeg
   5. generate  the generator on a batch (the only stage that holds the GPU lane)
@@ -26,7 +27,6 @@ import shutil
 import tempfile
 import time
 from collections.abc import Callable, Collection, Iterator
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -42,7 +42,7 @@ from pipeline.opencv import configure_opencv_threads
 from pipeline.options import RunOptions, RunResult
 from pipeline.probe import MediaInfo, probe, validate_audio_input, validate_face_input
 from pipeline.select import select_generator
-from pipeline.streams import BackgroundWriter, Prefetch
+from pipeline.streams import BackgroundWriter, Prefetch, in_background
 from pipeline.yuv import YuvFrame, hstack, paste
 from pipeline.video_io import FrameWriter, count_frames, frame_plan, read_frames
 
@@ -145,11 +145,10 @@ def _run(video: str | os.PathLike[str], audio: str | os.PathLike[str],
     fps = STILL_FPS if vinfo.is_image else vinfo.video.fps
     # The speech decodes (an ffmpeg process) while this thread counts the video's frames
     # (another) and loads the generator.
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="audio") as pool:
-        speech = pool.submit(_speech, audio, ainfo, fps, clock)
-        generator, model_reason = select_generator(options)
-        n_source = 1 if vinfo.is_image else max(1, count_frames(video, fps=decode_rate(vinfo, fps), info=vinfo))
-        mels = speech.result()  # (n_out, 80, 16)
+    speech = in_background(_speech, audio, ainfo, fps, clock, name="audio")
+    generator, model_reason = select_generator(options)
+    n_source = 1 if vinfo.is_image else max(1, count_frames(video, fps=decode_rate(vinfo, fps), info=vinfo))
+    mels = speech.result()  # (n_out, 80, 16)
     n_out = len(mels)
     width, height = vinfo.video.display_size
     plan = frame_plan(n_source, n_out, mode=options.loop)
@@ -345,7 +344,8 @@ def _encode_all(audio: str | os.PathLike[str], out: Path, sbs: Path | None, *, o
     def writer(path: Path, w: int, crf: int, name: str) -> BackgroundWriter:
         return BackgroundWriter(FrameWriter(path, w, height, fps, audio_path=audio, crf=crf,
                                             preset=options.preset, encoder=options.encoder,
-                                            pix_fmt="yuv420p"), depth=depth, name=name)
+                                            pix_fmt="yuv420p", duration_s=n_out / fps),  # n_out frames
+                                depth=depth, name=name)
 
     review = writer(sbs, 2 * width, SBS_CRF, "encode-review") if sbs is not None else contextlib.nullcontext()
     with writer(out, width, options.crf, "encode") as main, review:

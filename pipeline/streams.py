@@ -12,7 +12,8 @@ from __future__ import annotations
 import logging
 import queue
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future
 from typing import Any
 
 import numpy as np
@@ -136,3 +137,18 @@ class BackgroundWriter:
             self.close()
         else:
             self.abort()
+
+
+def in_background(fn: Callable[..., Any], *args: Any, name: str = "background") -> Future[Any]:
+    """``fn(*args)`` on a daemon thread; its result (or its exception) in the returned future.
+    For work that waits on a subprocess (an ffmpeg decode, a probe) beside the caller's own."""
+    job: Future[Any] = Future()
+
+    def work() -> None:
+        try:
+            job.set_result(fn(*args))
+        except BaseException as exc:  # noqa: BLE001 - re-raised by job.result() in the caller
+            job.set_exception(exc)
+
+    threading.Thread(target=work, name=name, daemon=True).start()
+    return job

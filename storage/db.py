@@ -18,6 +18,7 @@ import errno
 import logging
 import os
 import sqlite3
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -29,6 +30,7 @@ DATA_DIR_ENV = "LIPSYNC_DATA_DIR"
 DEFAULT_DATA_DIR = "data"  # relative to the working directory
 DB_FILENAME = "jobs.db"
 BUSY_TIMEOUT_S = 30.0  # how long a writer waits for the write lock before StorageBusy
+WAL_RETRY_S = 0.005  # first pause before retrying a switch to WAL that met another's (doubles, to 0.5 s)
 RETENTION_DAYS_ENV = "LIPSYNC_RETENTION_DAYS"  # delete job files older than this many days
 RETENTION_MB_ENV = "LIPSYNC_RETENTION_MB"  # ... and the oldest beyond this many MiB in total
 
@@ -124,9 +126,30 @@ def configure(db: Database, *, busy_timeout_s: float = BUSY_TIMEOUT_S) -> Databa
     db.execute(f"PRAGMA busy_timeout = {int(busy_timeout_s * 1000)}")
     db.execute("PRAGMA foreign_keys = ON")
     if not db.memory:
-        db.enable_wal()
+        _enable_wal(db, busy_timeout_s)
         db.execute("PRAGMA synchronous = NORMAL")
     return db
+
+
+def _enable_wal(db: Database, timeout_s: float) -> None:
+    """Switch to WAL, retrying while other connections race to do the same on a fresh file.
+
+    The switch needs an exclusive lock, and SQLite answers "database is locked" at once,
+    without waiting on the busy timeout, to a connection that would deadlock with another
+    one upgrading its lock (measured: 2 of 60 rounds of 6 threads opening one fresh file).
+    """
+    deadline = time.monotonic() + timeout_s
+    delay = WAL_RETRY_S
+    while True:
+        try:
+            db.enable_wal()
+            return
+        except sqlite3.OperationalError as exc:
+            text = str(exc).lower()
+            if ("locked" not in text and "busy" not in text) or time.monotonic() + delay > deadline:
+                raise
+        time.sleep(delay)
+        delay = min(2 * delay, 0.5)
 
 
 def connect(path: str | os.PathLike[str], *, busy_timeout_s: float = BUSY_TIMEOUT_S) -> Database:

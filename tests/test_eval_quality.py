@@ -122,3 +122,24 @@ def test_face_only_frames_may_stay_i420() -> None:
     yuv.add(0, a, b, box)
     bgr.add(0, *(cv2.cvtColor(f.data, cv2.COLOR_YUV2BGR_I420) for f in (a, b)), box)
     assert yuv.values == bgr.values and len(yuv.values["ssim_face"]) == 1
+
+
+def test_accumulator_means_do_not_depend_on_the_order() -> None:
+    """Scoring adds sampled frames from two threads in whatever order they finish: the
+    means must be the same, bit for bit, as adding them in frame order."""
+    frames = {i: (_frame(10 + i), _frame(40 + i)) for i in range(7)}
+    plan = {"psnr_full": frozenset(range(7)), "ssim_full": frozenset({3}),
+            "psnr_face": frozenset(range(0, 7, 2)), "ssim_face": frozenset({1, 4, 6})}
+    box = (10.0, 8.0, 110.0, 90.0)
+    in_order, shuffled = quality.QualityAccumulator(dict(plan)), quality.QualityAccumulator(dict(plan))
+    for i in range(7):
+        in_order.add(i, *frames[i], box)
+    for i in (5, 0, 6, 3, 1, 4, 2):
+        shuffled.add(i, *frames[i], None if i == 2 else box)
+    shuffled_means, ordered_means = shuffled.means(), in_order.means()
+    assert shuffled.face_missing == 1 and in_order.face_missing == 0
+    assert shuffled_means["psnr_full"] == ordered_means["psnr_full"]  # exact, not approx
+    assert shuffled_means["ssim_face"] == ordered_means["ssim_face"]
+    assert shuffled_means["ssim_full"] == ordered_means["ssim_full"]
+    psnrs = [quality.psnr(*frames[i]) for i in range(7)]
+    assert ordered_means["psnr_full"] == float(np.mean(psnrs))

@@ -152,3 +152,20 @@ def test_keep_hands_over_the_original_frames(face_mp4: Path, speech_wav: Path, t
     src = list(read_frames(face_mp4, pix_fmt="yuv420p"))
     for i, frame in result.originals.items():
         assert np.array_equal(frame.data, src[i])  # byte-identical to a fresh decode
+
+
+def test_speech_error_from_its_thread_reaches_the_caller(face_mp4: Path, speech_wav: Path, tmp_path: Path,
+                                                          work: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The speech decodes on a thread beside the frame count; its failure is the job's error,
+    with the stage timings so far, and leaves no output and no job folder. (Fault injection:
+    ``load_audio`` is replaced by one that raises, since a file that passes the probe but
+    fails to decode cannot be made reliably.)"""
+    def broken(path, **kwargs):  # noqa: ANN001, ANN003, ANN202
+        raise InvalidMedia("speech.wav: the decoder gave no samples")
+
+    monkeypatch.setattr("pipeline.run.audio_mod.load_audio", broken)
+    out = tmp_path / "never.mp4"
+    with pytest.raises(InvalidMedia, match="gave no samples") as info:
+        run(face_mp4, speech_wav, out, options=RunOptions(model="passthrough", work_dir=str(work)))
+    assert not out.exists() and list(work.iterdir()) == []
+    assert "probe" in info.value.timings["seconds"] and "audio" in info.value.timings["offsets"]

@@ -213,6 +213,22 @@ def test_audio_muxed_and_shortest(d: Path, speech_wav: Path) -> None:
     assert probe(longer).duration_s == pytest.approx(3.0, abs=0.15)
 
 
+def test_audio_cut_at_duration_without_shortest(d: Path, speech_wav: Path) -> None:
+    """``duration_s`` cuts the audio there and leaves the video alone (no ``-shortest``):
+    1 s of the 3 s speech under 2 s of video."""
+    from pipeline.audio import SAMPLE_RATE, load_audio
+
+    out = d / "cut_audio.mp4"
+    with FrameWriter(out, 64, 48, 25, audio_path=speech_wav, duration_s=1.0) as w:
+        for _ in range(50):
+            w.write(marker_frame())
+    assert w.frames_written == 50 and w.frames_dropped == 0
+    assert count_frames(out) == 50
+    samples = len(load_audio(out))
+    assert abs(samples - SAMPLE_RATE) <= 1024 + 64, samples  # within one AAC frame (+ resampler delay)
+    assert probe(out).duration_s == pytest.approx(2.0, abs=0.1)
+
+
 def test_encoder_failure_raises_ffmpeg_error(d: Path) -> None:
     out = d / "bad.mp4"
     with pytest.raises(FFmpegError, match="encoding bad.mp4 failed.*invalid preset"):
