@@ -141,8 +141,24 @@ def _run(video: str | os.PathLike[str], audio: str | os.PathLike[str],
         ainfo = probe(audio)
         validate_audio_input(ainfo, options.limits)
 
-    check("audio", 0.02)
     fps = STILL_FPS if vinfo.is_image else vinfo.video.fps
+    # The decoder starts now and reads ahead while the speech loads and the faces are tracked.
+    decoded = Prefetch(read_frames(video, fps=decode_rate(vinfo, fps), info=vinfo, pix_fmt="yuv420p"),
+                       depth=STREAM_DEPTH, name="decode")
+    try:
+        return _job(video, audio, output, vinfo=vinfo, ainfo=ainfo, fps=fps, decoded=decoded,
+                    options=options, report=report, check=check, side_by_side=side_by_side, keep=keep,
+                    clock=clock)
+    finally:
+        decoded.close()
+
+
+def _job(video: str | os.PathLike[str], audio: str | os.PathLike[str], output: str | os.PathLike[str], *,
+         vinfo: MediaInfo, ainfo: MediaInfo, fps: float, decoded: Iterator[np.ndarray],
+         options: RunOptions, report: ProgressFn, check: Callable[[str, float], None],
+         side_by_side: str | os.PathLike[str] | None,
+         keep: Collection[int] | Callable[[int], Collection[int]] | None, clock: StageClock) -> RunResult:
+    check("audio", 0.02)
     # The speech decodes (an ffmpeg process) while this thread counts the video's frames
     # (another) and loads the generator.
     speech = in_background(_speech, audio, ainfo, fps, clock, name="audio")
@@ -172,7 +188,7 @@ def _run(video: str | os.PathLike[str], audio: str | os.PathLike[str],
     try:
         tmp_out = workdir / "out.mp4"
         tmp_sbs = workdir / "side_by_side.mp4" if side_by_side is not None else None
-        _render(video, audio, tmp_out, tmp_sbs, vinfo=vinfo, options=options, generator=generator,
+        _render(decoded, audio, tmp_out, tmp_sbs, vinfo=vinfo, options=options, generator=generator,
                 track=track, mels=mels, plan=plan, fps=fps, size=(width, height),
                 workdir=workdir, clock=clock, check=check, keep=(wanted, originals))
         out = Path(output)
@@ -262,17 +278,17 @@ def _frames_without_face(track: Track | None, plan: np.ndarray) -> int:
     return sum(1 for i in plan if track.at(i) is None)
 
 
-def _source_iter(video: str | os.PathLike[str], info: MediaInfo, plan: np.ndarray,
-                 workdir: Path, fps: float) -> Iterator[YuvFrame]:
+def _source_iter(source: Iterator[np.ndarray], info: MediaInfo, plan: np.ndarray,
+                 workdir: Path) -> Iterator[YuvFrame]:
     """Full-size source frames (I420, see pipeline.yuv) in ``plan`` order, bounded memory.
 
     A forward plan streams straight from ffmpeg. A plan that revisits frames (the audio is
     longer than the video) spools the frames it shows again, on their first pass, into one
     raw file in the job folder and reads them back from it, so memory never grows with the
     output length.
+    ``source`` is the decoder's I420 frames (``read_frames(..., pix_fmt="yuv420p")``).
     Every yielded frame is a fresh buffer: the caller pastes into it.
     """
-    source = read_frames(video, fps=decode_rate(info, fps), info=info, pix_fmt="yuv420p")
     # Frames shown again later (a ping-pong or loop extension) are spooled on first sight;
     # only those: a plan extended by a few frames spools a few frames, not the whole clip.
     prev_max = np.concatenate([[-1], np.maximum.accumulate(plan)[:-1]])  # (N,) max index shown before
@@ -305,13 +321,12 @@ def _source_iter(video: str | os.PathLike[str], info: MediaInfo, plan: np.ndarra
                 spool.readinto(memoryview(buf).cast("B"))
                 yield YuvFrame(buf)
     finally:
-        source.close()
         if spool is not None:
             spool.close()
             spool_path.unlink(missing_ok=True)
 
 
-def _render(video: str | os.PathLike[str], audio: str | os.PathLike[str], out: Path,
+def _render(decoded: Iterator[np.ndarray], audio: str | os.PathLike[str], out: Path,
             sbs: Path | None, *,
             vinfo: MediaInfo, options: RunOptions, generator: Generator, track: Track | None,
             mels: np.ndarray, plan: np.ndarray, fps: float, size: tuple[int, int],
@@ -320,8 +335,8 @@ def _render(video: str | os.PathLike[str], audio: str | os.PathLike[str], out: P
     """Stream frames through the generator, the blend and the encoder."""
     job = generator.new_job(fps=fps, width=size[0], height=size[1])
     batch_size = options.batch_size or getattr(generator, "default_batch_size", DEFAULT_BATCH)
-    frames_iter = Prefetch(_source_iter(video, vinfo, plan, workdir, fps),
-                           depth=max(STREAM_DEPTH, batch_size), name="decode")
+    frames_iter = Prefetch(_source_iter(decoded, vinfo, plan, workdir),
+                           depth=max(STREAM_DEPTH, batch_size), name="plan")
     try:
         _encode_all(audio, out, sbs, options=options, job=job, track=track, mels=mels, plan=plan,
                     fps=fps, size=size, batch_size=batch_size, frames_iter=frames_iter,

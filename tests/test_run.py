@@ -64,7 +64,7 @@ def test_extension_spools_only_the_frames_shown_again(face_mp4: Path, tmp_path: 
     src = [YuvFrame(f).data for f in read_frames(face_mp4, pix_fmt="yuv420p")]  # 50 frames
     plan = frame_plan(len(src), len(src) + 3, "pingpong")
     assert list(plan[-4:]) == [49, 48, 47, 46]
-    frames = _source_iter(face_mp4, info, plan, tmp_path, 25.0)
+    frames = _source_iter(read_frames(face_mp4, info=info, pix_fmt="yuv420p"), info, plan, tmp_path)
     got = [next(frames).data for _ in range(len(src) + 1)]
     assert (tmp_path / "frames.raw").stat().st_size == 3 * src[0].nbytes
     got += [f.data for f in frames]
