@@ -51,7 +51,6 @@ log = logging.getLogger(__name__)
 STILL_FPS = 25.0  # a still photo becomes a video at this rate
 KEEP_BUDGET_BYTES = 256 * 2**20  # at most this much of original frames kept for scoring
 STREAM_DEPTH = 16  # frames read ahead of / queued behind the main thread (bounded memory)
-DECODE_AHEAD = 4  # frames decoded before the render pass starts (hides ffmpeg's start-up)
 SBS_CRF = 23  # the review video favours size over fidelity
 DEFAULT_BATCH = 16  # frames per generator call when the generator names no size
 ProgressFn = Callable[[str, float], None]
@@ -145,7 +144,7 @@ def _run(video: str | os.PathLike[str], audio: str | os.PathLike[str],
     fps = STILL_FPS if vinfo.is_image else vinfo.video.fps
     # The decoder starts now and reads ahead while the speech loads and the faces are tracked.
     decoded = Prefetch(read_frames(video, fps=decode_rate(vinfo, fps), info=vinfo, pix_fmt="yuv420p"),
-                       depth=DECODE_AHEAD, name="decode")
+                       depth=STREAM_DEPTH, name="decode")
     try:
         return _job(video, audio, output, vinfo=vinfo, ainfo=ainfo, fps=fps, decoded=decoded,
                     options=options, report=report, check=check, side_by_side=side_by_side, keep=keep,
