@@ -57,8 +57,11 @@ class _Worker:
         for name in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
             env.setdefault(name, str(threads))  # BLAS pools spin-wait: one per worker, sized to its share
         env["PYTHONPATH"] = os.pathsep.join(p for p in (os.fspath(_ROOT), env.get("PYTHONPATH")) if p)
+        # Its own process group: a worker that dies mid-job leaves ffmpeg children behind
+        # (an encoder finishing a file in the job's scratch folder); stop() kills the group.
         self.proc = subprocess.Popen([sys.executable, "-m", "pipeline.worker", str(theirs.fileno())],
-                                     pass_fds=(theirs.fileno(),), env=env, stdin=subprocess.DEVNULL)
+                                     pass_fds=(theirs.fileno(),), env=env, stdin=subprocess.DEVNULL,
+                                     start_new_session=True)
         theirs.close()
         self.conn = Connection(mine.detach())
         self.ready = True  # False from sending a job until its answer is read: else the worker
@@ -85,6 +88,10 @@ class _Worker:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
+        try:
+            os.killpg(self.proc.pid, signal.SIGKILL)  # whatever it started and left running
+        except (ProcessLookupError, PermissionError):
+            pass  # none left
         self.conn.close()
 
     def death(self) -> str:

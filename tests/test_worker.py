@@ -95,9 +95,22 @@ def test_a_worker_that_dies_mid_job_fails_that_job_only(pool: WorkerPool, inputs
         pool.generate(inputs["video"], inputs["long"], tmp_path / "o.mp4", options=_opts(tmp_path / "w"),
                       progress=_when_generating(flag, lambda: os.kill(pool.pids()[0], sig)))
     assert not _running(before[0])
+    assert _group(before[0]) == []  # its ffmpeg decoder and encoder went with it
     assert list((tmp_path / "w").iterdir()) == []
     result, _ = pool.generate(inputs["video"], inputs["short"], tmp_path / "n.mp4", options=_opts(tmp_path / "w"))
     assert result.frames == 10 and pool.pids() != before
+
+
+def _group(pgid: int) -> list[str]:
+    """Live processes in process group ``pgid`` (a worker's own group, see pipeline.worker)."""
+    found = []
+    for p in psutil.process_iter(["name", "status"]):
+        try:
+            if os.getpgid(p.pid) == pgid and p.info["status"] != psutil.STATUS_ZOMBIE:
+                found.append(f"{p.pid} {p.info['name']}")
+        except (ProcessLookupError, psutil.Error):
+            continue
+    return found
 
 
 def test_a_worker_left_mid_job_is_not_reused(pool: WorkerPool, inputs: dict[str, Path], tmp_path: Path) -> None:
