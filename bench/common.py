@@ -30,8 +30,12 @@ def timed(fn: Callable[[], object]) -> float:
     return time.perf_counter() - start
 
 
-def alternate(runs: int, **fns: Callable[[], object]) -> dict[str, list[float]]:
-    """Run each named function ``runs`` times, interleaved (a, b, a, b, ...), in one process."""
+def alternate(runs: int, *, warmup: int = 0, **fns: Callable[[], object]) -> dict[str, list[float]]:
+    """Run each named function ``runs`` times, interleaved (a, b, a, b, ...), in one process,
+    after ``warmup`` untimed rounds (models loaded, caches filled: a server's steady state)."""
+    for _ in range(warmup):
+        for fn in fns.values():
+            fn()
     out: dict[str, list[float]] = {name: [] for name in fns}
     for _ in range(runs):
         for name, fn in fns.items():
