@@ -31,9 +31,9 @@ import numpy as np
 
 from pipeline.errors import InvalidMedia
 from pipeline.faces import LANDMARK_FACE_PX, LANDMARK_MARGIN, Face, FaceTracker
-from pipeline.ffmpeg import base_cmd, input_args
+from pipeline.ffmpeg import base_cmd
 from pipeline.probe import MediaInfo
-from pipeline.video_io import DECODE_THREADS, SELECT_MAX_TERMS, pipe_frames, read_frames, select_expr
+from pipeline.video_io import SELECT_MAX_TERMS, decoder_input, pipe_frames, read_frames, select_expr
 from pipeline.yuv import YuvFrame, even_box
 
 FPS_TOLERANCE = 1e-3  # relative: 25 vs 25.02 is the same rate
@@ -140,7 +140,7 @@ def region_frames(info: MediaInfo, region: tuple[int, int, int, int], rate: floa
     graph = (f"[0:v:0]split=3[a][b][c];[a]select='{steps}',crop={w}:{h}:{x}:{y},extractplanes=y{scale}[luma];"
              f"[b]select='{select}'[full];[c]crop=2:2:0:0[count]")
     out = ["-fps_mode", "passthrough", "-f", "rawvideo"]
-    cmd = [*base_cmd(), "-loglevel", "error", *input_args(info.path, pre=["-threads", str(DECODE_THREADS)]),
+    cmd = [*base_cmd(), "-loglevel", "error", *decoder_input(info.path),
            "-an", "-sn", "-dn", "-filter_complex", graph,
            "-map", "[luma]", *out, "-pix_fmt", "gray", "pipe:1",
            "-map", "[full]", *out, "-pix_fmt", "yuv420p", "file:" + os.fspath(full),

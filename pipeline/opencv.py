@@ -5,7 +5,10 @@ machine. The pipeline's work runs beside its ffmpeg decoder and encoder processe
 already keep the cores busy, and its OpenCV calls work on face-sized crops, where handing
 rows to other threads costs more than it saves. Measured on the 2-core machine (monalisa
 720p, baseline generator, 6 alternating runs each): 1 thread took 4.75 s wall and 8.40 CPU
-seconds against 5.08 s and 9.03 s with the default pool. ``$LIPSYNC_OPENCV_THREADS``
+seconds against 5.08 s and 9.03 s with the default pool. Worker processes each get their
+own pool, so wide pools would also oversubscribe the cores when workers run at once (2
+baseline jobs on 2 cores: 0.92x one job's throughput with 2 threads each). ``run()`` and
+``score_videos()`` call :func:`configure_opencv_threads`; ``$LIPSYNC_OPENCV_THREADS``
 overrides it (0 is OpenCV's default: all cores).
 """
 

@@ -96,7 +96,7 @@ def read_frames(path: str | os.PathLike[str], *, size: tuple[int, int] | None = 
     # a final scale pins the output size, so the byte stream can never be misframed
     flags = f":flags={TRACKING_SCALER}" if size else ""
     filters.append(f"scale={w}:{h}{flags}")
-    cmd = [*base_cmd(), "-loglevel", "error", *input_args(path, pre=["-threads", str(DECODE_THREADS)]), "-map", "0:v:0",
+    cmd = [*base_cmd(), "-loglevel", "error", *decoder_input(path), "-map", "0:v:0",
            "-an", "-sn", "-dn", "-vf", ",".join(filters)]
     if info.is_image:
         cmd += ["-frames:v", "1"]
@@ -107,6 +107,11 @@ def read_frames(path: str | os.PathLike[str], *, size: tuple[int, int] | None = 
     if wanted is None or len(wanted) <= SELECT_MAX_TERMS:
         return frames
     return _only(frames, wanted)
+
+
+def decoder_input(path: str | os.PathLike[str]) -> list[str]:
+    """``-i`` arguments for a file whose video is decoded to frames (``DECODE_THREADS`` threads)."""
+    return input_args(path, pre=["-threads", str(DECODE_THREADS)])
 
 
 def _only(frames: Iterator[np.ndarray], wanted: list[int]) -> Iterator[np.ndarray]:

@@ -235,12 +235,6 @@ class WorkerPool:
 # ---- the child's side ---------------------------------------------------------------------
 
 def _serve(conn: Connection) -> None:
-    # One OpenCV pool per worker, each as wide as the machine, would oversubscribe the cores
-    # when the workers run at once (2 baseline jobs on 2 cores: 0.92x one job's throughput
-    # with 2 threads each, against 1.16x for threads of one process): see pipeline.opencv.
-    from pipeline.opencv import configure_opencv_threads
-
-    configure_opencv_threads()
     from pipeline.recording import generate, warm_up  # the run loop: torch, cv2, ffmpeg helpers
 
     cancelled = threading.Event()
