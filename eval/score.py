@@ -15,17 +15,19 @@ from random weights is never reported, and torch is not imported for it (trackin
 original without a job's track goes through pipeline.run, which does import torch).
 
 A job hands over the original's frames at the sampled indices (``originals=``, from
-``pipeline.run.run(keep=sample_frames)``), so the original is not decoded at all. Without
+``pipeline.run.run(keep=sample_frames)``), so the original is not decoded at all, and its
+decoded speech (``speech=``), so the audio is not decoded again either. Without
 SyncNet weights, one ffmpeg decode of the generated video pipes only the luma of the face
 region of the landmark frames, scaled so the widest tracked face is at most
 LANDMARK_FACE_PX wide (``eval.frames.region_frames``), writes the sampled frames whole to a
 temp file and counts the frames; its proxy differs from the whole-frame path's (OpenCV's
 per-crop area scaling) by about 0.01 in correlation, the quality scores not at all.
 
-Cost, monalisa_720p (426 frames), 2-core machine (bench/scoring_cost.py): about 1.15 s wall,
-2.1 s CPU, both cores busy throughout: the decode ~0.6-0.9 CPU s in ffmpeg, ~180 dlib fits
-~0.5 s, one 720p SSIM 0.3-0.4 s, 10 face SSIMs ~0.2 s, 50 PSNRs ~0.12 s. The speech and the
-generated video's probe load on threads beside the rest.
+Cost, monalisa_720p (426 frames), 2-core machine (bench/scoring_cost.py): about 1.2-1.5 s
+wall, 2.2-2.6 s CPU, both cores busy throughout: the decode ~0.75 CPU s in ffmpeg, ~180
+dlib fits ~0.6 s (3.4 ms each: the 99 MB model's leaves miss the cache), one 720p SSIM ~0.3 s
+(by bands, on two threads), 10 face SSIMs ~0.15 s, 50 PSNRs ~0.12 s. The generated video's
+probe (and the speech, when not handed over) load on threads beside the rest.
 """
 
 from __future__ import annotations
@@ -82,22 +84,31 @@ COLOUR = ("BGR uint8 from the decoded I420 frames of both videos (OpenCV COLOR_Y
 def score_videos(original: str | os.PathLike[str], generated: str | os.PathLike[str], *,
                  audio: str | os.PathLike[str] | None = None, track: Track | None = None,
                  syncnet_checkpoint: str | os.PathLike[str] | None = None,
-                 device: str = "cpu", originals: Mapping[int, YuvFrame] | None = None) -> Scores:
+                 device: str = "cpu", originals: Mapping[int, YuvFrame] | None = None,
+                 speech: np.ndarray | None = None) -> Scores:
     """Every metric of ``generated`` against ``original`` (see the module doc).
 
     ``audio`` defaults to the generated video's own audio track; ``track`` is the
     original's face track at full-resolution coordinates (from the job), else the original
     is tracked here. ``originals`` maps frame indices to the original's frames already at hand
     (a job's ``RunResult.originals``, see :func:`sample_frames`): those are not decoded again.
+    ``speech`` is ``audio`` already decoded to 16 kHz mono (a job's ``RunResult.speech``, by
+    the same ``load_audio``): it is scored against instead of decoding ``audio`` again.
     Raises InvalidMedia when the videos cannot be aligned.
     """
     t0 = time.perf_counter()
     configure_opencv_threads()
-    audio_job = in_background(_audio, audio, generated, name="eval-audio")  # an ffmpeg decode, beside the frames
+    if speech is not None:
+        audio_job: Future[tuple[np.ndarray | None, str]] = Future()
+        audio_job.set_result((speech, ""))
+    else:
+        audio_job = in_background(_audio, audio, generated, name="eval-audio")  # an ffmpeg decode, beside the frames
+    speech_fact = "handed over by the job" if speech is not None else \
+        f"decoded from {os.path.basename(audio if audio is not None else generated)}"
     ginfo_job = in_background(probe, generated, name="eval-probe")
     oinfo, ginfo = probe(original), ginfo_job.result()
     al = align(oinfo, ginfo)
-    facts: dict[str, Any] = {"alignment": al.note, "fps": al.fps, "size": list(al.size)}
+    facts: dict[str, Any] = {"alignment": al.note, "fps": al.fps, "size": list(al.size), "speech": speech_fact}
     seconds: dict[str, float] = {}
 
     face_reason = None
@@ -231,11 +242,11 @@ def landmark_frame(i: int, fps: float) -> bool:
 def _compare(acc: quality.QualityAccumulator, i: int, frame0: YuvFrame, frame: YuvFrame,
              face: Face | None) -> None:
     """One sampled pair, on their common top-left area (both are even-sided I420 decodes).
-    A frame sampled for the face metrics only is converted to BGR only in the face crop
-    (``YuvFrame`` slicing: the same pixels as slicing the whole frame's conversion)."""
+    Frames of equal size go to the metrics as I420, which convert them to BGR band by band
+    or only in the face crop (``YuvFrame`` slicing: the same pixels as slicing the whole
+    frame's conversion)."""
     box = None if face is None else face.box
-    if frame0.shape == frame.shape and not any(
-            i in acc.frames.get(m, ()) for m in ("psnr_full", "ssim_full")):
+    if frame0.shape == frame.shape:
         acc.add(i, frame0, frame, box)
         return
     original, generated = frame0.to_bgr(), frame.to_bgr()

@@ -74,10 +74,14 @@ class RunResult:
     track: Any = field(default=None, repr=False, compare=False)  # pipeline.tracking.Track or None
     # output index -> the original frame (pipeline.yuv.YuvFrame) kept for scoring (run(keep=))
     originals: Any = field(default=None, repr=False, compare=False)
+    # the speech as the job decoded it (16 kHz mono float32 numpy array), kept with the
+    # originals for scoring (run(keep=)), else None
+    speech: Any = field(default=None, repr=False, compare=False)
     started_wall: float = field(default=0.0, repr=False, compare=False)  # time.time() at the run's start
 
     def to_dict(self) -> dict[str, Any]:
-        d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name not in ("track", "originals", "started_wall")}
+        d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) 
+             if f.name not in ("track", "originals", "speech", "started_wall")}
         d["timings"] = {k: round(v, 4) for k, v in self.timings.items()}
         d["stage_offsets"] = {k: round(v, 4) for k, v in self.stage_offsets.items()}
         return d

@@ -83,7 +83,7 @@ def score_result(video: str | os.PathLike[str], audio: str | os.PathLike[str],
 
     try:
         return score_videos(video, result.output_path, audio=audio, track=result.track,
-                            originals=result.originals)
+                            originals=result.originals, speech=result.speech)
     finally:
         if result.originals:
             result.originals.clear()  # the kept original frames (~1.4 MB each at 720p) are done with

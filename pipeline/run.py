@@ -103,7 +103,8 @@ def run(
     ``side_by_side`` also writes a frame-aligned review video there: original | result, with
     the new audio. ``keep`` names output frames whose ORIGINAL (source frame i, before any
     paste) is kept in ``result.originals`` for scoring, so the scorer need not decode the
-    original again; it is skipped when those frames would exceed ``KEEP_BUDGET_BYTES``. A
+    original again; it is skipped when those frames would exceed ``KEEP_BUDGET_BYTES``. With
+    ``keep``, ``result.speech`` also keeps the decoded speech (16 kHz mono) for the scorer. A
     callable ``keep`` is called with the number of source frames the output shows (the
     track's length, ``plan.max() + 1``) once that is known, and returns the indices.
     An exception leaving this function carries the partial stage timings as
@@ -164,7 +165,7 @@ def _job(video: str | os.PathLike[str], audio: str | os.PathLike[str], output: s
     speech = in_background(_speech, audio, ainfo, fps, clock, name="audio")
     generator, model_reason = select_generator(options)
     n_source = 1 if vinfo.is_image else max(1, count_frames(video, fps=decode_rate(vinfo, fps), info=vinfo))
-    mels = speech.result()  # (n_out, 80, 16)
+    wav, mels = speech.result()  # (N,) 16 kHz, (n_out, 80, 16)
     n_out = len(mels)
     width, height = vinfo.video.display_size
     plan = frame_plan(n_source, n_out, mode=options.loop)
@@ -222,17 +223,19 @@ def _job(video: str | os.PathLike[str], audio: str | os.PathLike[str], output: s
         audio=ainfo.to_dict(),
         track=track,
         originals=originals,
+        speech=wav if keep is not None else None,
         started_wall=clock.wall0,
     )
 
 
-def _speech(audio: str | os.PathLike[str], info: MediaInfo, fps: float, clock: StageClock) -> np.ndarray:
-    """The speech's mel windows, one per output frame (n_out, 80, 16): the output lasts as
-    long as the audio, at ``fps``."""
+def _speech(audio: str | os.PathLike[str], info: MediaInfo, fps: float, clock: StageClock
+            ) -> tuple[np.ndarray, np.ndarray]:
+    """The speech at 16 kHz (N,) and its mel windows, one per output frame (n_out, 80, 16):
+    the output lasts as long as the audio, at ``fps``."""
     with clock.stage("audio"):
         wav = audio_mod.load_audio(audio, info=info)
         n_out = max(1, round(len(wav) / audio_mod.SAMPLE_RATE * fps))
-        return audio_mod.mel_chunks(audio_mod.melspectrogram(wav), fps, n_out)
+        return wav, audio_mod.mel_chunks(audio_mod.melspectrogram(wav), fps, n_out)
 
 
 def decode_rate(info: MediaInfo, fps: float) -> float | None:

@@ -166,8 +166,9 @@ def test_region_decode_and_kept_originals_give_the_same_scores(talking: Path, ge
 
 def test_a_recorded_job_hands_its_originals_to_scoring(face_mp4: Path, speech_wav: Path,
                                                        tmp_path: Path) -> None:
-    """run_recorded keeps the originals of exactly the sampled frames (run(keep=callable)), the
-    scorer decodes none of the original, and the kept frames are released afterwards."""
+    """run_recorded keeps the originals of exactly the sampled frames (run(keep=callable)) and
+    the decoded speech; the scorer decodes none of the original and not the speech again, and
+    the kept frames are released afterwards. The scores equal those of decoding both again."""
     from pipeline.options import RunOptions
     from pipeline.recording import run_recorded
 
@@ -176,5 +177,10 @@ def test_a_recorded_job_hands_its_originals_to_scoring(face_mp4: Path, speech_wa
     facts = done.scores.facts
     assert facts["original_frames_reused"] == len(sample_frames(len(done.result.track))) > 0
     assert facts["generated_decode"].startswith("luma of region ")
+    assert facts["speech"] == "handed over by the job"
     assert done.result.originals == {}
     assert math.isfinite(done.scores.value("psnr_full")) and done.scores.value("sync_proxy_corr") is not None
+    again = score_videos(face_mp4, tmp_path / "o.mp4", audio=speech_wav, track=done.result.track)
+    assert again.facts["speech"] == "decoded from speech.wav" and again.facts["original_frames_reused"] == 0
+    for a, b in zip(done.scores.scores, again.scores):
+        assert (a.metric, a.value, a.reason) == (b.metric, b.value, b.reason)

@@ -152,6 +152,12 @@ def test_keep_hands_over_the_original_frames(face_mp4: Path, speech_wav: Path, t
     src = list(read_frames(face_mp4, pix_fmt="yuv420p"))
     for i, frame in result.originals.items():
         assert np.array_equal(frame.data, src[i])  # byte-identical to a fresh decode
+    from pipeline.audio import load_audio
+
+    assert np.array_equal(result.speech, load_audio(speech_wav))  # the speech, for the scorer too
+    assert "speech" not in result.to_dict()
+    plain = run(face_mp4, speech_wav, tmp_path / "p.mp4", options=RunOptions(model="passthrough"))
+    assert plain.speech is None and plain.originals == {}  # nothing kept without keep=
 
 
 def test_speech_error_from_its_thread_reaches_the_caller(face_mp4: Path, speech_wav: Path, tmp_path: Path,
