@@ -50,10 +50,9 @@ def psnr(a: Image, b: Image) -> float:
     """PSNR in dB of two equally shaped uint8 images (arrays or ``YuvFrame``s); +inf when they
     are identical.
 
-    For uint8 images the squared differences (at most 255^2, which fits uint16) are summed
-    exactly as integers, band by band; that exact sum divided by n is bit for bit the
-    float64 mean (whose partial sums of integers below 2^53 are exact too), about 7x faster
-    on a 720p frame.
+    For uint8 images the squared differences are summed exactly as 64-bit integers, band by
+    band; that exact sum divided by n is bit for bit the float64 mean (whose partial sums of
+    integers below 2^53 are exact too), about 4x faster on a 720p frame.
     """
     if a.shape != b.shape:
         raise ValueError(f"PSNR of differently shaped images {a.shape} and {b.shape}")
@@ -72,8 +71,8 @@ def psnr(a: Image, b: Image) -> float:
 
 def _squared_error(a: np.ndarray, b: np.ndarray) -> int:
     """The exact sum of squared differences of two uint8 arrays."""
-    d = cv2.absdiff(a, b).astype(np.uint16)  # |a - b|, same shape
-    return int(np.sum(d * d, dtype=np.int64))
+    d = cv2.absdiff(a, b).reshape(-1)  # |a - b|, flat
+    return int(np.einsum("i,i->", d, d, dtype=np.int64))  # integer products and sums: exact
 
 
 def ssim(a: Image, b: Image) -> float:
