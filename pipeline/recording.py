@@ -14,7 +14,7 @@ import os
 import threading
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -129,6 +129,7 @@ def generate(video: str | os.PathLike[str], audio: str | os.PathLike[str],
         if progress is not None:
             progress("score", 0.99)
         scores = _safe_scores(video, audio, result)
+        result = replace(result, speech=None)  # done with; a worker need not send it back
     return result, scores
 
 

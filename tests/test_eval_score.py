@@ -178,7 +178,7 @@ def test_a_recorded_job_hands_its_originals_to_scoring(face_mp4: Path, speech_wa
     assert facts["original_frames_reused"] == len(sample_frames(len(done.result.track))) > 0
     assert facts["generated_decode"].startswith("luma of region ")
     assert facts["speech"] == "handed over by the job"
-    assert done.result.originals == {}
+    assert done.result.originals == {} and done.result.speech is None  # released once scored
     assert math.isfinite(done.scores.value("psnr_full")) and done.scores.value("sync_proxy_corr") is not None
     again = score_videos(face_mp4, tmp_path / "o.mp4", audio=speech_wav, track=done.result.track)
     assert again.facts["speech"] == "decoded from speech.wav" and again.facts["original_frames_reused"] == 0

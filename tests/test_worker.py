@@ -67,6 +67,7 @@ def test_a_job_runs_in_a_reused_worker(pool: WorkerPool, inputs: dict[str, Path]
                                    options=_opts(tmp_path / "w"), progress=lambda s, f: stages.append(s))
     assert (tmp_path / "a.mp4").stat().st_size > 0 and result.frames == 10
     assert result.track is not None and not result.originals  # scored in the worker, frames released
+    assert result.speech is None  # and the speech, not sent back
     assert scores.value("psnr_full") > 20 and scores.value("lse_d") is None
     assert {"audio", "track", "generate", "score"} <= set(stages)
     pid = pool.pids()
