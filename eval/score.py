@@ -345,7 +345,8 @@ def _quality_scores(acc: quality.QualityAccumulator, note: str, n_cmp: int,
     base = {"colour": COLOUR, "alignment": note, "compared_frames": n_cmp,
             "psnr": "10*log10(255^2/MSE), MSE in float64 over pixels and channels; mean of per-frame dB",
             "ssim": "skimage.metrics.structural_similarity(" +
-                    ", ".join(f"{k}={v!r}" for k, v in quality.SSIM_ARGS.items()) + "); mean over frames"}
+                    ", ".join(f"{k}={v!r}" for k, v in quality.SSIM_ARGS.items()) + "); " + quality.SSIM_BANDS +
+                    "; mean over frames"}
     out = []
     for metric in QUALITY_METRICS:
         face = metric.endswith("_face")
