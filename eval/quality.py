@@ -7,23 +7,11 @@ and channel (identical frames give +inf); SSIM is scikit-image's
 averaged over the three channels by skimage itself. Both are computed on the full frame and
 on the lower-face crop the generator touches (:func:`lower_face_box`), per frame, then
 averaged (arithmetic mean; PSNR is averaged in dB) over the sampled frames.
-
-Both run over row bands of ``BAND_ROWS`` rows, so a whole 720p frame is never converted or
-expanded to float64 at once (skimage's 7.4 MB float64 maps miss the cache and fault fresh
-pages: 0.35-0.43 against 0.27-0.32 CPU s for one 720p SSIM). PSNR's exact integer sum is the same by
-bands. SSIM is skimage's own map (``full=True``) of each band with ``SSIM_PAD`` more rows on
-each side, which every map value of the band's rows depends on, so each value is the one
-the whole-frame call computes; only the mean's summation order differs (within 1e-12,
-tests/test_eval_quality.py). Frames may be ``pipeline.yuv.YuvFrame``s: a band converts only
-its own rows to BGR.
 """
 
 from __future__ import annotations
 
-import functools
 import math
-import os
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import cv2
@@ -31,39 +19,30 @@ import numpy as np
 from skimage.metrics import structural_similarity
 
 from eval.scores import QUALITY_METRICS
-from pipeline.yuv import YuvFrame
-
-Image = np.ndarray | YuvFrame  # BGR uint8, or I420 that slices like BGR
 
 SSIM_ARGS = {"gaussian_weights": True, "sigma": 1.5, "use_sample_covariance": False,
              "data_range": 255, "channel_axis": -1}
 SSIM_MIN_SIDE = 11  # px: skimage's gaussian window is 2 * int(3.5 * 1.5 + 0.5) + 1 = 11 wide
 PEAK = 255.0  # uint8 data range
-SSIM_PAD = (SSIM_MIN_SIDE - 1) // 2  # 5: skimage averages the map without this border, and a map
-# value depends on the rows up to this far away
-SSIM_THREADS = 2  # threads sharing the bands of one frame's SSIM (eval.score's pool also runs two frames)
-BAND_ROWS = 64  # rows per band: 74 rows x 1280 px of float64 is 0.76 MB, in a core's L2 cache
-SSIM_BANDS = (f"images taller than {2 * BAND_ROWS + 2 * SSIM_PAD} rows by bands of {BAND_ROWS} rows, each "
-              f"computed with {SSIM_PAD} more rows each side (the same map; its mean within 1e-12 of one call)")
+PSNR_BAND_ROWS = 64  # rows summed at a time: 64 x 1280 x 3 bytes of differences at 720p
 FACE_CROP = "lower half of the tracked face box: cols [x1, x2), rows [(y1 + y2) / 2, y2), clipped"
 
 
-def psnr(a: Image, b: Image) -> float:
-    """PSNR in dB of two equally shaped uint8 images (arrays or ``YuvFrame``s); +inf when they
-    are identical.
+def psnr(a: np.ndarray, b: np.ndarray) -> float:
+    """PSNR in dB of two equally shaped uint8 images; +inf when they are identical.
 
-    For uint8 images the squared differences are summed exactly as 64-bit integers, band by
-    band; that exact sum divided by n is bit for bit the float64 mean (whose partial sums of
-    integers below 2^53 are exact too), about 4x faster on a 720p frame.
+    For uint8 images the squared differences are summed exactly as 64-bit integers, over
+    bands of ``PSNR_BAND_ROWS`` rows (small temporaries, no fresh pages to fault in); that
+    exact sum divided by n is bit for bit the float64 mean (whose partial sums of integers
+    below 2^53 are exact too), about 4x faster on a 720p frame.
     """
     if a.shape != b.shape:
         raise ValueError(f"PSNR of differently shaped images {a.shape} and {b.shape}")
-    size = math.prod(a.shape)
-    if size == 0:
+    if a.size == 0:
         raise ValueError("PSNR of empty images")
-    if a.dtype == b.dtype == np.uint8 and len(a.shape) in (2, 3) and (len(a.shape) == 2 or a.shape[2] <= 4):
-        mse = sum(_squared_error(a[r:r + BAND_ROWS], b[r:r + BAND_ROWS])
-                  for r in range(0, a.shape[0], BAND_ROWS)) / size
+    if a.dtype == b.dtype == np.uint8 and a.ndim in (2, 3) and (a.ndim == 2 or a.shape[2] <= 4):
+        mse = sum(_squared_error(a[r:r + PSNR_BAND_ROWS], b[r:r + PSNR_BAND_ROWS])
+                  for r in range(0, a.shape[0], PSNR_BAND_ROWS)) / a.size
     else:
         mse = float(np.mean(np.square(a.astype(np.float64) - b.astype(np.float64))))
     if mse == 0.0:
@@ -77,41 +56,11 @@ def _squared_error(a: np.ndarray, b: np.ndarray) -> int:
     return int(np.einsum("i,i->", d, d, dtype=np.int64))  # integer products and sums: exact
 
 
-def ssim(a: Image, b: Image) -> float:
-    """SSIM of two equally shaped (H, W, 3) uint8 images (arrays or ``YuvFrame``s), skimage
-    with :data:`SSIM_ARGS`; by bands of rows when taller than two bands (see the module doc)."""
+def ssim(a: np.ndarray, b: np.ndarray) -> float:
+    """SSIM of two equally shaped (H, W, 3) uint8 images, skimage with :data:`SSIM_ARGS`."""
     if a.shape != b.shape:
         raise ValueError(f"SSIM of differently shaped images {a.shape} and {b.shape}")
-    h, w = a.shape[:2]
-    if h <= 2 * BAND_ROWS + 2 * SSIM_PAD or w < SSIM_MIN_SIDE:
-        return float(structural_similarity(a[:, :], b[:, :], **SSIM_ARGS))
-    starts = range(SSIM_PAD, h - SSIM_PAD, BAND_ROWS)
-    parts = _band_pool().map(lambda y0: _band_ssim_sums(a, b, y0), starts) if len(starts) > 4 else \
-        map(lambda y0: _band_ssim_sums(a, b, y0), starts)
-    sums = np.zeros(a.shape[2])  # per channel, summed in band order whatever thread computed a band
-    for part in parts:
-        sums += part
-    return float(np.mean(sums / ((h - 2 * SSIM_PAD) * (w - 2 * SSIM_PAD))))
-
-
-def _band_ssim_sums(a: Image, b: Image, y0: int) -> np.ndarray:
-    """Per channel, skimage's SSIM map summed over rows [y0, y0 + BAND_ROWS) (clipped) and the
-    columns it averages, computed on those rows with SSIM_PAD more on each side."""
-    h, w = a.shape[:2]
-    y1 = min(h - SSIM_PAD, y0 + BAND_ROWS)
-    rows = slice(y0 - SSIM_PAD, y1 + SSIM_PAD)
-    _, smap = structural_similarity(a[rows, :], b[rows, :], full=True, **SSIM_ARGS)  # (rows, W, 3)
-    return smap[SSIM_PAD:SSIM_PAD + y1 - y0, SSIM_PAD:w - SSIM_PAD].sum(axis=(0, 1))
-
-
-@functools.cache
-def _band_pool() -> ThreadPoolExecutor:
-    """Threads for the bands of a large frame's SSIM (scipy's filters release the GIL), so one
-    full-frame SSIM does not hold a scoring's tail on one core."""
-    return ThreadPoolExecutor(max_workers=SSIM_THREADS, thread_name_prefix="ssim-band")
-
-
-os.register_at_fork(after_in_child=_band_pool.cache_clear)  # a forked child has none of the threads
+    return float(structural_similarity(a, b, **SSIM_ARGS))
 
 
 def lower_face_box(box: tuple[float, float, float, float], width: int, height: int
@@ -162,8 +111,8 @@ class QualityAccumulator:
 
     def add(self, i: int, original: np.ndarray, generated: np.ndarray,
             box: tuple[float, float, float, float] | None) -> None:
-        """Frame i's values. The frames may be ``pipeline.yuv.YuvFrame``s: the full-frame
-        metrics convert them band by band, the face metrics only in the face crop."""
+        """Frame i's values. For frames of the face metrics only, the frames may be
+        ``pipeline.yuv.YuvFrame``s: only the face crop is converted to BGR."""
         on = {m for m in QUALITY_METRICS if i in self.frames.get(m, ())}
         if "psnr_full" in on:
             self.values["psnr_full"][i] = psnr(original, generated)

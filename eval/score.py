@@ -25,8 +25,8 @@ per-crop area scaling) by about 0.01 in correlation, the quality scores not at a
 
 Cost, monalisa_720p (426 frames), 2-core machine (bench/scoring_cost.py): about 1.2-1.5 s
 wall, 2.2-2.6 s CPU, both cores busy throughout: the decode ~0.75 CPU s in ffmpeg, ~180
-dlib fits ~0.6 s (3.4 ms each: the 99 MB model's leaves miss the cache), one 720p SSIM ~0.3 s
-(by bands, on two threads), 10 face SSIMs ~0.15 s, 50 PSNRs ~0.12 s. The generated video's
+dlib fits ~0.6 s (3.4 ms each: the 99 MB model's leaves miss the cache), one 720p SSIM
+0.3-0.4 s, 10 face SSIMs ~0.2 s, 50 PSNRs ~0.06 s. The generated video's
 probe (and the speech, when not handed over) load on threads beside the rest.
 """
 
@@ -242,11 +242,11 @@ def landmark_frame(i: int, fps: float) -> bool:
 def _compare(acc: quality.QualityAccumulator, i: int, frame0: YuvFrame, frame: YuvFrame,
              face: Face | None) -> None:
     """One sampled pair, on their common top-left area (both are even-sided I420 decodes).
-    Frames of equal size go to the metrics as I420, which convert them to BGR band by band
-    or only in the face crop (``YuvFrame`` slicing: the same pixels as slicing the whole
-    frame's conversion)."""
+    A frame sampled for the face metrics only is converted to BGR only in the face crop
+    (``YuvFrame`` slicing: the same pixels as slicing the whole frame's conversion)."""
     box = None if face is None else face.box
-    if frame0.shape == frame.shape:
+    if frame0.shape == frame.shape and not any(
+            i in acc.frames.get(m, ()) for m in ("psnr_full", "ssim_full")):
         acc.add(i, frame0, frame, box)
         return
     original, generated = frame0.to_bgr(), frame.to_bgr()
@@ -345,8 +345,7 @@ def _quality_scores(acc: quality.QualityAccumulator, note: str, n_cmp: int,
     base = {"colour": COLOUR, "alignment": note, "compared_frames": n_cmp,
             "psnr": "10*log10(255^2/MSE), MSE in float64 over pixels and channels; mean of per-frame dB",
             "ssim": "skimage.metrics.structural_similarity(" +
-                    ", ".join(f"{k}={v!r}" for k, v in quality.SSIM_ARGS.items()) + "); " + quality.SSIM_BANDS +
-                    "; mean over frames"}
+                    ", ".join(f"{k}={v!r}" for k, v in quality.SSIM_ARGS.items()) + "); mean over frames"}
     out = []
     for metric in QUALITY_METRICS:
         face = metric.endswith("_face")
