@@ -101,10 +101,10 @@ def score_videos(original: str | os.PathLike[str], generated: str | os.PathLike[
     if speech is not None:
         audio_job: Future[tuple[np.ndarray | None, str]] = Future()
         audio_job.set_result((speech, ""))
+        speech_fact = "handed over by the job"
     else:
         audio_job = in_background(_audio, audio, generated, name="eval-audio")  # an ffmpeg decode, beside the frames
-    speech_fact = "handed over by the job" if speech is not None else \
-        f"decoded from {os.path.basename(audio if audio is not None else generated)}"
+        speech_fact = f"decoded from {os.path.basename(audio if audio is not None else generated)}"
     ginfo_job = in_background(probe, generated, name="eval-probe")
     oinfo, ginfo = probe(original), ginfo_job.result()
     al = align(oinfo, ginfo)

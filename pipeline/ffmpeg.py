@@ -1,4 +1,5 @@
-"""Locating and running ffmpeg.
+"""Locating and running ffmpeg, and what its frame pipes share (rate strings, pipe size,
+stderr tails) between the decoder (``pipeline.video_io``) and the encoder (``pipeline.encode``).
 
 ffmpeg on PATH wins; otherwise the static binary shipped by ``imageio-ffmpeg`` is used,
 so nothing requires a system ffmpeg. There is no ffprobe: probing parses ``ffmpeg -i``.
@@ -15,12 +16,17 @@ import os
 import shutil
 import subprocess
 from collections.abc import Sequence
+from fractions import Fraction
+from typing import IO
 
 from pipeline.errors import FFmpegError
 
 log = logging.getLogger(__name__)
 
 STDERR_TAIL = 1500  # characters of ffmpeg's stderr kept in an FFmpegError
+PIPE_SIZE = 1 << 20  # bytes; a larger OS pipe buffer means fewer wakeups per 720p frame (2.7 MB)
+F_SETPIPE_SZ = 1031  # Linux fcntl command (not exported by Python's fcntl before 3.10 on all builds)
+PIX_FMTS = ("bgr24", "yuv420p")  # frame formats the frame pipes carry (read_frames yields, FrameWriter takes)
 
 # Demuxers a face video, a still photo or a speech track may use. Playlist and
 # indirection demuxers (hls, concat, ...) are absent on purpose.
@@ -79,3 +85,31 @@ def run_ffmpeg(args: Sequence[str], *, what: str, timeout: float | None = None) 
     if proc.returncode != 0:
         raise FFmpegError(f"{what} failed (ffmpeg exit {proc.returncode}): {stderr[-STDERR_TAIL:].strip()}")
     return stderr
+
+
+def rate_str(fps: float) -> str:
+    """An ffmpeg rate: 30000/1001 for 29.97, 25 for 25.0."""
+    frac = Fraction(fps).limit_denominator(1001)
+    return str(frac.numerator) if frac.denominator == 1 else f"{frac.numerator}/{frac.denominator}"
+
+
+def grow_pipe(stream: IO[bytes]) -> None:
+    """Grow a pipe to PIPE_SIZE bytes where the OS allows (Linux): fewer wakeups per frame."""
+    try:
+        import fcntl
+
+        fcntl.fcntl(stream.fileno(), F_SETPIPE_SZ, PIPE_SIZE)
+    except (ImportError, OSError):
+        pass  # a smaller pipe only costs a few more wakeups
+
+
+def stderr_tail(err: IO[bytes], path: str | None = None) -> str:
+    """The last STDERR_TAIL characters of ffmpeg's stderr file, with ``path`` shortened to its name."""
+    err.flush()
+    err.seek(0, os.SEEK_END)
+    size = err.tell()
+    err.seek(max(0, size - 4 * STDERR_TAIL))
+    text = err.read().decode("utf-8", "replace")
+    if path:
+        text = text.replace(path, os.path.basename(path))
+    return text[-STDERR_TAIL:].strip()

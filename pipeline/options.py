@@ -80,7 +80,7 @@ class RunResult:
     started_wall: float = field(default=0.0, repr=False, compare=False)  # time.time() at the run's start
 
     def to_dict(self) -> dict[str, Any]:
-        d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) 
+        d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
              if f.name not in ("track", "originals", "speech", "started_wall")}
         d["timings"] = {k: round(v, 4) for k, v in self.timings.items()}
         d["stage_offsets"] = {k: round(v, 4) for k, v in self.stage_offsets.items()}

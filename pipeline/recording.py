@@ -81,12 +81,8 @@ def score_result(video: str | os.PathLike[str], audio: str | os.PathLike[str],
     """Scores of ``result`` against the original; a scoring failure never fails the job."""
     from eval.score import score_videos
 
-    try:
-        return score_videos(video, result.output_path, audio=audio, track=result.track,
-                            originals=result.originals, speech=result.speech)
-    finally:
-        if result.originals:
-            result.originals.clear()  # the kept original frames (~1.4 MB each at 720p) are done with
+    return score_videos(video, result.output_path, audio=audio, track=result.track,
+                        originals=result.originals, speech=result.speech)
 
 
 def scored_frames(n_frames: int) -> set[int]:
@@ -129,7 +125,9 @@ def generate(video: str | os.PathLike[str], audio: str | os.PathLike[str],
         if progress is not None:
             progress("score", 0.99)
         scores = _safe_scores(video, audio, result)
-        result = replace(result, speech=None)  # done with; a worker need not send it back
+        # what scoring needed (original frames ~1.4 MB each at 720p, the speech) is done with,
+        # and a worker need not send it back
+        result = replace(result, originals={}, speech=None)
     return result, scores
 
 

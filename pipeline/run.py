@@ -44,7 +44,8 @@ from pipeline.probe import MediaInfo, probe, validate_audio_input, validate_face
 from pipeline.select import select_generator
 from pipeline.streams import BackgroundWriter, Prefetch, in_background
 from pipeline.yuv import YuvFrame, hstack, paste
-from pipeline.video_io import FrameWriter, count_frames, frame_plan, read_frames
+from pipeline.encode import FrameWriter
+from pipeline.video_io import count_frames, frame_plan, read_frames
 
 log = logging.getLogger(__name__)
 
@@ -166,6 +167,8 @@ def _job(video: str | os.PathLike[str], audio: str | os.PathLike[str], output: s
     generator, model_reason = select_generator(options)
     n_source = 1 if vinfo.is_image else max(1, count_frames(video, fps=decode_rate(vinfo, fps), info=vinfo))
     wav, mels = speech.result()  # (N,) 16 kHz, (n_out, 80, 16)
+    if keep is None:
+        wav = None  # only a scorer wants the waveform (up to 38 MB for 600 s): not held through the render
     n_out = len(mels)
     width, height = vinfo.video.display_size
     plan = frame_plan(n_source, n_out, mode=options.loop)
@@ -223,7 +226,7 @@ def _job(video: str | os.PathLike[str], audio: str | os.PathLike[str], output: s
         audio=ainfo.to_dict(),
         track=track,
         originals=originals,
-        speech=wav if keep is not None else None,
+        speech=wav,
         started_wall=clock.wall0,
     )
 

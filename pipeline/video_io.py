@@ -1,10 +1,10 @@
-"""Streaming video decode and encode through ffmpeg pipes.
+"""Streaming video decode through ffmpeg pipes, frame counting and the output frame plan.
 
 Frames never touch the disk and memory never grows with the video's length:
-``read_frames`` yields one BGR frame at a time from an ffmpeg ``rawvideo`` pipe, and
-``FrameWriter`` feeds frames into an ffmpeg encoder (optionally muxing an audio track).
-ffmpeg's stderr goes to a temporary file, so a chatty ffmpeg can never fill a pipe and
-deadlock; its tail is put into ``FFmpegError`` when ffmpeg fails.
+``read_frames`` yields one frame at a time from an ffmpeg ``rawvideo`` pipe (the encoder
+side is ``pipeline.encode.FrameWriter``). ffmpeg's stderr goes to a temporary file, so a
+chatty ffmpeg can never fill a pipe and deadlock; its tail is put into ``FFmpegError``
+when ffmpeg fails.
 """
 
 from __future__ import annotations
@@ -15,41 +15,25 @@ import re
 import subprocess
 import tempfile
 from collections.abc import Iterator, Sequence
-from fractions import Fraction
-from types import TracebackType
 from typing import IO
 
 import numpy as np
 
 from pipeline.errors import FFmpegError, InvalidMedia
-from pipeline.ffmpeg import STDERR_TAIL, base_cmd, input_args, run_ffmpeg
+from pipeline.ffmpeg import PIX_FMTS, base_cmd, grow_pipe, input_args, rate_str, run_ffmpeg, stderr_tail
 from pipeline.probe import MediaInfo, probe, require_stream
 
 log = logging.getLogger(__name__)
 
 _PROGRESS_FRAME_RE = re.compile(r"^frame=(\d+)$", re.M)  # ffmpeg -progress key=value lines
 
-PIPE_SIZE = 1 << 20  # bytes; a larger OS pipe buffer means fewer wakeups per 720p frame (2.7 MB)
-F_SETPIPE_SZ = 1031  # Linux fcntl command (not exported by Python's fcntl before 3.10 on all builds)
-PIX_FMTS = ("bgr24", "yuv420p")  # frame formats read_frames yields and FrameWriter takes
 TRACKING_SCALER = "fast_bilinear"  # swscale flags for the reduced-size decode used by tracking
 COUNT_TIMEOUT_S = 120.0  # a generous bound: counting decodes only for resampled streams
-CLOSE_TIMEOUT_S = 10.0  # how long to wait for ffmpeg to exit after a pipe broke
 # H.264 decoder threads per decode: frame threads cost ~10-20% more CPU in all (0.72-0.79
 # against 0.59 CPU s for monalisa_720p), and one thread decodes 720p far faster than the
 # encoder takes it (~800 fps). 0 is ffmpeg's default (as many as the cores).
 DECODE_THREADS = int(os.environ.get("LIPSYNC_DECODE_THREADS", "1"))
 SELECT_MAX_TERMS = 64  # read_frames(select=) indices ffmpeg's select filter takes (its parser fails ~110)
-
-# libx264 preset names mapped to NVENC's p1 (fastest) .. p7 (slowest)
-NVENC_PRESETS = {"ultrafast": "p1", "superfast": "p1", "veryfast": "p2", "faster": "p3", "fast": "p3",
-                 "medium": "p4", "slow": "p5", "slower": "p6", "veryslow": "p7"}
-
-
-def rate_str(fps: float) -> str:
-    """An ffmpeg rate: 30000/1001 for 29.97, 25 for 25.0."""
-    frac = Fraction(fps).limit_denominator(1001)
-    return str(frac.numerator) if frac.denominator == 1 else f"{frac.numerator}/{frac.denominator}"
 
 
 def read_frames(path: str | os.PathLike[str], *, size: tuple[int, int] | None = None,
@@ -174,7 +158,7 @@ def pipe_frames(cmd: list[str], w: int, h: int, path: str, *,
     log.debug("decode: %s", " ".join(cmd))
     with tempfile.TemporaryFile() as err:
         proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=err, bufsize=0)
-        _grow_pipe(proc.stdout)
+        grow_pipe(proc.stdout)
         count = 0
         try:
             while True:
@@ -190,9 +174,9 @@ def pipe_frames(cmd: list[str], w: int, h: int, path: str, *,
                 yield frame
             rc = proc.wait()
             if rc != 0:
-                raise FFmpegError(f"decoding {name} failed (ffmpeg exit {rc}): {_tail(err, path)}")
+                raise FFmpegError(f"decoding {name} failed (ffmpeg exit {rc}): {stderr_tail(err, path)}")
             if count == 0:
-                raise InvalidMedia(f"{name}: no video frame could be decoded ({_tail(err, path) or 'no error'})")
+                raise InvalidMedia(f"{name}: no video frame could be decoded ({stderr_tail(err, path) or 'no error'})")
         finally:
             if proc.poll() is None:
                 proc.kill()
@@ -208,173 +192,6 @@ def _read_exact(stream: IO[bytes], buf: memoryview) -> int:
             break
         got += n
     return got
-
-
-def _grow_pipe(stream: IO[bytes]) -> None:
-    try:
-        import fcntl
-
-        fcntl.fcntl(stream.fileno(), F_SETPIPE_SZ, PIPE_SIZE)
-    except (ImportError, OSError):
-        pass  # a smaller pipe only costs a few more wakeups
-
-
-def _tail(err: IO[bytes], path: str | None = None) -> str:
-    err.flush()
-    err.seek(0, os.SEEK_END)
-    size = err.tell()
-    err.seek(max(0, size - 4 * STDERR_TAIL))
-    text = err.read().decode("utf-8", "replace")
-    if path:
-        text = text.replace(path, os.path.basename(path))
-    return text[-STDERR_TAIL:].strip()
-
-
-class FrameWriter:
-    """Encode BGR frames to an H.264 MP4 through an ffmpeg pipe; optionally mux audio.
-
-    Odd frame sizes are cropped to even (yuv420p needs even sides): ``out_size`` is the
-    size written. With ``audio_path`` the first audio stream is encoded as AAC: cut at
-    ``duration_s`` when given (the caller writes a video that long), else the output stops
-    at the shorter of video and audio (``-shortest``, whose sync queue holds ~200 raw 720p
-    frames in ffmpeg: 0.5 s more wall for a 14 s clip on 2 cores, twice the memory). Use as
-    a context manager: an exception inside the block kills ffmpeg and removes the partial file.
-    """
-
-    def __init__(self, path: str | os.PathLike[str], width: int, height: int, fps: float, *,
-                 audio_path: str | os.PathLike[str] | None = None, crf: int = 18,
-                 preset: str = "veryfast", encoder: str = "libx264", audio_bitrate: str = "128k",
-                 pix_fmt: str = "bgr24", duration_s: float | None = None) -> None:
-        if pix_fmt not in PIX_FMTS:
-            raise ValueError(f"pix_fmt must be one of {', '.join(PIX_FMTS)}, got {pix_fmt!r}")
-        if pix_fmt == "yuv420p" and (width % 2 or height % 2):
-            raise ValueError(f"yuv420p frames need even sides, got {width}x{height}")
-        if width < 2 or height < 2:
-            raise ValueError(f"frame size {width}x{height} is too small to encode")
-        if fps <= 0:
-            raise ValueError(f"fps must be positive, got {fps}")
-        self.path = os.fspath(path)
-        self.size = (width, height)
-        self.pix_fmt = pix_fmt
-        self._shape = (height, width, 3) if pix_fmt == "bgr24" else (height * 3 // 2, width)
-        self.out_size = (width - width % 2, height - height % 2)
-        self.frames_written = 0
-        self.frames_dropped = 0  # frames after the audio ended (-shortest); not an error
-        self._shortest = audio_path is not None and duration_s is None
-        self._closed = False
-        cmd = [*base_cmd(), "-loglevel", "error",
-               "-f", "rawvideo", "-pix_fmt", pix_fmt, "-s", f"{width}x{height}", "-r", rate_str(fps),
-               "-i", "pipe:0"]
-        if audio_path is not None:
-            cmd += input_args(audio_path, pre=[] if duration_s is None else ["-t", f"{duration_s:.6f}"])
-        cmd += ["-map", "0:v:0"]
-        if audio_path is not None:
-            cmd += ["-map", "1:a:0"]
-        if self.out_size != self.size:
-            cmd += ["-vf", "crop={}:{}:0:0".format(*self.out_size)]
-        cmd += _video_codec_args(encoder, preset=preset, crf=crf)
-        cmd += ["-pix_fmt", "yuv420p"]
-        if audio_path is not None:
-            cmd += ["-c:a", "aac", "-b:a", audio_bitrate, *(["-shortest"] if self._shortest else [])]
-        cmd += ["-movflags", "+faststart", self.path]
-        log.debug("encode: %s", " ".join(cmd))
-        self._err = tempfile.TemporaryFile()
-        self._proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=self._err)
-        _grow_pipe(self._proc.stdin)
-
-    def write(self, frame: np.ndarray) -> None:
-        """Append one uint8 frame: BGR (H, W, 3), or I420 planes (H * 3 // 2, W) for yuv420p."""
-        if frame.shape != self._shape or frame.dtype != np.uint8:
-            raise ValueError(f"expected a {self._shape} uint8 frame, got {frame.shape} {frame.dtype}")
-        if self._closed:
-            raise ValueError("write() on a closed FrameWriter")
-        if self._proc.poll() is None:
-            try:
-                self._proc.stdin.write(memoryview(np.ascontiguousarray(frame)).cast("B"))
-                self.frames_written += 1
-                return
-            except (BrokenPipeError, ConnectionResetError, OSError) as exc:
-                what = f"ffmpeg stopped reading frames ({exc.__class__.__name__})"
-        else:
-            what = "ffmpeg exited before all frames were written"
-        if self._wait_exit() == 0 and self._shortest:
-            self.frames_dropped += 1  # -shortest: the audio ended, ffmpeg finished the file
-            return
-        self._fail(what)
-
-    def close(self) -> None:
-        """Finish the file; raises FFmpegError (with ffmpeg's stderr) when encoding failed."""
-        if self._closed:
-            return
-        self._closed = True
-        if self.frames_dropped:
-            log.debug("%s: %d frames after the end of the audio were dropped (-shortest)",
-                      os.path.basename(self.path), self.frames_dropped)
-        try:
-            self._proc.stdin.close()
-        except (BrokenPipeError, OSError):
-            pass  # the exit status below tells what happened
-        rc = self._proc.wait()
-        try:
-            if rc != 0:
-                self._remove_output()  # a failed encode leaves no partial file behind
-                raise FFmpegError(f"encoding {os.path.basename(self.path)} failed (ffmpeg exit {rc}): "
-                                  f"{_tail(self._err)}")
-        finally:
-            self._err.close()
-
-    def abort(self) -> None:
-        """Kill ffmpeg and remove the partial output."""
-        if not self._closed:
-            self._closed = True
-            self._proc.kill()
-            try:
-                self._proc.stdin.close()
-            except OSError:
-                pass
-            self._proc.wait()
-            self._err.close()
-        self._remove_output()
-
-    def _remove_output(self) -> None:
-        try:
-            os.unlink(self.path)
-        except FileNotFoundError:
-            pass
-
-    def _wait_exit(self) -> int:
-        try:
-            return self._proc.wait(timeout=CLOSE_TIMEOUT_S)
-        except subprocess.TimeoutExpired:
-            self._proc.kill()
-            return self._proc.wait()
-
-    def _fail(self, what: str) -> None:
-        self._closed = True
-        self._wait_exit()
-        tail = _tail(self._err)
-        self._err.close()
-        raise FFmpegError(f"encoding {os.path.basename(self.path)} failed: {what} "
-                          f"(ffmpeg exit {self._proc.returncode}): {tail}")
-
-    def __enter__(self) -> FrameWriter:
-        return self
-
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
-        if exc_type is None:
-            self.close()
-        else:
-            self.abort()
-
-
-def _video_codec_args(encoder: str, *, preset: str, crf: int) -> list[str]:
-    if encoder == "libx264":
-        return ["-c:v", "libx264", "-preset", preset, "-crf", str(crf)]
-    if encoder == "h264_nvenc":
-        return ["-c:v", "h264_nvenc", "-preset", NVENC_PRESETS.get(preset, preset),
-                "-rc", "vbr", "-cq", str(crf), "-b:v", "0"]
-    raise ValueError(f"unknown encoder {encoder!r} (use 'libx264' or 'h264_nvenc')")
 
 
 def frame_plan(n_source: int, n_out: int, mode: str = "pingpong") -> np.ndarray:

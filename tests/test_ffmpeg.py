@@ -14,7 +14,8 @@ from pipeline.audio import SAMPLE_RATE, load_audio
 from pipeline.errors import FFmpegError, InvalidMedia
 from pipeline.ffmpeg import base_cmd, ffmpeg_exe, input_args, run_ffmpeg
 from pipeline.probe import probe
-from pipeline.video_io import FrameWriter, read_frames
+from pipeline.encode import FrameWriter
+from pipeline.video_io import read_frames
 
 SECRET_HZ = 1234.0  # the tone that identifies the secret's content in any decoded output
 PLAYLIST = ("#EXTM3U\n#EXT-X-VERSION:3\n#EXT-X-TARGETDURATION:2\n"

@@ -16,7 +16,8 @@ import media
 from pipeline.errors import FFmpegError, InvalidMedia
 from pipeline.ffmpeg import ffmpeg_exe
 from pipeline.probe import probe
-from pipeline.video_io import FrameWriter, _video_codec_args, count_frames, frame_plan, read_frames
+from pipeline.encode import FrameWriter, video_codec_args
+from pipeline.video_io import count_frames, frame_plan, read_frames
 
 
 def ff(*args: str) -> None:
@@ -265,12 +266,12 @@ def test_wrong_frame_shape(d: Path) -> None:
 
 
 def test_encoder_args() -> None:
-    assert _video_codec_args("libx264", preset="veryfast", crf=18) == [
+    assert video_codec_args("libx264", preset="veryfast", crf=18) == [
         "-c:v", "libx264", "-preset", "veryfast", "-crf", "18"]
-    nv = _video_codec_args("h264_nvenc", preset="veryfast", crf=20)
+    nv = video_codec_args("h264_nvenc", preset="veryfast", crf=20)
     assert nv[:4] == ["-c:v", "h264_nvenc", "-preset", "p2"] and "-cq" in nv
     with pytest.raises(ValueError, match="unknown encoder"):
-        _video_codec_args("x265", preset="veryfast", crf=18)
+        video_codec_args("x265", preset="veryfast", crf=18)
 
 
 @pytest.mark.skipif(not os.path.exists("/dev/nvidia0"), reason="needs an NVIDIA GPU for NVENC")
