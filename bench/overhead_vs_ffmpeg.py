@@ -3,8 +3,10 @@
     .venv/bin/python bench/overhead_vs_ffmpeg.py [--runs 5] [--video monalisa_720p.mp4]
 
 Alternates, in one process: a bare ``ffmpeg`` transcode (libx264 -preset veryfast -crf 18,
-AAC, +faststart: the encoder settings the pipeline uses) and the pipeline with the
-``passthrough`` and ``baseline`` generators, after one untimed round of each (the first
+AAC, +faststart: the encoder settings the pipeline uses), the same work split in two ffmpeg
+processes joined by one pipe with no Python between them (``split``: the pipeline's decoder
+and encoder commands; what the two-process design costs by itself), and the pipeline with
+the ``passthrough`` and ``baseline`` generators, after one untimed round of each (the first
 baseline run loads dlib's models, as a server does once). Prints medians, the ratios and
 peak RSS.
 Bars: passthrough <= 1.2x, baseline <= 2.0x.
@@ -13,20 +15,37 @@ Bars: passthrough <= 1.2x, baseline <= 2.0x.
 from __future__ import annotations
 
 import argparse
+import subprocess
 import tempfile
 from pathlib import Path
 
 from common import alternate, media_dir, median, peak_rss_mb
 
-from pipeline.ffmpeg import input_args, run_ffmpeg
+from pipeline.encode import FrameWriter
+from pipeline.ffmpeg import base_cmd, input_args, run_ffmpeg
 from pipeline.options import RunOptions
+from pipeline.probe import probe
 from pipeline.run import run
+from pipeline.video_io import decoder_input
 
 
 def bare_transcode(video: Path, out: Path) -> None:
     run_ffmpeg([*input_args(video), "-c:v", "libx264", "-preset", "veryfast", "-crf", "18",
                 "-pix_fmt", "yuv420p", "-c:a", "aac", "-b:a", "128k", "-movflags", "+faststart",
                 "-y", str(out)], what="bare transcode")
+
+
+def split_transcode(video: Path, out: Path) -> None:
+    """The pipeline's decoder piped straight into its encoder (the frames never enter Python)."""
+    info = probe(video)
+    frames = FrameWriter(out, *info.video.display_size, info.video.fps, audio_path=video,
+                         pix_fmt="yuv420p", shortest=False)
+    decoder = subprocess.Popen([*base_cmd(), "-loglevel", "error", *decoder_input(video), "-map", "0:v:0",
+                                "-an", "-pix_fmt", "yuv420p", "-f", "rawvideo", "pipe:1"],
+                               stdout=frames._proc.stdin)  # the encoder's stdin
+    frames._proc.stdin.close()  # only the decoder holds the pipe now
+    if decoder.wait() != 0 or frames._proc.wait() != 0:
+        raise SystemExit("split transcode failed")
 
 
 def main() -> None:
@@ -40,6 +59,7 @@ def main() -> None:
         times = alternate(
             args.runs, warmup=1,
             ffmpeg=lambda: bare_transcode(video, out / "bare.mp4"),
+            split=lambda: split_transcode(video, out / "split.mp4"),
             passthrough=lambda: run(video, video, out / "pass.mp4", options=RunOptions(model="passthrough")),
             baseline=lambda: run(video, video, out / "base.mp4", options=RunOptions(model="baseline")),
         )

@@ -23,11 +23,13 @@ LANDMARK_FACE_PX wide (``eval.frames.region_frames``), writes the sampled frames
 temp file and counts the frames; its proxy differs from the whole-frame path's (OpenCV's
 per-crop area scaling) by about 0.01 in correlation, the quality scores not at all.
 
-Cost, monalisa_720p (426 frames), 2-core machine (bench/scoring_cost.py): about 1.2-1.5 s
-wall, 2.2-2.6 s CPU, both cores busy throughout: the decode ~0.75 CPU s in ffmpeg, ~180
-dlib fits ~0.6 s (3.4 ms each: the 99 MB model's leaves miss the cache), one 720p SSIM
-0.3-0.4 s, 10 face SSIMs ~0.2 s, 50 PSNRs ~0.06 s. The generated video's
-probe (and the speech, when not handed over) load on threads beside the rest.
+Cost, monalisa_720p (426 frames), 2-core machine (bench/scoring_cost.py): about 0.72-0.74 s
+wall and 1.3 CPU s on a fast day (1.2-1.5 s and 2.2-2.6 s on a slow one), both cores busy:
+the decode of the generated video (one ffmpeg thread, ~0.6 s) is the longest pole; beside
+it, 178 dlib fits (1.4-3.4 ms each: the 99 MB model's leaves miss the cache), 10 face SSIMs,
+50 PSNRs, and the one 720p SSIM (0.3-0.5 CPU s), computed as two halves on two threads so
+that it ends with the decode instead of 0.1-0.2 s after it. The generated video's probe
+(and the speech, when not handed over) load on threads beside the rest.
 """
 
 from __future__ import annotations
@@ -344,8 +346,7 @@ def _quality_scores(acc: quality.QualityAccumulator, note: str, n_cmp: int,
     means = acc.means()
     base = {"colour": COLOUR, "alignment": note, "compared_frames": n_cmp,
             "psnr": "10*log10(255^2/MSE), MSE in float64 over pixels and channels; mean of per-frame dB",
-            "ssim": "skimage.metrics.structural_similarity(" +
-                    ", ".join(f"{k}={v!r}" for k, v in quality.SSIM_ARGS.items()) + "); mean over frames"}
+            "ssim": quality.SSIM_CONVENTION + "; mean over frames"}
     out = []
     for metric in QUALITY_METRICS:
         face = metric.endswith("_face")

@@ -32,7 +32,9 @@ class FrameWriter:
 
     Odd frame sizes are cropped to even (yuv420p needs even sides): ``out_size`` is the
     size written. With ``audio_path`` the first audio stream is encoded as AAC: cut at
-    ``duration_s`` when given (the caller writes a video that long), else the output stops
+    ``duration_s`` when given (the caller writes a video that long); whole with
+    ``shortest=False`` (the caller writes a video as long as the audio, so neither the
+    audio's length nor the video's needs knowing when ffmpeg starts); else the output stops
     at the shorter of video and audio (``-shortest``, whose sync queue holds ~200 raw 720p
     frames in ffmpeg: 0.5 s more wall for a 14 s clip on 2 cores, twice the memory). Use as
     a context manager: an exception inside the block kills ffmpeg and removes the partial file.
@@ -41,7 +43,7 @@ class FrameWriter:
     def __init__(self, path: str | os.PathLike[str], width: int, height: int, fps: float, *,
                  audio_path: str | os.PathLike[str] | None = None, crf: int = 18,
                  preset: str = "veryfast", encoder: str = "libx264", audio_bitrate: str = "128k",
-                 pix_fmt: str = "bgr24", duration_s: float | None = None) -> None:
+                 pix_fmt: str = "bgr24", duration_s: float | None = None, shortest: bool = True) -> None:
         if pix_fmt not in PIX_FMTS:
             raise ValueError(f"pix_fmt must be one of {', '.join(PIX_FMTS)}, got {pix_fmt!r}")
         if pix_fmt == "yuv420p" and (width % 2 or height % 2):
@@ -57,7 +59,7 @@ class FrameWriter:
         self.out_size = (width - width % 2, height - height % 2)
         self.frames_written = 0
         self.frames_dropped = 0  # frames after the audio ended (-shortest); not an error
-        self._shortest = audio_path is not None and duration_s is None
+        self._shortest = shortest and audio_path is not None and duration_s is None
         self._closed = False
         cmd = [*base_cmd(), "-loglevel", "error",
                "-f", "rawvideo", "-pix_fmt", pix_fmt, "-s", f"{width}x{height}", "-r", rate_str(fps),

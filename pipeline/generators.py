@@ -79,6 +79,7 @@ class Generator(ABC):
     name: str
     needs_faces: bool
     needs_track_landmarks: bool = True  # False: the track's boxes are enough (tracking skips its fits)
+    needs_mels: bool = True  # False: ``process`` ignores its mels (given zeros, never computed)
     default_batch_size: int = DEFAULT_BATCH
 
     @abstractmethod
@@ -108,7 +109,8 @@ class PassthroughGenerator(Generator):
 
     name = "passthrough"
     needs_faces = False
-    default_batch_size = 64
+    needs_mels = False
+    default_batch_size = 16
 
     def new_job(self, *, fps: float, width: int, height: int) -> PassthroughJob:
         return PassthroughJob()

@@ -34,6 +34,7 @@ PROBE_TIMEOUT_S = 30.0  # a hostile file must not hang the probe
 VFR_TOLERANCE = 0.01  # relative fps-vs-tbr mismatch above which a stream counts as VFR
 NTSC_TOLERANCE = 0.006  # ffmpeg prints rates with 2 decimals: 29.97 -> 30000/1001
 MIN_FPS = 1.0  # below this a "video" is a slideshow or a broken header
+MIN_SIDE = 2  # px: the output is yuv420p (2x2 pixel blocks), cropped to even sides
 IMAGE_DEMUXERS = ("image2",)  # plus every "*_pipe" image demuxer (png_pipe, jpeg_pipe, ...)
 
 _CHANNEL_LAYOUTS = {"mono": 1, "stereo": 2, "2.1": 3, "3.0": 3, "3.0(back)": 3, "quad": 4,
@@ -168,8 +169,11 @@ def validate_audio_input(info: MediaInfo, limits: Limits = Limits()) -> None:
 
 def _check_side(info: MediaInfo, limits: Limits) -> None:
     w, h = info.video.display_size
+    kind = "image" if info.is_image else "video"
+    if min(w, h) < MIN_SIDE:
+        raise InvalidMedia(f"{info.name}: the {kind} is {w}x{h}; it must be at least {MIN_SIDE}x{MIN_SIDE} px "
+                           "(the output is H.264 in 2x2 pixel blocks)")
     if max(w, h) > limits.max_side:
-        kind = "image" if info.is_image else "video"
         raise InvalidMedia(f"{info.name}: the {kind} is {w}x{h}; the longest side may be at most "
                            f"{limits.max_side} px (scale it down first)")
 

@@ -3,14 +3,16 @@
 Stages, in order (each timed). Decoding and encoding run in ffmpeg processes fed by background
 threads (pipeline.streams), so they overlap with generation; their stage times are the
 seconds the job waited on them, not their total work:
-  1. probe     read container/stream facts and validate both inputs
-  2. audio     decode the speech to 16 kHz mono, Wav2Lip mel, one 80x16 window per frame
-               (on a thread, while the video's frames are counted and the generator loads)
+  1. probe     read container/stream facts and validate both inputs (both probes at once)
+  2. audio     decode the speech to 16 kHz mono (on a thread, while the video's frames are
+               counted and the generator loads), then Wav2Lip mel, one 80x16 window per frame
+               (on a thread beside tracking; not computed for a generator that reads none)
   3. track     decode at reduced size, detect and smooth faces (skipped by passthrough)
   4. decode    full-size frames streamed from ffmpeg
   5. generate  the generator on a batch (the only stage that holds the GPU lane)
   6. blend     feathered paste of generated patches
-  7. encode    frames streamed into ffmpeg (libx264 + AAC)
+  7. encode    frames streamed into ffmpeg (libx264 + AAC); the encoders start with the job,
+               so their start-up overlaps the audio decode and the tracking
   8. mux       ffmpeg's finish: audio interleave and the +faststart rewrite
 
 Each job works in its own temporary folder, removed afterwards; the output is moved into
@@ -45,7 +47,7 @@ from pipeline.select import select_generator
 from pipeline.streams import BackgroundWriter, Prefetch, in_background
 from pipeline.yuv import YuvFrame, hstack, paste
 from pipeline.encode import FrameWriter
-from pipeline.video_io import count_frames, frame_plan, read_frames
+from pipeline.video_io import count_frames, frame_plan, plan_frames, read_frames
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +56,7 @@ KEEP_BUDGET_BYTES = 256 * 2**20  # at most this much of original frames kept for
 STREAM_DEPTH = 16  # frames read ahead of / queued behind the main thread (bounded memory)
 SBS_CRF = 23  # the review video favours size over fidelity
 DEFAULT_BATCH = 16  # frames per generator call when the generator names no size
+FIRST_BATCH = 8  # the first call takes at most this many: the encoder gets frames sooner
 ProgressFn = Callable[[str, float], None]
 CancelFn = Callable[[], bool]
 
@@ -138,9 +141,10 @@ def _run(video: str | os.PathLike[str], audio: str | os.PathLike[str],
 
     check("probe", 0.0)
     with clock.stage("probe"):
+        audio_probe = in_background(probe, audio, name="probe-audio")  # both ffmpeg probes at once
         vinfo = probe(video)
         validate_face_input(vinfo, options.limits)
-        ainfo = probe(audio)
+        ainfo = audio_probe.result()
         validate_audio_input(ainfo, options.limits)
 
     fps = STILL_FPS if vinfo.is_image else vinfo.video.fps
@@ -161,46 +165,48 @@ def _job(video: str | os.PathLike[str], audio: str | os.PathLike[str], output: s
          side_by_side: str | os.PathLike[str] | None,
          keep: Collection[int] | Callable[[int], Collection[int]] | None, clock: StageClock) -> RunResult:
     check("audio", 0.02)
-    # The speech decodes (an ffmpeg process) while this thread counts the video's frames
-    # (another) and loads the generator.
-    speech = in_background(_speech, audio, ainfo, fps, clock, name="audio")
-    generator, model_reason = select_generator(options)
-    n_source = 1 if vinfo.is_image else max(1, count_frames(video, fps=decode_rate(vinfo, fps), info=vinfo))
-    wav, mels = speech.result()  # (N,) 16 kHz, (n_out, 80, 16)
-    if keep is None:
-        wav = None  # only a scorer wants the waveform (up to 38 MB for 600 s): not held through the render
-    n_out = len(mels)
+    # The speech decodes (an ffmpeg process) while this thread starts the encoders (their
+    # start-up overlaps with everything before the first frame: they need only the size,
+    # the rate and the audio file), counts the video's frames and loads the generator.
+    speech = in_background(_speech, audio, ainfo, clock, name="audio")
     width, height = vinfo.video.display_size
-    plan = frame_plan(n_source, n_out, mode=options.loop)
-
-    track: Track | None = None
-    if generator.needs_faces:
-        check("track", _P_AUDIO)
-        with clock.stage("track"):
-            track = track_video(video, vinfo, options=options, fps=fps, n_track=int(plan.max()) + 1,
-                                landmarks=generator.needs_track_landmarks,
-                                on_frame=lambda f: check("track", _P_AUDIO + (_P_TRACK - _P_AUDIO) * f))
-
-    originals: dict[int, YuvFrame] = {}
-    if callable(keep):
-        keep = keep(int(plan.max()) + 1)
-    wanted = {int(i) for i in keep or () if 0 <= int(i) < min(n_source, n_out) and plan[int(i)] == int(i)}
-    if len(wanted) * 1.5 * (width + 1) * (height + 1) > KEEP_BUDGET_BYTES:
-        log.info("not keeping %d original frames for scoring: over the memory budget", len(wanted))
-        wanted = set()
     workdir = Path(tempfile.mkdtemp(prefix="lipsync-job-", dir=options.work_dir))
     try:
-        tmp_out = workdir / "out.mp4"
-        tmp_sbs = workdir / "side_by_side.mp4" if side_by_side is not None else None
-        _render(decoded, audio, tmp_out, tmp_sbs, vinfo=vinfo, options=options, generator=generator,
-                track=track, mels=mels, plan=plan, fps=fps, size=(width, height),
-                workdir=workdir, clock=clock, check=check, keep=(wanted, originals))
-        out = Path(output)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        shutil.move(os.fspath(tmp_out), os.fspath(out))
-        if tmp_sbs is not None:
-            Path(side_by_side).parent.mkdir(parents=True, exist_ok=True)
-            shutil.move(os.fspath(tmp_sbs), os.fspath(side_by_side))
+        with contextlib.ExitStack() as stack:
+            outputs = [("out.mp4", 1, options.crf), *([("side_by_side.mp4", 2, SBS_CRF)] if side_by_side else [])]
+            encoders = [stack.enter_context(_encoder(workdir / name, sides, options=options, fps=fps,
+                                                     size=(width, height), audio=audio, crf=crf))
+                        for name, sides, crf in outputs]
+            generator, model_reason = select_generator(options)
+            n_source = 1 if vinfo.is_image else max(1, count_frames(video, fps=decode_rate(vinfo, fps), info=vinfo))
+            wav = speech.result()  # (N,) 16 kHz
+            n_out = max(1, round(len(wav) / audio_mod.SAMPLE_RATE * fps))  # the output lasts as long as the audio
+            mels = in_background(_mel_windows, wav, fps, n_out, generator.needs_mels, clock, name="mels")
+            if keep is None:
+                wav = None  # only a scorer wants the waveform (up to 38 MB for 600 s): not held through the render
+            plan = frame_plan(n_source, n_out, mode=options.loop)
+
+            track: Track | None = None
+            if generator.needs_faces:
+                check("track", _P_AUDIO)
+                with clock.stage("track"):
+                    track = track_video(video, vinfo, options=options, fps=fps, n_track=int(plan.max()) + 1,
+                                        landmarks=generator.needs_track_landmarks,
+                                        on_frame=lambda f: check("track", _P_AUDIO + (_P_TRACK - _P_AUDIO) * f))
+
+            originals: dict[int, YuvFrame] = {}
+            if callable(keep):
+                keep = keep(int(plan.max()) + 1)
+            wanted = {int(i) for i in keep or () if 0 <= int(i) < min(n_source, n_out) and plan[int(i)] == int(i)}
+            if len(wanted) * 1.5 * (width + 1) * (height + 1) > KEEP_BUDGET_BYTES:
+                log.info("not keeping %d original frames for scoring: over the memory budget", len(wanted))
+                wanted = set()
+            _render(decoded, encoders, vinfo=vinfo, options=options, generator=generator, track=track,
+                    mels=mels.result(), plan=plan, fps=fps, workdir=workdir, clock=clock, check=check,
+                    keep=(wanted, originals))
+        for frames, target in zip(encoders, (output, side_by_side)):
+            Path(target).parent.mkdir(parents=True, exist_ok=True)
+            shutil.move(frames.path, os.fspath(target))
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     report("done", 1.0)
@@ -231,14 +237,29 @@ def _job(video: str | os.PathLike[str], audio: str | os.PathLike[str], output: s
     )
 
 
-def _speech(audio: str | os.PathLike[str], info: MediaInfo, fps: float, clock: StageClock
-            ) -> tuple[np.ndarray, np.ndarray]:
-    """The speech at 16 kHz (N,) and its mel windows, one per output frame (n_out, 80, 16):
-    the output lasts as long as the audio, at ``fps``."""
+def _speech(audio: str | os.PathLike[str], info: MediaInfo, clock: StageClock) -> np.ndarray:
+    """The speech at 16 kHz mono (N,)."""
     with clock.stage("audio"):
-        wav = audio_mod.load_audio(audio, info=info)
-        n_out = max(1, round(len(wav) / audio_mod.SAMPLE_RATE * fps))
-        return wav, audio_mod.mel_chunks(audio_mod.melspectrogram(wav), fps, n_out)
+        return audio_mod.load_audio(audio, info=info)
+
+
+def _mel_windows(wav: np.ndarray, fps: float, n_out: int, needed: bool, clock: StageClock) -> np.ndarray:
+    """Wav2Lip's mel windows, one per output frame (n_out, 80, 16); for a generator that
+    reads none (``needs_mels`` False) a zero placeholder of that shape, not computed."""
+    if not needed:
+        return np.broadcast_to(np.zeros((1, audio_mod.N_MELS, audio_mod.MEL_STEP), np.float32),
+                               (n_out, audio_mod.N_MELS, audio_mod.MEL_STEP))
+    with clock.stage("audio"):
+        return audio_mod.mel_chunks(audio_mod.melspectrogram(wav), fps, n_out)
+
+
+def _encoder(path: Path, sides: int, *, options: RunOptions, fps: float, size: tuple[int, int],
+             audio: str | os.PathLike[str], crf: int) -> FrameWriter:
+    """An encoder for I420 frames ``sides`` frames wide (2: the review video), with the
+    whole audio: the job writes as many frames as the audio lasts (within half a frame)."""
+    width, height = size[0] - size[0] % 2, size[1] - size[1] % 2  # yuv420p: even sides
+    return FrameWriter(path, sides * width, height, fps, audio_path=audio, crf=crf, preset=options.preset,
+                       encoder=options.encoder, pix_fmt="yuv420p", shortest=False)
 
 
 def decode_rate(info: MediaInfo, fps: float) -> float | None:
@@ -284,114 +305,57 @@ def _frames_without_face(track: Track | None, plan: np.ndarray) -> int:
     return sum(1 for i in plan if track.at(i) is None)
 
 
-def _source_iter(source: Iterator[np.ndarray], info: MediaInfo, plan: np.ndarray,
-                 workdir: Path) -> Iterator[YuvFrame]:
-    """Full-size source frames (I420, see pipeline.yuv) in ``plan`` order, bounded memory.
-
-    A forward plan streams straight from ffmpeg. A plan that revisits frames (the audio is
-    longer than the video) spools the frames it shows again, on their first pass, into one
-    raw file in the job folder and reads them back from it, so memory never grows with the
-    output length.
-    ``source`` is the decoder's I420 frames (``read_frames(..., pix_fmt="yuv420p")``).
-    Every yielded frame is a fresh buffer: the caller pastes into it.
-    """
-    # Frames shown again later (a ping-pong or loop extension) are spooled on first sight;
-    # only those: a plan extended by a few frames spools a few frames, not the whole clip.
-    prev_max = np.concatenate([[-1], np.maximum.accumulate(plan)[:-1]])  # (N,) max index shown before
-    slots = {int(i): k for k, i in enumerate(np.unique(plan[plan <= prev_max]))}
-    spool_path = workdir / "frames.raw"
-    spool = None if not slots or info.is_image else open(spool_path, "w+b")
-    try:
-        if info.is_image:
-            still = next(source)
-            for _ in plan:
-                yield YuvFrame(still.copy())
-            return
-        seen = 0
-        last: np.ndarray | None = None
-        for idx in plan:
-            if idx >= seen:
-                frame = next(source, None)
-                if frame is None:  # the decoder gave fewer frames than counted: repeat the last
-                    frame = last.copy()
-                else:
-                    if seen in slots:
-                        spool.seek(slots[seen] * frame.nbytes)
-                        spool.write(memoryview(frame).cast("B"))
-                    seen += 1
-                    last = frame  # (only repeated if the decoder runs short: rare, harmless)
-                yield YuvFrame(frame)
-            else:  # idx < seen: decoded already, and shown before, so it is in slots and spooled
-                buf = np.empty_like(last)  # (H * 3 / 2, W)
-                spool.seek(slots[int(idx)] * buf.nbytes)
-                spool.readinto(memoryview(buf).cast("B"))
-                yield YuvFrame(buf)
-    finally:
-        if spool is not None:
-            spool.close()
-            spool_path.unlink(missing_ok=True)
-
-
-def _render(decoded: Iterator[np.ndarray], audio: str | os.PathLike[str], out: Path,
-            sbs: Path | None, *,
+def _render(decoded: Iterator[np.ndarray], encoders: list[FrameWriter], *,
             vinfo: MediaInfo, options: RunOptions, generator: Generator, track: Track | None,
-            mels: np.ndarray, plan: np.ndarray, fps: float, size: tuple[int, int],
-            workdir: Path, clock: StageClock, check: Callable[[str, float], None],
-            keep: tuple[set[int], dict[int, YuvFrame]]) -> None:
-    """Stream frames through the generator, the blend and the encoder."""
-    job = generator.new_job(fps=fps, width=size[0], height=size[1])
+            mels: np.ndarray, plan: np.ndarray, fps: float, workdir: Path, clock: StageClock,
+            check: Callable[[str, float], None], keep: tuple[set[int], dict[int, YuvFrame]]) -> None:
+    """Stream frames through the generator, the blend and the encoders (the output's and,
+    when there are two, the review video's)."""
+    width, height = vinfo.video.display_size
+    job = generator.new_job(fps=fps, width=width, height=height)
     batch_size = options.batch_size or getattr(generator, "default_batch_size", DEFAULT_BATCH)
-    frames_iter = Prefetch(_source_iter(decoded, vinfo, plan, workdir),
-                           depth=max(STREAM_DEPTH, batch_size), name="plan")
+    depth = max(STREAM_DEPTH, batch_size)
+    frames_iter = plan_frames(decoded, vinfo, plan, workdir)
+    if vinfo.is_image or np.any(np.diff(plan) != 1):  # frames copied or read back from a spool: ahead, on a thread
+        frames_iter = Prefetch(frames_iter, depth=depth, name="plan")
     try:
-        _encode_all(audio, out, sbs, options=options, job=job, track=track, mels=mels, plan=plan,
-                    fps=fps, size=size, batch_size=batch_size, frames_iter=frames_iter,
-                    clock=clock, check=check, keep=keep)
+        with contextlib.ExitStack() as stack:
+            writers = [stack.enter_context(BackgroundWriter(frames, depth=depth, name=f"encode-{k}"))
+                       for k, frames in enumerate(encoders)]
+            _encode_all(writers, job=job, track=track, mels=mels, plan=plan, batch_size=batch_size,
+                        frames_iter=frames_iter, clock=clock, check=check, keep=keep)
     finally:
         frames_iter.close()
 
 
-def _encode_all(audio: str | os.PathLike[str], out: Path, sbs: Path | None, *, options: RunOptions,
-                job: Any, track: Track | None, mels: np.ndarray, plan: np.ndarray, fps: float,
-                size: tuple[int, int], batch_size: int, frames_iter: Iterator[YuvFrame],
-                clock: StageClock, check: Callable[[str, float], None],
-                keep: tuple[set[int], dict[int, YuvFrame]]) -> None:
+def _encode_all(writers: list[BackgroundWriter], *, job: Any, track: Track | None, mels: np.ndarray,
+                plan: np.ndarray, batch_size: int, frames_iter: Iterator[YuvFrame], clock: StageClock,
+                check: Callable[[str, float], None], keep: tuple[set[int], dict[int, YuvFrame]]) -> None:
     wanted, kept = keep
-    width, height = size[0] - size[0] % 2, size[1] - size[1] % 2  # yuv420p: even sides
     n_out = len(plan)
     p0 = _P_TRACK if track is not None else _P_AUDIO
-    depth = max(STREAM_DEPTH, batch_size)
-
-    def writer(path: Path, w: int, crf: int, name: str) -> BackgroundWriter:
-        return BackgroundWriter(FrameWriter(path, w, height, fps, audio_path=audio, crf=crf,
-                                            preset=options.preset, encoder=options.encoder,
-                                            pix_fmt="yuv420p", duration_s=n_out / fps),  # n_out frames
-                                depth=depth, name=name)
-
-    review = writer(sbs, 2 * width, SBS_CRF, "encode-review") if sbs is not None else contextlib.nullcontext()
-    with writer(out, width, options.crf, "encode") as main, review:
-        for start in range(0, n_out, batch_size):
-            check("generate", p0 + (0.97 - p0) * start / n_out)
-            stop = min(start + batch_size, n_out)
-            with clock.stage("decode"):
-                batch = [next(frames_iter) for _ in range(stop - start)]  # B YuvFrames
-            faces = [track.at(i) for i in plan[start:stop]] if track is not None else [None] * len(batch)
-            with gpu_lock(), clock.stage("generate"):
-                patches = job.process(batch, mels[start:stop], faces)
-            originals = [f.copy() for f in batch] if sbs is not None else None
-            for k in wanted.intersection(range(start, stop)):
-                kept[k] = batch[k - start].copy()  # before the paste: the original frame k
-            with clock.stage("blend"):
-                for frame, patch in zip(batch, patches):
-                    if patch is not None:
-                        paste(frame, patch)
-            with clock.stage("encode"):
-                for frame in batch:
-                    main.write(frame.data)
-                for original, frame in zip(originals or (), batch):
-                    review.write(hstack(original, frame).data)
-        check("mux", 0.97)
-        with clock.stage("mux"):
-            main.close()
-            if sbs is not None:
-                review.close()
+    main, review = writers[0], writers[1] if len(writers) > 1 else None
+    starts = [0, *range(min(batch_size, FIRST_BATCH), n_out, batch_size)]
+    for start, stop in zip(starts, [*starts[1:], n_out]):
+        check("generate", p0 + (0.97 - p0) * start / n_out)
+        with clock.stage("decode"):
+            batch = [next(frames_iter) for _ in range(stop - start)]  # B YuvFrames
+        faces = [track.at(i) for i in plan[start:stop]] if track is not None else [None] * len(batch)
+        with gpu_lock(), clock.stage("generate"):
+            patches = job.process(batch, mels[start:stop], faces)
+        originals = [f.copy() for f in batch] if review is not None else None
+        for k in wanted.intersection(range(start, stop)):
+            kept[k] = batch[k - start].copy()  # before the paste: the original frame k
+        with clock.stage("blend"):
+            for frame, patch in zip(batch, patches):
+                if patch is not None:
+                    paste(frame, patch)
+        with clock.stage("encode"):
+            for frame in batch:
+                main.write(frame.data)
+            for original, frame in zip(originals or (), batch):
+                review.write(hstack(original, frame).data)
+    check("mux", 0.97)
+    with clock.stage("mux"):
+        for writer in writers:
+            writer.close()

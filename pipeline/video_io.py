@@ -1,7 +1,7 @@
-"""Streaming video decode through ffmpeg pipes, frame counting and the output frame plan.
+"""Streaming video decode through ffmpeg pipes, frame counting, the output frame plan and
+the source frames in plan order.
 
-Frames never touch the disk and memory never grows with the video's length:
-``read_frames`` yields one frame at a time from an ffmpeg ``rawvideo`` pipe (the encoder
+Memory never grows with the video's length: ``read_frames`` yields one frame at a time from an ffmpeg ``rawvideo`` pipe (the encoder
 side is ``pipeline.encode.FrameWriter``). ffmpeg's stderr goes to a temporary file, so a
 chatty ffmpeg can never fill a pipe and deadlock; its tail is put into ``FFmpegError``
 when ffmpeg fails.
@@ -15,6 +15,7 @@ import re
 import subprocess
 import tempfile
 from collections.abc import Iterator, Sequence
+from pathlib import Path
 from typing import IO
 
 import numpy as np
@@ -22,6 +23,7 @@ import numpy as np
 from pipeline.errors import FFmpegError, InvalidMedia
 from pipeline.ffmpeg import PIX_FMTS, base_cmd, grow_pipe, input_args, rate_str, run_ffmpeg, stderr_tail
 from pipeline.probe import MediaInfo, probe, require_stream
+from pipeline.yuv import YuvFrame
 
 log = logging.getLogger(__name__)
 
@@ -216,3 +218,51 @@ def frame_plan(n_source: int, n_out: int, mode: str = "pingpong") -> np.ndarray:
     period = 2 * (n_source - 1)  # 0..N-1 then N-2..1
     k = i % period
     return np.where(k < n_source, k, period - k)
+
+
+def plan_frames(source: Iterator[np.ndarray], info: MediaInfo, plan: np.ndarray,
+                 workdir: Path) -> Iterator[YuvFrame]:
+    """Full-size source frames (I420, see pipeline.yuv) in ``plan`` order, bounded memory.
+
+    A forward plan streams straight from ffmpeg. A plan that revisits frames (the audio is
+    longer than the video) spools the frames it shows again, on their first pass, into one
+    raw file in the job folder and reads them back from it, so memory never grows with the
+    output length.
+    ``source`` is the decoder's I420 frames (``read_frames(..., pix_fmt="yuv420p")``).
+    Every yielded frame is a fresh buffer: the caller pastes into it.
+    """
+    # Frames shown again later (a ping-pong or loop extension) are spooled on first sight;
+    # only those: a plan extended by a few frames spools a few frames, not the whole clip.
+    prev_max = np.concatenate([[-1], np.maximum.accumulate(plan)[:-1]])  # (N,) max index shown before
+    slots = {int(i): k for k, i in enumerate(np.unique(plan[plan <= prev_max]))}
+    spool_path = workdir / "frames.raw"
+    spool = None if not slots or info.is_image else open(spool_path, "w+b")
+    try:
+        if info.is_image:
+            still = next(source)
+            for _ in plan:
+                yield YuvFrame(still.copy())
+            return
+        seen = 0
+        last: np.ndarray | None = None
+        for idx in plan:
+            if idx >= seen:
+                frame = next(source, None)
+                if frame is None:  # the decoder gave fewer frames than counted: repeat the last
+                    frame = last.copy()
+                else:
+                    if seen in slots:
+                        spool.seek(slots[seen] * frame.nbytes)
+                        spool.write(memoryview(frame).cast("B"))
+                    seen += 1
+                    last = frame  # (only repeated if the decoder runs short: rare, harmless)
+                yield YuvFrame(frame)
+            else:  # idx < seen: decoded already, and shown before, so it is in slots and spooled
+                buf = np.empty_like(last)  # (H * 3 / 2, W)
+                spool.seek(slots[int(idx)] * buf.nbytes)
+                spool.readinto(memoryview(buf).cast("B"))
+                yield YuvFrame(buf)
+    finally:
+        if spool is not None:
+            spool.close()
+            spool_path.unlink(missing_ok=True)

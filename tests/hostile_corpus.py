@@ -142,7 +142,7 @@ def build_corpus(d: Path) -> list[Case]:  # noqa: PLR0915 - one flat list of cas
         os.fspath(d / "zero_frames.mp4"))
     err("zero-duration video", "InvalidMedia", "zero_frames.mp4", video=d / "zero_frames.mp4")
     media.write_video(d / "tiny_1x1.mp4", [np.full((1, 1, 3), 128, np.uint8)] * 10, extra=_x264("yuv444p"))
-    err("1x1 video", "NoFaceFound", "face", video=d / "tiny_1x1.mp4")
+    err("1x1 video", "InvalidMedia", "tiny_1x1.mp4", "1x1", "at least 2x2", video=d / "tiny_1x1.mp4")
     big = np.zeros((8000, 8000, 3), np.uint8)  # (8000, 8000, 3)
     cv2.imwrite(os.fspath(d / "huge_8000.png"), big)
     err("8000x8000 still image", "InvalidMedia", "8000x8000", video=d / "huge_8000.png")

@@ -43,6 +43,23 @@ def test_ssim_equals_direct_skimage_call() -> None:
     assert 0 < direct < 1
 
 
+@pytest.mark.parametrize("shape", [(540, 544, 3), (513, 640, 3)])
+def test_large_frame_ssim_by_halves_equals_skimage(shape: tuple[int, int, int]) -> None:
+    """A frame of SSIM_SPLIT_PX pixels or more is computed as two halves on two threads: the
+    mean equals one skimage call but for the rounding of its sum, and every map value summed
+    is exactly the whole frame's (rows next to the split and at the edges included)."""
+    assert shape[0] * shape[1] >= quality.SSIM_SPLIT_PX
+    a = _frame(4, shape)
+    b = np.clip(a.astype(np.int16) + _frame(5, shape) // 8 - 13, 0, 255).astype(np.uint8)
+    direct = structural_similarity(a, b, **quality.SSIM_ARGS)
+    assert quality.ssim(a, b) == pytest.approx(direct, rel=0, abs=1e-13)
+    _, whole = structural_similarity(a, b, full=True, **quality.SSIM_ARGS)  # (H, W, 3)
+    pad, (h, w) = quality.SSIM_PAD, shape[:2]
+    for row in (pad, h // 2 - 1, h // 2, h - pad - 1):
+        expected = whole[row:row + 1, pad:w - pad].sum(axis=(0, 1), dtype=np.float64)
+        assert np.array_equal(quality._ssim_map_sums(a, b, row, row + 1), expected), row
+
+
 def test_shape_mismatch_is_an_error() -> None:
     with pytest.raises(ValueError, match="differently shaped"):
         quality.psnr(_frame(), _frame(shape=(96, 120, 3)))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -54,9 +55,9 @@ def test_passthrough_extends_video_to_audio(face_mp4: Path, speech_wav: Path, tm
 
 
 def test_extension_spools_only_the_frames_shown_again(face_mp4: Path, tmp_path: Path) -> None:
-    """``_source_iter`` yields the plan's frames exactly, spooling only the revisited ones: a
+    """``plan_frames`` yields the plan's frames exactly, spooling only the revisited ones: a
     clip extended by 3 frames ping-pong spools 3 frames, not the whole clip."""
-    from pipeline.run import _source_iter
+    from pipeline.video_io import plan_frames
     from pipeline.video_io import frame_plan
     from pipeline.yuv import YuvFrame
 
@@ -64,7 +65,7 @@ def test_extension_spools_only_the_frames_shown_again(face_mp4: Path, tmp_path: 
     src = [YuvFrame(f).data for f in read_frames(face_mp4, pix_fmt="yuv420p")]  # 50 frames
     plan = frame_plan(len(src), len(src) + 3, "pingpong")
     assert list(plan[-4:]) == [49, 48, 47, 46]
-    frames = _source_iter(read_frames(face_mp4, info=info, pix_fmt="yuv420p"), info, plan, tmp_path)
+    frames = plan_frames(read_frames(face_mp4, info=info, pix_fmt="yuv420p"), info, plan, tmp_path)
     got = [next(frames).data for _ in range(len(src) + 1)]
     assert (tmp_path / "frames.raw").stat().st_size == 3 * src[0].nbytes
     got += [f.data for f in frames]
@@ -122,13 +123,32 @@ def test_cancel_and_timeout_leave_nothing(face_mp4: Path, speech_wav: Path, tmp_
     assert not out.exists() and list(work.iterdir()) == []
 
 
-def test_no_face_anywhere(synth_dir: Path, speech_wav: Path, tmp_path: Path) -> None:
+def _ffmpeg_children() -> list[int]:
+    """Live ffmpeg processes whose parent is this test process."""
+    me, found = str(os.getpid()), []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            name = stat.read_text().split("(", 1)[1].rsplit(")", 1)[0]
+        except (OSError, IndexError):
+            continue  # the process ended meanwhile
+        if fields[1] == me and fields[0] != "Z" and name.startswith("ffmpeg"):
+            found.append(int(stat.parent.name))
+    return found
+
+
+def test_no_face_anywhere(synth_dir: Path, speech_wav: Path, tmp_path: Path, work: Path) -> None:
+    """The job fails while tracking, after its encoder has started (it starts with the job):
+    the encoder is stopped and nothing is left behind."""
     rng = np.random.default_rng(0)
     frames = [np.full((240, 320, 3), 90 + i, np.uint8) + rng.integers(0, 20, (240, 320, 3), dtype=np.uint8)
               for i in range(25)]
     blank = media.write_video(synth_dir / "blank.mp4", frames)
     with pytest.raises(NoFaceFound, match="sampled"):
-        run(blank, speech_wav, tmp_path / "o.mp4", options=RunOptions(model="baseline"))
+        run(blank, speech_wav, tmp_path / "o.mp4", options=RunOptions(model="baseline", work_dir=str(work)))
+    assert not (tmp_path / "o.mp4").exists() and list(work.iterdir()) == []
+    if Path("/proc/self/stat").exists():
+        assert _ffmpeg_children() == []
     # passthrough needs no face and succeeds on the same input
     run(blank, speech_wav, tmp_path / "p.mp4", options=RunOptions(model="passthrough"))
 
@@ -175,3 +195,28 @@ def test_speech_error_from_its_thread_reaches_the_caller(face_mp4: Path, speech_
         run(face_mp4, speech_wav, out, options=RunOptions(model="passthrough", work_dir=str(work)))
     assert not out.exists() and list(work.iterdir()) == []
     assert "probe" in info.value.timings["seconds"] and "audio" in info.value.timings["offsets"]
+
+
+def test_mels_only_for_generators_that_read_them(face_mp4: Path, speech_wav: Path, tmp_path: Path,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """The passthrough reads no mel windows, so none are computed for it; the baseline's are.
+    The first batch is small (the encoder gets frames sooner), the others full size.
+    (The real functions run; they are wrapped only to count the calls and batch sizes.)"""
+    import pipeline.audio as audio_mod
+    from pipeline.generators import BaselineJob, PassthroughJob
+    from pipeline.run import FIRST_BATCH
+
+    calls: list[int] = []
+    real_mel = audio_mod.melspectrogram
+    monkeypatch.setattr(audio_mod, "melspectrogram", lambda wav: calls.append(len(wav)) or real_mel(wav))
+    sizes: dict[str, list[int]] = {"passthrough": [], "baseline": []}
+    for name, job in (("passthrough", PassthroughJob), ("baseline", BaselineJob)):
+        real = job.process
+        monkeypatch.setattr(job, "process", lambda self, frames, mels, faces, real=real, name=name:
+                            sizes[name].append(len(frames)) or real(self, frames, mels, faces))
+    run(face_mp4, speech_wav, tmp_path / "p.mp4", options=RunOptions(model="passthrough", batch_size=32))
+    assert calls == []
+    run(face_mp4, speech_wav, tmp_path / "b.mp4", options=RunOptions(model="baseline", batch_size=32))
+    assert len(calls) == 1
+    for got in sizes.values():
+        assert got == [FIRST_BATCH, 32, 32, 75 - 32 * 2 - FIRST_BATCH], got  # 75 frames: 3 s at 25 fps

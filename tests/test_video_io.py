@@ -230,6 +230,22 @@ def test_audio_cut_at_duration_without_shortest(d: Path, speech_wav: Path) -> No
     assert probe(out).duration_s == pytest.approx(2.0, abs=0.1)
 
 
+def test_whole_audio_without_cut_or_shortest(d: Path, speech_wav: Path) -> None:
+    """``shortest=False`` keeps all of the audio (3 s) and every frame (2 s of video): the
+    run loop writes as many frames as the audio lasts, so it need not know that length when
+    it starts the encoder."""
+    from pipeline.audio import SAMPLE_RATE, load_audio
+
+    out = d / "whole_audio.mp4"
+    with FrameWriter(out, 64, 48, 25, audio_path=speech_wav, shortest=False) as w:
+        for _ in range(50):
+            w.write(marker_frame())
+    assert w.frames_written == 50 and w.frames_dropped == 0
+    assert count_frames(out) == 50
+    assert abs(len(load_audio(out)) - 3 * SAMPLE_RATE) <= 1024 + 64  # within one AAC frame
+    assert probe(out).duration_s == pytest.approx(3.0, abs=0.1)
+
+
 def test_encoder_failure_raises_ffmpeg_error(d: Path) -> None:
     out = d / "bad.mp4"
     with pytest.raises(FFmpegError, match="encoding bad.mp4 failed.*invalid preset"):
