@@ -315,9 +315,7 @@ def _render(decoded: Iterator[np.ndarray], encoders: list[FrameWriter], *,
     job = generator.new_job(fps=fps, width=width, height=height)
     batch_size = options.batch_size or getattr(generator, "default_batch_size", DEFAULT_BATCH)
     depth = max(STREAM_DEPTH, batch_size)
-    frames_iter = plan_frames(decoded, vinfo, plan, workdir)
-    if vinfo.is_image or np.any(np.diff(plan) != 1):  # frames copied or read back from a spool: ahead, on a thread
-        frames_iter = Prefetch(frames_iter, depth=depth, name="plan")
+    frames_iter = Prefetch(plan_frames(decoded, vinfo, plan, workdir), depth=depth, name="plan")
     try:
         with contextlib.ExitStack() as stack:
             writers = [stack.enter_context(BackgroundWriter(frames, depth=depth, name=f"encode-{k}"))
