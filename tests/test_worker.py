@@ -89,26 +89,44 @@ def test_domain_errors_cross_with_their_type(pool: WorkerPool, inputs: dict[str,
 def test_a_worker_that_dies_mid_job_fails_that_job_only(pool: WorkerPool, inputs: dict[str, Path],
                                                         tmp_path: Path, sig: signal.Signals) -> None:
     """A crash in native code (SIGSEGV) or a kill: WorkerDied names the signal and the stage;
-    the scratch folder goes; the next job gets a fresh worker and succeeds."""
+    its ffmpeg children are killed with it (they are stopped first, so they cannot end on
+    their own when their pipes break: only the pool's kill of the group ends them); the
+    scratch folder goes; the next job gets a fresh worker and succeeds."""
+    pool.start()  # a worker, whatever an earlier test left
     before = pool.pids()
     flag = threading.Event()
-    with pytest.raises(WorkerDied, match=f"killed by {sig.name}.*during stage 'generate'"):
-        pool.generate(inputs["video"], inputs["long"], tmp_path / "o.mp4", options=_opts(tmp_path / "w"),
-                      progress=_when_generating(flag, lambda: os.kill(pool.pids()[0], sig)))
-    assert not _running(before[0])
-    assert _group(before[0]) == []  # its ffmpeg decoder and encoder went with it
+
+    def freeze_children_and_kill() -> None:
+        for pid in _group(before[0], pids=True):
+            if pid != before[0]:
+                os.kill(pid, signal.SIGSTOP)
+        os.kill(before[0], sig)
+
+    try:
+        with pytest.raises(WorkerDied, match=f"killed by {sig.name}.*during stage 'generate'"):
+            pool.generate(inputs["video"], inputs["long"], tmp_path / "o.mp4", options=_opts(tmp_path / "w"),
+                          progress=_when_generating(flag, freeze_children_and_kill))
+        assert not _running(before[0])
+        deadline = time.monotonic() + 5.0  # a killed process takes a moment to exit
+        while _group(before[0]) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert _group(before[0]) == []  # its ffmpeg decoder and encoder went with it
+    finally:
+        for pid in _group(before[0], pids=True):  # a failure leaves none stopped behind
+            os.kill(pid, signal.SIGKILL)
     assert list((tmp_path / "w").iterdir()) == []
     result, _ = pool.generate(inputs["video"], inputs["short"], tmp_path / "n.mp4", options=_opts(tmp_path / "w"))
     assert result.frames == 10 and pool.pids() != before
 
 
-def _group(pgid: int) -> list[str]:
-    """Live processes in process group ``pgid`` (a worker's own group, see pipeline.worker)."""
+def _group(pgid: int, *, pids: bool = False) -> list:
+    """Live processes in process group ``pgid`` (a worker's own group, see pipeline.worker):
+    "PID NAME" strings, or the pids."""
     found = []
     for p in psutil.process_iter(["name", "status"]):
         try:
             if os.getpgid(p.pid) == pgid and p.info["status"] != psutil.STATUS_ZOMBIE:
-                found.append(f"{p.pid} {p.info['name']}")
+                found.append(p.pid if pids else f"{p.pid} {p.info['name']}")
         except (ProcessLookupError, psutil.Error):
             continue
     return found
@@ -117,6 +135,7 @@ def _group(pgid: int) -> list[str]:
 def test_a_worker_left_mid_job_is_not_reused(pool: WorkerPool, inputs: dict[str, Path], tmp_path: Path) -> None:
     """When the parent stops listening mid-job (here its progress callback raises), the
     worker may still be busy with that job: it is killed, never handed the next job."""
+    pool.start()  # a worker, whatever an earlier test left
     busy = pool.pids()
 
     def boom(stage: str, fraction: float) -> None:
