@@ -40,12 +40,13 @@ def split_transcode(video: Path, out: Path) -> None:
     info = probe(video)
     frames = FrameWriter(out, *info.video.display_size, info.video.fps, audio_path=video,
                          pix_fmt="yuv420p", shortest=False)
-    decoder = subprocess.Popen([*base_cmd(), "-loglevel", "error", *decoder_input(video), "-map", "0:v:0",
-                                "-an", "-pix_fmt", "yuv420p", "-f", "rawvideo", "pipe:1"],
-                               stdout=frames._proc.stdin)  # the encoder's stdin
-    frames._proc.stdin.close()  # only the decoder holds the pipe now
-    if decoder.wait() != 0 or frames._proc.wait() != 0:
-        raise SystemExit("split transcode failed")
+    with frames:
+        decoder = subprocess.Popen([*base_cmd(), "-loglevel", "error", *decoder_input(video), "-map", "0:v:0",
+                                    "-an", "-pix_fmt", "yuv420p", "-f", "rawvideo", "pipe:1"],
+                                   stdout=frames.pipe)
+        frames.pipe.close()  # only the decoder holds the pipe now; close() waits for the encoder
+        if decoder.wait() != 0:
+            raise SystemExit("split transcode: the decoder failed")
 
 
 def main() -> None:

@@ -6,9 +6,10 @@ resolve, every frame is decoded whole in I420 to cut the 224x224 SyncNet crops. 
 original is decoded only at the sampled frames (ffmpeg's ``select``), which are compared
 with the generated frames of the same index (PSNR/SSIM, ``QUALITY_SAMPLES``).
 The original's faces come from the job's track (reused, no detection) or, without one,
-from ``pipeline.run.track_video`` here. Generated frame i shows the face of original frame
-plan[i] (``frame_plan(..., "pingpong")``, as the run loop extends a short video), so the
-boxes of a ping-pong extension are right too.
+from ``pipeline.run.track_video`` (through ``eval.inputs``, which loads what scoring needs
+besides the videos). Generated frame i shows the face of original frame plan[i]
+(``frame_plan(..., "pingpong")``, as the run loop extends a short video), so the boxes of a
+ping-pong extension are right too.
 
 Without SyncNet weights every LSE field is null with the reason and the fix; a number
 from random weights is never reported, and torch is not imported for it (tracking an
@@ -37,7 +38,6 @@ from __future__ import annotations
 import itertools
 import logging
 import os
-import sys
 import tempfile
 import time
 from collections.abc import Iterator, Mapping
@@ -48,18 +48,15 @@ from typing import Any
 import numpy as np
 
 from eval import frames as frames_mod
-from eval import lse, quality
+from eval import inputs, lse, quality
 from eval.frames import align, generated_frames, original_samples
 from eval.scores import LSE_METRICS, PROXY_METRICS, QUALITY_METRICS, Score, Scores, nulls, versions
 from eval.sync_proxy import CONVENTION as PROXY_CONVENTION
 from eval.sync_proxy import mouth_openings, sync_proxy
-from eval.syncnet_weights import resolve_syncnet
-from pipeline.audio import load_audio
-from pipeline.errors import InvalidMedia, NoFaceFound, WeightsInvalid, WeightsUnavailable
-from pipeline.faces import LANDMARK_FACE_PX, LANDMARK_MARGIN, Face, make_tracker
+from pipeline.errors import NoFaceFound
+from pipeline.faces import LANDMARK_FACE_PX, LANDMARK_MARGIN, Face
 from pipeline.opencv import configure_opencv_threads
 from pipeline.tracking import Track
-from pipeline.options import RunOptions
 from pipeline.probe import MediaInfo, probe
 from pipeline.streams import in_background
 from pipeline.video_io import frame_plan
@@ -105,7 +102,7 @@ def score_videos(original: str | os.PathLike[str], generated: str | os.PathLike[
         audio_job.set_result((speech, ""))
         speech_fact = "handed over by the job"
     else:
-        audio_job = in_background(_audio, audio, generated, name="eval-audio")  # an ffmpeg decode, beside the frames
+        audio_job = in_background(inputs.speech_or_reason, audio, generated, name="eval-audio")  # an ffmpeg decode, beside the frames
         speech_fact = f"decoded from {os.path.basename(audio if audio is not None else generated)}"
     ginfo_job = in_background(probe, generated, name="eval-probe")
     oinfo, ginfo = probe(original), ginfo_job.result()
@@ -117,15 +114,15 @@ def score_videos(original: str | os.PathLike[str], generated: str | os.PathLike[
     if track is None:
         t = time.perf_counter()
         try:
-            track = _track_original(oinfo, al.fps)
+            track = inputs.track_original(oinfo, al.fps)
         except NoFaceFound as exc:
             face_reason = f"no face in the original: {exc}"
         seconds["track"] = time.perf_counter() - t
     if track is not None:
         facts["frames_without_face"] = track.frames_without_face
 
-    model, lse_reason = _syncnet(syncnet_checkpoint, device)
-    landmarker, proxy_reason = _landmarker()
+    model, lse_reason = inputs.syncnet_or_reason(syncnet_checkpoint, device)
+    landmarker, proxy_reason = inputs.landmarker_or_reason()
     if track is None:
         lse_reason = lse_reason or f"n/a ({face_reason})"
         proxy_reason = proxy_reason or f"n/a ({face_reason})"
@@ -300,45 +297,6 @@ def _estimate_frames(info: MediaInfo, fps: float) -> int:
     if info.is_image:
         return 1
     return max(1, int(round(info.duration_s * fps)))
-
-
-def _track_original(info: MediaInfo, fps: float) -> Track:
-    """The original's face track at full resolution, as a job computes it (default options)."""
-    from pipeline.run import track_video  # imports torch (pipeline.device): only when no track is given
-
-    return track_video(info.path, info, options=RunOptions(), fps=fps,  # every frame the decoder yields
-                       n_track=sys.maxsize, landmarks=False)  # scoring reads the boxes only
-
-
-def _audio(audio: str | os.PathLike[str] | None, generated: str | os.PathLike[str]
-           ) -> tuple[np.ndarray | None, str]:
-    source = audio if audio is not None else generated
-    try:
-        return load_audio(source), ""
-    except InvalidMedia as exc:
-        hint = "" if audio is not None else " (pass --audio / audio= with the speech track)"
-        return None, f"{exc}{hint}"
-
-
-def _syncnet(checkpoint: str | os.PathLike[str] | None, device: str):
-    """(model, None) or (None, the reason LSE is n/a). torch is imported only once weights resolve."""
-    try:
-        weights = resolve_syncnet(checkpoint)
-        from eval.syncnet import cached_syncnet
-
-        return cached_syncnet(weights, device=device), None
-    except WeightsUnavailable as exc:
-        return None, f"n/a (no SyncNet weights): {exc}"
-    except WeightsInvalid as exc:
-        return None, f"n/a (SyncNet weights unusable): {exc}"
-
-
-def _landmarker():
-    """(dlib tracker, None) or (None, the reason the proxy is n/a)."""
-    try:
-        return make_tracker("dlib"), None
-    except WeightsUnavailable as exc:
-        return None, f"n/a (no landmark model for the sync proxy): {exc}"
 
 
 def _quality_scores(acc: quality.QualityAccumulator, note: str, n_cmp: int,

@@ -12,6 +12,7 @@ import os
 import subprocess
 import tempfile
 from types import TracebackType
+from typing import IO
 
 import numpy as np
 
@@ -80,6 +81,12 @@ class FrameWriter:
         self._err = tempfile.TemporaryFile()
         self._proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=self._err)
         grow_pipe(self._proc.stdin)
+
+    @property
+    def pipe(self) -> IO[bytes]:
+        """The pipe ffmpeg reads raw frames from: another process may write into it directly
+        (bench/overhead_vs_ffmpeg.py joins a decoder to it); ``close`` still finishes the file."""
+        return self._proc.stdin
 
     def write(self, frame: np.ndarray) -> None:
         """Append one uint8 frame: BGR (H, W, 3), or I420 planes (H * 3 // 2, W) for yuv420p."""

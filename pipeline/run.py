@@ -173,7 +173,9 @@ def _job(video: str | os.PathLike[str], audio: str | os.PathLike[str], output: s
     workdir = Path(tempfile.mkdtemp(prefix="lipsync-job-", dir=options.work_dir))
     try:
         with contextlib.ExitStack() as stack:
-            outputs = [("out.mp4", 1, options.crf), *([("side_by_side.mp4", 2, SBS_CRF)] if side_by_side else [])]
+            outputs = [("out.mp4", 1, options.crf)]
+            if side_by_side is not None:
+                outputs.append(("side_by_side.mp4", 2, SBS_CRF))  # twice as wide: original | result
             encoders = [stack.enter_context(_encoder(workdir / name, sides, options=options, fps=fps,
                                                      size=(width, height), audio=audio, crf=crf))
                         for name, sides, crf in outputs]

@@ -1,10 +1,11 @@
 """Streaming video decode through ffmpeg pipes, frame counting, the output frame plan and
 the source frames in plan order.
 
-Memory never grows with the video's length: ``read_frames`` yields one frame at a time from an ffmpeg ``rawvideo`` pipe (the encoder
-side is ``pipeline.encode.FrameWriter``). ffmpeg's stderr goes to a temporary file, so a
-chatty ffmpeg can never fill a pipe and deadlock; its tail is put into ``FFmpegError``
-when ffmpeg fails.
+Memory never grows with the video's length: ``read_frames`` yields one frame at a time from
+an ffmpeg ``rawvideo`` pipe (the encoder side is ``pipeline.encode.FrameWriter``), and
+``plan_frames`` spools to the job folder only the frames a plan shows again. ffmpeg's stderr
+goes to a temporary file, so a chatty ffmpeg can never fill a pipe and deadlock; its tail is
+put into ``FFmpegError`` when ffmpeg fails.
 """
 
 from __future__ import annotations
@@ -221,7 +222,7 @@ def frame_plan(n_source: int, n_out: int, mode: str = "pingpong") -> np.ndarray:
 
 
 def plan_frames(source: Iterator[np.ndarray], info: MediaInfo, plan: np.ndarray,
-                 workdir: Path) -> Iterator[YuvFrame]:
+                workdir: Path) -> Iterator[YuvFrame]:
     """Full-size source frames (I420, see pipeline.yuv) in ``plan`` order, bounded memory.
 
     A forward plan streams straight from ffmpeg. A plan that revisits frames (the audio is

@@ -1,0 +1,60 @@
+"""What scoring loads besides the two videos: the speech, the SyncNet model, the landmark
+model and (when no job handed one over) the original's face track. Each loader that may find
+nothing returns ``(None, reason)`` instead of raising, so a score that cannot be computed is
+null with that reason (``eval.score``), never a number from random weights.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import numpy as np
+
+from eval.syncnet_weights import resolve_syncnet
+from pipeline.audio import load_audio
+from pipeline.errors import InvalidMedia, WeightsInvalid, WeightsUnavailable
+from pipeline.faces import make_tracker
+from pipeline.options import RunOptions
+from pipeline.probe import MediaInfo
+from pipeline.tracking import Track
+
+
+def track_original(info: MediaInfo, fps: float) -> Track:
+    """The original's face track at full resolution, as a job computes it (default options)."""
+    from pipeline.run import track_video  # imports torch (pipeline.device): only when no track is given
+
+    return track_video(info.path, info, options=RunOptions(), fps=fps,  # every frame the decoder yields
+                       n_track=sys.maxsize, landmarks=False)  # scoring reads the boxes only
+
+
+def speech_or_reason(audio: str | os.PathLike[str] | None, generated: str | os.PathLike[str]
+                     ) -> tuple[np.ndarray | None, str]:
+    """(16 kHz speech, "") from ``audio`` (else the generated video's own track), or (None, why not)."""
+    source = audio if audio is not None else generated
+    try:
+        return load_audio(source), ""
+    except InvalidMedia as exc:
+        hint = "" if audio is not None else " (pass --audio / audio= with the speech track)"
+        return None, f"{exc}{hint}"
+
+
+def syncnet_or_reason(checkpoint: str | os.PathLike[str] | None, device: str):
+    """(model, None) or (None, the reason LSE is n/a). torch is imported only once weights resolve."""
+    try:
+        weights = resolve_syncnet(checkpoint)
+        from eval.syncnet import cached_syncnet
+
+        return cached_syncnet(weights, device=device), None
+    except WeightsUnavailable as exc:
+        return None, f"n/a (no SyncNet weights): {exc}"
+    except WeightsInvalid as exc:
+        return None, f"n/a (SyncNet weights unusable): {exc}"
+
+
+def landmarker_or_reason():
+    """(dlib tracker, None) or (None, the reason the proxy is n/a)."""
+    try:
+        return make_tracker("dlib"), None
+    except WeightsUnavailable as exc:
+        return None, f"n/a (no landmark model for the sync proxy): {exc}"
