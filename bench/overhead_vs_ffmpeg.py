@@ -7,14 +7,17 @@ AAC, +faststart: the encoder settings the pipeline uses), the same work split in
 processes joined by one pipe with no Python between them (``split``: the pipeline's decoder
 and encoder commands; what the two-process design costs by itself), and the pipeline with
 the ``passthrough`` and ``baseline`` generators, after one untimed round of each (the first
-baseline run loads dlib's models, as a server does once). Prints medians, the ratios and
-peak RSS.
+baseline run loads dlib's models, as a server does once). The pipeline decodes its frames in
+process (pipeline/libav_decode.py); ``passthrough_pipe`` is the passthrough with
+``LIPSYNC_DECODER=pipe`` (frames decoded by an ffmpeg process and piped in), for the
+difference. Prints medians, the ratios and peak RSS.
 Bars: passthrough <= 1.2x, baseline <= 2.0x.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import subprocess
 import tempfile
 from pathlib import Path
@@ -22,6 +25,7 @@ from pathlib import Path
 from common import alternate, media_dir, median, peak_rss_mb
 
 from pipeline.encode import FrameWriter
+from pipeline.libav_decode import DECODER_ENV
 from pipeline.ffmpeg import base_cmd, input_args, run_ffmpeg
 from pipeline.options import RunOptions
 from pipeline.probe import probe
@@ -49,6 +53,19 @@ def split_transcode(video: Path, out: Path) -> None:
             raise SystemExit("split transcode: the decoder failed")
 
 
+def pipeline_run(video: Path, out: Path, model: str, *, decoder: str = "auto") -> None:
+    """One job through ``pipeline.run`` with the given decoder setting (LIPSYNC_DECODER)."""
+    before = os.environ.get(DECODER_ENV)
+    os.environ[DECODER_ENV] = decoder
+    try:
+        run(video, video, out, options=RunOptions(model=model))
+    finally:
+        if before is None:
+            os.environ.pop(DECODER_ENV, None)
+        else:
+            os.environ[DECODER_ENV] = before
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--runs", type=int, default=5)
@@ -61,13 +78,14 @@ def main() -> None:
             args.runs, warmup=1,
             ffmpeg=lambda: bare_transcode(video, out / "bare.mp4"),
             split=lambda: split_transcode(video, out / "split.mp4"),
-            passthrough=lambda: run(video, video, out / "pass.mp4", options=RunOptions(model="passthrough")),
-            baseline=lambda: run(video, video, out / "base.mp4", options=RunOptions(model="baseline")),
+            passthrough=lambda: pipeline_run(video, out / "pass.mp4", "passthrough"),
+            passthrough_pipe=lambda: pipeline_run(video, out / "pass_pipe.mp4", "passthrough", decoder="pipe"),
+            baseline=lambda: pipeline_run(video, out / "base.mp4", "baseline"),
         )
     ref = median(times["ffmpeg"])
     print(f"clip: {video.name}, {args.runs} alternating runs each")
     for name, values in times.items():
-        print(f"  {name:12s} median {median(values):6.2f} s  runs {' '.join(f'{v:.2f}' for v in values)}"
+        print(f"  {name:16s} median {median(values):6.2f} s  runs {' '.join(f'{v:.2f}' for v in values)}"
               f"  ratio {median(values) / ref:5.2f}x")
     print(f"bars: passthrough <= 1.20x -> {median(times['passthrough']) / ref:.2f}x; "
           f"baseline <= 2.00x -> {median(times['baseline']) / ref:.2f}x")

@@ -21,6 +21,7 @@ from typing import IO
 
 import numpy as np
 
+from pipeline import libav_decode
 from pipeline.errors import FFmpegError, InvalidMedia
 from pipeline.ffmpeg import PIX_FMTS, base_cmd, grow_pipe, input_args, rate_str, run_ffmpeg, stderr_tail
 from pipeline.probe import MediaInfo, probe, require_stream
@@ -57,6 +58,8 @@ def read_frames(path: str | os.PathLike[str], *, size: tuple[int, int] | None = 
     ascending, each once, those past the end left out): ffmpeg still decodes up to the last
     one, but converts and pipes only these (beyond SELECT_MAX_TERMS indices every frame is
     piped and the others dropped here). An empty ``select`` yields nothing.
+    Full-size I420 frames at the stream's own rate (the run loop's decode) are decoded in
+    this process where ``pipeline.libav_decode`` applies: the same frames, no pipe.
     """
     path = os.fspath(path)
     info = info or probe(path)
@@ -75,6 +78,8 @@ def read_frames(path: str | os.PathLike[str], *, size: tuple[int, int] | None = 
             raise ValueError(f"frame indices must be non-negative, got {wanted[0]}")
         if len(wanted) <= SELECT_MAX_TERMS:
             filters.append(f"select='{select_expr(wanted)}'")
+    # the same frames without the pipe, decoded here (pipeline.libav_decode)
+    in_process = pix_fmt == "yuv420p" and size is None and not filters and libav_decode.applies(info)
     if pix_fmt == "yuv420p" and (w % 2 or h % 2):
         if size:
             raise ValueError(f"yuv420p frames need even sides, got {w}x{h}")
@@ -90,6 +95,9 @@ def read_frames(path: str | os.PathLike[str], *, size: tuple[int, int] | None = 
     if wanted is not None and len(wanted) <= SELECT_MAX_TERMS:
         cmd += ["-fps_mode", "passthrough"]  # no duplicated frames filling the gaps
     cmd += ["-pix_fmt", pix_fmt, "-f", "rawvideo", "pipe:1"]
+    if in_process:
+        return libav_decode.libav_frames(info, threads=DECODE_THREADS,
+                                         pipe=lambda: pipe_frames(cmd, w, h, path, pix_fmt=pix_fmt))
     frames = pipe_frames(cmd, w, h, path, pix_fmt=pix_fmt)
     if wanted is None or len(wanted) <= SELECT_MAX_TERMS:
         return frames
