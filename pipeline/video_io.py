@@ -79,7 +79,8 @@ def read_frames(path: str | os.PathLike[str], *, size: tuple[int, int] | None = 
         if len(wanted) <= SELECT_MAX_TERMS:
             filters.append(f"select='{select_expr(wanted)}'")
     # the same frames without the pipe, decoded here (pipeline.libav_decode)
-    in_process = pix_fmt == "yuv420p" and size is None and not filters and libav_decode.applies(info)
+    in_process = (pix_fmt == "yuv420p" and size is None and not filters and wanted is None
+                  and libav_decode.applies(info))
     if pix_fmt == "yuv420p" and (w % 2 or h % 2):
         if size:
             raise ValueError(f"yuv420p frames need even sides, got {w}x{h}")

@@ -198,6 +198,15 @@ def test_a_playlist_is_not_opened(d: Path) -> None:
     assert list(frames) == sentinel
 
 
+def test_selected_frames_are_the_selected_ones(d: Path) -> None:
+    """A selection (more indices than ffmpeg's select filter takes, or fewer) yields only those."""
+    path = clip(d / "select.mp4", *H264, seconds=4)
+    every = list(read_frames(path, pix_fmt="yuv420p"))
+    for wanted in (list(range(0, 140, 2)), [3, 50, 99]):
+        picked = list(read_frames(path, pix_fmt="yuv420p", select=wanted))
+        assert same(picked, [every[i] for i in wanted if i < len(every)])
+
+
 def test_fresh_buffers_and_the_file_closed_early(d: Path) -> None:
     path = clip(d / "fresh.mp4", *H264)
     frames = read_frames(path, pix_fmt="yuv420p")
