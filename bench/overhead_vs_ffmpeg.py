@@ -21,12 +21,13 @@ import os
 import subprocess
 import tempfile
 from pathlib import Path
+from unittest.mock import patch
 
 from common import alternate, media_dir, median, peak_rss_mb
 
 from pipeline.encode import FrameWriter
-from pipeline.libav_decode import DECODER_ENV
 from pipeline.ffmpeg import base_cmd, input_args, run_ffmpeg
+from pipeline.libav_decode import DECODER_ENV
 from pipeline.options import RunOptions
 from pipeline.probe import probe
 from pipeline.run import run
@@ -55,15 +56,8 @@ def split_transcode(video: Path, out: Path) -> None:
 
 def pipeline_run(video: Path, out: Path, model: str, *, decoder: str = "auto") -> None:
     """One job through ``pipeline.run`` with the given decoder setting (LIPSYNC_DECODER)."""
-    before = os.environ.get(DECODER_ENV)
-    os.environ[DECODER_ENV] = decoder
-    try:
+    with patch.dict(os.environ, {DECODER_ENV: decoder}):  # restored afterwards
         run(video, video, out, options=RunOptions(model=model))
-    finally:
-        if before is None:
-            os.environ.pop(DECODER_ENV, None)
-        else:
-            os.environ[DECODER_ENV] = before
 
 
 def main() -> None:

@@ -27,6 +27,7 @@ import numpy as np
 from pipeline.errors import FFmpegError, InvalidMedia
 from pipeline.ffmpeg import SAFE_DEMUXERS
 from pipeline.probe import MediaInfo
+from pipeline.yuv import YuvFrame
 
 log = logging.getLogger(__name__)
 
@@ -138,14 +139,10 @@ def _after(frames: Iterator[np.ndarray], n: int) -> Iterator[np.ndarray]:
 
 def _i420(frame, w: int, h: int) -> np.ndarray:  # noqa: ANN001 - an av.VideoFrame
     """The frame's planes, top-left w x h, as one I420 buffer (h * 3 // 2, w)."""
-    out = np.empty((h * 3 // 2, w), np.uint8)
-    flat = out.reshape(-1)  # Y (h, w), then U and V (h/2, w/2) each
-    cw, ch = w // 2, h // 2
-    y, u, v = frame.planes
-    out[:h] = np.frombuffer(y, np.uint8).reshape(-1, y.line_size)[:h, :w]
-    flat[h * w:h * w + cw * ch].reshape(ch, cw)[:] = np.frombuffer(u, np.uint8).reshape(-1, u.line_size)[:ch, :cw]
-    flat[h * w + cw * ch:].reshape(ch, cw)[:] = np.frombuffer(v, np.uint8).reshape(-1, v.line_size)[:ch, :cw]
-    return out
+    out = YuvFrame(np.empty((h * 3 // 2, w), np.uint8))
+    for dst, src in zip(out.planes(), frame.planes):  # Y (h, w), U and V (h/2, w/2); src rows padded
+        dst[:] = np.frombuffer(src, np.uint8).reshape(-1, src.line_size)[:dst.shape[0], :dst.shape[1]]
+    return out.data
 
 
 def _pyav():  # noqa: ANN202 - the av module, or None where PyAV is not installed
