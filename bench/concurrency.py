@@ -34,7 +34,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 from app_server import AppServer, start_app  # noqa: E402  (tests/app_server.py)
 from gradio_client import Client, handle_file  # noqa: E402
 
-from pipeline.ffmpeg import ffmpeg_exe  # noqa: E402
+from pipeline.media.ffmpeg import ffmpeg_exe  # noqa: E402
 
 SAMPLE_S = 0.5
 

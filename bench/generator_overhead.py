@@ -22,12 +22,12 @@ from pathlib import Path
 import numpy as np
 from common import alternate, media_dir, median, peak_rss_mb
 
-from pipeline import audio as audio_mod
-from pipeline.models.wav2lip import Wav2Lip, save_checkpoint
+from pipeline.media import audio as audio_mod
+from pipeline.generators.wav2lip.model import Wav2Lip, save_checkpoint
 from pipeline.options import RunOptions, RunResult
 from pipeline.run import run
-from pipeline.video_io import frame_plan, read_frames
-from pipeline.wav2lip_generator import (Wav2LipGenerator, crop_box, forward_batches, make_wav2lip_generator,
+from pipeline.media.decode import frame_plan, read_frames
+from pipeline.generators.wav2lip.generator import (Wav2LipGenerator, crop_box, forward_batches, make_wav2lip_generator,
                                         prepare_faces)
 
 BAR = 1.25  # wav2lip wall / (bare forward + passthrough wall)

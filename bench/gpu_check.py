@@ -28,7 +28,7 @@ from generator_overhead import load_generator
 from pipeline.device import device_facts
 from pipeline.options import RunOptions
 from pipeline.run import run
-from pipeline.wav2lip_generator import Wav2LipGenerator, forward_batches, to_model_input
+from pipeline.generators.wav2lip.generator import Wav2LipGenerator, forward_batches, to_model_input
 
 
 def model_fps(gen: Wav2LipGenerator, batch: int, iters: int) -> tuple[float, float]:
@@ -65,7 +65,7 @@ def main() -> None:
     if not torch.cuda.is_available():
         raise SystemExit("no CUDA device: run this on a GPU machine")
     video = media_dir() / args.video
-    print(json.dumps(device_facts()))
+    print(json.dumps(device_facts(gpu=True)))
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp)
         gen, checkpoint, load_s = load_generator(out, args.checkpoint, device="cuda", batch_size=args.batch)

@@ -8,7 +8,7 @@ processes joined by one pipe with no Python between them (``split``: the pipelin
 and encoder commands; what the two-process design costs by itself), and the pipeline with
 the ``passthrough`` and ``baseline`` generators, after one untimed round of each (the first
 baseline run loads dlib's models, as a server does once). The pipeline decodes its frames in
-process (pipeline/libav_decode.py); ``passthrough_pipe`` is the passthrough with
+process (pipeline/media/libav.py); ``passthrough_pipe`` is the passthrough with
 ``LIPSYNC_DECODER=pipe`` (frames decoded by an ffmpeg process and piped in), for the
 difference. Prints medians, the ratios and peak RSS.
 Bars: passthrough <= 1.2x, baseline <= 2.0x.
@@ -25,13 +25,13 @@ from unittest.mock import patch
 
 from common import alternate, media_dir, median, peak_rss_mb
 
-from pipeline.encode import FrameWriter
-from pipeline.ffmpeg import base_cmd, input_args, run_ffmpeg
-from pipeline.libav_decode import DECODER_ENV
+from pipeline.media.encode import FrameWriter
+from pipeline.media.ffmpeg import base_cmd, input_args, run_ffmpeg
+from pipeline.media.libav import DECODER_ENV
 from pipeline.options import RunOptions
-from pipeline.probe import probe
+from pipeline.media.probe import probe
 from pipeline.run import run
-from pipeline.video_io import decoder_input
+from pipeline.media.decode import decoder_input
 
 
 def bare_transcode(video: Path, out: Path) -> None:
@@ -44,7 +44,7 @@ def split_transcode(video: Path, out: Path) -> None:
     """The pipeline's decoder piped straight into its encoder (the frames never enter Python)."""
     info = probe(video)
     frames = FrameWriter(out, *info.video.display_size, info.video.fps, audio_path=video,
-                         pix_fmt="yuv420p", shortest=False)
+                         pix_fmt="yuv420p")
     with frames:
         decoder = subprocess.Popen([*base_cmd(), "-loglevel", "error", *decoder_input(video), "-map", "0:v:0",
                                     "-an", "-pix_fmt", "yuv420p", "-f", "rawvideo", "pipe:1"],

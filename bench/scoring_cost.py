@@ -6,7 +6,7 @@ Alternates, in one process: a job with the ``baseline`` generator on CPU
 (``pipeline.run.run``, the clip's own audio) and ``eval.score_videos`` of its output
 against the clip and that audio, reusing the job's face track, its kept original frames and
 its decoded speech as the app does (``run(keep=sample_frames)``, ``score_videos(originals=,
-speech=)``, pipeline.recording.score_result; no SyncNet weights here,
+speech=)``, jobs.lifecycle.score_result; no SyncNet weights here,
 so LSE is skipped with its reason). Prints medians of wall seconds and of CPU seconds
 (``os.times()``: this process and its finished children, i.e. the ffmpeg processes; on a
 shared, loaded machine CPU seconds compare more fairly than wall), both ratios and peak RSS.
@@ -64,7 +64,7 @@ def main() -> None:
         def generate() -> None:
             nonlocal result
             result = run(video, video, out, options=RunOptions(model="baseline", device="cpu"),
-                         keep=sample_frames)  # as pipeline.recording runs a scored job
+                         keep=sample_frames)  # as jobs.lifecycle runs a scored job
 
         def score() -> None:
             scores = score_videos(video, out, audio=video, track=result.track, originals=result.originals,

@@ -13,7 +13,7 @@ import logging
 import sys
 from collections.abc import Sequence
 
-from eval.scores import Scores
+from eval.results import Scores
 from pipeline.errors import LipSyncError
 
 

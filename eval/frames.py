@@ -11,7 +11,7 @@ the pair with a message that says why:
 - frame counts: compared over the common prefix (a job's output is cut to its audio, or
   extended ping-pong past the source's end, which starts with the source's frames).
 
-Frames are decoded in the decoder's own I420 format (``pipeline.yuv.YuvFrame``): the
+Frames are decoded in the decoder's own I420 format (``pipeline.media.yuv.YuvFrame``): the
 generated video once, every frame, for the landmarks and SyncNet crops (only the face
 region is converted to BGR); the original only at the sampled frames (ffmpeg's ``select``).
 Both convert a compared frame to BGR the same way (OpenCV, BT.601 limited range, as
@@ -30,11 +30,11 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.errors import InvalidMedia
-from pipeline.faces import LANDMARK_FACE_PX, LANDMARK_MARGIN, Face, FaceTracker
-from pipeline.ffmpeg import base_cmd
-from pipeline.probe import MediaInfo
-from pipeline.video_io import SELECT_MAX_TERMS, decoder_input, pipe_frames, read_frames, select_expr
-from pipeline.yuv import YuvFrame, even_box
+from pipeline.faces.types import LANDMARK_FACE_PX, LANDMARK_MARGIN, Face, FaceTracker
+from pipeline.media.ffmpeg import base_cmd
+from pipeline.media.probe import MediaInfo
+from pipeline.media.decode import SELECT_MAX_TERMS, decoder_input, pipe_frames, read_frames, select_expr
+from pipeline.media.yuv import YuvFrame, even_box
 
 FPS_TOLERANCE = 1e-3  # relative: 25 vs 25.02 is the same rate
 ASPECT_TOLERANCE = 0.01  # relative aspect-ratio difference accepted for scaling
@@ -166,7 +166,7 @@ def counted_frames(count: str | os.PathLike[str]) -> int:
 
 class LumaFrame:
     """A grey (H, W) luma region, with the ``planes()`` and ``shape`` that
-    ``FaceTracker.landmarks_in`` reads from a ``pipeline.yuv.YuvFrame``."""
+    ``FaceTracker.landmarks_in`` reads from a ``pipeline.media.yuv.YuvFrame``."""
 
     def __init__(self, y: np.ndarray) -> None:
         self.y = y  # (H, W) uint8, limited range as decoded

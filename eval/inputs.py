@@ -11,18 +11,18 @@ import sys
 
 import numpy as np
 
-from eval.syncnet_weights import resolve_syncnet
-from pipeline.audio import load_audio
+from pipeline.media.audio import load_audio
 from pipeline.errors import InvalidMedia, WeightsInvalid, WeightsUnavailable
-from pipeline.faces import make_tracker
+from pipeline.faces.backends import make_tracker
 from pipeline.options import RunOptions
-from pipeline.probe import MediaInfo
-from pipeline.tracking import Track
+from pipeline.media.probe import MediaInfo
+from pipeline.faces.tracking import Track
+from pipeline.weights import SYNCNET, resolve
 
 
 def track_original(info: MediaInfo, fps: float) -> Track:
     """The original's face track at full resolution, as a job computes it (default options)."""
-    from pipeline.run import track_video  # imports torch (pipeline.device): only when no track is given
+    from pipeline.faces.tracking import track_video  # the tracker and decoder: only when no track is given
 
     return track_video(info.path, info, options=RunOptions(), fps=fps,  # every frame the decoder yields
                        n_track=sys.maxsize, landmarks=False)  # scoring reads the boxes only
@@ -42,7 +42,7 @@ def speech_or_reason(audio: str | os.PathLike[str] | None, generated: str | os.P
 def syncnet_or_reason(checkpoint: str | os.PathLike[str] | None, device: str):
     """(model, None) or (None, the reason LSE is n/a). torch is imported only once weights resolve."""
     try:
-        weights = resolve_syncnet(checkpoint)
+        weights = resolve(SYNCNET, checkpoint)  # a failed Hub download is not retried in this process
         from eval.syncnet import cached_syncnet
 
         return cached_syncnet(weights, device=device), None

@@ -23,7 +23,7 @@ import cv2
 import numpy as np
 from skimage.metrics import structural_similarity
 
-from eval.scores import QUALITY_METRICS
+from eval.results import QUALITY_METRICS
 
 SSIM_ARGS = {"gaussian_weights": True, "sigma": 1.5, "use_sample_covariance": False,
              "data_range": 255, "channel_axis": -1}
@@ -141,7 +141,7 @@ class QualityAccumulator:
     def add(self, i: int, original: np.ndarray, generated: np.ndarray,
             box: tuple[float, float, float, float] | None) -> None:
         """Frame i's values. For frames of the face metrics only, the frames may be
-        ``pipeline.yuv.YuvFrame``s: only the face crop is converted to BGR."""
+        ``pipeline.media.yuv.YuvFrame``s: only the face crop is converted to BGR."""
         on = {m for m in QUALITY_METRICS if i in self.frames.get(m, ())}
         if "psnr_full" in on:
             self.values["psnr_full"][i] = psnr(original, generated)

@@ -6,7 +6,7 @@ resolve, every frame is decoded whole in I420 to cut the 224x224 SyncNet crops. 
 original is decoded only at the sampled frames (ffmpeg's ``select``), which are compared
 with the generated frames of the same index (PSNR/SSIM, ``QUALITY_SAMPLES``).
 The original's faces come from the job's track (reused, no detection) or, without one,
-from ``pipeline.run.track_video`` (through ``eval.inputs``, which loads what scoring needs
+from ``pipeline.faces.tracking.track_video`` (through ``eval.inputs``, which loads what scoring needs
 besides the videos). Generated frame i shows the face of original frame plan[i]
 (``frame_plan(..., "pingpong")``, as the run loop extends a short video), so the boxes of a
 ping-pong extension are right too.
@@ -43,6 +43,7 @@ import time
 from collections.abc import Iterator, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import closing
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -50,17 +51,17 @@ import numpy as np
 from eval import frames as frames_mod
 from eval import inputs, lse, quality
 from eval.frames import align, generated_frames, original_samples
-from eval.scores import LSE_METRICS, PROXY_METRICS, QUALITY_METRICS, Score, Scores, nulls, versions
+from eval.results import LSE_METRICS, PROXY_METRICS, QUALITY_METRICS, Score, Scores, nulls, versions
 from eval.sync_proxy import CONVENTION as PROXY_CONVENTION
 from eval.sync_proxy import mouth_openings, sync_proxy
 from pipeline.errors import NoFaceFound
-from pipeline.faces import LANDMARK_FACE_PX, LANDMARK_MARGIN, Face
-from pipeline.opencv import configure_opencv_threads
-from pipeline.tracking import Track
-from pipeline.probe import MediaInfo, probe
-from pipeline.streams import in_background
-from pipeline.video_io import frame_plan
-from pipeline.yuv import YuvFrame
+from pipeline.faces.types import LANDMARK_FACE_PX, LANDMARK_MARGIN, Face
+from pipeline.device import configure_opencv_threads
+from pipeline.faces.tracking import Track
+from pipeline.media.probe import MediaInfo, probe
+from pipeline.media.background import in_background
+from pipeline.media.decode import frame_plan
+from pipeline.media.yuv import YuvFrame
 
 log = logging.getLogger(__name__)
 
@@ -132,90 +133,119 @@ def score_videos(original: str | os.PathLike[str], generated: str | os.PathLike[
     n_gen_est = _estimate_frames(ginfo, al.fps)
     acc = quality.QualityAccumulator(quality.sample_plan(max(1, min(n_orig, n_gen_est)), QUALITY_SAMPLES))
     faces = _FaceLookup(track)
-    params = None if model is None else lse.crop_params(faces.boxes(n_gen_est))
-    opened: list[Face | None] = []  # generated faces with landmarks; None between fitted frames
-    crops: list[np.ndarray] = []
+    walk = _FramePass(acc=acc, faces=faces, al=al, landmarker=landmarker, n_orig=n_orig,
+                      params=None if model is None else lse.crop_params(faces.boxes(n_gen_est)))
     t = time.perf_counter()
-    samples = sorted(i for i in acc.wanted if i < n_orig)
-    kept = {i: originals[i] for i in samples if originals and i in originals}
-    orig_iter = original_samples(oinfo, [i for i in samples if i not in kept])
-    region = None
-    if params is None and landmarker is not None and frames_mod.region_decodable(ginfo, al, samples):
-        region = frames_mod.landmark_region(faces.faces, al.size)
-    facts["generated_decode"] = "every frame whole" if region is None else \
-        f"luma of region {region[2]}x{region[3]} at ({region[0]}, {region[1]}) of the landmark frames; " \
-        "sampled frames whole"
-    facts["original_frames_reused"] = len(kept)
-    waiting: dict[int, YuvFrame] = dict(kept)  # original frames at hand before their generated partner
-    n_gen = 0
-    compared: list[Future[None]] = []
-    max_queued = max(MIN_QUEUED, QUEUE_BYTES // max(1, 3 * al.size[0] * al.size[1]))  # I420 pair: 2 x 1.5 B/px
-
-    def compare(i: int, g: YuvFrame) -> None:
-        o = _next_sampled(orig_iter, waiting, i)
-        if o is not None:
-            compared.append(pool.submit(_compare, acc, i, o, g, faces.get(i)))
-            if len(compared) > max_queued:
-                compared[-max_queued - 1].result()  # bounds the frames held in the queue
-        if i == samples[-1]:
-            orig_iter.close()  # stops ffmpeg decoding the rest of the original
-
-    # PSNR/SSIM run on worker threads, so they fill the time this thread waits on ffmpeg's
-    # pipes; scipy's filters and OpenCV release the GIL, so once the decode is done the
-    # backlog runs on every core (the accumulator keys values by frame: order is free).
-    with ThreadPoolExecutor(max_workers=QUALITY_WORKERS, thread_name_prefix="eval-quality") as pool, \
-            tempfile.TemporaryDirectory(prefix="lipsync-eval-") as tmp, closing(orig_iter):
-        if region is None:
-            with closing(generated_frames(ginfo, al)) as frames:
-                for i, g in enumerate(frames):
-                    n_gen = i + 1
-                    face = faces.get(i)
-                    if samples and i <= samples[-1] and i in acc.wanted:
-                        compare(i, g)
-                    if landmarker is not None:
-                        fitted = face is not None and landmark_frame(i, al.fps)
-                        opened.append(landmarker.landmarks_in(g, face) if fitted else None)
-                    if params is not None:
-                        cx, cy, s = params[min(i, len(params) - 1)]
-                        crops.append(lse.face_crop(g, cx, cy, s))
-        else:
-            full, count = os.path.join(tmp, "samples.yuv"), os.path.join(tmp, "count.yuv")
-            whole = frames_mod.SampleFile(full, samples, al.size)
-            rate = LANDMARK_RATE_HZ / al.fps
-            fitted_at = (i for i in itertools.count() if frames_mod.rate_frame(i, rate))
-            fits: dict[int, Face] = {}
-            size, scale = frames_mod.fit_scale(faces.faces, region)
-            with closing(frames_mod.region_frames(ginfo, region, rate, samples, full, count,
-                                                  size=size)) as frames:
-                for i, luma in zip(fitted_at, frames):
-                    for j, gj in whole.ready():
-                        compare(j, gj)  # sampled frames ffmpeg has written whole so far
-                    face = faces.get(i)
-                    if face is not None:
-                        fits[i] = frames_mod.fit_in_region(landmarker, luma, face, region[:2], scale)
-            n_gen = frames_mod.counted_frames(count)
-            for j, gj in whole.ready():
-                compare(j, gj)  # the rest, now that ffmpeg has exited
-            opened = [fits.get(i) for i in range(n_gen)]
-        for job in compared:
-            job.result()  # re-raises a failure of the worker here
+    walk.run(oinfo, ginfo, originals, facts)
     seconds["frames"] = time.perf_counter() - t
-    n_cmp = min(n_orig, n_gen)
-    facts.update(original_frames=n_orig, generated_frames=n_gen, compared_frames=n_cmp)
+    n_cmp = min(n_orig, walk.n_gen)
+    facts.update(original_frames=n_orig, generated_frames=walk.n_gen, compared_frames=n_cmp)
 
     wav, audio_reason = audio_job.result()
     if wav is None:
         lse_reason = proxy_reason = "n/a (no audio to score against): " + audio_reason
     scores = _quality_scores(acc, al.note, n_cmp, face_reason)
     t = time.perf_counter()
-    scores += _lse_scores(model, lse_reason, crops, wav, al.fps)
+    scores += _lse_scores(model, lse_reason, walk.crops, wav, al.fps)
     seconds["lse"] = time.perf_counter() - t
     t = time.perf_counter()
-    scores += _proxy_scores(opened, proxy_reason, wav, al.fps)
+    scores += _proxy_scores(walk.opened, proxy_reason, wav, al.fps)
     seconds["proxy"] = time.perf_counter() - t
     seconds["total"] = time.perf_counter() - t0
     facts["seconds"] = {k: round(v, 4) for k, v in seconds.items()}
     return Scores(tuple(scores), versions(), facts)
+
+
+@dataclass
+class _FramePass:
+    """One pass over the generated video: sampled frames compared with the original's (on
+    worker threads), mouth landmarks fitted on the landmark frames, SyncNet crops cut."""
+
+    acc: quality.QualityAccumulator
+    faces: _FaceLookup
+    al: Any  # eval.frames.Alignment
+    landmarker: Any
+    n_orig: int
+    params: np.ndarray | None  # SyncNet crop parameters per frame, None without SyncNet
+    opened: list[Face | None] = field(default_factory=list)  # landmarks; None between fitted frames
+    crops: list[np.ndarray] = field(default_factory=list)
+    n_gen: int = 0
+
+    def run(self, oinfo: MediaInfo, ginfo: MediaInfo, originals: Mapping[int, YuvFrame] | None,
+            facts: dict[str, Any]) -> None:
+        self.samples = sorted(i for i in self.acc.wanted if i < self.n_orig)
+        kept = {i: originals[i] for i in self.samples if originals and i in originals}
+        self.orig_iter = original_samples(oinfo, [i for i in self.samples if i not in kept])
+        region = None
+        if self.params is None and self.landmarker is not None and \
+                frames_mod.region_decodable(ginfo, self.al, self.samples):
+            region = frames_mod.landmark_region(self.faces.faces, self.al.size)
+        facts["generated_decode"] = "every frame whole" if region is None else \
+            f"luma of region {region[2]}x{region[3]} at ({region[0]}, {region[1]}) of the landmark frames; " \
+            "sampled frames whole"
+        facts["original_frames_reused"] = len(kept)
+        self.waiting: dict[int, YuvFrame] = dict(kept)  # original frames at hand before their partner
+        self.compared: list[Future[None]] = []
+        w, h = self.al.size
+        self.max_queued = max(MIN_QUEUED, QUEUE_BYTES // max(1, 3 * w * h))  # I420 pair: 2 x 1.5 B/px
+        # PSNR/SSIM run on worker threads, so they fill the time this thread waits on ffmpeg's
+        # pipes; scipy's filters and OpenCV release the GIL, so once the decode is done the
+        # backlog runs on every core (the accumulator keys values by frame: order is free).
+        with ThreadPoolExecutor(max_workers=QUALITY_WORKERS, thread_name_prefix="eval-quality") as pool, \
+                closing(self.orig_iter):
+            self.pool = pool
+            if region is None:
+                self._whole(ginfo)
+            else:
+                self._region(ginfo, region)
+            for job in self.compared:
+                job.result()  # re-raises a failure of the worker here
+
+    def _compare(self, i: int, g: YuvFrame) -> None:
+        o = _next_sampled(self.orig_iter, self.waiting, i)
+        if o is not None:
+            self.compared.append(self.pool.submit(_compare, self.acc, i, o, g, self.faces.get(i)))
+            if len(self.compared) > self.max_queued:
+                self.compared[-self.max_queued - 1].result()  # bounds the frames held in the queue
+        if i == self.samples[-1]:
+            self.orig_iter.close()  # stops ffmpeg decoding the rest of the original
+
+    def _whole(self, ginfo: MediaInfo) -> None:
+        """Every generated frame decoded whole."""
+        with closing(generated_frames(ginfo, self.al)) as frames:
+            for i, g in enumerate(frames):
+                self.n_gen = i + 1
+                face = self.faces.get(i)
+                if self.samples and i <= self.samples[-1] and i in self.acc.wanted:
+                    self._compare(i, g)
+                if self.landmarker is not None:
+                    fitted = face is not None and landmark_frame(i, self.al.fps)
+                    self.opened.append(self.landmarker.landmarks_in(g, face) if fitted else None)
+                if self.params is not None:
+                    cx, cy, s = self.params[min(i, len(self.params) - 1)]
+                    self.crops.append(lse.face_crop(g, cx, cy, s))
+
+    def _region(self, ginfo: MediaInfo, region: tuple[int, int, int, int]) -> None:
+        """Only the luma of the mouth region of the landmark frames, and the sampled frames whole."""
+        with tempfile.TemporaryDirectory(prefix="lipsync-eval-") as tmp:
+            full, count = os.path.join(tmp, "samples.yuv"), os.path.join(tmp, "count.yuv")
+            whole = frames_mod.SampleFile(full, self.samples, self.al.size)
+            rate = LANDMARK_RATE_HZ / self.al.fps
+            fitted_at = (i for i in itertools.count() if frames_mod.rate_frame(i, rate))
+            fits: dict[int, Face] = {}
+            size, scale = frames_mod.fit_scale(self.faces.faces, region)
+            with closing(frames_mod.region_frames(ginfo, region, rate, self.samples, full, count,
+                                                  size=size)) as frames:
+                for i, luma in zip(fitted_at, frames):
+                    for j, gj in whole.ready():
+                        self._compare(j, gj)  # sampled frames ffmpeg has written whole so far
+                    face = self.faces.get(i)
+                    if face is not None:
+                        fits[i] = frames_mod.fit_in_region(self.landmarker, luma, face, region[:2], scale)
+            self.n_gen = frames_mod.counted_frames(count)
+            for j, gj in whole.ready():
+                self._compare(j, gj)  # the rest, now that ffmpeg has exited
+            self.opened = [fits.get(i) for i in range(self.n_gen)]
 
 
 def sample_frames(n_frames: int) -> set[int]:

@@ -16,8 +16,8 @@ from collections.abc import Sequence
 import numpy as np
 from scipy import signal
 
-from pipeline.audio import SAMPLE_RATE
-from pipeline.faces import Face
+from pipeline.media.audio import SAMPLE_RATE
+from pipeline.faces.types import Face
 
 MAX_LAG = 15  # frames each way: 31 lags, SyncNet's search range
 BAND_HZ = (300.0, 3000.0)  # speech band of the envelope

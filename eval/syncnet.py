@@ -15,17 +15,15 @@ from __future__ import annotations
 
 import logging
 import os
-import threading
 from collections import OrderedDict
 
 import torch
 from torch import nn
 
-from eval.syncnet_weights import resolve_syncnet
 from pipeline.errors import WeightsInvalid, WeightsUnavailable
-from pipeline.weights import ResolvedWeights
+from pipeline.weights import ModelCache, ResolvedWeights
 
-__all__ = ["SyncNetS", "cached_syncnet", "load_syncnet", "resolve_syncnet"]
+__all__ = ["SyncNetS", "cached_syncnet", "load_syncnet"]
 
 log = logging.getLogger(__name__)
 
@@ -129,20 +127,10 @@ def load_syncnet(path: str | os.PathLike[str], *, device: str = "cpu") -> SyncNe
     return model.to(device).eval()
 
 
-_models: OrderedDict[tuple[str, str, str], SyncNetS] = OrderedDict()
-_models_lock = threading.Lock()
+_models: ModelCache[SyncNetS] = ModelCache(MAX_MODELS)
 
 
 def cached_syncnet(weights: ResolvedWeights, *, device: str = "cpu") -> SyncNetS:
     """One loaded model per (path, sha256, device) per process; at most MAX_MODELS kept."""
-    key = (weights.path, weights.sha256, device)
-    with _models_lock:
-        if key in _models:
-            _models.move_to_end(key)
-            return _models[key]
-    model = load_syncnet(weights.path, device=device)
-    with _models_lock:
-        _models[key] = model
-        while len(_models) > MAX_MODELS:
-            _models.popitem(last=False)
-    return model
+    return _models.get((weights.path, weights.sha256, device),
+                       lambda: load_syncnet(weights.path, device=device))

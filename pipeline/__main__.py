@@ -1,7 +1,9 @@
-"""CLI: ``python -m pipeline run VIDEO AUDIO -o OUT.mp4 ...`` and ``python -m pipeline weights``.
+"""CLI of the library: ``python -m pipeline run VIDEO AUDIO -o OUT.mp4 ...`` runs the run loop
+alone (no history, no scores) and ``python -m pipeline weights`` lists the weights.
 
-Errors print one line on stderr naming the problem and exit non-zero; no traceback
-(``--debug`` shows it).
+``python -m jobs run`` takes the same options and also records and scores the job. Errors
+print one line on stderr naming the problem and exit non-zero; no traceback (``--debug``
+shows it).
 """
 
 from __future__ import annotations
@@ -10,7 +12,7 @@ import argparse
 import json
 import logging
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from pipeline.errors import LipSyncError
 from pipeline.options import LOOP_MODES, MODELS, RunOptions
@@ -21,8 +23,8 @@ EXIT_USER_ERROR = 2  # bad input, missing weights, no face: something the user c
 EXIT_INTERNAL = 1  # a bug: please report it
 
 
-def _run_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("run", help="lip-sync VIDEO (or a still photo) to AUDIO")
+def add_run_arguments(p: argparse.ArgumentParser) -> None:
+    """The ``run`` command's inputs and RunOptions flags (shared with ``python -m jobs run``)."""
     p.add_argument("video", help="face video or still photo (jpg/png/webp)")
     p.add_argument("audio", help="speech track (any format ffmpeg reads)")
     p.add_argument("-o", "--output", required=True, help="output MP4 path")
@@ -39,43 +41,45 @@ def _run_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--encoder", default="libx264", help="libx264 or h264_nvenc")
     p.add_argument("--tracker", choices=("auto", "insightface", "dlib"), default="auto")
     p.add_argument("--timeout", type=float, help="stop the job after this many seconds")
-    p.add_argument("--no-record", action="store_true", help="do not record the job in the history database")
-    p.add_argument("--score", action=argparse.BooleanOptionalAction, default=True,
-                   help="score the result against the original (PSNR/SSIM, sync proxy, LSE)")
     p.add_argument("--json", action="store_true", help="print the result as one JSON object")
 
 
-def _cmd_run(args: argparse.Namespace) -> int:
-    from pipeline.recording import run_recorded
-
-    options = RunOptions(
+def options_from_args(args: argparse.Namespace) -> RunOptions:
+    return RunOptions(
         model=args.model, checkpoint=args.checkpoint, batch_size=args.batch_size,
         face_index=args.face_index, device=args.device, loop=args.loop, pads=tuple(args.pads),
         crf=args.crf, encoder=args.encoder, tracker=args.tracker, timeout_s=args.timeout,
     )
 
-    def progress(stage: str, fraction: float) -> None:
-        log.info("%3.0f%% %s", 100 * fraction, stage)
 
-    done = run_recorded(args.video, args.audio, args.output, options=options, progress=progress,
-                        source="cli", record=not args.no_record, score=args.score)
-    result, job_id = done.result, done.job_id
-    if args.json:
-        print(json.dumps(done.to_dict(), indent=2, default=str))
-    else:
-        print(f"{result.output_path}: {result.frames} frames at {result.fps:.3f} fps, "
-              f"model {result.model_used} ({result.model_reason}), {result.total_s:.2f} s"
-              + (f", job {job_id}" if job_id else ""))
+def log_progress(stage: str, fraction: float) -> None:
+    log.info("%3.0f%% %s", 100 * fraction, stage)
+
+
+def print_result(d: dict, *, as_json: bool) -> None:
+    """One JSON object, or one line: output, frames, fps, model and why, seconds, job id."""
+    if as_json:
+        print(json.dumps(d, indent=2, default=str))
+        return
+    job = f", job {d['job_id']}" if d.get("job_id") else ""
+    print(f"{d['output_path']}: {d['frames']} frames at {d['fps']:.3f} fps, model {d['model_used']} "
+          f"({d['model_reason']}), {d['total_s']:.2f} s{job}")
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from pipeline.run import run
+
+    result = run(args.video, args.audio, args.output, options=options_from_args(args),
+                 progress=log_progress)
+    print_result(result.to_dict(), as_json=args.json)
     return 0
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m pipeline", description=__doc__.splitlines()[0])
+def cli_main(parser: argparse.ArgumentParser, commands: dict[str, Callable[[argparse.Namespace], int]],
+             argv: Sequence[str] | None) -> int:
+    """Parse, set up logging, run ``commands[args.command]`` (``weights`` takes the rest of
+    the line) and turn errors into one line and an exit code."""
     parser.add_argument("--debug", action="store_true", help="verbose logs and full tracebacks")
-    sub = parser.add_subparsers(dest="command", required=True)
-    _run_parser(sub)
-    sub.add_parser("weights", help="where each model's weights were found, or why not "
-                                   "(--json, --download)", add_help=False)
     args, rest = parser.parse_known_args(argv)
     if rest and args.command != "weights":
         parser.error(f"unrecognized arguments: {' '.join(rest)}")
@@ -86,11 +90,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             from pipeline.weights import main_weights
 
             return main_weights(rest)
-        return _cmd_run(args)
-    except LipSyncError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return EXIT_USER_ERROR
-    except (ValueError, OSError) as exc:
+        return commands[args.command](args)
+    except (LipSyncError, ValueError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USER_ERROR
     except Exception as exc:  # noqa: BLE001 - the CLI's promise: one line, no traceback
@@ -99,6 +100,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"internal error: {type(exc).__name__}: {exc} (rerun with --debug for details)",
               file=sys.stderr)
         return EXIT_INTERNAL
+
+
+def add_weights_command(sub: argparse._SubParsersAction) -> None:
+    sub.add_parser("weights", help="where each model's weights were found, or why not "
+                                   "(--json, --download)", add_help=False)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m pipeline", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    add_run_arguments(sub.add_parser("run", help="lip-sync VIDEO (or a still photo) to AUDIO: the run loop alone"))
+    add_weights_command(sub)
+    return cli_main(parser, {"run": _cmd_run}, argv)
 
 
 if __name__ == "__main__":

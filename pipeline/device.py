@@ -1,4 +1,5 @@
-"""Where the generator runs: device and dtype choice, the process-wide GPU lane, device facts.
+"""Compute resources: device and dtype choice, thread pools (torch, OpenCV), the process-wide
+GPU lane, device facts and peak memory. torch is imported only where a function needs it.
 
 Only the generator stage holds :func:`gpu_lock`; decoding, tracking, blending and encoding
 of several jobs overlap freely. The lock is re-entrant, so the run loop may hold it around
@@ -8,14 +9,19 @@ a whole generator call while the generator holds it again around each forward pa
 from __future__ import annotations
 
 import functools
+import importlib
 import logging
 import os
 import platform
+import resource
+import sys
 import threading
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from pipeline.errors import LipSyncError
+
+if TYPE_CHECKING:
+    import torch
 
 log = logging.getLogger(__name__)
 
@@ -23,7 +29,7 @@ DEVICE_CHOICES = ("auto", "cpu", "cuda")
 MIB = 1024 * 1024
 CPU_THREADS_ENV = "LIPSYNC_TORCH_THREADS"  # overrides cpu_threads()
 
-LANE_FILE_ENV = "LIPSYNC_GPU_LANE_FILE"  # set by pipeline.worker: one lane for all its workers
+LANE_FILE_ENV = "LIPSYNC_GPU_LANE_FILE"  # set by jobs.workers: one lane for all its workers
 
 
 class _Lane:
@@ -75,6 +81,8 @@ _GPU_LOCK = _Lane()
 
 def choose_device(pref: str = "auto") -> torch.device:
     """``auto``: CUDA where available, else CPU. ``cuda`` (or ``cuda:N``) without CUDA raises."""
+    import torch
+
     pref = (pref or "auto").strip().lower()
     if pref == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -90,6 +98,8 @@ def choose_device(pref: str = "auto") -> torch.device:
 
 def choose_dtype(device: torch.device) -> torch.dtype:
     """fp16 on CUDA (Wav2Lip's convs and BatchNorm are fine in half), fp32 elsewhere."""
+    import torch
+
     return torch.float16 if device.type == "cuda" else torch.float32
 
 
@@ -110,6 +120,8 @@ def cpu_threads() -> int:
 @functools.cache
 def configure_cpu_threads() -> int:
     """Set torch's intra-op threads to :func:`cpu_threads` once per process; returns it."""
+    import torch
+
     n = cpu_threads()
     torch.set_num_threads(n)
     log.info("torch CPU threads: %d", n)
@@ -123,7 +135,8 @@ def gpu_lock() -> _Lane:
 
 
 @functools.cache
-def _cpu_model() -> str:
+def cpu_model() -> str:
+    """The CPU's model name (from /proc/cpuinfo), else what ``platform`` knows."""
     try:
         with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
             for line in f:
@@ -134,21 +147,62 @@ def _cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
-def device_facts() -> dict[str, object]:
-    """CPU model and cores, torch version, and the GPU's name and memory where CUDA works."""
-    facts: dict[str, object] = {
-        "cpu_model": _cpu_model(),
-        "cpu_count": os.cpu_count(),
-        "torch": torch.__version__,
-        "cuda": torch.cuda.is_available(),
-    }
-    if facts["cuda"]:
+def peak_rss_mb(*, children: bool = False) -> float:
+    """Peak resident memory so far, in MiB, of this process (or of its finished children)."""
+    who = resource.RUSAGE_CHILDREN if children else resource.RUSAGE_SELF
+    return resource.getrusage(who).ru_maxrss / 1024  # Linux reports KiB
+
+
+def device_facts(*, device: str | None = None, gpu: bool = False) -> dict[str, Any]:
+    """This host: CPU model and cores, peak RSS, and torch's version and the GPU's name and
+    memory. ``gpu=False`` (a job's record) reads the GPU only where this process already
+    uses CUDA, so a server whose workers run the jobs never initialises CUDA itself;
+    ``gpu=True`` (the System tab, the GPU check) imports torch and asks CUDA."""
+    facts: dict[str, Any] = {"device": device, "cpu_model": cpu_model(), "cpu_count": os.cpu_count(),
+                             "peak_rss_mb": round(peak_rss_mb(), 1)}
+    torch = importlib.import_module("torch") if gpu else sys.modules.get("torch")
+    if torch is None:
+        return facts
+    facts["torch"] = torch.__version__
+    facts["cuda"] = torch.cuda.is_available()
+    if facts["cuda"] and (gpu or torch.cuda.is_initialized()):
         index = torch.cuda.current_device()
         free, total = torch.cuda.mem_get_info(index)
         facts.update({
             "gpu_model": torch.cuda.get_device_name(index),
             "gpu_memory_total_mb": round(total / MIB),
             "gpu_memory_used_mb": round((total - free) / MIB),
+            "peak_gpu_mb": round(torch.cuda.max_memory_allocated() / MIB, 1),
             "cuda_version": torch.version.cuda,
         })
     return facts
+
+
+# ---- OpenCV's thread pool ----------------------------------------------------------------
+# OpenCV's process-wide thread pool, sized once for the pipeline's way of working.
+#
+# OpenCV splits each call (a crop's resize, a colour conversion) over a pool as wide as the
+# machine. The pipeline's work runs beside its ffmpeg decoder and encoder processes, which
+# already keep the cores busy, and its OpenCV calls work on face-sized crops, where handing
+# rows to other threads costs more than it saves. Measured on the 2-core machine (monalisa
+# 720p, baseline generator, 6 alternating runs each): 1 thread took 4.75 s wall and 8.40 CPU
+# seconds against 5.08 s and 9.03 s with the default pool. Worker processes each get their
+# own pool, so wide pools would also oversubscribe the cores when workers run at once (2
+# baseline jobs on 2 cores: 0.92x one job's throughput with 2 threads each). ``run()`` and
+# ``score_videos()`` call :func:`configure_opencv_threads`; ``$LIPSYNC_OPENCV_THREADS``
+# overrides it (0 is OpenCV's default: all cores).
+
+OPENCV_THREADS_ENV = "LIPSYNC_OPENCV_THREADS"
+DEFAULT_OPENCV_THREADS = 1
+
+
+@functools.cache
+def configure_opencv_threads() -> int:
+    """Set OpenCV's threads to ``$LIPSYNC_OPENCV_THREADS`` (default 1) once per process."""
+    value = os.environ.get(OPENCV_THREADS_ENV, "").strip()
+    n = max(0, int(value)) if value else DEFAULT_OPENCV_THREADS
+    import cv2
+
+    cv2.setNumThreads(n)
+    log.info("OpenCV threads: %s", n or "all cores")
+    return n

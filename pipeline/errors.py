@@ -42,3 +42,7 @@ class JobTimeout(LipSyncError):
 
 class WorkerDied(LipSyncError):
     """The worker process running the job died (a crash in native code, a kill)."""
+
+
+class InputMissing(LipSyncError, ValueError):
+    """A required input (video, audio, job id) was not given."""

@@ -6,7 +6,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
-from pipeline.probe import Limits
+from pipeline.media.probe import Limits
 
 MODELS = ("auto", "wav2lip", "baseline", "passthrough")
 LOOP_MODES = ("pingpong", "loop")
@@ -71,8 +71,8 @@ class RunResult:
     checkpoint: dict[str, str] | None  # {"path", "sha256"} of the generator weights, if any
     video: dict[str, Any]  # probe facts of the face input
     audio: dict[str, Any]  # probe facts of the speech input
-    track: Any = field(default=None, repr=False, compare=False)  # pipeline.tracking.Track or None
-    # output index -> the original frame (pipeline.yuv.YuvFrame) kept for scoring (run(keep=))
+    track: Any = field(default=None, repr=False, compare=False)  # pipeline.faces.tracking.Track or None
+    # output index -> the original frame (pipeline.media.yuv.YuvFrame) kept for scoring (run(keep=))
     originals: Any = field(default=None, repr=False, compare=False)
     # the speech as the job decoded it (16 kHz mono float32 numpy array), kept with the
     # originals for scoring (run(keep=)), else None

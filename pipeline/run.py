@@ -1,7 +1,7 @@
 """The run loop: one lip-sync job from two input files to one MP4.
 
 Stages, in order (each timed). Decoding and encoding run in ffmpeg processes fed by background
-threads (pipeline.streams), so they overlap with generation; their stage times are the
+threads (pipeline.media.background), so they overlap with generation; their stage times are the
 seconds the job waited on them, not their total work:
   1. probe     read container/stream facts and validate both inputs (both probes at once)
   2. audio     decode the speech to 16 kHz mono (on a thread, while the video's frames are
@@ -24,7 +24,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import resource
 import shutil
 import tempfile
 import time
@@ -34,20 +33,18 @@ from typing import Any
 
 import numpy as np
 
-from pipeline import audio as audio_mod
-from pipeline.device import gpu_lock
+from pipeline.device import configure_opencv_threads, gpu_lock, peak_rss_mb
 from pipeline.errors import JobCancelled, JobTimeout
-from pipeline.faces import make_tracker
-from pipeline.tracking import Track, track_frames
-from pipeline.generators import Generator
-from pipeline.opencv import configure_opencv_threads
+from pipeline.faces.tracking import Track, track_video
+from pipeline.generators.base import Generator
+from pipeline.generators.registry import select_generator
+from pipeline.media import audio as audio_mod
+from pipeline.media.background import BackgroundWriter, Prefetch, in_background
+from pipeline.media.decode import count_frames, decode_rate, frame_plan, plan_frames, read_frames
+from pipeline.media.encode import FrameWriter
+from pipeline.media.probe import MediaInfo, probe, validate_audio_input, validate_face_input
+from pipeline.media.yuv import YuvFrame, hstack, paste
 from pipeline.options import RunOptions, RunResult
-from pipeline.probe import MediaInfo, probe, validate_audio_input, validate_face_input
-from pipeline.select import select_generator
-from pipeline.streams import BackgroundWriter, Prefetch, in_background
-from pipeline.yuv import YuvFrame, hstack, paste
-from pipeline.encode import FrameWriter
-from pipeline.video_io import count_frames, frame_plan, plan_frames, read_frames
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +52,6 @@ STILL_FPS = 25.0  # a still photo becomes a video at this rate
 KEEP_BUDGET_BYTES = 256 * 2**20  # at most this much of original frames kept for scoring
 STREAM_DEPTH = 16  # frames read ahead of / queued behind the main thread (bounded memory)
 SBS_CRF = 23  # the review video favours size over fidelity
-DEFAULT_BATCH = 16  # frames per generator call when the generator names no size
 FIRST_BATCH = 8  # the first call takes at most this many: the encoder gets frames sooner
 ProgressFn = Callable[[str, float], None]
 CancelFn = Callable[[], bool]
@@ -84,11 +80,6 @@ class StageClock:
 
     def total(self) -> float:
         return time.perf_counter() - self.t0
-
-
-def peak_rss_mb() -> float:
-    """Peak resident memory of this process so far, in MiB (Linux reports KiB)."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def run(
@@ -261,44 +252,7 @@ def _encoder(path: Path, sides: int, *, options: RunOptions, fps: float, size: t
     whole audio: the job writes as many frames as the audio lasts (within half a frame)."""
     width, height = size[0] - size[0] % 2, size[1] - size[1] % 2  # yuv420p: even sides
     return FrameWriter(path, sides * width, height, fps, audio_path=audio, crf=crf, preset=options.preset,
-                       encoder=options.encoder, pix_fmt="yuv420p", shortest=False)
-
-
-def decode_rate(info: MediaInfo, fps: float) -> float | None:
-    """The ``fps`` to ask the decoder for: None (the stream's own constant rate, which lets
-    frame counting skip decoding) when that is already ``fps``."""
-    if info.is_image or (not info.video.vfr and abs(info.video.fps - fps) < 1e-6):
-        return None
-    return fps
-
-
-def track_video(video: str | os.PathLike[str], info: MediaInfo, *, options: RunOptions,
-                fps: float, n_track: int, on_frame: Callable[[float], None] | None = None,
-                landmarks: bool = True) -> Track:
-    """Faces of the first ``n_track`` source frames (decoded at ``fps``, as the render pass
-    decodes them), detected on frames reduced to ``options.track_long_side``; boxes and
-    (if ``landmarks``) landmarks in full-resolution pixels."""
-    on_frame = on_frame or (lambda fraction: None)
-    width, height = info.video.display_size
-    scale = max(1.0, max(width, height) / options.track_long_side)
-    small = (max(2, round(width / scale)), max(2, round(height / scale)))
-    scale_x, scale_y = width / small[0], height / small[1]
-    tracker = make_tracker(options.tracker)
-
-    def frames() -> Iterator[np.ndarray]:
-        source = read_frames(video, size=small, fps=decode_rate(info, fps), info=info)
-        try:
-            for i, frame in enumerate(source):
-                if i >= n_track:
-                    break
-                if i % 25 == 0:
-                    on_frame(i / n_track)
-                yield frame
-        finally:
-            source.close()
-
-    return track_frames(frames(), scale=(scale_x + scale_y) / 2, tracker=tracker,
-                        face_index=options.face_index, landmarks=landmarks)
+                       encoder=options.encoder, pix_fmt="yuv420p")
 
 
 def _frames_without_face(track: Track | None, plan: np.ndarray) -> int:
@@ -315,7 +269,7 @@ def _render(decoded: Iterator[np.ndarray], encoders: list[FrameWriter], *,
     when there are two, the review video's)."""
     width, height = vinfo.video.display_size
     job = generator.new_job(fps=fps, width=width, height=height)
-    batch_size = options.batch_size or getattr(generator, "default_batch_size", DEFAULT_BATCH)
+    batch_size = options.batch_size or generator.default_batch_size
     depth = max(STREAM_DEPTH, batch_size)
     frames_iter = Prefetch(plan_frames(decoded, vinfo, plan, workdir), depth=depth, name="plan")
     try:

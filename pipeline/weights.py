@@ -27,10 +27,11 @@ import logging
 import os
 import sys
 import threading
-from collections.abc import Sequence
+from collections import OrderedDict
+from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 from pipeline.errors import WeightsInvalid, WeightsUnavailable
 
@@ -40,6 +41,7 @@ MODELS_DIR_ENV = "LIPSYNC_MODELS_DIR"
 DEFAULT_MODELS_DIR = "models"  # relative to the working directory
 HUB_TIMEOUT_S = 10.0  # s for the Hub's first answer; $HF_HUB_ETAG_TIMEOUT overrides
 HASH_CHUNK = 8 * 1024 * 1024  # bytes read per step while hashing (8 MiB)
+T = TypeVar("T")
 _TRUE = ("1", "true", "yes", "on")
 
 
@@ -128,7 +130,7 @@ _hash_memo: dict[tuple[str, int, int], str] = {}
 _hub_failures: dict[tuple[str, str], str] = {}
 
 
-def file_sha256(path: str | os.PathLike[str]) -> str:
+def file_sha256(path: str | bytes | os.PathLike[str]) -> str:
     """sha256 of a file, remembered per (real path, size, mtime) so a big file is hashed once."""
     real = os.path.realpath(path)
     st = os.stat(real)
@@ -271,7 +273,7 @@ TRACKER_LABELS = {"insightface": "InsightFace model pack", "dlib": "dlib 68-poin
 
 def _tracker_rows() -> list[dict[str, Any]]:
     """InsightFace pack and dlib predictor, from ``pipeline.faces.tracker_status()``."""
-    from pipeline.faces import tracker_status
+    from pipeline.faces.backends import tracker_status
 
     rows = []
     for name, info in tracker_status().items():
@@ -318,3 +320,34 @@ def main_weights(argv: Sequence[str] | None = None) -> int:
     sys.stdout.write(json.dumps(rows, indent=2) + "\n" if args.json else format_report(rows))
     known = {s.name for s in SPECS}
     return 1 if args.download and any(not r["found"] for r in rows if r["name"] in known) else 0
+
+
+class ModelCache(Generic[T]):
+    """Loaded models by key, one per process, the ``size`` most recently used kept. A second
+    caller of :meth:`get` with a key being loaded waits for that load instead of loading again."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self._models: OrderedDict[Hashable, T] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, key: Hashable, load: Callable[[], T]) -> T:
+        with self._lock:
+            model = self._models.get(key)
+            if model is None:
+                model = self._models[key] = load()
+                while len(self._models) > self.size:
+                    self._models.popitem(last=False)
+            self._models.move_to_end(key)
+            return model
+
+    def clear(self) -> None:
+        with self._lock:
+            self._models.clear()
+
+    def __len__(self) -> int:
+        return len(self._models)
+
+    def keys(self) -> list[Hashable]:
+        with self._lock:
+            return list(self._models)

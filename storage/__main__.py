@@ -6,6 +6,7 @@
     python -m storage show ID
     python -m storage prune   [--max-age-days D] [--max-total-mb MB]
     python -m storage recover
+    python -m storage check   (SQLite's integrity check: exit 1 when the file is damaged)
 
 ``--db PATH`` (before the command) picks the database; default ``$LIPSYNC_DATA_DIR/jobs.db``.
 Exit status: 0 on success, 2 on a usage or storage error (the message goes to stderr).
@@ -22,7 +23,7 @@ from typing import Any
 import pandas as pd
 
 from storage import reports
-from storage.db import StorageError, default_db_path, retention_from_env
+from storage.db import StorageError, default_db_path, integrity_check, retention_from_env
 from storage.jobs import JobStore
 from storage.records import STATUSES
 
@@ -58,6 +59,7 @@ def _parser() -> argparse.ArgumentParser:
     pr.add_argument("--max-age-days", type=float, default=None, help="default $LIPSYNC_RETENTION_DAYS")
     pr.add_argument("--max-total-mb", type=float, default=None, help="default $LIPSYNC_RETENTION_MB")
     sub.add_parser("recover", help="mark jobs whose process died as interrupted")
+    sub.add_parser("check", help="SQLite's integrity check of the database file")
     return p
 
 
@@ -131,7 +133,7 @@ def _report(store: JobStore, args: argparse.Namespace) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     path = args.db if args.db is not None else default_db_path()
-    if args.command in ("history", "report", "show") and not path.exists():
+    if args.command in ("history", "report", "show", "check") and not path.exists():
         print(f"no job history at {path} yet", file=sys.stderr)
         return 0 if args.command != "show" else 2
     try:
@@ -152,6 +154,11 @@ def main(argv: list[str] | None = None) -> int:
                     return 2
                 gone = store.apply_retention(**limits)
                 print(f"deleted the files of {len(gone)} job(s)" + (": " + ", ".join(gone) if gone else ""))
+            elif args.command == "check":
+                with store.connection() as db:
+                    problems = [r for r in integrity_check(db) if r != "ok"]
+                print("\n".join(problems) if problems else f"{path}: ok")
+                return 1 if problems else 0
             elif args.command == "recover":
                 ids = store.recover()
                 print(f"marked {len(ids)} job(s) interrupted" + (": " + ", ".join(ids) if ids else ""))

@@ -7,7 +7,7 @@ goes through :func:`write_transaction`, which takes the write lock up front with
 ``synchronous=NORMAL`` in WAL mode loses no committed transaction when a process crashes
 (only an OS crash or power cut can drop the last few).
 
-Opening a file applies any pending migrations (see ``storage.migrations``); opening a file
+Opening a file through ``storage.migrations.open_db`` applies any pending migrations; opening a file
 written by a newer LipSync Lab raises :class:`DatabaseTooNew`.
 """
 
@@ -167,35 +167,6 @@ def connect(path: str | os.PathLike[str], *, busy_timeout_s: float = BUSY_TIMEOU
         return configure(Database(conn), busy_timeout_s=busy_timeout_s)
     except (sqlite3.Error, OSError) as exc:
         raise _unavailable(exc, path) from exc
-
-
-def open_db(path: str | os.PathLike[str] | None = None, *,
-            busy_timeout_s: float = BUSY_TIMEOUT_S) -> Database:
-    """Open (creating if needed) the job database and bring its schema up to date.
-
-    ``path`` defaults to ``$LIPSYNC_DATA_DIR/jobs.db``. Raises :class:`DatabaseTooNew` for a
-    file from a newer version and :class:`StorageUnavailable` when the folder or file cannot
-    be used.
-    """
-    from storage.migrations import migrate
-
-    target = os.fspath(path) if path is not None else os.fspath(default_db_path())
-    db = connect(target, busy_timeout_s=busy_timeout_s)
-    try:
-        migrate(db)
-    except BaseException:
-        db.close()
-        raise
-    return db
-
-
-def prepare(db: Database, *, busy_timeout_s: float = BUSY_TIMEOUT_S) -> Database:
-    """Configure and migrate a Database made elsewhere (e.g. ``Database(memory=True)``)."""
-    from storage.migrations import migrate
-
-    configure(db, busy_timeout_s=busy_timeout_s)
-    migrate(db)
-    return db
 
 
 def db_label(db: Database) -> str:

@@ -1,6 +1,6 @@
 """JobStore: create, run, finish and look up lip-sync jobs in the job database.
 
-Life of a job: ``create`` (queued) -> ``start`` (running) -> ``record_stage``/``record_scores``
+Life of a job: ``create`` (queued) -> ``start`` (running) -> ``record_stages``
 -> one of ``finish`` (succeeded), ``fail`` (failed; a timeout is ``error_type="JobTimeout"``)
 or ``cancel`` (cancelled). A job whose owning process died is marked interrupted by
 :meth:`JobStore.recover`. Every method that writes is one ``BEGIN IMMEDIATE`` transaction.
@@ -12,7 +12,7 @@ gone from this host; jobs owned by another host are left alone.
 
 Input names are file names, which on Linux are bytes and need not be UTF-8. They are
 stored as display text (undecodable bytes become U+FFFD) and, only when that is lossy, the
-exact bytes of the path as hex in ``raw_path_hex`` (see :func:`raw_input_path`).
+exact bytes of the path as hex in ``raw_path_hex`` (``bytes.fromhex``).
 """
 
 from __future__ import annotations
@@ -29,9 +29,9 @@ from typing import Any
 from sqlite_utils import Database
 
 from storage import maintenance, records
+from storage.migrations import open_db, prepare
 from storage.db import (BUSY_TIMEOUT_S, DB_FILENAME, InvalidJobState, JobNotFound, connect,
-                        open_db, prepare, retention_from_env,
-                        write_transaction)
+                        retention_from_env, write_transaction)
 from storage.db import data_dir as default_data_dir
 from storage.records import (ACTIVE, check_job_id, clean_text, dumps, iso, new_job_id, parse_iso,
                              process_owner, self_owner, where_clause)
@@ -40,7 +40,6 @@ log = logging.getLogger(__name__)
 
 SOURCES = ("app", "cli", "api")
 BILLABLE_STAGES = ("generate",)  # stages whose seconds count as GPU-seconds (see finish)
-HASH_CHUNK = 1 << 20  # bytes read at a time when hashing an input
 Clock = Callable[[], datetime]
 
 
@@ -146,7 +145,7 @@ class JobStore:
         """
         if source not in SOURCES:
             raise ValueError(f"source must be one of {', '.join(SOURCES)}, got {source!r}")
-        rows = [records.input_row(role, spec, hash_inputs=hash_inputs, chunk=HASH_CHUNK)
+        rows = [records.input_row(role, spec, hash_inputs=hash_inputs)
                 for role, spec in inputs.items()]
         now = self.now()
         pid, create_time, host = self_owner()
@@ -175,25 +174,12 @@ class JobStore:
                 "owner_pid = ?, owner_create_time = ?, owner_host = ? WHERE id = ?",
                 [iso(now), _seconds(job["created_at"], now), *owner, job_id])
 
-    def record_stage(self, job_id: str, stage: str, *, start_offset_s: float, seconds: float) -> None:
-        """Store (or replace) one stage's offset from the job start and its total seconds."""
-        self.record_stages(job_id, {stage: seconds}, offsets={stage: start_offset_s})
-
     def record_stages(self, job_id: str, seconds: Mapping[str, float], *,
                       offsets: Mapping[str, float] | None = None) -> None:
         """Several stages in one transaction (``RunResult.timings`` / ``.stage_offsets``)."""
         with self.transaction() as db:
             self._require(db, job_id, ACTIVE, "record stages of")
             _upsert_stages(db, job_id, seconds, offsets or {})
-
-    def record_scores(self, job_id: str, scores: Iterable[Mapping[str, Any]]) -> None:
-        """Store (or replace) scores: dicts of metric, value (None needs a reason), reason,
-        convention (the pinned arguments, as a dict). Allowed while running or succeeded."""
-        rows = [records.score_row(s) for s in scores]
-        now = iso(self.now())
-        with self.transaction() as db:
-            self._require(db, job_id, ("running", "succeeded"), "record scores of")
-            _upsert_scores(db, job_id, rows, now)
 
     def finish(self, job_id: str, *, model_used: str, model_reason: str | None = None,
                outputs: Mapping[str, Any] | None = None, facts: Mapping[str, Any] | None = None,
@@ -329,12 +315,6 @@ class JobStore:
         for job in jobs:
             job["inputs"] = inputs.get(job["id"], [])
         return jobs
-
-    def count(self, **filters: Any) -> int:
-        """How many jobs match the same filters as :meth:`list`."""
-        where, params = where_clause(**filters)
-        with self.connection() as db:
-            return int(db.execute(f"SELECT count(*) FROM jobs {where}", params).fetchone()[0])
 
     def _require(self, db: Database, job_id: str, allowed: Iterable[str], action: str) -> dict[str, Any]:
         check_job_id(job_id)

@@ -14,13 +14,23 @@ from __future__ import annotations
 
 import logging
 import shutil
-from datetime import timedelta
-from typing import TYPE_CHECKING
+from contextlib import AbstractContextManager
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Protocol
+
+from sqlite_utils import Database
 
 from storage.records import TERMINAL, dir_bytes, iso, owner_alive, parse_iso
 
-if TYPE_CHECKING:
-    from storage.jobs import JobStore
+
+class JobStore(Protocol):
+    """What maintenance needs of ``storage.jobs.JobStore`` (which calls it): no import cycle."""
+
+    def connection(self) -> AbstractContextManager[Database]: ...
+    def transaction(self) -> AbstractContextManager[Database]: ...
+    def now(self) -> datetime: ...
+    def job_dir(self, job_id: str, *, create: bool = False) -> Path: ...
 
 log = logging.getLogger(__name__)
 

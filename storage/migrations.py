@@ -25,13 +25,15 @@ e.g. ``2025-05-01T12:00:00.000000+00:00``, so text order is time order):
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timezone
 
 from sqlite_utils import Database
 
-from storage.db import DatabaseTooNew, db_label, write_transaction
+from storage.db import (BUSY_TIMEOUT_S, DatabaseTooNew, configure, connect, db_label, default_db_path,
+                        write_transaction)
 
 log = logging.getLogger(__name__)
 
@@ -197,3 +199,28 @@ def migrate(db: Database, *, target: int | None = None) -> list[int]:
     if applied:
         log.info("migrated %s to schema %d (applied %s)", db_label(db), goal, applied)
     return applied
+
+
+def open_db(path: str | os.PathLike[str] | None = None, *,
+            busy_timeout_s: float = BUSY_TIMEOUT_S) -> Database:
+    """Open (creating if needed) the job database and bring its schema up to date.
+
+    ``path`` defaults to ``$LIPSYNC_DATA_DIR/jobs.db``. Raises :class:`DatabaseTooNew` for a
+    file from a newer version and :class:`StorageUnavailable` when the folder or file cannot
+    be used.
+    """
+    target = os.fspath(path) if path is not None else os.fspath(default_db_path())
+    db = connect(target, busy_timeout_s=busy_timeout_s)
+    try:
+        migrate(db)
+    except BaseException:
+        db.close()
+        raise
+    return db
+
+
+def prepare(db: Database, *, busy_timeout_s: float = BUSY_TIMEOUT_S) -> Database:
+    """Configure and migrate a Database made elsewhere (e.g. ``Database(memory=True)``)."""
+    configure(db, busy_timeout_s=busy_timeout_s)
+    migrate(db)
+    return db

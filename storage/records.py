@@ -16,7 +16,6 @@
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import math
 import os
@@ -32,6 +31,7 @@ from typing import Any
 import psutil
 from sqlite_utils import Database
 
+from pipeline.weights import file_sha256
 from storage.db import InvalidJobId
 
 STATUSES = ("queued", "running", "succeeded", "failed", "interrupted", "cancelled")
@@ -148,22 +148,7 @@ def display_path(path: str | bytes | os.PathLike[Any]) -> str:
     return path_bytes(path).decode("utf-8", "replace")
 
 
-def raw_input_path(input_record: Mapping[str, Any]) -> bytes:
-    """The exact bytes of a stored input's path (from ``raw_path_hex`` when it was lossy)."""
-    if input_record.get("raw_path_hex"):
-        return bytes.fromhex(input_record["raw_path_hex"])
-    return str(input_record.get("path") or input_record["name"]).encode("utf-8")
-
-
-def sha256_file(path: bytes, *, chunk: int) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while block := fh.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def input_row(role: str, spec: Any, *, hash_inputs: bool, chunk: int) -> dict[str, Any]:
+def input_row(role: str, spec: Any, *, hash_inputs: bool) -> dict[str, Any]:
     """A ``job_inputs`` row (without job_id) from a path or a dict with ``path``/``name``."""
     spec = dict(spec) if isinstance(spec, Mapping) else {"path": spec}
     if spec.get("path") is None and spec.get("name") is None:
@@ -175,7 +160,7 @@ def input_row(role: str, spec: Any, *, hash_inputs: bool, chunk: int) -> dict[st
     sha, size = spec.get("sha256"), spec.get("size_bytes")
     if hash_inputs and spec.get("path") is not None and os.path.isfile(raw):
         size = os.path.getsize(raw) if size is None else size
-        sha = sha256_file(raw, chunk=chunk) if sha is None else sha
+        sha = file_sha256(raw) if sha is None else sha
     return {"role": clean_text(role), "name": name, "path": display if spec.get("path") is not None else None,
             "raw_path_hex": raw.hex() if display.encode("utf-8") != raw else None,
             "sha256": clean_text(sha), "size_bytes": None if size is None else int(size),
@@ -246,34 +231,6 @@ def inputs_for(db: Database, job_ids: Iterable[str], *, chunk: int = 500) -> dic
             rec["probe"] = json.loads(row["probe_json"] or "{}")
             out.setdefault(row["job_id"], []).append(rec)
     return out
-
-
-def device_facts(*, device: str | None = None, **extra: Any) -> dict[str, Any]:
-    """Facts about this host for ``finish(device=...)``: CPU model and count, peak RSS, and
-    the GPU model and peak GPU memory when torch is already imported and CUDA is in use."""
-    import resource
-    import sys
-
-    facts: dict[str, Any] = {"device": device, "cpu_model": _cpu_model(), "cpu_count": os.cpu_count(),
-                             "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}
-    torch = sys.modules.get("torch")
-    if torch is not None and torch.cuda.is_available() and torch.cuda.is_initialized():
-        facts["gpu_model"] = torch.cuda.get_device_name()
-        facts["peak_gpu_mb"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
-    facts.update(extra)
-    return facts
-
-
-def _cpu_model() -> str | None:
-    import platform
-
-    try:
-        for line in Path("/proc/cpuinfo").read_text(errors="replace").splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or None
 
 
 def where_clause(*, status: Any = None, model: str | None = None, since: Any = None, until: Any = None,

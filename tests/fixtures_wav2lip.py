@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from pipeline.models.wav2lip import Wav2Lip, expected_shapes, save_checkpoint
+from pipeline.generators.wav2lip.model import Wav2Lip, expected_shapes, save_checkpoint
 
 SEED = 1234
 

@@ -22,7 +22,7 @@ import numpy as np
 from scipy.io import wavfile
 
 import media
-from pipeline.ffmpeg import ffmpeg_exe
+from pipeline.media.ffmpeg import ffmpeg_exe
 
 SR = 16000
 SIDE = 256  # px: big enough for dlib to find the face, small enough to be quick

@@ -13,7 +13,7 @@ import numpy as np
 from scipy.io import wavfile
 from skimage import data
 
-from pipeline.ffmpeg import ffmpeg_exe
+from pipeline.media.ffmpeg import ffmpeg_exe
 
 FACE_SIZE = 384  # px, square frames; the face is ~125 px wide at this size
 FACE_CROP = (104, 8, 272)  # x0, y0, side of the astronaut photo's head-and-shoulders crop
@@ -78,3 +78,18 @@ def write_wav(path: Path, samples: np.ndarray, *, sr: int = 16000) -> Path:
     pcm = np.clip(samples * 32767, -32768, 32767).astype(np.int16)
     wavfile.write(os.fspath(path), sr, pcm)
     return path
+
+
+def frame_levels(wav: np.ndarray, fps: float, n_frames: int) -> np.ndarray:
+    """RMS level in dBFS of the 16 kHz audio under each video frame: float32 (n_frames,);
+    -100 where there is no signal or no audio. An oracle of the tests, independent of the
+    generators' own mel levels."""
+    if fps <= 0:
+        raise ValueError(f"fps must be positive, got {fps}")
+    power = np.concatenate([[0.0], np.cumsum(np.square(wav, dtype=np.float64))])  # (N + 1,)
+    edges = np.minimum((np.arange(n_frames + 1) * (16000 / fps)).round().astype(np.int64), len(wav))
+    counts = np.diff(edges)
+    energy = np.diff(power[edges])
+    rms = np.sqrt(np.maximum(energy, 0) / np.maximum(counts, 1))
+    db = 20 * np.log10(np.maximum(rms, 1e-5))
+    return np.where(counts > 0, db, -100.0).astype(np.float32)

@@ -21,7 +21,7 @@ from gradio_client.exceptions import AppError
 
 import media
 from app_server import AppServer, start_app
-from pipeline.probe import probe
+from pipeline.media.probe import probe
 from storage.jobs import JobStore
 
 BASELINE = "baseline"

@@ -1,4 +1,4 @@
-"""load_audio / melspectrogram / mel_chunks / frame_levels, including differential tests
+"""load_audio / melspectrogram / mel_chunks, including differential tests
 against Wav2Lip's own audio code (the PyPI package `lipsync`)."""
 
 from __future__ import annotations
@@ -17,10 +17,10 @@ import pytest
 from scipy.io import wavfile
 
 import media
-from pipeline.audio import (MEL_STEP, SAMPLE_RATE, frame_levels, load_audio, mel_chunks,
+from pipeline.media.audio import (MEL_STEP, SAMPLE_RATE, load_audio, mel_chunks,
                             melspectrogram)
 from pipeline.errors import InvalidMedia
-from pipeline.ffmpeg import ffmpeg_exe
+from pipeline.media.ffmpeg import ffmpeg_exe
 
 # duration (s) of the decoded audio of each shared file, from the files' own headers
 SHARED_AUDIO = {
@@ -169,7 +169,7 @@ def test_full_scale_stereo_stays_in_range(d: Path) -> None:
 
 
 def test_load_with_given_info_skips_probe(monkeypatch: pytest.MonkeyPatch, speech_wav: Path) -> None:
-    from pipeline import audio as audio_mod
+    from pipeline.media import audio as audio_mod
 
     info = audio_mod.probe(speech_wav)
     monkeypatch.setattr(audio_mod, "probe", lambda path: pytest.fail("probed again"))
@@ -184,7 +184,6 @@ def test_all_zero_audio_gives_no_nan(d: Path) -> None:
     assert mel.shape == (80, 41) and (mel == -4.0).all()
     chunks = mel_chunks(mel, 25.0, 13)
     assert np.isfinite(chunks).all() and (chunks == -4.0).all()
-    assert (frame_levels(wav, 25.0, 13) == -100.0).all()
 
 
 # ---- melspectrogram -----------------------------------------------------------------------
@@ -219,7 +218,6 @@ def test_mel_of_empty_or_tiny_audio_is_finite(n: int) -> None:
     assert (melspectrogram(np.zeros(n, np.float32)) == -4.0).all()
     chunks = mel_chunks(melspectrogram(np.zeros(n, np.float32)), 25.0, 4)
     assert chunks.shape == (4, 80, 16) and (chunks == -4.0).all()
-    assert (frame_levels(np.zeros(n, np.float32), 25.0, 4) == -100.0).all()
 
 
 def test_stft_padding_is_wav2lips_reflect() -> None:
@@ -259,16 +257,3 @@ def test_mel_chunks_short_mel_padded_with_silence() -> None:
     chunks = mel_chunks(np.zeros((80, 5), np.float32), 25.0, 3)
     assert chunks.shape == (3, 80, 16)
     assert (chunks[:, :, :5] == 0).all() and (chunks[:, :, 5:] == -4.0).all()
-
-
-# ---- frame_levels -------------------------------------------------------------------------
-
-def test_frame_levels_gate_speech_from_silence() -> None:
-    wav = media.speech_like(2.6)  # 0.8 s voiced / 0.5 s silent, twice
-    levels = frame_levels(wav, 25.0, 70)  # 2.8 s of frames: the last 5 have no audio
-    assert levels.shape == (70,) and levels.dtype == np.float32
-    assert np.median(levels[2:18]) > -30  # voiced
-    assert (levels[21:32] == -100).all()  # digital silence
-    assert (levels[65:] == -100).all()
-    full_scale = np.ones(SAMPLE_RATE, np.float32)
-    assert frame_levels(full_scale, 25.0, 25) == pytest.approx(np.zeros(25), abs=1e-4)

@@ -16,12 +16,14 @@ import dlib
 import numpy as np
 import pytest
 
-from pipeline import audio as audio_mod
-from pipeline.face_backends import dlib_predictor_path
+import media
+
+from pipeline.media import audio as audio_mod
+from pipeline.faces.backends import dlib_predictor_path
 from pipeline.options import RunOptions
-from pipeline.probe import probe
+from pipeline.media.probe import probe
 from pipeline.run import run
-from pipeline.video_io import read_frames
+from pipeline.media.decode import read_frames
 
 log = logging.getLogger(__name__)
 
@@ -59,7 +61,7 @@ def lip_openings(video: Path) -> np.ndarray:
 
 def speech_energy(audio: Path, fps: float, n: int) -> np.ndarray:
     """RMS dB of the driving audio under each frame, floored 50 dB under its loudest frame."""
-    levels = audio_mod.frame_levels(audio_mod.load_audio(audio), fps, n)
+    levels = media.frame_levels(audio_mod.load_audio(audio), fps, n)
     return np.maximum(levels, levels.max() - ENERGY_RANGE_DB)
 
 

@@ -1,11 +1,11 @@
-"""pipeline.blend: Patch validation, the feathered mask and the alpha composite."""
+"""pipeline.generators.blend: Patch validation, the feathered mask and the alpha composite."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from pipeline.blend import Patch, feather_mask, paste
+from pipeline.generators.blend import Patch, feather_mask, paste
 
 
 def _frame(value: int = 100, h: int = 40, w: int = 50) -> np.ndarray:

@@ -1,4 +1,5 @@
-"""``python -m pipeline``: JSON results, one-line errors, jobs recorded in SQLite."""
+"""``python -m jobs`` (recorded and scored) and ``python -m pipeline`` (the run loop alone):
+JSON results, one-line errors, jobs recorded in SQLite."""
 
 from __future__ import annotations
 
@@ -10,15 +11,29 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.probe import probe
+from pipeline.media.probe import probe
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def cli(*args: str, data_dir: Path) -> subprocess.CompletedProcess:
+def cli(*args: str, data_dir: Path, package: str = "jobs") -> subprocess.CompletedProcess:
     env = {**os.environ, "LIPSYNC_DATA_DIR": str(data_dir), "HF_HUB_OFFLINE": "1"}
-    return subprocess.run([sys.executable, "-m", "pipeline", *args], cwd=ROOT, env=env,
+    return subprocess.run([sys.executable, "-m", package, *args], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=300)
+
+
+def test_bare_run_loop_records_and_scores_nothing(face_mp4: Path, speech_wav: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out.mp4"
+    proc = cli("run", str(face_mp4), str(speech_wav), "-o", str(out), "--model", "passthrough", "--json",
+               data_dir=tmp_path / "data", package="pipeline")
+    assert proc.returncode == 0, proc.stderr
+    res = json.loads(proc.stdout)
+    assert res["model_used"] == "passthrough" and res["frames"] == 75 and "job_id" not in res
+    assert probe(out).audio is not None
+    assert not (tmp_path / "data").exists()  # no history opened
+    bad = cli("run", str(face_mp4), str(speech_wav), "-o", str(out), "--no-record",
+              data_dir=tmp_path / "data", package="pipeline")
+    assert bad.returncode == 2 and "--no-record" in bad.stderr  # the bare loop has no history to skip
 
 
 def test_run_json_and_record(face_mp4: Path, speech_wav: Path, tmp_path: Path) -> None:

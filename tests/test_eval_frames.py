@@ -15,9 +15,9 @@ import pytest
 import media
 from eval.frames import (SampleFile, align, counted_frames, even_region, generated_frames,
                          original_samples, rate_frame, region_decodable, region_frames)
-from pipeline.probe import probe
-from pipeline.video_io import SELECT_MAX_TERMS, read_frames
-from pipeline.yuv import YuvFrame
+from pipeline.media.probe import probe
+from pipeline.media.decode import SELECT_MAX_TERMS, read_frames
+from pipeline.media.yuv import YuvFrame
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -116,8 +116,8 @@ def test_scoring_without_weights_does_not_import_torch(synth_dir: Path, speech_w
     video = media.face_video(synth_dir / "eval_notorch.mp4", seconds=2.0, audio=speech_wav)
     code = (
         "import json, sys\n"
-        "from pipeline.faces import make_tracker\nfrom pipeline.tracking import track_frames\n"
-        "from pipeline.video_io import read_frames\n"
+        "from pipeline.faces import make_tracker\nfrom pipeline.faces.tracking import track_frames\n"
+        "from pipeline.media.decode import read_frames\n"
         "from eval.score import score_videos\n"
         f"v = {str(video)!r}\n"
         "track = track_frames(read_frames(v), scale=1.0, tracker=make_tracker('dlib'))\n"

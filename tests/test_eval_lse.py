@@ -16,7 +16,6 @@ only; they are never shown as a score.
 from __future__ import annotations
 
 import importlib.util
-import sys
 import types
 from pathlib import Path
 

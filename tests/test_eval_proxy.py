@@ -12,10 +12,10 @@ from scipy.io import wavfile
 from eval import lse
 from eval import sync_proxy as sp
 from eval.score import score_videos
-from pipeline.audio import SAMPLE_RATE, load_audio
-from pipeline.faces import make_tracker
-from pipeline.tracking import track_frames
-from pipeline.video_io import read_frames
+from pipeline.media.audio import SAMPLE_RATE, load_audio
+from pipeline.faces.backends import make_tracker
+from pipeline.faces.tracking import track_frames
+from pipeline.media.decode import read_frames
 
 FPS = 25.0
 SAMPLES_PER_FRAME = int(SAMPLE_RATE / FPS)  # 640

@@ -9,7 +9,7 @@ import pytest
 from skimage.metrics import structural_similarity
 
 from eval import quality
-from eval.scores import METRICS, Score, Scores, unavailable
+from eval.results import METRICS, Score, Scores, unavailable
 
 
 def _frame(seed: int = 0, shape: tuple[int, int, int] = (96, 128, 3)) -> np.ndarray:
@@ -133,7 +133,7 @@ def test_face_only_frames_may_stay_i420() -> None:
     crop, odd crop corners included): the same values as adding its whole BGR conversion."""
     import cv2
 
-    from pipeline.yuv import YuvFrame
+    from pipeline.media.yuv import YuvFrame
 
     rng = np.random.default_rng(3)
     a, b = (YuvFrame(rng.integers(0, 256, (96 * 3 // 2, 128), np.uint8)) for _ in range(2))  # (H*3/2, W)

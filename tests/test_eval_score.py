@@ -144,10 +144,10 @@ def test_region_decode_and_kept_originals_give_the_same_scores(talking: Path, ge
                                                                monkeypatch: pytest.MonkeyPatch) -> None:
     """The cheap paths (landmarks on a decoded region, originals handed over by the job) give
     exactly the scores of decoding both videos whole."""
-    from pipeline.faces import make_tracker
-    from pipeline.tracking import track_frames
-    from pipeline.video_io import read_frames
-    from pipeline.yuv import YuvFrame
+    from pipeline.faces.backends import make_tracker
+    from pipeline.faces.tracking import track_frames
+    from pipeline.media.decode import read_frames
+    from pipeline.media.yuv import YuvFrame
 
     track = track_frames(read_frames(talking), scale=1.0, tracker=make_tracker("dlib"))
     wanted = sample_frames(len(track))
@@ -170,7 +170,7 @@ def test_a_recorded_job_hands_its_originals_to_scoring(face_mp4: Path, speech_wa
     the decoded speech; the scorer decodes none of the original and not the speech again, and
     the kept frames are released afterwards. The scores equal those of decoding both again."""
     from pipeline.options import RunOptions
-    from pipeline.recording import run_recorded
+    from jobs.lifecycle import run_recorded
 
     done = run_recorded(face_mp4, speech_wav, tmp_path / "o.mp4", options=RunOptions(model="baseline"),
                         record=False)

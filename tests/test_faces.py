@@ -1,4 +1,4 @@
-"""pipeline.faces / pipeline.face_backends: backend choice, detection and tracking on the
+"""pipeline.faces / pipeline.faces.backends: backend choice, detection and tracking on the
 real synthetic face (a photo shipped with scikit-image) with the real dlib models."""
 
 from __future__ import annotations
@@ -11,9 +11,10 @@ import pytest
 
 import media
 from pipeline.errors import NoFaceFound, WeightsUnavailable
-from pipeline.face_backends import dlib_predictor_path, insightface_pack_dir, tracker_status
-from pipeline.faces import Face, FaceTracker, iou, make_tracker
-from pipeline.tracking import Track, track_frames
+from pipeline.faces.backends import dlib_predictor_path, insightface_pack_dir, tracker_status
+from pipeline.faces.types import Face, FaceTracker, iou
+from pipeline.faces.backends import make_tracker
+from pipeline.faces.tracking import Track, track_frames
 
 HALF = media.FACE_SIZE // 2  # px: tracking size of the synthetic frames (what run.py's scaling gives 768 px)
 
@@ -85,8 +86,8 @@ def test_landmarks_in_crop_match_full_frame(tracker: FaceTracker, frames: list[n
 
 
 def test_landmarks_in_an_i420_frame_use_its_luma(tracker: FaceTracker, frames: list[np.ndarray]) -> None:
-    """The run loop hands generators pipeline.yuv.YuvFrames; dlib fits on their Y plane."""
-    from pipeline.yuv import YuvFrame
+    """The run loop hands generators pipeline.media.yuv.YuvFrames; dlib fits on their Y plane."""
+    from pipeline.media.yuv import YuvFrame
 
     bgr = frames[5]
     yuv = YuvFrame(cv2.cvtColor(bgr, cv2.COLOR_BGR2YUV_I420))  # (H * 3 / 2, W)

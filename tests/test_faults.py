@@ -40,9 +40,10 @@ from gradio_client.exceptions import AppError
 
 import media
 from app_server import AppServer, start_app
-from storage.db import integrity_check, open_db
+from storage.db import integrity_check
+from storage.migrations import open_db
 from storage.jobs import JobStore
-from ui.workspace import WORK_FOLDER, clean_stale_work_dirs, process_work_dir
+from jobs.workspace import WORK_FOLDER, clean_stale_work_dirs, process_work_dir
 
 BASELINE = "baseline"
 JOB_TIMEOUT_S = 3.0  # the server's limit in the shared server; a short job's run takes < 1 s
@@ -79,9 +80,9 @@ def _job_dirs(data_dir: Path) -> list[Path]:
 
 
 def _workers(server: AppServer) -> list[psutil.Process]:
-    """The server's generation worker processes (``python -m pipeline.worker``)."""
+    """The server's generation worker processes (``python -m jobs.workers``)."""
     return [p for p in psutil.Process(server.process.pid).children()
-            if "pipeline.worker" in " ".join(p.cmdline())]
+            if "jobs.workers" in " ".join(p.cmdline())]
 
 
 def _integrity(db_path: Path) -> list[str]:

@@ -1,4 +1,4 @@
-"""pipeline.ffmpeg: which binary runs, how errors surface, and that every input is opened
+"""pipeline.media.ffmpeg: which binary runs, how errors surface, and that every input is opened
 through ``input_args`` so a crafted file cannot make ffmpeg read anything but itself."""
 
 from __future__ import annotations
@@ -9,13 +9,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipeline import ffmpeg as ffmpeg_mod
-from pipeline.audio import SAMPLE_RATE, load_audio
+from pipeline.media import ffmpeg as ffmpeg_mod
+from pipeline.media.audio import SAMPLE_RATE, load_audio
 from pipeline.errors import FFmpegError, InvalidMedia
-from pipeline.ffmpeg import base_cmd, ffmpeg_exe, input_args, run_ffmpeg
-from pipeline.probe import probe
-from pipeline.encode import FrameWriter
-from pipeline.video_io import read_frames
+from pipeline.media.ffmpeg import base_cmd, ffmpeg_exe, input_args, run_ffmpeg
+from pipeline.media.probe import probe
+from pipeline.media.encode import FrameWriter
+from pipeline.media.decode import read_frames
 
 SECRET_HZ = 1234.0  # the tone that identifies the secret's content in any decoded output
 PLAYLIST = ("#EXTM3U\n#EXT-X-VERSION:3\n#EXT-X-TARGETDURATION:2\n"

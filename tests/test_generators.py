@@ -7,13 +7,15 @@ import numpy as np
 import pytest
 
 import media
-from pipeline import audio as audio_mod
-from pipeline.blend import Patch, paste
+from pipeline.media import audio as audio_mod
+from pipeline.generators.blend import Patch, paste
 from pipeline.errors import WeightsUnavailable
-from pipeline.faces import Face, make_tracker
-from pipeline.generators import (BaselineGenerator, Generator, GeneratorJob, MouthDriver, available_generators,
-                                 get_generator, mel_level_db, register_generator)
-from pipeline.mouth import render_mouth
+from pipeline.faces.types import Face
+from pipeline.faces.backends import make_tracker
+from pipeline.generators.base import Generator, GeneratorJob
+from pipeline.generators.baseline import BaselineGenerator, MouthDriver, mel_level_db
+from pipeline.generators.registry import available_generators, get_generator, register_generator
+from pipeline.generators.mouth import render_mouth
 
 FPS = 25.0
 
@@ -182,7 +184,8 @@ def test_render_mouth_closes_an_open_mouth(face_and_frame) -> None:
 
 def test_only_a_baseline_without_landmarker_needs_the_tracks_landmarks() -> None:
     """The run loop tracks boxes only when the generator fits its own landmarks (or needs none)."""
-    from pipeline.generators import BaselineGenerator, PassthroughGenerator
+    from pipeline.generators.baseline import BaselineGenerator
+    from pipeline.generators.passthrough import PassthroughGenerator
 
     assert BaselineGenerator(landmarker="dlib").needs_track_landmarks is False
     assert BaselineGenerator(landmarker=None).needs_track_landmarks is True

@@ -19,7 +19,7 @@ from gradio_client.exceptions import AppError
 
 import hostile_corpus
 from app_server import AppServer, start_app
-from pipeline.probe import probe
+from pipeline.media.probe import probe
 from storage.jobs import JobStore
 
 log = logging.getLogger(__name__)
@@ -130,7 +130,7 @@ def test_hostile_corpus_done(corpus: list[hostile_corpus.Case]) -> None:
 
 
 def test_no_temp_files_left_behind(test_hostile_corpus_done: None, server: AppServer, store: JobStore) -> None:
-    # job temp folders live in the app's per-process work folder (ui/workspace.py); TMPDIR too
+    # job temp folders live in the app's per-process work folder (jobs/workspace.py); TMPDIR too
     work = server.data_dir / "work"
     assert [p for p in work.iterdir() if p.is_dir()], f"no per-process work folder in {work}"
     tmp = server.data_dir.parent / "tmp"

@@ -1,4 +1,4 @@
-"""In-process decoding (pipeline.libav_decode) against the ffmpeg pipe's frames, real files."""
+"""In-process decoding (pipeline.media.libav) against the ffmpeg pipe's frames, real files."""
 
 from __future__ import annotations
 
@@ -15,11 +15,11 @@ import numpy as np
 import psutil
 import pytest
 
-from pipeline import libav_decode
+from pipeline.media import libav
 from pipeline.errors import InvalidMedia
-from pipeline.ffmpeg import ffmpeg_exe
-from pipeline.probe import probe
-from pipeline.video_io import read_frames
+from pipeline.media.ffmpeg import ffmpeg_exe
+from pipeline.media.probe import probe
+from pipeline.media.decode import read_frames
 
 
 def ff(*args: str) -> None:
@@ -69,9 +69,9 @@ class ChildWatch:
 def decode_both(path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[list[np.ndarray], list[np.ndarray], bool]:
     """(in-process frames, pipe frames, whether the in-process decode started an ffmpeg)."""
     info = probe(path)
-    monkeypatch.setenv(libav_decode.DECODER_ENV, "pipe")
+    monkeypatch.setenv(libav.DECODER_ENV, "pipe")
     piped = list(read_frames(path, info=info, pix_fmt="yuv420p"))
-    monkeypatch.setenv(libav_decode.DECODER_ENV, "auto")
+    monkeypatch.setenv(libav.DECODER_ENV, "auto")
     with ChildWatch() as watch:
         here = list(read_frames(path, info=info, pix_fmt="yuv420p"))
     return here, piped, watch.seen
@@ -91,7 +91,7 @@ def same(a: list[np.ndarray], b: list[np.ndarray]) -> bool:
 ])
 def test_same_frames_as_the_pipe_without_an_ffmpeg_process(d: Path, make, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: ANN001
     path = make(d)
-    assert libav_decode.applies(probe(path))
+    assert libav.applies(probe(path))
     here, piped, spawned = decode_both(path, monkeypatch)
     assert len(piped) >= 50
     assert same(here, piped)
@@ -114,12 +114,12 @@ def test_where_it_does_not_apply_the_pipe_decodes(d: Path, monkeypatch: pytest.M
     vfr = clip(d / "vfr.mp4", "-vf", r"select=lt(n\,10)+not(mod(n\,4))", "-fps_mode", "vfr", *H264)
     for path in (rotated, yuv444, vfr):
         info = probe(path)
-        assert not libav_decode.applies(info), path.name
+        assert not libav.applies(info), path.name
         with ChildWatch() as watch:
             frames = list(read_frames(path, info=info, pix_fmt="yuv420p"))
         assert frames and watch.seen, path.name
-    monkeypatch.setenv(libav_decode.DECODER_ENV, "pipe")
-    assert not libav_decode.applies(probe(base))
+    monkeypatch.setenv(libav.DECODER_ENV, "pipe")
+    assert not libav.applies(probe(base))
     with ChildWatch() as watch:
         assert len(list(read_frames(base, pix_fmt="yuv420p"))) == 50
     assert watch.seen
@@ -130,8 +130,8 @@ def test_a_gap_mid_stream_continues_from_the_pipe(d: Path, monkeypatch: pytest.M
     """Frame 50 of 100 is missing (not enough to count as VFR): ffmpeg's constant-rate output
     repeats a frame there, so from there on the frames come from the pipe."""
     path = clip(d / "gap.mp4", "-vf", "select='not(eq(n,50))'", "-fps_mode", "passthrough", *H264, seconds=4)
-    assert libav_decode.applies(probe(path))
-    with caplog.at_level(logging.DEBUG, logger="pipeline.libav_decode"):
+    assert libav.applies(probe(path))
+    with caplog.at_level(logging.DEBUG, logger="pipeline.media.libav"):
         here, piped, spawned = decode_both(path, monkeypatch)
     assert "from frame 49 on" in caplog.text or "from frame 50 on" in caplog.text  # 49 shown twice
     assert spawned and len(piped) >= 100 and same(here, piped)  # 99 frames decoded, one repeated
@@ -177,7 +177,7 @@ def test_no_decodable_frame_is_invalid_media(d: Path) -> None:
     broken = d / "zeroed.mp4"
     broken.write_bytes(bytes(data))
     info = probe(good)
-    frames = libav_decode.libav_frames(dataclasses.replace(info, path=str(broken)), threads=1,
+    frames = libav.libav_frames(dataclasses.replace(info, path=str(broken)), threads=1,
                                        pipe=lambda: pytest.fail("the pipe was not needed"))
     with pytest.raises(InvalidMedia, match="zeroed.mp4: no video frame could be decoded"):
         list(frames)
@@ -193,7 +193,7 @@ def test_a_playlist_is_not_opened(d: Path) -> None:
         assert unguarded.format.name == "hls"
     info = probe(segment)
     sentinel = [np.zeros((96, 96), np.uint8)]
-    frames = libav_decode.libav_frames(dataclasses.replace(info, path=str(playlist)), threads=1,
+    frames = libav.libav_frames(dataclasses.replace(info, path=str(playlist)), threads=1,
                                        pipe=lambda: (f for f in sentinel))
     assert list(frames) == sentinel
 

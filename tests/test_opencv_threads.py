@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-PROBE = ("import cv2; from pipeline.opencv import configure_opencv_threads; "
+PROBE = ("import cv2; from pipeline.device import configure_opencv_threads; "
          "n = configure_opencv_threads(); print(n, cv2.getNumThreads())")
 
 

@@ -12,10 +12,10 @@ import numpy as np
 import pytest
 
 import media
-from pipeline import probe as probe_mod
+from pipeline.media import probe as probe_mod
 from pipeline.errors import InvalidMedia
-from pipeline.ffmpeg import ffmpeg_exe
-from pipeline.probe import Limits, probe, validate_audio_input, validate_face_input
+from pipeline.media.ffmpeg import ffmpeg_exe
+from pipeline.media.probe import Limits, probe, validate_audio_input, validate_face_input
 
 
 def ff(*args: str) -> None:

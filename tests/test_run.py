@@ -11,9 +11,9 @@ import pytest
 import media
 from pipeline.errors import InvalidMedia, JobCancelled, JobTimeout, NoFaceFound
 from pipeline.options import RunOptions
-from pipeline.probe import probe
+from pipeline.media.probe import probe
 from pipeline.run import run
-from pipeline.video_io import read_frames
+from pipeline.media.decode import read_frames
 
 
 def _check_output(path: Path, *, audio_s: float, fps: float, size: tuple[int, int]) -> None:
@@ -57,9 +57,9 @@ def test_passthrough_extends_video_to_audio(face_mp4: Path, speech_wav: Path, tm
 def test_extension_spools_only_the_frames_shown_again(face_mp4: Path, tmp_path: Path) -> None:
     """``plan_frames`` yields the plan's frames exactly, spooling only the revisited ones: a
     clip extended by 3 frames ping-pong spools 3 frames, not the whole clip."""
-    from pipeline.video_io import plan_frames
-    from pipeline.video_io import frame_plan
-    from pipeline.yuv import YuvFrame
+    from pipeline.media.decode import plan_frames
+    from pipeline.media.decode import frame_plan
+    from pipeline.media.yuv import YuvFrame
 
     info = probe(face_mp4)
     src = [YuvFrame(f).data for f in read_frames(face_mp4, pix_fmt="yuv420p")]  # 50 frames
@@ -172,7 +172,7 @@ def test_keep_hands_over_the_original_frames(face_mp4: Path, speech_wav: Path, t
     src = list(read_frames(face_mp4, pix_fmt="yuv420p"))
     for i, frame in result.originals.items():
         assert np.array_equal(frame.data, src[i])  # byte-identical to a fresh decode
-    from pipeline.audio import load_audio
+    from pipeline.media.audio import load_audio
 
     assert np.array_equal(result.speech, load_audio(speech_wav))  # the speech, for the scorer too
     assert "speech" not in result.to_dict()
@@ -202,8 +202,9 @@ def test_mels_only_for_generators_that_read_them(face_mp4: Path, speech_wav: Pat
     """The passthrough reads no mel windows, so none are computed for it; the baseline's are.
     The first batch is small (the encoder gets frames sooner), the others full size.
     (The real functions run; they are wrapped only to count the calls and batch sizes.)"""
-    import pipeline.audio as audio_mod
-    from pipeline.generators import BaselineJob, PassthroughJob
+    import pipeline.media.audio as audio_mod
+    from pipeline.generators.baseline import BaselineJob
+    from pipeline.generators.passthrough import PassthroughJob
     from pipeline.run import FIRST_BATCH
 
     calls: list[int] = []

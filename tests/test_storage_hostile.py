@@ -12,7 +12,6 @@ import pytest
 
 from storage.db import InvalidJobId
 from storage.jobs import JobStore
-from storage.records import raw_input_path
 
 HOSTILE = [
     "O'Brien \"quoted\" take.mp4",
@@ -42,13 +41,18 @@ def hostile_store(tmp_path: Path) -> tuple[JobStore, dict[str, str]]:
     store.close()
 
 
+
+def _raw_path(rec: dict) -> bytes:
+    """The exact bytes of a stored input's path (``raw_path_hex`` where the text was lossy)."""
+    return bytes.fromhex(rec["raw_path_hex"]) if rec.get("raw_path_hex") else rec["path"].encode("utf-8")
+
 def test_hostile_names_round_trip_exactly(hostile_store: tuple[JobStore, dict[str, str]]) -> None:
     store, ids = hostile_store
     for name, job_id in ids.items():
         job = store.get(job_id)
         assert job["inputs"][0]["name"] == name
         assert job["options"] == {"note": name} and job["model_requested"] == name and job["user"] == name
-    assert store.count() == len(HOSTILE)
+    assert len(store.list(limit=None)) == len(HOSTILE)
 
 
 def test_text_filter_is_a_literal_substring(hostile_store: tuple[JobStore, dict[str, str]]) -> None:
@@ -61,8 +65,8 @@ def test_text_filter_is_a_literal_substring(hostile_store: tuple[JobStore, dict[
     assert {j["id"] for j in store.list(text="%")} == {ids["100%_done.mp4"], ids["%"]}
     assert {j["id"] for j in store.list(text="_")} == {ids["100%_done.mp4"], ids["_"],
                                                        ids["SELECT * FROM job_inputs WHERE 1=1"]}
-    assert store.list(text="%%") == [] and store.count(text="' OR 1=1 --") == 0
-    assert store.count(text="o'brien") == 1  # case-insensitive, quote and all
+    assert store.list(text="%%") == [] and len(store.list(limit=None, text="' OR 1=1 --")) == 0
+    assert len(store.list(limit=None, text="o'brien")) == 1  # case-insensitive, quote and all
 
 
 def test_other_filters_bind_values(hostile_store: tuple[JobStore, dict[str, str]]) -> None:
@@ -81,7 +85,7 @@ def test_other_filters_bind_values(hostile_store: tuple[JobStore, dict[str, str]
             store.get(bad)
         with pytest.raises(InvalidJobId):
             store.job_dir(bad)
-    assert store.count() == len(HOSTILE)  # every table still there, every row too
+    assert len(store.list(limit=None)) == len(HOSTILE)  # every table still there, every row too
     with store.connection() as db:
         assert set(db.table_names()) >= {"jobs", "job_inputs", "job_stages", "job_scores", "job_devices"}
 
@@ -98,12 +102,12 @@ def test_non_utf8_file_names_keep_their_bytes(tmp_path: Path) -> None:
         for job_id in (by_bytes, by_str):
             rec = store.get(job_id)["inputs"][0]
             assert rec["name"] == "caf\ufffd \ufffd\ufffd 'x'; --.wav"  # valid UTF-8 for display
-            assert raw_input_path(rec) == raw  # ... and the exact bytes
+            assert _raw_path(rec) == raw  # ... and the exact bytes
             assert rec["sha256"] == hashlib.sha256(b"RIFF....WAVE").hexdigest() and rec["size_bytes"] == 12
-            with open(raw_input_path(rec), "rb") as fh:
+            with open(_raw_path(rec), "rb") as fh:
                 assert fh.read() == b"RIFF....WAVE"
         assert store.get(by_str)["options"] == {"src": as_str}  # JSON keeps the surrogates
-        assert store.count(text="caf\ufffd") == 2 and store.count(text="'x'; --") == 2
+        assert len(store.list(limit=None, text="caf\ufffd")) == 2 and len(store.list(limit=None, text="'x'; --")) == 2
     with sqlite3.connect(tmp_path / "jobs.db") as conn:  # stored text is valid UTF-8
         names = conn.execute("SELECT CAST(name AS BLOB) FROM job_inputs").fetchall()
         for (blob,) in names:

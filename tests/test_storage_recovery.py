@@ -26,7 +26,7 @@ from storage.jobs import JobStore
 store = JobStore(sys.argv[2])
 job_id = store.create(source="cli", inputs={"video": "/in/v.mp4"}, model_requested="baseline", hash_inputs=False)
 store.start(job_id)
-store.record_stage(job_id, "probe", start_offset_s=0.0, seconds=0.125)
+store.record_stages(job_id, {"probe": 0.125}, offsets={"probe": 0.0})
 print(job_id, flush=True)
 if sys.argv[3] == "busy":  # keep writing, so the kill lands mid-transaction
     i = 0
@@ -170,7 +170,7 @@ def test_a_schema_1_file_gains_the_new_columns_with_rows_intact(tmp_path: Path) 
     assert old["files_gone"] is False and old["owner_pid"] is None
     assert {s["metric"]: s["value"] for s in old["scores"]} == {"lse_c": None, "lse_d": 7.5}
     with JobStore(path) as store:
-        assert store.count() == 3 and store.get(new_id)["status"] == "queued"
+        assert len(store.list(limit=None)) == 3 and store.get(new_id)["status"] == "queued"
         with store.connection() as db:
             assert migrate(db) == []
 

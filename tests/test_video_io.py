@@ -14,10 +14,10 @@ import pytest
 
 import media
 from pipeline.errors import FFmpegError, InvalidMedia
-from pipeline.ffmpeg import ffmpeg_exe
-from pipeline.probe import probe
-from pipeline.encode import FrameWriter, video_codec_args
-from pipeline.video_io import count_frames, frame_plan, read_frames
+from pipeline.media.ffmpeg import ffmpeg_exe
+from pipeline.media.probe import probe
+from pipeline.media.encode import FrameWriter, video_codec_args
+from pipeline.media.decode import count_frames, frame_plan, read_frames
 
 
 def ff(*args: str) -> None:
@@ -198,52 +198,22 @@ def test_odd_size_is_evened(d: Path) -> None:
     assert probe(out).video.display_size == (64, 48)
 
 
-def test_audio_muxed_and_shortest(d: Path, speech_wav: Path) -> None:
-    short = d / "with_audio.mp4"
-    with FrameWriter(short, 64, 48, 25, audio_path=speech_wav) as w:
-        for _ in range(50):  # 2 s of video, 3 s of audio
-            w.write(marker_frame())
-    info = probe(short)
-    assert info.audio.codec == "aac" and info.audio.sample_rate == 16000
-    assert info.duration_s == pytest.approx(2.0, abs=0.1)
-    longer = d / "cut_to_audio.mp4"
-    with FrameWriter(longer, 64, 48, 25, audio_path=speech_wav) as w:
-        for _ in range(150):  # 6 s of video: frames past the audio's end are dropped
-            w.write(marker_frame())
-    assert w.frames_written + w.frames_dropped == 150
-    assert probe(longer).duration_s == pytest.approx(3.0, abs=0.15)
-
-
-def test_audio_cut_at_duration_without_shortest(d: Path, speech_wav: Path) -> None:
-    """``duration_s`` cuts the audio there and leaves the video alone (no ``-shortest``):
-    1 s of the 3 s speech under 2 s of video."""
-    from pipeline.audio import SAMPLE_RATE, load_audio
-
-    out = d / "cut_audio.mp4"
-    with FrameWriter(out, 64, 48, 25, audio_path=speech_wav, duration_s=1.0) as w:
-        for _ in range(50):
-            w.write(marker_frame())
-    assert w.frames_written == 50 and w.frames_dropped == 0
-    assert count_frames(out) == 50
-    samples = len(load_audio(out))
-    assert abs(samples - SAMPLE_RATE) <= 1024 + 64, samples  # within one AAC frame (+ resampler delay)
-    assert probe(out).duration_s == pytest.approx(2.0, abs=0.1)
-
-
-def test_whole_audio_without_cut_or_shortest(d: Path, speech_wav: Path) -> None:
-    """``shortest=False`` keeps all of the audio (3 s) and every frame (2 s of video): the
-    run loop writes as many frames as the audio lasts, so it need not know that length when
-    it starts the encoder."""
-    from pipeline.audio import SAMPLE_RATE, load_audio
+def test_audio_muxed_whole(d: Path, speech_wav: Path) -> None:
+    """The audio is kept whole (3 s) with every frame (2 s of video): the run loop writes as
+    many frames as the audio lasts, so it need not know that length when it starts the encoder."""
+    from pipeline.media.audio import SAMPLE_RATE, load_audio
 
     out = d / "whole_audio.mp4"
-    with FrameWriter(out, 64, 48, 25, audio_path=speech_wav, shortest=False) as w:
+    with FrameWriter(out, 64, 48, 25, audio_path=speech_wav) as w:
         for _ in range(50):
             w.write(marker_frame())
-    assert w.frames_written == 50 and w.frames_dropped == 0
+    assert w.frames_written == 50
+    info = probe(out)
+    assert info.audio.codec == "aac" and info.audio.sample_rate == 16000
     assert count_frames(out) == 50
     assert abs(len(load_audio(out)) - 3 * SAMPLE_RATE) <= 1024 + 64  # within one AAC frame
-    assert probe(out).duration_s == pytest.approx(3.0, abs=0.1)
+    assert info.duration_s == pytest.approx(3.0, abs=0.1)
+
 
 
 def test_encoder_failure_raises_ffmpeg_error(d: Path) -> None:

@@ -21,18 +21,20 @@ import torch
 
 import media
 from fixtures_wav2lip import lipsync_pkg, wav2lip_checkpoint  # noqa: F401 (fixtures)
-from pipeline.audio import load_audio, mel_chunks, melspectrogram
+from pipeline.media.audio import load_audio, mel_chunks, melspectrogram
 from pipeline.device import choose_device, gpu_lock
 from pipeline.errors import LipSyncError, WeightsInvalid, WeightsUnavailable
-from pipeline.faces import Face, make_tracker
-from pipeline.generators import Generator, get_generator
+from pipeline.faces.types import Face
+from pipeline.faces.backends import make_tracker
+from pipeline.generators.base import Generator
+from pipeline.generators.registry import get_generator
 from pipeline.options import RunOptions
-from pipeline.probe import probe
+from pipeline.media.probe import probe
 from pipeline.run import run
-from pipeline.video_io import read_frames
-from pipeline.wav2lip_generator import (CPU_BATCH, KEEP_TOP, Wav2LipGenerator, _models, clear_models,
+from pipeline.media.decode import read_frames
+from pipeline.generators.wav2lip.generator import (CPU_BATCH, KEEP_TOP, Wav2LipGenerator, _models, clear_models,
                                         crop_box, forward_batches, make_wav2lip_generator, prepare_faces,
-                                        preload, to_model_input)
+                                        to_model_input)
 from pipeline.weights import file_sha256
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -152,17 +154,17 @@ def test_one_model_shared_by_threads(wav2lip_checkpoint: Path) -> None:  # noqa:
     for t in threads:
         t.join()
     assert len(made) == 3 and len({id(g.model) for g in made}) == 1 and len(_models) == 1
-    info = preload(wav2lip_checkpoint, device="cpu")  # what app start calls: the same model again
-    assert info["sha256"] == made[0].checkpoint_info()["sha256"] and len(_models) == 1
+    again = make_wav2lip_generator(checkpoint=wav2lip_checkpoint, device="cpu")  # the same model again
+    assert again.model is made[0].model and len(_models) == 1
 
 
 def test_invalid_checkpoint_is_not_cached(tmp_path: Path, gen: Wav2LipGenerator) -> None:
     bad = tmp_path / "wav2lip.pth"
     torch.save({"state_dict": {"module.nothing": torch.zeros(1)}}, bad)
-    before = dict(_models)
+    before = _models.keys()
     with pytest.raises(WeightsInvalid, match="unexpected key 'nothing'"):
         make_wav2lip_generator(checkpoint=bad, device="cpu")
-    assert dict(_models) == before
+    assert _models.keys() == before
 
 
 def test_no_weights_anywhere(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -233,7 +235,7 @@ def test_cli_end_to_end(face_mp4: Path, synth_dir: Path, tmp_path: Path, wav2lip
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "LIPSYNC_DATA_DIR": str(tmp_path / "data")}
     proc = subprocess.run([sys.executable, "-m", "pipeline", "run", str(face_mp4), str(audio), "-o", str(out),
                            "--model", "wav2lip", "--checkpoint", str(wav2lip_checkpoint), "--device", "cpu",
-                           "--json", "--no-record"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+                           "--json"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
     res = json.loads(proc.stdout)
     assert res["model_used"] == "wav2lip" and res["frames"] == 25

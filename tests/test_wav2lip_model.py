@@ -18,7 +18,7 @@ import torch
 from fixtures_wav2lip import (lipsync_pkg, published_extras, tiny_state_dict,  # noqa: F401 (fixtures)
                               wav2lip_checkpoint)
 from pipeline.errors import WeightsInvalid
-from pipeline.models.wav2lip import Wav2Lip, expected_shapes, load_wav2lip
+from pipeline.generators.wav2lip.model import Wav2Lip, expected_shapes, load_wav2lip
 
 TOL = 1e-5  # max abs difference between two float32 implementations of the same network
 

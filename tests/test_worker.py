@@ -1,4 +1,4 @@
-"""Generation in worker processes (pipeline.worker): real child processes, real signals,
+"""Generation in worker processes (jobs.workers): real child processes, real signals,
 real ffmpeg and dlib, the baseline generator, tiny synthetic media."""
 
 from __future__ import annotations
@@ -16,10 +16,11 @@ import psutil
 import pytest
 
 import media
-from pipeline import worker as worker_mod
+from jobs import workers as worker_mod
 from pipeline.errors import InvalidMedia, JobCancelled, JobTimeout, WorkerDied
 from pipeline.options import RunOptions
-from pipeline.worker import WorkerPool
+from jobs.work import GenerationJob
+from jobs.workers import WorkerPool
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -30,6 +31,12 @@ def inputs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     return {"video": media.face_video(d / "face.mp4", seconds=0.4),
             "short": media.write_wav(d / "short.wav", media.speech_like(0.4)),
             "long": media.write_wav(d / "long.wav", media.speech_like(60.0))}
+
+
+def _pids() -> list[int]:
+    """Process ids of this process's live generation workers (``python -m jobs.workers``)."""
+    return [p.pid for p in psutil.Process().children()
+            if p.status() != psutil.STATUS_ZOMBIE and "jobs.workers" in " ".join(p.cmdline())]
 
 
 @pytest.fixture(scope="module")
@@ -63,17 +70,16 @@ def _when_generating(flag: threading.Event, then: Callable[[], object]) -> Calla
 
 def test_a_job_runs_in_a_reused_worker(pool: WorkerPool, inputs: dict[str, Path], tmp_path: Path) -> None:
     stages: list[str] = []
-    result, scores = pool.generate(inputs["video"], inputs["short"], tmp_path / "a.mp4",
-                                   options=_opts(tmp_path / "w"), progress=lambda s, f: stages.append(s))
+    result, scores = pool.run(GenerationJob.of(inputs["video"], inputs["short"], tmp_path / "a.mp4", options=_opts(tmp_path / "w")), progress=lambda s, f: stages.append(s))
     assert (tmp_path / "a.mp4").stat().st_size > 0 and result.frames == 10
     assert result.track is not None and not result.originals  # scored in the worker, frames released
     assert result.speech is None  # and the speech, not sent back
     assert scores.value("psnr_full") > 20 and scores.value("lse_d") is None
     assert {"audio", "track", "generate", "score"} <= set(stages)
-    pid = pool.pids()
+    pid = _pids()
     assert len(pid) == 1 and pid[0] != os.getpid()
-    pool.generate(inputs["video"], inputs["short"], tmp_path / "b.mp4", options=_opts(tmp_path / "w"))
-    assert pool.pids() == pid  # the same process: models stay loaded between jobs
+    pool.run(GenerationJob.of(inputs["video"], inputs["short"], tmp_path / "b.mp4", options=_opts(tmp_path / "w")))
+    assert _pids() == pid  # the same process: models stay loaded between jobs
     assert list((tmp_path / "w").iterdir()) == []  # each job's scratch folder is removed
 
 
@@ -81,7 +87,7 @@ def test_domain_errors_cross_with_their_type(pool: WorkerPool, inputs: dict[str,
     junk = tmp_path / "junk.mp4"
     junk.write_bytes(os.urandom(2048))
     with pytest.raises(InvalidMedia, match="junk.mp4"):
-        pool.generate(junk, inputs["short"], tmp_path / "o.mp4", options=_opts(tmp_path / "w"))
+        pool.run(GenerationJob.of(junk, inputs["short"], tmp_path / "o.mp4", options=_opts(tmp_path / "w")))
     assert not (tmp_path / "o.mp4").exists()
 
 
@@ -93,7 +99,7 @@ def test_a_worker_that_dies_mid_job_fails_that_job_only(pool: WorkerPool, inputs
     their own when their pipes break: only the pool's kill of the group ends them); the
     scratch folder goes; the next job gets a fresh worker and succeeds."""
     pool.start()  # a worker, whatever an earlier test left
-    before = pool.pids()
+    before = _pids()
     flag = threading.Event()
 
     def freeze_children_and_kill() -> None:
@@ -104,7 +110,7 @@ def test_a_worker_that_dies_mid_job_fails_that_job_only(pool: WorkerPool, inputs
 
     try:
         with pytest.raises(WorkerDied, match=f"killed by {sig.name}.*during stage 'generate'"):
-            pool.generate(inputs["video"], inputs["long"], tmp_path / "o.mp4", options=_opts(tmp_path / "w"),
+            pool.run(GenerationJob.of(inputs["video"], inputs["long"], tmp_path / "o.mp4", options=_opts(tmp_path / "w")),
                           progress=_when_generating(flag, freeze_children_and_kill))
         assert not _running(before[0])
         deadline = time.monotonic() + 5.0  # a killed process takes a moment to exit
@@ -115,12 +121,12 @@ def test_a_worker_that_dies_mid_job_fails_that_job_only(pool: WorkerPool, inputs
         for pid in _group(before[0], pids=True):  # a failure leaves none stopped behind
             os.kill(pid, signal.SIGKILL)
     assert list((tmp_path / "w").iterdir()) == []
-    result, _ = pool.generate(inputs["video"], inputs["short"], tmp_path / "n.mp4", options=_opts(tmp_path / "w"))
-    assert result.frames == 10 and pool.pids() != before
+    result, _ = pool.run(GenerationJob.of(inputs["video"], inputs["short"], tmp_path / "n.mp4", options=_opts(tmp_path / "w")))
+    assert result.frames == 10 and _pids() != before
 
 
 def _group(pgid: int, *, pids: bool = False) -> list:
-    """Live processes in process group ``pgid`` (a worker's own group, see pipeline.worker):
+    """Live processes in process group ``pgid`` (a worker's own group, see jobs.workers):
     "PID NAME" strings, or the pids."""
     found = []
     for p in psutil.process_iter(["name", "status"]):
@@ -136,24 +142,24 @@ def test_a_worker_left_mid_job_is_not_reused(pool: WorkerPool, inputs: dict[str,
     """When the parent stops listening mid-job (here its progress callback raises), the
     worker may still be busy with that job: it is killed, never handed the next job."""
     pool.start()  # a worker, whatever an earlier test left
-    busy = pool.pids()
+    busy = _pids()
 
     def boom(stage: str, fraction: float) -> None:
         if stage == "generate":
             raise RuntimeError("the caller went away")
 
     with pytest.raises(RuntimeError, match="went away"):
-        pool.generate(inputs["video"], inputs["long"], tmp_path / "o.mp4", options=_opts(tmp_path / "w"),
+        pool.run(GenerationJob.of(inputs["video"], inputs["long"], tmp_path / "o.mp4", options=_opts(tmp_path / "w")),
                       progress=boom)
-    assert not _running(busy[0]) and busy[0] not in pool.pids()
-    result, _ = pool.generate(inputs["video"], inputs["short"], tmp_path / "n.mp4", options=_opts(tmp_path / "w"))
+    assert not _running(busy[0]) and busy[0] not in _pids()
+    result, _ = pool.run(GenerationJob.of(inputs["video"], inputs["short"], tmp_path / "n.mp4", options=_opts(tmp_path / "w")))
     assert result.frames == 10
 
 
 def test_cancel_reaches_the_worker(pool: WorkerPool, inputs: dict[str, Path], tmp_path: Path) -> None:
     flag, cancel = threading.Event(), threading.Event()
     with pytest.raises(JobCancelled):
-        pool.generate(inputs["video"], inputs["long"], tmp_path / "o.mp4", options=_opts(tmp_path / "w"),
+        pool.run(GenerationJob.of(inputs["video"], inputs["long"], tmp_path / "o.mp4", options=_opts(tmp_path / "w")),
                       cancel=cancel.is_set, progress=_when_generating(flag, cancel.set))
     assert not (tmp_path / "o.mp4").exists()
 
@@ -166,17 +172,17 @@ def test_a_hung_worker_is_killed_past_the_time_limit(pool: WorkerPool, inputs: d
     flag = threading.Event()
     t0 = time.monotonic()
     with pytest.raises(JobTimeout, match="worker process was killed"):
-        pool.generate(inputs["video"], inputs["long"], tmp_path / "o.mp4",
-                      options=_opts(tmp_path / "w", timeout_s=2.0),
-                      progress=_when_generating(flag, lambda: os.kill(pool.pids()[0], signal.SIGSTOP)))
+        pool.run(GenerationJob.of(inputs["video"], inputs["long"], tmp_path / "o.mp4", options=_opts(tmp_path / "w", timeout_s=2.0)),
+                      progress=_when_generating(flag, lambda: os.kill(_pids()[0], signal.SIGSTOP)))
     assert time.monotonic() - t0 < 20
-    result, _ = pool.generate(inputs["video"], inputs["short"], tmp_path / "n.mp4", options=_opts(tmp_path / "w"))
+    result, _ = pool.run(GenerationJob.of(inputs["video"], inputs["short"], tmp_path / "n.mp4", options=_opts(tmp_path / "w")))
     assert result.frames == 10
 
 
 def test_workers_exit_when_their_server_is_killed(tmp_path: Path) -> None:
-    code = ("import os, sys, time; from pipeline.worker import WorkerPool; p = WorkerPool(2); p.start(); "
-            "time.sleep(0.5); print(' '.join(map(str, p.pids())), flush=True); time.sleep(60)")
+    code = ("import time, psutil; from jobs.workers import WorkerPool; p = WorkerPool(2); p.start(); "
+            "time.sleep(0.5); print(' '.join(str(c.pid) for c in psutil.Process().children()), flush=True); "
+            "time.sleep(60)")
     proc = subprocess.Popen([sys.executable, "-c", code], cwd=ROOT, stdout=subprocess.PIPE, text=True)
     pids = [int(p) for p in proc.stdout.readline().split()]
     assert len(pids) == 2 and all(_running(p) for p in pids)

@@ -1,6 +1,6 @@
 """Recording a generation event that is cancelled while it still waits in Gradio's queue.
 
-A running job is recorded as cancelled by ``pipeline.recording.run_recorded`` (the handler's
+A running job is recorded as cancelled by ``jobs.lifecycle.run_recorded`` (the handler's
 task is cancelled, the pipeline stops, the row is ended). A job cancelled *before* its handler
 starts has no row yet, and Gradio 6 offers no hook for it: its ``POST /gradio_api/cancel``
 route (used by both the browser's Cancel button and ``gradio_client``'s ``Job.cancel()``)

@@ -7,8 +7,9 @@ from typing import Any
 
 import gradio as gr
 
+from jobs.executors import Executor
+from jobs.settings import Settings
 from storage.jobs import JobStore
-from ui.settings import Settings
 
 GENERATION_GROUP = "generation"  # the one concurrency_id of every event that runs the pipeline
 SCORING_GROUP = "scoring"  # scoring has its own lane: it never waits behind generation
@@ -20,7 +21,7 @@ class AppContext:
     settings: Settings
     store: JobStore
     blocks: gr.Blocks | None = None
-    workers: Any = None  # pipeline.worker.WorkerPool when settings.isolate, else None
+    executor: Executor | None = None  # where generation runs (jobs.executors)
     examples: dict[str, str] = field(default_factory=dict)
 
     def queue_depth(self) -> dict[str, Any]:

@@ -35,10 +35,6 @@ TITLES = {
 USER_ERRORS = (LipSyncError, StorageError, ValueError)
 
 
-class InputMissing(ValueError):
-    """A required input (video, audio, job id) was not given."""
-
-
 def to_gr_error(exc: BaseException) -> gr.Error:
     """The ``gr.Error`` shown for ``exc``: its class as the title, its message as the body."""
     name = type(exc).__name__

@@ -14,7 +14,7 @@ from ui import present
 from ui.cancels import QueuedInputs, register_queued_inputs
 from ui.context import GENERATION_GROUP, SCORING_GROUP, AppContext
 from ui.errors import user_errors
-from ui.service import JobOutcome, parse_options, run_cancellable, run_job_on_gpu, score_files
+from jobs.service import JobOutcome, parse_options, run_cancellable, run_job_on_gpu, score_files
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +55,7 @@ async def _run(ctx: AppContext, face: str | None, audio: str | None, model: str,
 
         def work(cancelled: Callable[[], bool]) -> JobOutcome:
             return run_job_on_gpu(face, audio, run_options, store=ctx.store, source=source, user=user,
-                                  progress=stage_progress(progress), cancel=cancelled, workers=ctx.workers)
+                                  progress=stage_progress(progress), cancel=cancelled, executor=ctx.executor)
 
         return await run_cancellable(work)
 

@@ -17,7 +17,7 @@ from storage.reports import history_frame
 from ui import present
 from ui.context import READ_GROUP, AppContext
 from ui.errors import user_errors
-from ui.service import get_job, history_filters, job_outputs, list_jobs
+from jobs.service import get_job, history_filters, job_outputs, list_jobs
 
 log = logging.getLogger(__name__)
 

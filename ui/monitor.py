@@ -48,7 +48,7 @@ def weights_table() -> pd.DataFrame:
 
 
 def system_markdown(ctx: AppContext) -> str:
-    facts = device_facts()
+    facts = device_facts(gpu=True)
     q = ctx.queue_depth()
     s = ctx.settings
     gpu = (f"{facts.get('gpu_model')} · memory used {facts.get('gpu_memory_used_mb')} MiB of "

@@ -1,4 +1,4 @@
-"""The FastAPI app the Gradio UI is mounted on: /healthz, /readyz and /metrics.
+"""The FastAPI app the Gradio UI is mounted on (:func:`create_app`): /healthz, /readyz, /metrics.
 
 - ``/healthz``: the process answers (always 200 while it serves).
 - ``/readyz``: 200 when a generator and a face tracker resolve and the job database takes
@@ -21,11 +21,18 @@ from collections.abc import Iterable
 from typing import Any
 
 import fastapi
+import gradio as gr
 from fastapi.responses import JSONResponse, PlainTextResponse
+
+from jobs.examples import examples_dir
+from jobs.settings import Settings
 
 from pipeline.weights import weights_report
 from storage.db import write_transaction
+from storage.jobs import JOBS_FOLDER
 from storage.records import ACTIVE, TERMINAL
+from ui.blocks import build_blocks, make_context
+from ui.cancels import QueuedCancelRecorder
 from ui.context import GENERATION_GROUP, AppContext
 
 log = logging.getLogger(__name__)
@@ -170,3 +177,20 @@ def make_server(ctx: AppContext) -> fastapi.FastAPI:
         return PlainTextResponse(metrics_text(ctx), media_type=PROMETHEUS_TYPE)
 
     return app
+
+
+def create_app(settings: Settings) -> fastapi.FastAPI:
+    """The FastAPI server with the ops routes and the Gradio app mounted at "/"."""
+    ctx = make_context(settings)
+    blocks = build_blocks(ctx)
+    blocks.queue(max_size=settings.queue_size, default_concurrency_limit=settings.max_jobs)
+    server = make_server(ctx)
+    server.add_middleware(QueuedCancelRecorder, ctx=ctx)  # records cancels of queued jobs
+    return gr.mount_gradio_app(
+        server, blocks, path="/", auth=settings.auth,
+        auth_message="LipSync Lab: log in to review jobs" if settings.auth else None,
+        max_file_size=settings.max_file_size,
+        # the examples and the job folders <data_dir>/jobs/<id>/ only: never jobs.db or the rest
+        allowed_paths=[os.fspath(examples_dir(settings.data_dir).resolve()),
+                       os.fspath((settings.data_dir / JOBS_FOLDER).resolve())],
+        show_error=True, footer_links=["api", "settings"])

@@ -39,8 +39,8 @@ class Settings:
     job_timeout_s: float | None = None
     data_dir: Path = Path(DEFAULT_DATA_DIR)
     in_space: bool = False
-    isolate: bool = True  # generation in worker processes (pipeline.worker); off on a ZeroGPU Space
-    work_dir: Path | None = None  # parent of job temp folders: make_context sets one per process
+    executor: str = "workers"  # where generation runs: a name of jobs.executors.EXECUTORS
+    work_dir: Path | None = None  # parent of job temp folders: open_service sets one per process
 
     @property
     def db_path(self) -> Path:
@@ -95,8 +95,21 @@ def settings_from_env(env: Mapping[str, str] | None = None) -> Settings:
         job_timeout_s=timeout or None,
         data_dir=Path(env.get(DATA_DIR_ENV) or DEFAULT_DATA_DIR),
         in_space=in_space,
-        isolate=_flag(env, "LIPSYNC_ISOLATE", default=not in_space),
+        executor=_executor(env, in_space=in_space),
     )
+
+
+def _executor(env: Mapping[str, str], *, in_space: bool) -> str:
+    """``LIPSYNC_EXECUTOR`` when set, else ``workers`` (``threads`` on a Space or with
+    ``LIPSYNC_ISOLATE=0``)."""
+    from jobs.executors import EXECUTORS
+
+    name = (env.get("LIPSYNC_EXECUTOR") or "").strip().lower()
+    if not name:
+        return "workers" if _flag(env, "LIPSYNC_ISOLATE", default=not in_space) else "threads"
+    if name not in EXECUTORS:
+        raise SettingsError(f"LIPSYNC_EXECUTOR={name!r}: choose one of {', '.join(sorted(EXECUTORS))}")
+    return name
 
 
 def _flag(env: Mapping[str, str], name: str, *, default: bool) -> bool:

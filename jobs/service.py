@@ -1,6 +1,7 @@
-"""What the app's handlers do, without Gradio: run a recorded job, score, query the history.
+"""What the app's handlers do, without Gradio: start the service, run a recorded job, score,
+query the history.
 
-Handlers in the tab modules call these and wrap them in :func:`ui.errors.user_errors`.
+Handlers in the ui/ tab modules call these and wrap them in :func:`ui.errors.user_errors`.
 A generation job runs in a worker thread (:func:`run_cancellable`) so that cancelling the
 Gradio event sets the job's cancel flag: the pipeline stops at its next check, the job is
 recorded as cancelled, and only then is the event's concurrency slot released.
@@ -11,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import contextvars
+import dataclasses
 import json
 import logging
 import os
@@ -19,12 +21,15 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
+from jobs.examples import ensure_examples
+from jobs.executors import Executor, make_executor
+from jobs.lifecycle import run_recorded
+from jobs.settings import Settings
+from jobs.workspace import clean_stale_work_dirs, process_work_dir
+from pipeline.errors import InputMissing
+from pipeline.media.probe import Limits
 from pipeline.options import RunOptions
-from pipeline.probe import Limits
-from pipeline.recording import run_recorded
 from storage.jobs import JobStore
-from ui.errors import InputMissing
-from ui.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +39,39 @@ ProgressFn = Callable[[str, float], None]
 # Options a request may set; the rest (checkpoint path, work folder, limits) are the server's.
 USER_OPTIONS = ("face_index", "batch_size", "pads", "loop", "crf", "preset", "device", "tracker",
                 "timeout_s")
+
+
+@dataclass(frozen=True)
+class Service:
+    """What a server holds for its life: settings (with its own work folder), the history,
+    the executor that runs generation, and the example inputs."""
+
+    settings: Settings
+    store: JobStore
+    executor: Executor
+    examples: dict[str, str]
+
+
+def open_service(settings: Settings) -> Service:
+    """Open the job history (marking jobs of dead processes interrupted), delete the job temp
+    folders of dead processes, give this process its own (``settings.work_dir``), make the
+    examples and start the executor (worker processes load their models in the background)."""
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    clean_stale_work_dirs(settings.data_dir)
+    settings = dataclasses.replace(settings, work_dir=process_work_dir(settings.data_dir))
+    store = JobStore(settings.db_path, data_dir=settings.data_dir)
+    if store.recovered:
+        log.warning("%d job(s) of an earlier process were marked interrupted", len(store.recovered))
+    try:
+        examples = ensure_examples(settings.data_dir)
+    except Exception:  # noqa: BLE001 - the app works without examples; say why in the log
+        log.exception("could not make the example inputs")
+        examples = {}
+    executor = make_executor(settings.executor, max_jobs=settings.max_jobs,
+                             work_dir=os.fspath(settings.work_dir))
+    executor.start()
+    log.info("generation runs in executor %r", executor.name)
+    return Service(settings=settings, store=store, executor=executor, examples=examples)
 
 
 @dataclass(frozen=True)
@@ -98,17 +136,16 @@ def parse_options(model: str, options: Mapping[str, Any] | str | None, *,
 
 def run_job(video: str | None, audio: str | None, options: RunOptions, *, store: JobStore,
             source: str, user: str | None = None, progress: ProgressFn | None = None,
-            cancel: Callable[[], bool] | None = None, workers: Any = None) -> JobOutcome:
-    """Run and record one job (see ``pipeline.recording.run_recorded``; in a ``workers``
-    process when given); domain errors propagate after the job is recorded as failed or
-    cancelled."""
+            cancel: Callable[[], bool] | None = None, executor: Executor | None = None) -> JobOutcome:
+    """Run and record one job (see ``jobs.lifecycle.run_recorded``) on ``executor``;
+    domain errors propagate after the job is recorded as failed or cancelled."""
     if not video:
         raise InputMissing("give a face video (or a still photo)")
     if not audio:
         raise InputMissing("give a speech audio file")
     rec = run_recorded(video, audio, options=options, progress=progress, cancel=cancel,
                        source=source, user=user, store=store, score=True, side_by_side=True,
-                       workers=workers)
+                       executor=executor)
     res = rec.result
     scores = rec.scores
     sbs = rec.outputs.get("side_by_side")

@@ -1,5 +1,5 @@
 """Locating and running ffmpeg, and what its frame pipes share (rate strings, pipe size,
-stderr tails) between the decoder (``pipeline.video_io``) and the encoder (``pipeline.encode``).
+stderr tails) between the decoder (``pipeline.media.decode``) and the encoder (``pipeline.media.encode``).
 
 ffmpeg on PATH wins; otherwise the static binary shipped by ``imageio-ffmpeg`` is used,
 so nothing requires a system ffmpeg. There is no ffprobe: probing parses ``ffmpeg -i``.

@@ -17,8 +17,8 @@ import numpy as np
 from scipy import signal
 
 from pipeline.errors import FFmpegError, InvalidMedia
-from pipeline.ffmpeg import STDERR_TAIL, base_cmd, input_args
-from pipeline.probe import MediaInfo, probe, require_stream
+from pipeline.media.ffmpeg import STDERR_TAIL, base_cmd, input_args
+from pipeline.media.probe import MediaInfo, probe, require_stream
 
 log = logging.getLogger(__name__)
 
@@ -27,6 +27,7 @@ N_FFT = 800  # 50 ms at 16 kHz
 HOP_SIZE = 200  # 12.5 ms at 16 kHz
 WIN_SIZE = 800  # 50 ms at 16 kHz
 N_MELS = 80
+MEL_BINS = N_MELS  # mel channels of one window (Wav2Lip's and the baseline's input)
 MEL_FPS = 80  # mel columns per second: 16000 / hop 200
 MEL_STEP = 16  # mel columns per 5-frame window at 25 fps: 0.2 s * 80
 FMIN = 55  # Hz
@@ -39,7 +40,6 @@ MAX_ABS_VALUE = 4.0  # symmetric normalisation to [-4, 4]
 # librosa >= 0.10 pads with zeros instead, which changes the first and last 2 columns
 STFT_PAD_MODE = "reflect"
 MIN_AMPLITUDE = 1e-5  # 10 ** (MIN_LEVEL_DB / 20): the amp_to_db floor
-SILENCE_DBFS = -100.0  # frame_levels of a frame with no signal
 DECODE_TIMEOUT_S = 120.0  # a 600 s track decodes in about a second
 
 
@@ -150,19 +150,3 @@ def mel_chunks(mel: np.ndarray, fps: float, n_frames: int) -> np.ndarray:
     starts = np.minimum(starts, t - MEL_STEP)
     idx = starts[:, None] + np.arange(MEL_STEP)[None, :]  # (n_frames, 16)
     return np.ascontiguousarray(mel[:, idx].transpose(1, 0, 2))  # (80, n, 16) -> (n, 80, 16)
-
-
-def frame_levels(wav: np.ndarray, fps: float, n_frames: int) -> np.ndarray:
-    """RMS level in dBFS of the audio under each video frame: float32 (n_frames,).
-
-    Frames past the end of the audio read as SILENCE_DBFS.
-    """
-    if fps <= 0:
-        raise ValueError(f"fps must be positive, got {fps}")
-    power = np.concatenate([[0.0], np.cumsum(np.square(wav, dtype=np.float64))])  # (N + 1,)
-    edges = np.minimum((np.arange(n_frames + 1) * (SAMPLE_RATE / fps)).round().astype(np.int64), len(wav))
-    counts = np.diff(edges)
-    energy = np.diff(power[edges])
-    rms = np.sqrt(np.maximum(energy, 0) / np.maximum(counts, 1))
-    db = 20 * np.log10(np.maximum(rms, 10 ** (SILENCE_DBFS / 20)))
-    return np.where(counts > 0, db, SILENCE_DBFS).astype(np.float32)

@@ -17,7 +17,7 @@ from typing import IO
 import numpy as np
 
 from pipeline.errors import FFmpegError
-from pipeline.ffmpeg import PIX_FMTS, base_cmd, grow_pipe, input_args, rate_str, stderr_tail
+from pipeline.media.ffmpeg import PIX_FMTS, base_cmd, grow_pipe, input_args, rate_str, stderr_tail
 
 log = logging.getLogger(__name__)
 
@@ -32,19 +32,17 @@ class FrameWriter:
     """Encode BGR frames to an H.264 MP4 through an ffmpeg pipe; optionally mux audio.
 
     Odd frame sizes are cropped to even (yuv420p needs even sides): ``out_size`` is the
-    size written. With ``audio_path`` the first audio stream is encoded as AAC: cut at
-    ``duration_s`` when given (the caller writes a video that long); whole with
-    ``shortest=False`` (the caller writes a video as long as the audio, so neither the
-    audio's length nor the video's needs knowing when ffmpeg starts); else the output stops
-    at the shorter of video and audio (``-shortest``, whose sync queue holds ~200 raw 720p
-    frames in ffmpeg: 0.5 s more wall for a 14 s clip on 2 cores, twice the memory). Use as
-    a context manager: an exception inside the block kills ffmpeg and removes the partial file.
+    size written. With ``audio_path`` the first audio stream is encoded whole as AAC: the
+    caller writes a video as long as the audio, so neither length needs knowing when ffmpeg
+    starts (no ``-shortest``, whose sync queue holds ~200 raw 720p frames in ffmpeg: 0.5 s
+    more wall for a 14 s clip on 2 cores, twice the memory). Use as a context manager: an
+    exception inside the block kills ffmpeg and removes the partial file.
     """
 
     def __init__(self, path: str | os.PathLike[str], width: int, height: int, fps: float, *,
                  audio_path: str | os.PathLike[str] | None = None, crf: int = 18,
                  preset: str = "veryfast", encoder: str = "libx264", audio_bitrate: str = "128k",
-                 pix_fmt: str = "bgr24", duration_s: float | None = None, shortest: bool = True) -> None:
+                 pix_fmt: str = "bgr24") -> None:
         if pix_fmt not in PIX_FMTS:
             raise ValueError(f"pix_fmt must be one of {', '.join(PIX_FMTS)}, got {pix_fmt!r}")
         if pix_fmt == "yuv420p" and (width % 2 or height % 2):
@@ -59,14 +57,12 @@ class FrameWriter:
         self._shape = (height, width, 3) if pix_fmt == "bgr24" else (height * 3 // 2, width)
         self.out_size = (width - width % 2, height - height % 2)
         self.frames_written = 0
-        self.frames_dropped = 0  # frames after the audio ended (-shortest); not an error
-        self._shortest = shortest and audio_path is not None and duration_s is None
         self._closed = False
         cmd = [*base_cmd(), "-loglevel", "error",
                "-f", "rawvideo", "-pix_fmt", pix_fmt, "-s", f"{width}x{height}", "-r", rate_str(fps),
                "-i", "pipe:0"]
         if audio_path is not None:
-            cmd += input_args(audio_path, pre=[] if duration_s is None else ["-t", f"{duration_s:.6f}"])
+            cmd += input_args(audio_path)
         cmd += ["-map", "0:v:0"]
         if audio_path is not None:
             cmd += ["-map", "1:a:0"]
@@ -75,7 +71,7 @@ class FrameWriter:
         cmd += video_codec_args(encoder, preset=preset, crf=crf)
         cmd += ["-pix_fmt", "yuv420p"]
         if audio_path is not None:
-            cmd += ["-c:a", "aac", "-b:a", audio_bitrate, *(["-shortest"] if self._shortest else [])]
+            cmd += ["-c:a", "aac", "-b:a", audio_bitrate]
         cmd += ["-movflags", "+faststart", self.path]
         log.debug("encode: %s", " ".join(cmd))
         self._err = tempfile.TemporaryFile()
@@ -103,9 +99,6 @@ class FrameWriter:
                 what = f"ffmpeg stopped reading frames ({exc.__class__.__name__})"
         else:
             what = "ffmpeg exited before all frames were written"
-        if self._wait_exit() == 0 and self._shortest:
-            self.frames_dropped += 1  # -shortest: the audio ended, ffmpeg finished the file
-            return
         self._fail(what)
 
     def close(self) -> None:
@@ -113,9 +106,6 @@ class FrameWriter:
         if self._closed:
             return
         self._closed = True
-        if self.frames_dropped:
-            log.debug("%s: %d frames after the end of the audio were dropped (-shortest)",
-                      os.path.basename(self.path), self.frames_dropped)
         try:
             self._proc.stdin.close()
         except (BrokenPipeError, OSError):

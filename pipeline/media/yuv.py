@@ -16,7 +16,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-from pipeline.blend import Patch, paste as paste_bgr
+from pipeline.generators.blend import Patch, paste as paste_bgr
 
 
 def even_box(x1: int, y1: int, x2: int, y2: int, width: int, height: int) -> tuple[int, int, int, int]:

@@ -1,49 +1,27 @@
-"""Generators: what draws the new mouth, behind one interface, and a registry of them.
-
-A :class:`Generator` is loaded once and shared; :meth:`Generator.new_job` gives the
-per-job state (:class:`GeneratorJob`), whose :meth:`GeneratorJob.process` is called on
-consecutive batches of one job's frames, in order, and returns one
-:class:`~pipeline.blend.Patch` (or None: leave the frame as it is) per frame.
-
-Built in, both weights-free:
-
-- ``passthrough``: draws nothing; the original frames with the new audio, the
-  "no lip-sync" reference for scoring.
-- ``baseline``: opens the tracked mouth in proportion to the speech energy of each
-  frame's mel window, closed in silence (noise gate), with attack/release smoothing across
-  batches, rendered by :func:`pipeline.mouth.render_mouth` as a small feathered patch.
-
-``wav2lip`` resolves lazily: :func:`get_generator` imports ``pipeline.wav2lip_generator``
-on first use and calls its ``make_wav2lip_generator`` (or the factory it registered).
-"""
+"""``baseline``, weights-free: opens the tracked mouth in proportion to the speech energy of
+each frame's mel window, closed in silence (noise gate), with attack/release smoothing across
+batches, rendered by :func:`pipeline.generators.mouth.render_mouth` as a small feathered patch."""
 
 from __future__ import annotations
 
-import importlib
 import logging
 import math
-import threading
-from abc import ABC, abstractmethod
 from collections import deque
-from collections.abc import Callable, Sequence
-from typing import Any
+from collections.abc import Sequence
 
 import numpy as np
 
-from pipeline.blend import Patch
 from pipeline.errors import WeightsUnavailable
-from pipeline.faces import Face, FaceTracker, lerp_faces
-from pipeline.mouth import render_mouth
+from pipeline.faces.types import Face, FaceTracker, lerp_faces
+from pipeline.generators.base import Frames, Generator, GeneratorJob, check_batch
+from pipeline.generators.blend import Patch
+from pipeline.generators.mouth import render_mouth
+from pipeline.media.audio import MAX_ABS_VALUE, MEL_FPS, MEL_STEP, MIN_LEVEL_DB
 
 log = logging.getLogger(__name__)
 
-Frames = Sequence[Any] | np.ndarray  # B frames: (B, H, W, 3) uint8, or B frames that slice like (H, W, 3)
-
-MEL_BINS, MEL_STEP = 80, 16  # one Wav2Lip mel window: 80 bins x 16 columns (0.2 s at 80 Hz)
-MEL_FPS = 80  # mel columns per second
-MEL_DB_PER_UNIT = 12.5  # Wav2Lip mel: [-4, 4] spans min_level_db -100 .. 0, i.e. 100 dB / 8
-MEL_FLOOR = -4.0  # the value of silence
-DEFAULT_BATCH = 32  # frames per call: the baseline's work is per frame, batching only amortises calls
+MEL_DB_PER_UNIT = -MIN_LEVEL_DB / (2 * MAX_ABS_VALUE)  # 12.5: Wav2Lip's mel [-4, 4] spans -100 .. 0 dB
+MEL_FLOOR = -MAX_ABS_VALUE  # -4.0: the value of silence
 
 # The baseline's audio-to-opening curve (levels in dB relative to Wav2Lip's mel reference;
 # measured speech peaks lie at -49 .. -38 dB, medians at -61 .. -50, digital silence -100).
@@ -61,62 +39,6 @@ SNAP_CLOSED = 0.04  # a smoothed opening below this, with a closed target, becom
 REFIT_AGREE = 0.02  # neighbouring landmark fits closer than this (mean, fraction of face width) are averaged
 
 
-class GeneratorJob(ABC):
-    """Per-job state of a generator; ``process`` is called on consecutive batches."""
-
-    @abstractmethod
-    def process(self, frames: Frames, mels: np.ndarray,
-                faces: Sequence[Face | None]) -> list[Patch | None]:
-        """B frames, mels (B, 80, 16) float32, one face (or None) per frame -> one Patch
-        (or None: frame untouched) per frame. A frame is a (H, W, 3) BGR uint8 array or
-        anything that slices like one (the run loop passes pipeline.yuv.YuvFrame, whose
-        ``frame[y1:y2, x1:x2]`` converts just that region): read only the regions you need."""
-
-
-class Generator(ABC):
-    """A loaded generator, shared by jobs (and threads)."""
-
-    name: str
-    needs_faces: bool
-    needs_track_landmarks: bool = True  # False: the track's boxes are enough (tracking skips its fits)
-    needs_mels: bool = True  # False: ``process`` ignores its mels (given zeros, never computed)
-    default_batch_size: int = DEFAULT_BATCH
-
-    @abstractmethod
-    def new_job(self, *, fps: float, width: int, height: int) -> GeneratorJob:
-        """Fresh per-job state for a video of this frame rate and size."""
-
-
-def _check_batch(frames: Frames, mels: np.ndarray, faces: Sequence[Face | None]) -> None:
-    if not len(frames) == len(mels) == len(faces):
-        raise ValueError(f"frames, mels and faces differ in length: {len(frames)}, {len(mels)}, {len(faces)}")
-    if len(mels) and np.shape(mels)[1:] != (MEL_BINS, MEL_STEP):
-        raise ValueError(f"mels must be (B, {MEL_BINS}, {MEL_STEP}), got {np.shape(mels)}")
-
-
-# ---- passthrough ---------------------------------------------------------------------------
-
-
-class PassthroughJob(GeneratorJob):
-    def process(self, frames: Frames, mels: np.ndarray,
-                faces: Sequence[Face | None]) -> list[Patch | None]:
-        _check_batch(frames, mels, faces)
-        return [None] * len(frames)
-
-
-class PassthroughGenerator(Generator):
-    """The original frames, untouched: the reference without lip-sync."""
-
-    name = "passthrough"
-    needs_faces = False
-    needs_mels = False
-    default_batch_size = 16
-
-    def new_job(self, *, fps: float, width: int, height: int) -> PassthroughJob:
-        return PassthroughJob()
-
-
-# ---- baseline ------------------------------------------------------------------------------
 
 
 def mel_level_db(mels: np.ndarray, fps: float) -> np.ndarray:
@@ -177,7 +99,7 @@ class BaselineJob(GeneratorJob):
 
     def process(self, frames: Frames, mels: np.ndarray,
                 faces: Sequence[Face | None]) -> list[Patch | None]:
-        _check_batch(frames, mels, faces)
+        check_batch(frames, mels, faces)
         opening = self.driver.run(mel_level_db(mels, self.fps))  # (B,)
         self.openings.extend(float(v) for v in opening)
         patches: list[Patch | None] = []
@@ -249,60 +171,10 @@ class BaselineGenerator(Generator):
 
 
 def _optional_tracker(kind: str) -> FaceTracker | None:
-    from pipeline.face_backends import make_tracker
+    from pipeline.faces.backends import make_tracker
 
     try:
         return make_tracker(kind)
     except WeightsUnavailable as exc:
         log.warning("baseline: no %s landmarker (%s); using the tracked landmarks", kind, exc)
         return None
-
-
-# ---- registry ------------------------------------------------------------------------------
-
-Factory = Callable[..., Generator]
-_factories: dict[str, Factory] = {}
-_lock = threading.Lock()
-LAZY_MODULES = {"wav2lip": ("pipeline.wav2lip_generator", "make_wav2lip_generator")}
-
-
-def register_generator(name: str, factory: Factory) -> None:
-    """Make ``get_generator(name, **kw)`` call ``factory(**kw)``."""
-    with _lock:
-        _factories[name] = factory
-
-
-def available_generators() -> list[str]:
-    return sorted(set(_factories) | set(LAZY_MODULES))
-
-
-def get_generator(name: str, **kw: Any) -> Generator:
-    """A new generator ``name`` built with ``kw`` (generators share their heavy parts,
-    models and trackers, per process themselves).
-
-    "wav2lip" imports ``pipeline.wav2lip_generator`` on first use; when that module cannot
-    be imported the error is a WeightsUnavailable naming why, so "auto" can fall back.
-    Raises ValueError for an unknown name.
-    """
-    return _factory(name)(**kw)
-
-
-def _factory(name: str) -> Factory:
-    if name in LAZY_MODULES:
-        module_name, attr = LAZY_MODULES[name]
-        try:
-            module = importlib.import_module(module_name)
-        except ImportError as exc:
-            raise WeightsUnavailable(f"the {name} generator cannot be loaded here ({exc})") from exc
-        factory = getattr(module, attr, None)
-        if callable(factory):
-            return factory
-    with _lock:
-        factory = _factories.get(name)
-    if factory is None:
-        raise ValueError(f"unknown generator {name!r}: choose one of {', '.join(available_generators())}")
-    return factory
-
-
-register_generator("passthrough", PassthroughGenerator)
-register_generator("baseline", BaselineGenerator)

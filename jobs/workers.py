@@ -1,7 +1,7 @@
 """Generation in worker processes, so a crash in native code kills one job, not the server.
 
 :class:`WorkerPool` keeps up to ``size`` long-lived child processes (``python -m
-pipeline.worker``: a fresh interpreter, never a fork of the threaded server). Each loads its
+jobs.workers``: a fresh interpreter, never a fork of the threaded server). Each loads its
 face tracker and generator once, on its first job (or on :meth:`WorkerPool.start`), and
 keeps them for the next, so isolation costs no reload per request. A job goes to an idle
 worker over a socket pair; progress comes back over it; cancelling sends SIGUSR1, which sets
@@ -31,15 +31,16 @@ import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Callable
 from dataclasses import replace
 from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
+from jobs.executors import CancelFn, Executor, ProgressFn
+from jobs.work import GenerationJob
 from pipeline.device import LANE_FILE_ENV
 from pipeline.errors import JobTimeout, WorkerDied
-from pipeline.options import RunOptions, RunResult
+from pipeline.options import RunResult
 
 log = logging.getLogger(__name__)
 
@@ -59,7 +60,7 @@ class _Worker:
         env["PYTHONPATH"] = os.pathsep.join(p for p in (os.fspath(_ROOT), env.get("PYTHONPATH")) if p)
         # Its own process group: a worker that dies mid-job leaves ffmpeg children behind
         # (an encoder finishing a file in the job's scratch folder); stop() kills the group.
-        self.proc = subprocess.Popen([sys.executable, "-m", "pipeline.worker", str(theirs.fileno())],
+        self.proc = subprocess.Popen([sys.executable, "-m", "jobs.workers", str(theirs.fileno())],
                                      pass_fds=(theirs.fileno(),), env=env, stdin=subprocess.DEVNULL,
                                      start_new_session=True)
         theirs.close()
@@ -108,9 +109,11 @@ class _Worker:
         return f"exit code {code}"
 
 
-class WorkerPool:
-    """Runs :func:`pipeline.recording.generate` in up to ``size`` worker processes at once;
-    their GPU lane's lock file goes in ``lane_dir`` (default: the temp folder)."""
+class WorkerPool(Executor):
+    """The ``workers`` executor: :func:`jobs.work.generate` in up to ``size`` worker
+    processes at once; their GPU lane's lock file goes in ``lane_dir`` (default: temp)."""
+
+    name = "workers"
 
     def __init__(self, size: int = 1, *, lane_dir: str | os.PathLike[str] | None = None) -> None:
         self.size = max(1, int(size))
@@ -122,9 +125,13 @@ class WorkerPool:
         # the cores shared out among the workers, for OpenCV's thread pool in each (below)
         self.threads = max(1, len(os.sched_getaffinity(0)) // self.size)
         # the workers flock it around each generator stage (pipeline.device); a server keeps
-        # it in its own work folder, which goes with the server (ui/workspace.py)
+        # it in its own work folder, which goes with the server (jobs/workspace.py)
         fd, self.lane_file = tempfile.mkstemp(prefix="gpu-lane-", suffix=".lock", dir=lane_dir)
         os.close(fd)
+
+    @classmethod
+    def create(cls, *, max_jobs: int, work_dir: str | None) -> WorkerPool:
+        return cls(max_jobs, lane_dir=work_dir)
 
     def start(self) -> None:
         """Start every worker now and have it load its models (a server does this at launch)."""
@@ -132,12 +139,6 @@ class WorkerPool:
             w = _Worker(self.lane_file, self.threads)
             w.conn.send(("warm",))
             self._idle.put(w)
-
-    def pids(self) -> list[int]:
-        """Process ids of the live workers, busy ones first."""
-        with self._lock:
-            busy = [w.pid for w in self._busy if w.alive()]
-        return busy + [w.pid for w in list(self._idle.queue) if w.alive()]
 
     def close(self) -> None:
         self._closed = True
@@ -152,20 +153,15 @@ class WorkerPool:
         with contextlib.suppress(OSError):
             os.unlink(self.lane_file)
 
-    def generate(self, video: str | os.PathLike[str], audio: str | os.PathLike[str],
-                 output: str | os.PathLike[str], *, options: RunOptions,
-                 progress: Callable[[str, float], None] | None = None,
-                 cancel: Callable[[], bool] | None = None,
-                 side_by_side: str | os.PathLike[str] | None = None,
-                 score: bool = True) -> tuple[RunResult, Any]:
-        """``pipeline.recording.generate`` in a worker: (RunResult, Scores or None)."""
+    def run(self, job: GenerationJob, *, progress: ProgressFn | None = None,
+            cancel: CancelFn | None = None) -> tuple[RunResult, Any]:
+        """:func:`jobs.work.generate` in a worker: (RunResult, Scores or None)."""
         if self._closed:
             raise RuntimeError("the worker pool is closed")
+        options = job.options
         scratch = Path(options.work_dir or tempfile.gettempdir()) / f"job-{uuid.uuid4().hex[:12]}"
         scratch.mkdir(parents=True)
-        job = {"video": os.fspath(video), "audio": os.fspath(audio), "output": os.fspath(output),
-               "options": replace(options, work_dir=os.fspath(scratch)),
-               "side_by_side": None if side_by_side is None else os.fspath(side_by_side), "score": score}
+        job = replace(job, options=replace(options, work_dir=os.fspath(scratch)))
         with self._slots:
             worker = self._take()
             try:
@@ -192,9 +188,8 @@ class WorkerPool:
             log.warning("worker %d had died while idle (%s); starting another", w.pid, w.death())
             w.stop()
 
-    def _run(self, w: _Worker, job: dict[str, Any], timeout_s: float | None,
-             progress: Callable[[str, float], None] | None, cancel: Callable[[], bool] | None
-             ) -> tuple[RunResult, Any]:
+    def _run(self, w: _Worker, job: GenerationJob, timeout_s: float | None,
+             progress: ProgressFn | None, cancel: CancelFn | None) -> tuple[RunResult, Any]:
         w.ready = False
         try:
             w.conn.send(("job", job))
@@ -235,7 +230,7 @@ class WorkerPool:
 # ---- the child's side ---------------------------------------------------------------------
 
 def _serve(conn: Connection) -> None:
-    from pipeline.recording import generate, warm_up  # the run loop: torch, cv2, ffmpeg helpers
+    from jobs.work import generate, warm_up  # the run loop: cv2, ffmpeg helpers
 
     cancelled = threading.Event()
     signal.signal(signal.SIGUSR1, lambda *_: cancelled.set())
@@ -261,10 +256,8 @@ def _serve(conn: Connection) -> None:
         job = msg[1]
         cancelled.clear()
         try:
-            result, scores = generate(job["video"], job["audio"], job["output"], options=job["options"],
-                                      progress=lambda s, f: send(("progress", s, f)),
-                                      cancel=cancelled.is_set, side_by_side=job["side_by_side"],
-                                      score=job["score"])
+            result, scores = generate(job, progress=lambda s, f: send(("progress", s, f)),
+                                      cancel=cancelled.is_set)
             send(("done", result, scores))
         except Exception as exc:  # noqa: BLE001 - handed to the parent, which records it
             send(("error", _sendable(exc)))

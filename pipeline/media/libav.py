@@ -13,7 +13,7 @@ image) whose first video stream is 8-bit yuv420p, not rotated and not resampled 
 rate), so ffmpeg would neither convert, rotate nor drop/duplicate a frame. Everything else,
 and any input PyAV cannot open, goes through the ffmpeg pipe. ``LIPSYNC_DECODER=pipe``
 always uses the pipe. Inputs are opened with the same protocol and demuxer whitelists as
-every ffmpeg command (pipeline.ffmpeg.input_args).
+every ffmpeg command (pipeline.media.ffmpeg.input_args).
 """
 
 from __future__ import annotations
@@ -25,9 +25,9 @@ from collections.abc import Callable, Generator, Iterator
 import numpy as np
 
 from pipeline.errors import FFmpegError, InvalidMedia
-from pipeline.ffmpeg import SAFE_DEMUXERS
-from pipeline.probe import MediaInfo
-from pipeline.yuv import YuvFrame
+from pipeline.media.ffmpeg import SAFE_DEMUXERS
+from pipeline.media.probe import MediaInfo
+from pipeline.media.yuv import YuvFrame
 
 log = logging.getLogger(__name__)
 

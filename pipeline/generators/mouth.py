@@ -20,8 +20,8 @@ import math
 import cv2
 import numpy as np
 
-from pipeline.blend import Patch, feather_mask
-from pipeline.faces import Mouth
+from pipeline.generators.blend import Patch, feather_mask
+from pipeline.faces.types import Mouth
 
 MAX_OPEN = 0.42  # inner-lip gap at full opening, as a fraction of the outer mouth width
 PROFILE_POWER = 0.6  # lens shape of the gap across the mouth: (1 - x^2) ** power
@@ -147,18 +147,27 @@ def render_mouth(frame: np.ndarray, mouth: Mouth, opening: float) -> Patch | Non
 
     # anti-aliased coverage of the new gap: one-pixel ramps at its upper and lower edges
     cover = np.clip(v - y_u + 0.5, 0.0, 1.0) * np.clip(top - v + 0.5, 0.0, 1.0) * (g_t > 0.25)  # (h, w)
-    rows, cols = np.flatnonzero(cover.any(axis=1)), np.flatnonzero(cover.any(axis=0))
-    if gap >= 0.5 and len(rows):
-        box = (slice(rows[0], rows[-1] + 1), slice(cols[0], cols[-1] + 1))  # the gap's bounding box
-        depth = np.clip((v[box] - y_u[box]) / np.maximum(g_t[box], 1e-3), 0.0, 1.0)  # 0 upper lip .. 1 lower
-        ax = np.abs(u[box]) / np.float32(half)
-        shade = 1.0 - INSIDE_SHADE * np.sin(np.pi * depth) * lens_t.astype(np.float32)[idx[box]]  # darker middle
-        inside_img = shade[:, :, None] * np.asarray(INSIDE_BGR, np.float32)  # (h', w', 3)
-        teeth_w = np.where(depth < TEETH_DEPTH, np.clip((TEETH_SPAN - ax) / 0.15, 0.0, 1.0) * 0.8, 0.0)
-        inside_img += teeth_w[:, :, None] * (np.asarray(TEETH_BGR, np.float32) - inside_img)
-        region = image[box].astype(np.float32)
-        region += cover[box][:, :, None] * (inside_img - region)
-        image[box] = np.clip(region + 0.5, 0, 255).astype(np.uint8)
+    if gap >= 0.5:
+        _paint_inside(image, cover, u=u, v=v, y_u=y_u, g_t=g_t, lens=lens_t.astype(np.float32)[idx], half=half)
 
     alpha = _alpha(y2 - y1, x2 - x1, max(1, round(0.8 * margin)))
     return Patch(box=(x1, y1, x2, y2), image=np.ascontiguousarray(image), alpha=alpha)
+
+
+def _paint_inside(image: np.ndarray, cover: np.ndarray, *, u: np.ndarray, v: np.ndarray,
+                  y_u: np.ndarray, g_t: np.ndarray, lens: np.ndarray, half: float) -> None:
+    """Paint the open mouth's inside (shaded, with a band of teeth under the upper lip) into
+    ``image`` where ``cover`` (h, w) says the new gap is, in place."""
+    rows, cols = np.flatnonzero(cover.any(axis=1)), np.flatnonzero(cover.any(axis=0))
+    if not len(rows):
+        return
+    box = (slice(rows[0], rows[-1] + 1), slice(cols[0], cols[-1] + 1))  # the gap's bounding box
+    depth = np.clip((v[box] - y_u[box]) / np.maximum(g_t[box], 1e-3), 0.0, 1.0)  # 0 upper lip .. 1 lower
+    ax = np.abs(u[box]) / np.float32(half)
+    shade = 1.0 - INSIDE_SHADE * np.sin(np.pi * depth) * lens[box]  # darker in the middle
+    inside_img = shade[:, :, None] * np.asarray(INSIDE_BGR, np.float32)  # (h', w', 3)
+    teeth_w = np.where(depth < TEETH_DEPTH, np.clip((TEETH_SPAN - ax) / 0.15, 0.0, 1.0) * 0.8, 0.0)
+    inside_img += teeth_w[:, :, None] * (np.asarray(TEETH_BGR, np.float32) - inside_img)
+    region = image[box].astype(np.float32)
+    region += cover[box][:, :, None] * (inside_img - region)
+    image[box] = np.clip(region + 0.5, 0, 255).astype(np.uint8)

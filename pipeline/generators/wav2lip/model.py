@@ -32,12 +32,11 @@ import torch
 from torch import nn
 
 from pipeline.errors import WeightsInvalid
+from pipeline.media.audio import MEL_BINS, MEL_STEP
 
 log = logging.getLogger(__name__)
 
 IMG_SIZE = 96  # px, square face crop the network sees
-MEL_BINS = 80  # mel channels
-MEL_STEP = 16  # mel columns per video frame window (0.2 s at 80 columns/s)
 FACE_CHANNELS = 6  # masked crop (3) + reference crop (3)
 DP_PREFIX = "module."  # what torch.nn.DataParallel adds to every key
 

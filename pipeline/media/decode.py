@@ -2,7 +2,7 @@
 the source frames in plan order.
 
 Memory never grows with the video's length: ``read_frames`` yields one frame at a time from
-an ffmpeg ``rawvideo`` pipe (the encoder side is ``pipeline.encode.FrameWriter``), and
+an ffmpeg ``rawvideo`` pipe (the encoder side is ``pipeline.media.encode.FrameWriter``), and
 ``plan_frames`` spools to the job folder only the frames a plan shows again. ffmpeg's stderr
 goes to a temporary file, so a chatty ffmpeg can never fill a pipe and deadlock; its tail is
 put into ``FFmpegError`` when ffmpeg fails.
@@ -21,11 +21,11 @@ from typing import IO
 
 import numpy as np
 
-from pipeline import libav_decode
+from pipeline.media import libav
 from pipeline.errors import FFmpegError, InvalidMedia
-from pipeline.ffmpeg import PIX_FMTS, base_cmd, grow_pipe, input_args, rate_str, run_ffmpeg, stderr_tail
-from pipeline.probe import MediaInfo, probe, require_stream
-from pipeline.yuv import YuvFrame
+from pipeline.media.ffmpeg import PIX_FMTS, base_cmd, grow_pipe, input_args, rate_str, run_ffmpeg, stderr_tail
+from pipeline.media.probe import MediaInfo, probe, require_stream
+from pipeline.media.yuv import YuvFrame
 
 log = logging.getLogger(__name__)
 
@@ -53,13 +53,13 @@ def read_frames(path: str | os.PathLike[str], *, size: tuple[int, int] | None = 
     closed (also on an early ``break``). Raises InvalidMedia (before the first frame, for
     inputs without a video stream) and FFmpegError (ffmpeg failed while decoding).
     ``pix_fmt="yuv420p"`` yields raw I420 buffers (H * 3 // 2, W) instead (see
-    pipeline.yuv), cropped to even sides as the encoder would crop them.
+    pipeline.media.yuv), cropped to even sides as the encoder would crop them.
     ``select`` yields only the frames with those indices (counted after any resampling;
     ascending, each once, those past the end left out): ffmpeg still decodes up to the last
     one, but converts and pipes only these (beyond SELECT_MAX_TERMS indices every frame is
     piped and the others dropped here). An empty ``select`` yields nothing.
     Full-size I420 frames at the stream's own rate (the run loop's decode) are decoded in
-    this process where ``pipeline.libav_decode`` applies: the same frames, no pipe.
+    this process where ``pipeline.media.libav`` applies: the same frames, no pipe.
     """
     path = os.fspath(path)
     info = info or probe(path)
@@ -78,9 +78,9 @@ def read_frames(path: str | os.PathLike[str], *, size: tuple[int, int] | None = 
             raise ValueError(f"frame indices must be non-negative, got {wanted[0]}")
         if len(wanted) <= SELECT_MAX_TERMS:
             filters.append(f"select='{select_expr(wanted)}'")
-    # the same frames without the pipe, decoded here (pipeline.libav_decode)
+    # the same frames without the pipe, decoded here (pipeline.media.libav)
     in_process = (pix_fmt == "yuv420p" and size is None and not filters and wanted is None
-                  and libav_decode.applies(info))
+                  and libav.applies(info))
     if pix_fmt == "yuv420p" and (w % 2 or h % 2):
         if size:
             raise ValueError(f"yuv420p frames need even sides, got {w}x{h}")
@@ -97,7 +97,7 @@ def read_frames(path: str | os.PathLike[str], *, size: tuple[int, int] | None = 
         cmd += ["-fps_mode", "passthrough"]  # no duplicated frames filling the gaps
     cmd += ["-pix_fmt", pix_fmt, "-f", "rawvideo", "pipe:1"]
     if in_process:
-        return libav_decode.libav_frames(info, threads=DECODE_THREADS,
+        return libav.libav_frames(info, threads=DECODE_THREADS,
                                          pipe=lambda: pipe_frames(cmd, w, h, path, pix_fmt=pix_fmt))
     frames = pipe_frames(cmd, w, h, path, pix_fmt=pix_fmt)
     if wanted is None or len(wanted) <= SELECT_MAX_TERMS:
@@ -232,7 +232,7 @@ def frame_plan(n_source: int, n_out: int, mode: str = "pingpong") -> np.ndarray:
 
 def plan_frames(source: Iterator[np.ndarray], info: MediaInfo, plan: np.ndarray,
                 workdir: Path) -> Iterator[YuvFrame]:
-    """Full-size source frames (I420, see pipeline.yuv) in ``plan`` order, bounded memory.
+    """Full-size source frames (I420, see pipeline.media.yuv) in ``plan`` order, bounded memory.
 
     A forward plan streams straight from ffmpeg. A plan that revisits frames (the audio is
     longer than the video) spools the frames it shows again, on their first pass, into one
@@ -276,3 +276,11 @@ def plan_frames(source: Iterator[np.ndarray], info: MediaInfo, plan: np.ndarray,
         if spool is not None:
             spool.close()
             spool_path.unlink(missing_ok=True)
+
+
+def decode_rate(info: MediaInfo, fps: float) -> float | None:
+    """The ``fps`` to ask the decoder for: None (the stream's own constant rate, which lets
+    frame counting skip decoding) when that is already ``fps``."""
+    if info.is_image or (not info.video.vfr and abs(info.video.fps - fps) < 1e-6):
+        return None
+    return fps

@@ -1,10 +1,10 @@
-"""One job with its history record: create -> start -> run -> score -> finish (or fail).
+"""A job's life in the history: create -> start -> generate (an executor) -> finish or fail.
 
-The run loop (``pipeline.run``) knows nothing of the database; this module wraps it so that
-every job from the CLI, the app or the API lands in the same SQLite history
-(``storage.jobs.JobStore``), with its options, inputs, stage timings, scores, device facts and
-outcome. A failure is recorded with its exception's class name and message and then
-re-raised unchanged, so callers still turn it into their own user-facing error.
+The run loop (``pipeline.run``) knows nothing of the database; this module wraps an
+executor's run so that every job from the CLI, the app or the API lands in the same SQLite
+history (``storage.jobs.JobStore``), with its options, inputs, stage timings, scores, device
+facts and outcome. A failure is recorded with its exception's class name and message and
+then re-raised unchanged, so callers still turn it into their own user-facing error.
 """
 
 from __future__ import annotations
@@ -14,13 +14,15 @@ import os
 import threading
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from jobs.executors import CancelFn, Executor, InProcessExecutor, ProgressFn
+from jobs.work import GenerationJob
+from pipeline.device import device_facts as host_facts
 from pipeline.errors import JobCancelled
 from pipeline.options import RunOptions, RunResult
-from pipeline.run import CancelFn, ProgressFn, peak_rss_mb, run
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +50,7 @@ class RecordedRun:
 
     job_id: str | None
     result: RunResult
-    scores: Any = None  # eval.scores.Scores or None when scoring was off
+    scores: Any = None  # eval.results.Scores or None when scoring was off
     outputs: Mapping[str, str] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
@@ -61,74 +63,14 @@ class RecordedRun:
 
 def device_facts(result: RunResult | None, device: str) -> dict[str, Any]:
     """CPU/GPU model and peak memory for the job's device row."""
-    from storage.records import device_facts as base_facts
-
-    facts = base_facts(device=device)
-    facts["peak_rss_mb"] = result.peak_rss_mb if result is not None else peak_rss_mb()
-    try:
-        import torch
-
-        if torch.cuda.is_available():
-            facts["gpu_model"] = torch.cuda.get_device_name(0)
-            facts["peak_gpu_mb"] = torch.cuda.max_memory_allocated() / 2**20
-    except Exception:  # noqa: BLE001 - device facts are best effort, never fail a job
-        log.debug("no GPU facts", exc_info=True)
+    facts = host_facts(device=device)
+    if result is not None:  # the run's own peak (a worker's, when a worker ran it)
+        facts["peak_rss_mb"] = result.peak_rss_mb
     return facts
-
-
-def score_result(video: str | os.PathLike[str], audio: str | os.PathLike[str],
-                 result: RunResult) -> Any:
-    """Scores of ``result`` against the original; a scoring failure never fails the job."""
-    from eval.score import score_videos
-
-    return score_videos(video, result.output_path, audio=audio, track=result.track,
-                        originals=result.originals, speech=result.speech)
-
-
-def scored_frames(n_frames: int) -> set[int]:
-    """The output indices whose original frames scoring compares (``run(keep=...)``)."""
-    from eval.score import sample_frames
-
-    return sample_frames(n_frames)
 
 
 def _inputs(video: str | os.PathLike[str], audio: str | os.PathLike[str]) -> dict[str, Any]:
     return {"video": os.fspath(video), "audio": os.fspath(audio)}
-
-
-def warm_up() -> None:
-    """Load what a process's first job would: the scorer's modules, the default face tracker
-    and the audio front end. Only a speed-up: on failure the first job pays instead."""
-    try:
-        import numpy as np
-
-        from eval import score  # noqa: F401 - skimage, scipy and the scorer
-        from pipeline import audio
-        from pipeline.faces import make_tracker
-
-        make_tracker("auto")
-        audio.melspectrogram(np.zeros(audio.SAMPLE_RATE, np.float32))  # 1 s of silence
-    except Exception:  # noqa: BLE001
-        log.warning("warm-up failed", exc_info=True)
-
-
-def generate(video: str | os.PathLike[str], audio: str | os.PathLike[str],
-             output: str | os.PathLike[str], *, options: RunOptions,
-             progress: ProgressFn | None = None, cancel: CancelFn | None = None,
-             side_by_side: str | os.PathLike[str] | None = None,
-             score: bool = True) -> tuple[RunResult, Any]:
-    """The work of one job, without its record: ``run`` and, if ``score``, its Scores."""
-    result = run(video, audio, output, options=options, progress=progress, cancel=cancel,
-                 side_by_side=side_by_side, keep=scored_frames if score else None)
-    scores = None
-    if score:
-        if progress is not None:
-            progress("score", 0.99)
-        scores = _safe_scores(video, audio, result)
-        # what scoring needed (original frames ~1.4 MB each at 720p, the speech) is done with,
-        # and a worker need not send it back
-        result = replace(result, originals={}, speech=None)
-    return result, scores
 
 
 def run_recorded(
@@ -146,11 +88,12 @@ def run_recorded(
     score: bool = True,
     side_by_side: bool = False,
     on_job_id: Callable[[str], None] | None = None,
-    workers: Any = None,
+    executor: Executor | None = None,
 ) -> RecordedRun:
     """Run one job and record it. ``output=None`` writes into the job's own folder.
-    ``workers`` (a ``pipeline.worker.WorkerPool``) runs the generation in a worker process:
-    the job is recorded here, so a worker that dies still leaves a failed job with the reason."""
+    ``executor`` runs the generation (default: in this process); the job is recorded here,
+    so an executor that loses the job (a worker that dies) still leaves a failed job with
+    the reason."""
     options = options or RunOptions()
     if record and store is None:
         store = default_store()
@@ -174,9 +117,9 @@ def run_recorded(
         sbs_path = (folder or out_path.parent) / (SIDE_BY_SIDE_NAME if folder else
                                                   f"{out_path.stem}.side_by_side.mp4")
     try:
-        result, scores = (workers.generate if workers is not None else generate)(
-            video, audio, out_path, options=options, progress=progress, cancel=cancel,
-            side_by_side=sbs_path, score=score)
+        job = GenerationJob.of(video, audio, out_path, options=options, side_by_side=sbs_path,
+                               score=score, job_id=job_id)
+        result, scores = (executor or InProcessExecutor()).run(job, progress=progress, cancel=cancel)
         _offsets_from(result, started)
     except JobCancelled as exc:
         if store is not None:
@@ -214,15 +157,3 @@ def _facts(result: RunResult) -> dict[str, Any]:
     return {k: d[k] for k in ("frames", "fps", "duration_s", "width", "height",
                               "frames_without_face", "total_s", "peak_rss_mb", "checkpoint",
                               "video", "audio")}
-
-
-def _safe_scores(video: str | os.PathLike[str], audio: str | os.PathLike[str],
-                 result: RunResult) -> Any:
-    """Scores, or a Scores of nulls naming why scoring failed (logged with its traceback)."""
-    try:
-        return score_result(video, audio, result)
-    except Exception as exc:  # noqa: BLE001 - a scoring bug must not lose a finished video
-        log.exception("scoring failed")
-        from eval.scores import unavailable
-
-        return unavailable(f"n/a (scoring failed: {type(exc).__name__}: {exc})")

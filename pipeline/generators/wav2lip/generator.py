@@ -20,8 +20,6 @@ from __future__ import annotations
 import functools
 import logging
 import os
-import threading
-from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -29,15 +27,16 @@ import cv2
 import numpy as np
 import torch
 
-from pipeline.blend import Patch, feather_mask
+from pipeline.generators.blend import Patch, feather_mask
 from pipeline.device import choose_device, choose_dtype, configure_cpu_threads, gpu_lock
-from pipeline.generators import Generator, GeneratorJob
-from pipeline.models.wav2lip import IMG_SIZE, MEL_BINS, MEL_STEP, Wav2Lip, load_wav2lip
-from pipeline.weights import WAV2LIP, ResolvedWeights, resolve
+from pipeline.generators.base import Generator, GeneratorJob
+from pipeline.generators.wav2lip.model import IMG_SIZE, Wav2Lip, load_wav2lip
+from pipeline.media.audio import MEL_BINS, MEL_STEP
+from pipeline.options import DEFAULT_PADS
+from pipeline.weights import WAV2LIP, ModelCache, ResolvedWeights, resolve
 
 log = logging.getLogger(__name__)
 
-DEFAULT_PADS = (0, 10, 0, 0)  # top, bottom, left, right in px: Wav2Lip's --pads default
 GPU_BATCH = 128  # frames per forward on CUDA (Wav2Lip's default; well under 4 GiB in fp16)
 CPU_BATCH = 16  # frames per forward on CPU: larger batches gain nothing and cost memory
 MIN_CROP = 8  # px: a crop box narrower or shorter than this gets no patch
@@ -144,31 +143,26 @@ def forward_batches(model: Model, faces: np.ndarray, mels: np.ndarray, *, batch_
 
 # ---- one model per process ----------------------------------------------------------------
 
-_models: OrderedDict[tuple[Any, ...], Wav2Lip] = OrderedDict()
-_models_lock = threading.Lock()
+_models: ModelCache[Wav2Lip] = ModelCache(MAX_MODELS)
 
 
 def get_model(weights: ResolvedWeights, *, device: torch.device, dtype: torch.dtype) -> Wav2Lip:
     """The process's Wav2Lip for ``weights`` on ``device``/``dtype``, loaded on first use."""
     key = (weights.path, weights.sha256, os.stat(weights.path).st_mtime_ns, str(device), dtype)
-    with _models_lock:  # a second caller waits for the first load instead of loading again
-        model = _models.get(key)
-        if model is None:
-            model = load_wav2lip(weights.path, device=device, dtype=dtype)
-            if device.type == "cuda":
-                model = model.to(memory_format=torch.channels_last)  # the inputs arrive NHWC
-                torch.backends.cudnn.benchmark = True  # fixed 96x96 shapes: pick the fastest kernels once
-            _models[key] = model
-            while len(_models) > MAX_MODELS:
-                _models.popitem(last=False)
-        _models.move_to_end(key)
+
+    def load() -> Wav2Lip:
+        model = load_wav2lip(weights.path, device=device, dtype=dtype)
+        if device.type == "cuda":
+            model = model.to(memory_format=torch.channels_last)  # the inputs arrive NHWC
+            torch.backends.cudnn.benchmark = True  # fixed 96x96 shapes: pick the fastest kernels once
         return model
+
+    return _models.get(key, load)
 
 
 def clear_models() -> None:
     """Forget every loaded model (tests; switching weights in a long-lived process)."""
-    with _models_lock:
-        _models.clear()
+    _models.clear()
 
 
 # ---- the generator -------------------------------------------------------------------------
@@ -245,10 +239,3 @@ def make_wav2lip_generator(*, checkpoint: str | os.PathLike[str] | None = None, 
     loads it once per process (WeightsInvalid for a file that does not fit)."""
     return Wav2LipGenerator(checkpoint=checkpoint, device=device, pads=pads, batch_size=batch_size,
                             allow_download=allow_download)
-
-
-def preload(checkpoint: str | os.PathLike[str] | None = None, *, device: str = "auto",
-            allow_download: bool = True) -> dict[str, str]:
-    """Resolve and load the Wav2Lip model now (app start); returns its checkpoint info."""
-    return make_wav2lip_generator(checkpoint=checkpoint, device=device,
-                                  allow_download=allow_download).checkpoint_info()

@@ -26,7 +26,7 @@ import cv2
 import numpy as np
 
 from pipeline.errors import WeightsUnavailable
-from pipeline.faces import Face, FaceTracker
+from pipeline.faces.types import Face, FaceTracker
 
 log = logging.getLogger(__name__)
 

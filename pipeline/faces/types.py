@@ -1,6 +1,6 @@
 """Faces: what a face is (box, landmarks, mouth), and the detection backends' interface.
 
-Two backends implement :class:`FaceTracker` (see ``pipeline/face_backends.py``):
+Two backends implement :class:`FaceTracker` (see ``pipeline/faces/backends.py``):
 
 - ``insightface``: InsightFace ``FaceAnalysis`` (SCRFD detector + the ``1k3d68`` 68-point
   landmark model, or the ``2d106det`` model where a pack lacks ``1k3d68``). Used only when
@@ -16,7 +16,7 @@ Landmarks follow the iBUG-300W 68-point layout (dlib's): jaw 0-16, brows 17-26, 
 geometry the baseline generator needs from either a 68-point layout or, for 106-point-only
 InsightFace packs, from the mouth points alone.
 
-Tracking one face through a video is ``pipeline/tracking.py``.
+Tracking one face through a video is ``pipeline/faces/tracking.py``.
 """
 
 from __future__ import annotations
@@ -203,7 +203,7 @@ class FaceTracker(ABC):
 
 def _gray_crop(frame: np.ndarray, x1: int, y1: int, x2: int, y2: int, *,
                size: tuple[int, int] | None = None) -> np.ndarray | None:
-    """The grey (H, W) region of an I420 frame (pipeline.yuv.YuvFrame: anything with
+    """The grey (H, W) region of an I420 frame (pipeline.media.yuv.YuvFrame: anything with
     ``planes()``) straight from its luma plane, limited range stretched to full as a
     BGR -> grey conversion of its BT.601 colours would give; None for other frames."""
     planes = getattr(frame, "planes", None)
@@ -213,27 +213,6 @@ def _gray_crop(frame: np.ndarray, x1: int, y1: int, x2: int, y2: int, *,
     if size is not None and size != (x2 - x1, y2 - y1):
         luma = cv2.resize(luma, size, interpolation=cv2.INTER_AREA)  # (size[1], size[0])
     return cv2.convertScaleAbs(luma, alpha=LUMA_GAIN, beta=-16 * LUMA_GAIN)
-
-
-# Backend selection lives in pipeline/face_backends.py; these names are re-exported here.
-def make_tracker(kind: str = "auto", *, insightface_name: str = "buffalo_l",
-                 insightface_root: str | None = None) -> FaceTracker:
-    """The face tracker for ``kind`` ("auto" | "insightface" | "dlib"), one per process per
-    configuration. "auto" picks InsightFace when its pack is on disk, dlib otherwise.
-    Raises WeightsUnavailable when the requested backend cannot be loaded."""
-    from pipeline import face_backends
-
-    return face_backends.make_tracker(kind, insightface_name=insightface_name,
-                                      insightface_root=insightface_root)
-
-
-def tracker_status(*, insightface_name: str = "buffalo_l",
-                   insightface_root: str | None = None) -> dict[str, dict[str, object]]:
-    """``{"insightface": {...}, "dlib": {...}}``, each with available, path and reason."""
-    from pipeline import face_backends
-
-    return face_backends.tracker_status(insightface_name=insightface_name,
-                                        insightface_root=insightface_root)
 
 
 def lerp_faces(a: Face, b: Face, t: float) -> Face:

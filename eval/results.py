@@ -3,7 +3,7 @@
 A :class:`Score` carries everything needed to recompute and compare it later: the pinned
 arguments of the metric (crop, colour space, window, fps, frame sampling) in
 ``convention``; :class:`Scores` adds the versions of the libraries that computed them.
-``Scores.rows()`` is exactly what ``storage.JobStore.record_scores`` / ``finish(scores=)``
+``Scores.rows()`` is exactly what ``storage.JobStore.finish(scores=)``
 take. A non-finite value (PSNR of identical frames is +inf) becomes a null value with a
 reason in ``rows()`` and ``to_dict()``, so JSON and SQLite never see a bare infinity.
 """
@@ -77,7 +77,7 @@ class Scores:
         return self.get(metric).value
 
     def rows(self) -> list[dict[str, Any]]:
-        """What storage ``JobStore.record_scores`` takes: metric, value, reason, convention."""
+        """What storage ``JobStore.finish(scores=)`` takes: metric, value, reason, convention."""
         return [s.row() for s in self.scores]
 
     def to_dict(self) -> dict[str, Any]:

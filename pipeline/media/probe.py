@@ -12,7 +12,7 @@ limits). Every message names the file's basename only, never a temporary path.
 Variable frame rate detection is a cheap heuristic: ffmpeg prints the average rate
 (``fps``) and its guess of the base rate (``tbr``); when both are present and differ by
 more than 1 %, the stream is marked ``vfr``. Decoding always produces constant-rate
-frames for such streams (see ``video_io.read_frames``).
+frames for such streams (see ``pipeline.media.decode.read_frames``).
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from pipeline.errors import InvalidMedia
-from pipeline.ffmpeg import base_cmd, input_args
+from pipeline.media.ffmpeg import base_cmd, input_args
 
 log = logging.getLogger(__name__)
 

@@ -18,7 +18,7 @@ from scipy import signal
 from scipy.io import wavfile
 from skimage import data
 
-from pipeline.ffmpeg import input_args, run_ffmpeg
+from pipeline.media.ffmpeg import input_args, run_ffmpeg
 
 log = logging.getLogger(__name__)
 

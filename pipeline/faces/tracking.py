@@ -1,4 +1,4 @@
-"""Tracking one face through a video (:func:`track_frames`).
+"""Tracking one face through a video (:func:`track_frames`; :func:`track_video` decodes it).
 
 The detector runs on every ``every``-th frame of a reduced-resolution stream; detections
 are smoothed, interpolated between, and mapped to full resolution. The face followed is
@@ -8,13 +8,18 @@ chosen at the first detection and kept by overlap after that.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Sequence
+import os
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
 from pipeline.errors import NoFaceFound
-from pipeline.faces import Face, FaceTracker, area, iou, lerp_faces
+from pipeline.faces.backends import make_tracker
+from pipeline.faces.types import Face, FaceTracker, area, iou, lerp_faces
+from pipeline.media.decode import decode_rate, read_frames
+from pipeline.media.probe import MediaInfo
+from pipeline.options import RunOptions
 
 log = logging.getLogger(__name__)
 
@@ -165,3 +170,32 @@ def track_frames(frames: Iterable[np.ndarray], *, scale: float, tracker: FaceTra
     log.info("tracked %d frames: %d detections, %d frames without a face",
              n, len(observe.sampled), missing)
     return Track(faces, missing, sorted(set(observe.sampled)))
+
+
+def track_video(video: str | os.PathLike[str], info: MediaInfo, *, options: RunOptions,
+                fps: float, n_track: int, on_frame: Callable[[float], None] | None = None,
+                landmarks: bool = True) -> Track:
+    """Faces of the first ``n_track`` source frames (decoded at ``fps``, as the render pass
+    decodes them), detected on frames reduced to ``options.track_long_side``; boxes and
+    (if ``landmarks``) landmarks in full-resolution pixels."""
+    on_frame = on_frame or (lambda fraction: None)
+    width, height = info.video.display_size
+    scale = max(1.0, max(width, height) / options.track_long_side)
+    small = (max(2, round(width / scale)), max(2, round(height / scale)))
+    scale_x, scale_y = width / small[0], height / small[1]
+    tracker = make_tracker(options.tracker)
+
+    def frames() -> Iterator[np.ndarray]:
+        source = read_frames(video, size=small, fps=decode_rate(info, fps), info=info)
+        try:
+            for i, frame in enumerate(source):
+                if i >= n_track:
+                    break
+                if i % 25 == 0:
+                    on_frame(i / n_track)
+                yield frame
+        finally:
+            source.close()
+
+    return track_frames(frames(), scale=(scale_x + scale_y) / 2, tracker=tracker,
+                        face_index=options.face_index, landmarks=landmarks)

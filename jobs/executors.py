@@ -1,0 +1,81 @@
+"""Executors: where a job's generation runs, behind one interface.
+
+An :class:`Executor` runs a :class:`~jobs.work.GenerationJob` (input and output paths and
+the options) with progress and cancel, and returns ``(RunResult, Scores or None)``. The
+service records the job around it, so an executor never touches the history. Built in:
+
+- ``threads``: in this process, on the caller's thread (:class:`InProcessExecutor`);
+- ``workers``: in long-lived worker processes, so a native crash ends one job, never the
+  server (:class:`jobs.workers.WorkerPool`).
+
+A new home for generation (a ZeroGPU window, a Ray cluster) is one more class here or in a
+module of its own, registered in :data:`EXECUTORS`; nothing above this interface changes.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import threading
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from typing import Any
+
+from jobs.work import GenerationJob, generate, warm_up
+from pipeline.options import RunResult
+
+log = logging.getLogger(__name__)
+
+ProgressFn = Callable[[str, float], None]
+CancelFn = Callable[[], bool]
+
+
+class Executor(ABC):
+    """Runs generation jobs; ``start`` loads ahead of the first job, ``close`` frees it all."""
+
+    name: str
+
+    @abstractmethod
+    def run(self, job: GenerationJob, *, progress: ProgressFn | None = None,
+            cancel: CancelFn | None = None) -> tuple[RunResult, Any]:
+        """Run ``job``; domain errors (InvalidMedia, NoFaceFound, JobCancelled, ...) propagate."""
+
+    @classmethod
+    def create(cls, *, max_jobs: int, work_dir: str | None) -> Executor:
+        """The executor for ``max_jobs`` jobs at once, with its files under ``work_dir``."""
+        return cls()
+
+    def start(self) -> None:
+        """Get ready for the first job (load models, start processes); optional."""
+
+    def close(self) -> None:
+        """Release what ``start`` and the jobs took; optional."""
+
+
+class InProcessExecutor(Executor):
+    """Generation on the calling thread of this process: jobs share its loaded models."""
+
+    name = "threads"
+
+    def run(self, job: GenerationJob, *, progress: ProgressFn | None = None,
+            cancel: CancelFn | None = None) -> tuple[RunResult, Any]:
+        return generate(job, progress=progress, cancel=cancel)
+
+    def start(self) -> None:
+        threading.Thread(target=warm_up, name="warm-up", daemon=True).start()
+
+
+# name -> (module, class), imported only when chosen
+EXECUTORS: dict[str, tuple[str, str]] = {
+    "threads": ("jobs.executors", "InProcessExecutor"),
+    "workers": ("jobs.workers", "WorkerPool"),
+}
+
+
+def make_executor(name: str, *, max_jobs: int = 1, work_dir: str | None = None) -> Executor:
+    """The executor ``name`` (one of :data:`EXECUTORS`) for ``max_jobs`` jobs at once."""
+    if name not in EXECUTORS:
+        raise ValueError(f"unknown executor {name!r}: choose one of {', '.join(sorted(EXECUTORS))}")
+    module, attr = EXECUTORS[name]
+    cls: type[Executor] = getattr(importlib.import_module(module), attr)
+    return cls.create(max_jobs=max_jobs, work_dir=work_dir)

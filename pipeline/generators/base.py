@@ -1,0 +1,61 @@
+"""The generator interface: what draws the new mouth, behind one interface.
+
+A :class:`Generator` is loaded once and shared; :meth:`Generator.new_job` gives the
+per-job state (:class:`GeneratorJob`), whose :meth:`GeneratorJob.process` is called on
+consecutive batches of one job's frames, in order, and returns one
+:class:`~pipeline.generators.blend.Patch` (or None: leave the frame as it is) per frame.
+The generators themselves live beside this module (``passthrough``, ``baseline``,
+``wav2lip/``); :mod:`pipeline.generators.registry` names and builds them.
+"""
+
+from __future__ import annotations
+
+import logging
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from pipeline.faces.types import Face
+from pipeline.generators.blend import Patch
+from pipeline.media.audio import MEL_BINS, MEL_STEP
+
+log = logging.getLogger(__name__)
+
+Frames = Sequence[Any] | np.ndarray  # B frames: (B, H, W, 3) uint8, or B frames that slice like (H, W, 3)
+
+DEFAULT_BATCH = 32  # frames per call when a generator names no size of its own
+
+
+class GeneratorJob(ABC):
+    """Per-job state of a generator; ``process`` is called on consecutive batches."""
+
+    @abstractmethod
+    def process(self, frames: Frames, mels: np.ndarray,
+                faces: Sequence[Face | None]) -> list[Patch | None]:
+        """B frames, mels (B, 80, 16) float32, one face (or None) per frame -> one Patch
+        (or None: frame untouched) per frame. A frame is a (H, W, 3) BGR uint8 array or
+        anything that slices like one (the run loop passes pipeline.media.yuv.YuvFrame, whose
+        ``frame[y1:y2, x1:x2]`` converts just that region): read only the regions you need."""
+
+
+class Generator(ABC):
+    """A loaded generator, shared by jobs (and threads)."""
+
+    name: str
+    needs_faces: bool
+    needs_track_landmarks: bool = True  # False: the track's boxes are enough (tracking skips its fits)
+    needs_mels: bool = True  # False: ``process`` ignores its mels (given zeros, never computed)
+    default_batch_size: int = DEFAULT_BATCH
+
+    @abstractmethod
+    def new_job(self, *, fps: float, width: int, height: int) -> GeneratorJob:
+        """Fresh per-job state for a video of this frame rate and size."""
+
+
+def check_batch(frames: Frames, mels: np.ndarray, faces: Sequence[Face | None]) -> None:
+    if not len(frames) == len(mels) == len(faces):
+        raise ValueError(f"frames, mels and faces differ in length: {len(frames)}, {len(mels)}, {len(faces)}")
+    if len(mels) and np.shape(mels)[1:] != (MEL_BINS, MEL_STEP):
+        raise ValueError(f"mels must be (B, {MEL_BINS}, {MEL_STEP}), got {np.shape(mels)}")

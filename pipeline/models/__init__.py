@@ -1,1 +1,0 @@
-"""Neural network architectures whose published checkpoints the pipeline loads."""
