@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import resource
 import statistics
 import subprocess
 import sys
@@ -14,6 +13,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
+
+from pipeline.device import peak_rss_mb  # noqa: E402,F401 - the benches' one measure of memory
 
 
 def media_dir() -> Path:
@@ -45,12 +46,6 @@ def alternate(runs: int, *, warmup: int = 0, **fns: Callable[[], object]) -> dic
 
 def median(values: list[float]) -> float:
     return statistics.median(values)
-
-
-def peak_rss_mb(children: bool = False) -> float:
-    """Peak RSS in MiB of this process (or of its finished child processes)."""
-    who = resource.RUSAGE_CHILDREN if children else resource.RUSAGE_SELF
-    return resource.getrusage(who).ru_maxrss / 1024
 
 
 def run_child(cmd: list[str]) -> tuple[float, str]:
