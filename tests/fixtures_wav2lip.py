@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from required import skip_or_fail
 from pipeline.generators.wav2lip.model import Wav2Lip, expected_shapes, save_checkpoint
 
 SEED = 1234
@@ -93,7 +94,7 @@ def lipsync_pkg() -> types.SimpleNamespace:
     """
     folders = _lipsync_folders()
     if not folders:
-        pytest.skip("the `lipsync` package is not installed (requirements-dev.txt, --no-deps)")
+        skip_or_fail("the `lipsync` package is not installed (requirements-dev.txt, --no-deps)")
     before = set(sys.modules)
     with pytest.MonkeyPatch.context() as mp:
         pkg = types.ModuleType("lipsync")

@@ -5,7 +5,10 @@ Without credentials every page's config, every API endpoint (/lipsync, /score, /
 /readyz stay open: orchestrator probes cannot log in and they carry no job data. Job files
 are served only from ``<data_dir>/jobs/<job id>/``: the job database and anything reached
 by a client-supplied path outside the job folders are refused even after login.
-Baseline generator (no weights can exist here), real ffmpeg and SQLite.
+Baseline generator (no weights can exist here), real ffmpeg and SQLite. The other side, what
+the README warns of (without ``LIPSYNC_AUTH`` anyone lists the jobs and downloads their videos),
+runs on test_app_api.py's server, which has no auth: see
+``test_without_auth_anyone_can_list_jobs_and_download_videos``.
 """
 
 from __future__ import annotations
@@ -128,9 +131,3 @@ def test_metrics_need_login_probes_stay_open(anon: httpx.Client, done_job: tuple
     assert anon.get("metrics", auth=(USER, "wrong")).status_code == 401
     ok = anon.get("metrics", auth=(USER, PASSWORD))
     assert ok.status_code == 200 and 'lipsync_jobs{status="succeeded"} 1' in ok.text
-
-
-def test_readme_warns_history_is_public_without_auth() -> None:
-    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
-    section = readme[readme.index("## The app and its API"):]
-    assert "LIPSYNC_AUTH" in section and "public" in section.lower()

@@ -14,6 +14,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+import httpx
 import numpy as np
 import pytest
 from gradio_client import Client, handle_file
@@ -40,6 +41,12 @@ def synthetic_run(client: Client, face_mp4: Path, speech_wav: Path) -> tuple[Any
     """One /lipsync call on the synthetic face video and speech (shared by several tests)."""
     return client.predict(handle_file(str(face_mp4)), handle_file(str(speech_wav)), BASELINE, "{}",
                           api_name="/lipsync")
+
+
+def _input_names(row: dict[str, Any]) -> list[str]:
+    """The input names of a /history row. gradio_client downloads every record carrying a
+    ``path`` (each input does) and puts its local copy, named like the input, in its place."""
+    return sorted(Path(p).name for p in row["inputs"])
 
 
 def _by_metric(scores: dict[str, Any]) -> dict[str, dict[str, Any]]:
@@ -69,11 +76,44 @@ def test_lipsync_returns_video_side_by_side_scores_and_job(synthetic_run: tuple[
 
     record = client.predict(job_id, api_name="/job")
     assert record["id"] == job_id and record["status"] == "succeeded"
-    rows = client.predict("succeeded", BASELINE, "", "", "face", 50, api_name="/history")
-    assert job_id in [r["id"] for r in rows]
-    assert client.predict("failed", "all", "", "", "", 50, api_name="/history") == [] or \
-        all(r["status"] == "failed" for r in client.predict("failed", "all", "", "", "", 50,
-                                                            api_name="/history"))
+
+
+def test_history_filters_by_status_model_and_input_name(synthetic_run: tuple[Any, ...], client: Client,
+                                                        bad_inputs: dict[str, Path], speech_wav: Path) -> None:
+    """One succeeded and one failed job exist; each filter finds its own and nothing else."""
+    ok_id = synthetic_run[3]
+    with pytest.raises(AppError):
+        client.predict(handle_file(str(bad_inputs["text"])), handle_file(str(speech_wav)), BASELINE, "{}",
+                       api_name="/lipsync")
+    failed = client.predict("failed", "all", "", "", "", 50, api_name="/history")
+    assert failed and all(r["status"] == "failed" for r in failed), failed
+    assert "notes.mp4" in [name for r in failed for name in _input_names(r)]
+    assert ok_id not in [r["id"] for r in failed]
+    found = client.predict("succeeded", BASELINE, "", "", "face", 50, api_name="/history")
+    assert ok_id in [r["id"] for r in found]
+    assert all(r["status"] == "succeeded" and r["model_used"] == BASELINE for r in found), found
+    assert all(any("face" in name for name in _input_names(r)) for r in found), found
+    assert client.predict("succeeded", BASELINE, "", "", "no-such-input", 50, api_name="/history") == []
+
+
+def test_without_auth_anyone_can_list_jobs_and_download_videos(server: AppServer, synthetic_run: tuple[Any, ...],
+                                                               face_mp4: Path) -> None:
+    """What the README warns of when LIPSYNC_AUTH is unset (this server has none): a client with
+    no credentials and no cookie lists every job, gets its inputs' names (gradio_client even
+    downloads the inputs themselves) and downloads its result video."""
+    job_id = synthetic_run[3]
+    anonymous = Client(server.url, verbose=False)
+    rows = anonymous.predict("all", "all", "", "", "", 0, api_name="/history")
+    row = next(r for r in rows if r["id"] == job_id)
+    assert _input_names(row) == ["face.mp4", "speech.wav"]
+    face_copy = next(Path(p) for p in row["inputs"] if Path(p).name == "face.mp4")
+    assert face_copy.read_bytes() == face_mp4.read_bytes()
+    assert anonymous.predict(job_id, api_name="/job")["status"] == "succeeded"
+    result = (server.data_dir / "jobs" / job_id / "result.mp4").resolve()
+    with httpx.Client(base_url=server.url, timeout=30) as bare:
+        assert bare.get("config").status_code == 200
+        got = bare.get(f"gradio_api/file={result}")
+    assert got.status_code == 200 and got.content == result.read_bytes()
 
 
 def test_score_endpoint_scores_a_result_against_its_original(synthetic_run: tuple[Any, ...],

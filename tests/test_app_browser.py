@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from app_server import AppServer, start_app
+from required import skip_or_fail
 
 CHROMIUM = Path("/usr/bin/chromium")
 JOB_TIMEOUT_MS = 180_000
@@ -30,8 +31,11 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> AppServer:
 @pytest.fixture()
 def browser_page():
     if not CHROMIUM.exists():
-        pytest.skip(f"no Chromium at {CHROMIUM} (apt-get install chromium)")
-    sync_api = pytest.importorskip("playwright.sync_api")
+        skip_or_fail(f"no Chromium at {CHROMIUM} (apt-get install chromium)")
+    try:
+        from playwright import sync_api
+    except ImportError as exc:
+        skip_or_fail(f"Playwright is not installed (requirements-dev.txt): {exc}")
     with sync_api.sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=str(CHROMIUM), headless=True,
                                      args=["--no-sandbox", "--disable-gpu", "--autoplay-policy=no-user-gesture-required"])

@@ -17,6 +17,7 @@ import pytest
 from scipy.io import wavfile
 
 import media
+from required import skip_or_fail
 from pipeline.media.audio import (MEL_STEP, SAMPLE_RATE, load_audio, mel_chunks,
                             melspectrogram)
 from pipeline.errors import InvalidMedia
@@ -67,7 +68,7 @@ def wav2lip_audio(monkeypatch: pytest.MonkeyPatch) -> types.ModuleType:
     """
     mod = _lipsync_audio()
     if mod is None:
-        pytest.skip("the `lipsync` package (Wav2Lip's code) is not installed")
+        skip_or_fail("the `lipsync` package (Wav2Lip's code) is not installed")
     stft = librosa.stft
 
     def stft_librosa07(*args: object, **kw: object) -> np.ndarray:
@@ -225,7 +226,7 @@ def test_stft_padding_is_wav2lips_reflect() -> None:
     The two differ in the first and last 2 columns only; ours must be the reflect one."""
     ref = _lipsync_audio()
     if ref is None:
-        pytest.skip("the `lipsync` package (Wav2Lip's code) is not installed")
+        skip_or_fail("the `lipsync` package (Wav2Lip's code) is not installed")
     wav = media.speech_like(1.0, pattern=((1.0, True),))  # voiced at both edges
     ours, zero_padded = melspectrogram(wav), ref.melspectrogram(wav)  # unpatched: librosa 0.11
     np.testing.assert_allclose(ours[:, 2:-2], zero_padded[:, 2:-2], rtol=0, atol=1e-5)

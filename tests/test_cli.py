@@ -11,9 +11,16 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.media.probe import probe
+from pipeline.media.probe import AudioStream, probe
 
 ROOT = Path(__file__).resolve().parents[1]
+SPEECH_TRACK = AudioStream(codec="aac", sample_rate=16000, channels=1)  # speech_wav: 16 kHz mono, 3.0 s
+
+
+def assert_speech_track(out: Path) -> None:
+    info = probe(out)
+    assert info.audio == SPEECH_TRACK
+    assert info.duration_s == pytest.approx(3.0, abs=0.05)  # the 2.0 s video extended to the speech
 
 
 def cli(*args: str, data_dir: Path, package: str = "jobs") -> subprocess.CompletedProcess:
@@ -29,7 +36,7 @@ def test_bare_run_loop_records_and_scores_nothing(face_mp4: Path, speech_wav: Pa
     assert proc.returncode == 0, proc.stderr
     res = json.loads(proc.stdout)
     assert res["model_used"] == "passthrough" and res["frames"] == 75 and "job_id" not in res
-    assert probe(out).audio is not None
+    assert_speech_track(out)
     assert not (tmp_path / "data").exists()  # no history opened
     bad = cli("run", str(face_mp4), str(speech_wav), "-o", str(out), "--no-record",
               data_dir=tmp_path / "data", package="pipeline")
@@ -46,7 +53,7 @@ def test_run_json_and_record(face_mp4: Path, speech_wav: Path, tmp_path: Path) -
                 "frames_without_face", "timings", "peak_rss_mb", "job_id"):
         assert key in res, key
     assert res["model_used"] == "baseline" and res["frames"] == 75 and res["peak_rss_mb"] > 0
-    assert probe(out).audio is not None
+    assert_speech_track(out)
     from storage.jobs import JobStore
 
     with JobStore(tmp_path / "data" / "jobs.db") as store:
@@ -56,7 +63,7 @@ def test_run_json_and_record(face_mp4: Path, speech_wav: Path, tmp_path: Path) -
     assert {"probe", "track", "generate", "encode"} <= {s["stage"] for s in job["stages"]}
     metrics = {s["metric"]: s for s in job["scores"]}
     assert metrics["lse_d"]["value"] is None and "no SyncNet weights" in metrics["lse_d"]["reason"]
-    assert metrics["psnr_full"]["value"] is not None
+    assert metrics["psnr_full"]["value"] == pytest.approx(29.88, abs=0.3)  # only the mouth region changed
 
 
 def test_errors_are_one_line_and_recorded(face_mp4: Path, tmp_path: Path) -> None:

@@ -28,6 +28,7 @@ from scipy.io import wavfile
 from eval import lse
 from eval.syncnet import load_syncnet
 from pipeline.errors import WeightsInvalid, WeightsUnavailable
+from required import skip_or_fail
 
 N_FRAMES = 24  # 0.96 s at 25 fps: 19 windows
 
@@ -35,7 +36,7 @@ N_FRAMES = 24  # 0.96 s at 25 fps: 19 windows
 def _reference_module(name: str) -> types.ModuleType:
     spec = importlib.util.find_spec("syncnet_python")
     if spec is None or not spec.submodule_search_locations:
-        pytest.skip("syncnet-python is not installed (pip install --no-deps -r requirements-ref.txt)")
+        skip_or_fail("syncnet-python is not installed (pip install --no-deps -r requirements-ref.txt)")
     path = Path(next(iter(spec.submodule_search_locations))) / f"{name}.py"
     mod_spec = importlib.util.spec_from_file_location(f"_ref_syncnet_{name}", path)
     module = importlib.util.module_from_spec(mod_spec)

@@ -1,10 +1,12 @@
 """The hostile / edge input corpus (tests/hostile_corpus.py) through the real /lipsync API.
 
 One module-scoped ``python app.py`` server (baseline generator: no weights can exist here;
-real ffmpeg, the real dlib tracker, a real SQLite history). Every case must end as expected:
-a correct output (probed) or a clear AppError naming the problem with no traceback, recorded
-in SQLite with that outcome. Afterwards a normal request still succeeds and no job temp
-folder or partial output is left behind.
+real ffmpeg, the real dlib tracker, a real SQLite history). The module-scoped
+``corpus_outcomes`` fixture runs the whole corpus once; one test per case then says whether it
+ended as expected: a correct output (probed) or a clear AppError naming the problem with no
+traceback, recorded in SQLite with that outcome. A case whose encoder the ffmpeg build lacks
+is a pytest skip. The checks that need the corpus to have run (a normal request still
+succeeds; no job temp folder or partial output is left behind) take ``corpus_outcomes``.
 """
 
 from __future__ import annotations
@@ -98,25 +100,48 @@ def _check_success(case: hostile_corpus.Case, video: str, job_id: str, record: d
     return ""
 
 
-def test_hostile_corpus_each_case_ends_as_expected(corpus: list[hostile_corpus.Case], client: Client,
-                                                   store: JobStore) -> None:
-    assert len(corpus) >= 25 and len({c.name for c in corpus}) == len(corpus)
-    table, failures = [], []
-    for case in corpus:
-        if case.skip:
-            table.append((case.name, f"SKIPPED: {case.skip}"))
-            continue
-        outcome, problem = _run_case(case, client, store)
-        table.append((case.name, outcome + (f"  <-- {problem}" if problem else "")))
-        if problem:
-            failures.append(case.name)
-    report = "\n".join(f"{name:55s} {outcome}" for name, outcome in table)
+def case_params(cases: list[hostile_corpus.Case]) -> list[Any]:
+    """One pytest param per case, named by it; a case the ffmpeg build cannot make is a skip."""
+    return [pytest.param(c.name, id=c.name, marks=[pytest.mark.skip(reason=c.skip)] if c.skip else [])
+            for c in cases]
+
+
+PLAN = hostile_corpus.plan_corpus(Path("corpus")).cases  # names and skips only: no file is written
+
+
+@pytest.fixture(scope="module")
+def corpus_outcomes(corpus: list[hostile_corpus.Case], client: Client,
+                    store: JobStore) -> dict[str, tuple[str, str]]:
+    """Runs every case the build can make through /lipsync, in order: {name: (outcome, problem)}."""
+    outcomes = {c.name: _run_case(c, client, store) for c in corpus if not c.skip}
+    report = "\n".join(f"{name:55s} {outcome}" + (f"  <-- {problem}" if problem else "")
+                       for name, (outcome, problem) in outcomes.items())
     log.info("hostile corpus outcomes:\n%s", report)
-    print("\n" + report)  # noqa: T201 - the corpus table is the test's report (-s shows it)
-    assert not failures, f"{len(failures)} case(s) not as expected:\n{report}"
+    return outcomes
 
 
-def test_normal_request_after_the_corpus_succeeds(test_hostile_corpus_done: None, client: Client,
+def test_the_plan_is_the_built_corpus(corpus: list[hostile_corpus.Case]) -> None:
+    assert len(PLAN) >= 25 and len({c.name for c in PLAN}) == len(PLAN)
+    assert [(c.name, c.skip) for c in corpus] == [(c.name, c.skip) for c in PLAN]
+    made = [p for c in corpus if not c.skip for p in (c.video, c.audio)]
+    assert all(p.is_file() for p in made), [str(p) for p in made if not p.is_file()]
+
+
+def test_a_missing_encoder_makes_its_case_a_skip() -> None:
+    have = hostile_corpus.encoders() - {"libx265"}
+    params = {p.values[0]: p.marks for p in case_params(hostile_corpus.plan_corpus(Path("c"), have).cases)}
+    (mark,) = params["HEVC input"]
+    assert mark.name == "skip" and mark.kwargs["reason"] == "ffmpeg build lacks encoder(s) libx265"
+    assert params["10-bit video"] == []
+
+
+@pytest.mark.parametrize("name", case_params(PLAN))
+def test_hostile_case_ends_as_expected(name: str, corpus_outcomes: dict[str, tuple[str, str]]) -> None:
+    outcome, problem = corpus_outcomes[name]
+    assert problem == "", f"{name}: {outcome}: {problem}"
+
+
+def test_normal_request_after_the_corpus_succeeds(corpus_outcomes: dict[str, tuple[str, str]], client: Client,
                                                   store: JobStore, face_mp4: Path, speech_wav: Path) -> None:
     video, _, _, job_id = client.predict(handle_file(str(face_mp4)), handle_file(str(speech_wav)),
                                          BASELINE, "{}", api_name="/lipsync")
@@ -124,12 +149,8 @@ def test_normal_request_after_the_corpus_succeeds(test_hostile_corpus_done: None
     assert store.get(job_id)["status"] == "succeeded"
 
 
-@pytest.fixture(scope="module")
-def test_hostile_corpus_done(corpus: list[hostile_corpus.Case]) -> None:
-    """Orders the after-corpus checks after the corpus (pytest runs tests in file order)."""
-
-
-def test_no_temp_files_left_behind(test_hostile_corpus_done: None, server: AppServer, store: JobStore) -> None:
+def test_no_temp_files_left_behind(corpus_outcomes: dict[str, tuple[str, str]], server: AppServer,
+                                   store: JobStore) -> None:
     # job temp folders live in the app's per-process work folder (jobs/workspace.py); TMPDIR too
     work = server.data_dir / "work"
     assert [p for p in work.iterdir() if p.is_dir()], f"no per-process work folder in {work}"
@@ -139,7 +160,7 @@ def test_no_temp_files_left_behind(test_hostile_corpus_done: None, server: AppSe
                                   *tmp.glob("lipsync*")]]
     assert leftovers == [], f"job temp folders left behind: {leftovers}"
     jobs = store.list(limit=None)
-    assert len(jobs) >= 25
+    assert len(jobs) >= len(corpus_outcomes) >= 25
     assert not [j["id"] for j in jobs if j["status"] in ("queued", "running")]
     for job in jobs:
         folder = store.job_dir(job["id"])
