@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from latentsync_fixtures import reference  # noqa: F401
+from fixtures_latentsync import reference  # noqa: F401 (fixtures)
 
 from pipeline.latentsync.mask import keep_mask, latent_mask, mask_image
 

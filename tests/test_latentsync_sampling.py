@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from latentsync_fixtures import reference, small_unet  # noqa: F401
+from fixtures_latentsync import reference, small_unet  # noqa: F401 (fixtures)
 
 from pipeline.latentsync.inference import lipsync_faces
 from pipeline.latentsync.mask import keep_mask, latent_mask

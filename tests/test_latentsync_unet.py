@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from latentsync_fixtures import TOLERANCE, max_abs, reference, small_unet  # noqa: F401
+from fixtures_latentsync import TOLERANCE, max_abs, reference, small_unet  # noqa: F401 (fixtures)
 
 from pipeline.errors import WeightsInvalid, WeightsUnavailable
 from pipeline.latentsync import build_unet, config_for_checkpoint, config_from_dict, load_config, load_unet

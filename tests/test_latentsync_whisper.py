@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from latentsync_fixtures import TOLERANCE, max_abs, reference  # noqa: F401
+from fixtures_latentsync import TOLERANCE, max_abs, reference  # noqa: F401 (fixtures)
 
 from pipeline.errors import WeightsInvalid
 from pipeline.latentsync.audio_tokens import (

@@ -85,7 +85,8 @@ def _mel_filters() -> torch.Tensor:
 def log_mel(audio: np.ndarray | torch.Tensor) -> torch.Tensor:
     """whisper's normalised log-mel spectrogram of 16 kHz mono audio: float32 (80, N // 160)."""
     wav = torch.as_tensor(np.asarray(audio, dtype=np.float32))
-    stft = torch.stft(wav, N_FFT, HOP_LENGTH, window=torch.hann_window(N_FFT), return_complex=True)  # (201, N // 160 + 1)
+    window = torch.hann_window(N_FFT)
+    stft = torch.stft(wav, N_FFT, HOP_LENGTH, window=window, return_complex=True)  # (201, N // 160 + 1)
     power = stft[:, :-1].abs() ** 2  # (201, N // 160)
     logs = torch.clamp(_mel_filters() @ power, min=LOG_FLOOR).log10()  # (80, N // 160)
     logs = torch.maximum(logs, logs.max() - DYNAMIC_RANGE)

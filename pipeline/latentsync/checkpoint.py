@@ -47,7 +47,8 @@ def read_checkpoint(path: str | os.PathLike[str], *, required: tuple[str, ...]) 
         raise WeightsInvalid(f"{p.name}: expected a dict with keys {list(required)}, found {type(ckpt).__name__}")
     absent = [k for k in required if k not in ckpt]
     if absent:
-        raise WeightsInvalid(f"{p.name}: has no {absent[0]!r} entry (keys found: {sorted(map(str, ckpt))[:KEYS_NAMED]})")
+        found = sorted(map(str, ckpt))[:KEYS_NAMED]
+        raise WeightsInvalid(f"{p.name}: has no {absent[0]!r} entry (keys found: {found})")
     return ckpt
 
 

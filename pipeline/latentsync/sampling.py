@@ -13,8 +13,12 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
+
+if TYPE_CHECKING:
+    from diffusers import DDIMScheduler
 
 log = logging.getLogger(__name__)
 
@@ -57,8 +61,9 @@ class SamplingOptions:
             raise ValueError(f"frames_per_call must be 1 to 24, got {self.frames_per_call}")
 
 
-def make_scheduler(steps: int):  # -> diffusers.DDIMScheduler (imported lazily: diffusers is heavy)
-    """A DDIMScheduler with the official config, its timesteps set for ``steps`` steps."""
+def make_scheduler(steps: int) -> DDIMScheduler:
+    """A DDIMScheduler with the official config, its timesteps set for ``steps`` steps
+    (diffusers is imported here: it is slow to import and only sampling needs it)."""
     from diffusers import DDIMScheduler
 
     scheduler = DDIMScheduler.from_config(SCHEDULER_CONFIG)

@@ -71,7 +71,8 @@ class LatentSyncUNet(nn.Module):
                     cross=cfg.up_cross_attention[i], motion=cfg.motion_up[i], upsample=i < n - 1)
             for i in range(n)
         ])
-        self.mid_block = MidBlock(ch[-1], cfg=cfg, heads=cfg.attention_heads[-1])  # after up_blocks: the official key order
+        # registered after up_blocks, as the official model does: its state-dict order
+        self.mid_block = MidBlock(ch[-1], cfg=cfg, heads=cfg.attention_heads[-1])
         self.conv_norm_out = nn.GroupNorm(cfg.norm_num_groups, ch[0], eps=cfg.norm_eps)
         self.conv_out = InflatedConv(ch[0], cfg.out_channels, kernel_size=3, padding=1)
 

@@ -1,7 +1,7 @@
 """Fixtures of the LatentSync tests: the official reference data (../shared/reference/latentsync15
 or $LIPSYNC_TEST_REFERENCE) and the small random UNet saved there in the published format.
 
-Import the fixtures a test module uses from here (``from latentsync_fixtures import reference``).
+Import the fixtures a test module uses from here (``from fixtures_latentsync import reference``).
 """
 
 from __future__ import annotations
