@@ -33,7 +33,7 @@ def reference() -> Path:
 @pytest.fixture(scope="session")
 def small_unet(reference: Path) -> torch.nn.Module:
     """The small random UNet (``unet_small.pt`` + ``unet_small_config.json``), fp32 on the CPU."""
-    from pipeline.latentsync import load_unet
+    from pipeline.generators.latentsync import load_unet
 
     return load_unet(reference / "unet_small_config.json", reference / "unet_small.pt")
 

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from fixtures_latentsync import reference  # noqa: F401 (fixtures)
 
-from pipeline.latentsync.mask import keep_mask, latent_mask, mask_image
+from pipeline.generators.latentsync.mask import keep_mask, latent_mask, mask_image
 
 
 def test_mask_equals_the_reference_rows(reference: Path) -> None:

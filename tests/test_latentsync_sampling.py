@@ -10,10 +10,10 @@ import pytest
 import torch
 from fixtures_latentsync import reference, small_unet  # noqa: F401 (fixtures)
 
-from pipeline.latentsync.inference import lipsync_faces
-from pipeline.latentsync.mask import keep_mask, latent_mask
-from pipeline.latentsync.sampling import SamplingOptions, denoise, initial_noise
-from pipeline.latentsync.vae import FaceVae, load_vae
+from pipeline.generators.latentsync.inference import lipsync_faces
+from pipeline.generators.latentsync.mask import keep_mask, latent_mask
+from pipeline.generators.latentsync.sampling import SamplingOptions, denoise, initial_noise
+from pipeline.generators.latentsync.vae import FaceVae, load_vae
 
 
 class RecordingUNet:

@@ -12,7 +12,7 @@ import torch
 from fixtures_latentsync import TOLERANCE, max_abs, reference, small_unet  # noqa: F401 (fixtures)
 
 from pipeline.errors import WeightsInvalid, WeightsUnavailable
-from pipeline.latentsync import build_unet, config_for_checkpoint, config_from_dict, load_config, load_unet
+from pipeline.generators.latentsync import build_unet, config_for_checkpoint, config_from_dict, load_config, load_unet
 
 
 @pytest.mark.parametrize("case", ["cfg_chunk16", "tail5"])

@@ -11,13 +11,13 @@ import torch
 from fixtures_latentsync import TOLERANCE, max_abs, reference  # noqa: F401 (fixtures)
 
 from pipeline.errors import WeightsInvalid
-from pipeline.latentsync.audio_tokens import (
+from pipeline.generators.latentsync.audio_tokens import (
     encoder_features,
     frame_tokens,
     load_speech,
     official_frame_count,
 )
-from pipeline.latentsync.whisper import load_whisper_encoder
+from pipeline.generators.latentsync.whisper import load_whisper_encoder
 
 
 @pytest.fixture(scope="module")

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from pipeline.errors import FFmpegError, InvalidMedia
-from pipeline.ffmpeg import STDERR_TAIL, base_cmd, input_args
+from pipeline.media.ffmpeg import STDERR_TAIL, base_cmd, input_args
 
 from .whisper import WhisperEncoder
 
