@@ -137,16 +137,23 @@ def frame_tokens(features: torch.Tensor, *, fps: float, num_frames: int | None =
     ``num_frames`` None: as many frames as the official ``feature2chunks`` gives; otherwise
     exactly that many (rows past the track repeat its last row).
     """
+    n = official_frame_count(features.shape[0], fps) if num_frames is None else num_frames
+    return tokens_at(features, np.arange(n), fps=fps)
+
+
+def tokens_at(features: torch.Tensor, frames: np.ndarray | list[int], *, fps: float) -> torch.Tensor:
+    """Tokens of the given video frame indices: (len(frames), 10 * (L + 1), width); a frame
+    past the track repeats its last rows."""
     if features.shape[0] == 0:
         raise ValueError("no audio features: the track is shorter than one feature row (20 ms)")
     if fps <= 0:
         raise ValueError(f"fps must be positive, got {fps}")
-    n = official_frame_count(features.shape[0], fps) if num_frames is None else num_frames
-    centres = (np.arange(n, dtype=np.float64) * FEATURE_RATE / fps).astype(np.int64)  # int(i * 50 / fps)
+    index = np.asarray(frames, dtype=np.int64)
+    centres = (index.astype(np.float64) * FEATURE_RATE / fps).astype(np.int64)  # int(i * 50 / fps)
     offsets = np.arange(-ROWS_BEFORE, ROWS_FROM)  # (10,)
     rows = np.clip(centres[:, None] + offsets[None, :], 0, features.shape[0] - 1)  # (N, 10)
     picked = features[torch.from_numpy(rows)]  # (N, 10, L + 1, width)
-    return picked.reshape(n, -1, features.shape[-1])  # (N, 10 * (L + 1), width)
+    return picked.reshape(len(index), -1, features.shape[-1])  # (N, 10 * (L + 1), width)
 
 
 def tokens_for_file(encoder: WhisperEncoder, path: str | os.PathLike[str], *, fps: float,
