@@ -125,3 +125,22 @@ def test_whole_job_through_the_run_loop(weights_dir: Path, tmp_path: Path) -> No
     assert result.frames == 15 and result.frames_without_face == 0
     assert result.checkpoint["source"] == "latentsync_dir"
     assert probe(tmp_path / "out.mp4").video is not None
+
+
+def test_cli_runs_latentsync(weights_dir: Path, tmp_path: Path) -> None:
+    import json
+    import os
+    import subprocess
+    import sys
+
+    video = media.face_video(tmp_path / "face.mp4", seconds=0.4)
+    audio = media.write_wav(tmp_path / "speech.wav", media.speech_like(0.4))
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "LIPSYNC_TORCH_THREADS": "1"}  # the fixture set the folder
+    proc = subprocess.run([sys.executable, "-m", "pipeline", "run", str(video), str(audio), "-o",
+                           str(tmp_path / "out.mp4"), "--model", "latentsync", "--device", "cpu", "--json"],
+                          cwd=Path(__file__).resolve().parents[1], env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    out = json.loads(proc.stdout)
+    assert out["model_used"] == "latentsync" and out["frames"] == 10
+    assert (tmp_path / "out.mp4").stat().st_size > 0
