@@ -8,7 +8,7 @@ from typing import Any
 
 from pipeline.media.probe import Limits
 
-MODELS = ("auto", "wav2lip", "baseline", "passthrough")
+MODELS = ("auto", "wav2lip", "latentsync", "baseline", "passthrough")
 LOOP_MODES = ("pingpong", "loop")
 DEFAULT_PADS = (0, 10, 0, 0)  # top, bottom, left, right: Wav2Lip's defaults, in pixels
 TRACK_LONG_SIDE = 384  # px: faces are tracked on frames scaled to this long side (never upscaled)

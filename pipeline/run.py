@@ -194,7 +194,7 @@ def _job(video: str | os.PathLike[str], audio: str | os.PathLike[str], output: s
             if len(wanted) * 1.5 * (width + 1) * (height + 1) > KEEP_BUDGET_BYTES:
                 log.info("not keeping %d original frames for scoring: over the memory budget", len(wanted))
                 wanted = set()
-            _render(decoded, encoders, vinfo=vinfo, options=options, generator=generator, track=track,
+            _render(decoded, encoders, audio=audio, vinfo=vinfo, options=options, generator=generator, track=track,
                     mels=mels.result(), plan=plan, fps=fps, workdir=workdir, clock=clock, check=check,
                     keep=(wanted, originals))
         for frames, target in zip(encoders, (output, side_by_side)):
@@ -261,14 +261,15 @@ def _frames_without_face(track: Track | None, plan: np.ndarray) -> int:
     return sum(1 for i in plan if track.at(i) is None)
 
 
-def _render(decoded: Iterator[np.ndarray], encoders: list[FrameWriter], *,
+def _render(decoded: Iterator[np.ndarray], encoders: list[FrameWriter], *, audio: str | os.PathLike[str],
             vinfo: MediaInfo, options: RunOptions, generator: Generator, track: Track | None,
             mels: np.ndarray, plan: np.ndarray, fps: float, workdir: Path, clock: StageClock,
             check: Callable[[str, float], None], keep: tuple[set[int], dict[int, YuvFrame]]) -> None:
     """Stream frames through the generator, the blend and the encoders (the output's and,
     when there are two, the review video's)."""
     width, height = vinfo.video.display_size
-    job = generator.new_job(fps=fps, width=width, height=height)
+    extra = {"audio": audio} if generator.needs_audio else {}  # a generator that decodes the speech its own way
+    job = generator.new_job(fps=fps, width=width, height=height, **extra)
     batch_size = options.batch_size or generator.default_batch_size
     depth = max(STREAM_DEPTH, batch_size)
     frames_iter = Prefetch(plan_frames(decoded, vinfo, plan, workdir), depth=depth, name="plan")

@@ -11,6 +11,10 @@ its file in this order and returns the first hit with its sha256:
      first whether the Hub answers at all, so an unreachable Hub costs seconds, not minutes,
      and a failure is remembered: it is not retried in the same process.
 
+LatentSync 1.5 needs three files (:data:`LATENTSYNC_SPECS`); each is looked for first in the
+LatentSync folder ``$LIPSYNC_LATENTSYNC_DIR`` (default ``<models folder>/latentsync``) at its
+place in :data:`LATENTSYNC_LAYOUT`, then as above.
+
 Repo, file name and expected sha256 are settings: ``$LIPSYNC_<MODEL>_REPO``,
 ``$LIPSYNC_<MODEL>_FILENAME``, ``$LIPSYNC_<MODEL>_SHA256``. When nothing is found,
 WeightsUnavailable lists every place tried and how to fix it. ``python -m pipeline weights``
@@ -87,7 +91,21 @@ SYNCNET = WeightsSpec(
     repo_id="ByteDance/LatentSync-1.5", repo_filename="auxiliary/syncnet_v2.model",
     env_prefix="LIPSYNC_SYNCNET",
 )
-SPECS = (WAV2LIP, SYNCNET)
+LATENTSYNC_UNET = WeightsSpec("latentsync_unet", "LatentSync 1.5 UNet", "latentsync_unet.pt",
+                              "ByteDance/LatentSync-1.5", "latentsync_unet.pt", "LIPSYNC_LATENTSYNC_UNET")
+LATENTSYNC_WHISPER = WeightsSpec("latentsync_whisper", "LatentSync whisper tiny", "tiny.pt",
+                                 "ByteDance/LatentSync-1.5", "whisper/tiny.pt", "LIPSYNC_LATENTSYNC_WHISPER")
+LATENTSYNC_VAE = WeightsSpec(  # a diffusers folder: config.json must lie beside the weights
+    "latentsync_vae", "LatentSync VAE (sd-vae-ft-mse)", "diffusion_pytorch_model.safetensors",
+    "stabilityai/sd-vae-ft-mse", "diffusion_pytorch_model.safetensors", "LIPSYNC_LATENTSYNC_VAE")
+LATENTSYNC_SPECS = (LATENTSYNC_UNET, LATENTSYNC_WHISPER, LATENTSYNC_VAE)
+LATENTSYNC_DIR_ENV = "LIPSYNC_LATENTSYNC_DIR"
+LATENTSYNC_LAYOUT = {  # spec name -> place inside the LatentSync folder
+    "latentsync_unet": "latentsync_unet.pt",  # an optional unet_config.json beside it overrides the 1.5 config
+    "latentsync_whisper": "whisper/tiny.pt",
+    "latentsync_vae": "vae/diffusion_pytorch_model.safetensors",
+}
+SPECS = (WAV2LIP, SYNCNET, *LATENTSYNC_SPECS)
 
 
 @dataclass(frozen=True)
@@ -149,6 +167,12 @@ def file_sha256(path: str | bytes | os.PathLike[str]) -> str:
 
 
 def _fix(spec: WeightsSpec) -> str:
+    if spec.name in LATENTSYNC_LAYOUT:
+        root = latentsync_dir()
+        whole = (f"{spec.repo_id} --local-dir {root}/vae" if spec.name == "latentsync_vae"
+                 else f"{spec.repo_id} {spec.repo_filename} --local-dir {root}")
+        return (f"put it at {root}/{LATENTSYNC_LAYOUT[spec.name]} (or set ${LATENTSYNC_DIR_ENV}), or on a "
+                f"machine that reaches the Hub run `hf download {whole}`")
     folder = models_dir()
     return (f"put {spec.filename} in {folder}/ (or set ${MODELS_DIR_ENV}), or set {spec.env_path}="
             f"/path/to/{spec.filename}, or on a machine that reaches the Hub run "
@@ -166,12 +190,33 @@ def _found(spec: WeightsSpec, path: str | os.PathLike[str], source: str) -> Reso
     return ResolvedWeights(path=p, source=source, sha256=digest)
 
 
-def _search(spec: WeightsSpec, explicit: str | os.PathLike[str] | None, *,
-            allow_download: bool) -> tuple[ResolvedWeights | None, list[str]]:
+def latentsync_dir() -> Path:
+    """``$LIPSYNC_LATENTSYNC_DIR``, else ``<models folder>/latentsync``."""
+    return Path(os.environ.get(LATENTSYNC_DIR_ENV) or models_dir() / "latentsync").expanduser()
+
+
+def resolve_latentsync(folder: str | os.PathLike[str] | None = None, *,
+                       allow_download: bool = True) -> dict[str, ResolvedWeights]:
+    """The three LatentSync files by spec name (see :data:`LATENTSYNC_LAYOUT`): from ``folder``
+    (default :func:`latentsync_dir`) where present there, else by :func:`resolve`."""
+    root = Path(folder) if folder is not None else latentsync_dir()
+    return {s.name: resolve(s, _in_latentsync_dir(s, root), allow_download=allow_download, source="latentsync_dir")
+            for s in LATENTSYNC_SPECS}  # WeightsUnavailable's fix names the LatentSync folder
+
+
+def _in_latentsync_dir(spec: WeightsSpec, root: Path | None = None) -> Path | None:
+    if spec.name not in LATENTSYNC_LAYOUT:
+        return None
+    path = (root if root is not None else latentsync_dir()) / LATENTSYNC_LAYOUT[spec.name]
+    return path if path.is_file() else None
+
+
+def _search(spec: WeightsSpec, explicit: str | os.PathLike[str] | None, *, allow_download: bool,
+            source: str = "argument") -> tuple[ResolvedWeights | None, list[str]]:
     """The first hit, or None and one line per place tried. An explicit path must exist."""
     tried: list[str] = []
     env_value = os.environ.get(spec.env_path)
-    given, source = (explicit, "argument") if explicit else (env_value, "env")
+    given, source = (explicit, source) if explicit else (env_value, "env")
     if given:
         p = Path(given).expanduser()
         if not p.is_file():
@@ -230,11 +275,12 @@ def _download(spec: WeightsSpec, cache: str | None) -> tuple[str | None, str]:
 
 
 def resolve(spec: WeightsSpec, explicit: str | os.PathLike[str] | None = None, *,
-            allow_download: bool = True) -> ResolvedWeights:
+            allow_download: bool = True, source: str = "argument") -> ResolvedWeights:
     """Find ``spec``'s weights file (see module doc). Raises WeightsUnavailable listing every
-    place tried and the fix, or WeightsInvalid when the file's sha256 is not the expected one."""
+    place tried and the fix, or WeightsInvalid when the file's sha256 is not the expected one.
+    ``source`` names where an ``explicit`` path came from."""
     spec = spec.configured()
-    hit, tried = _search(spec, explicit, allow_download=allow_download)
+    hit, tried = _search(spec, explicit, allow_download=allow_download, source=source)
     if hit is not None:
         return hit
     places = "; ".join(f"({i}) {t}" for i, t in enumerate(tried, 1))
@@ -249,7 +295,7 @@ def _spec_row(spec: WeightsSpec, *, allow_download: bool) -> dict[str, Any]:
     row: dict[str, Any] = {"name": spec.name, "label": spec.label, "found": False, "where": None,
                            "source": None, "sha256": None, "why_not": None, "fix": None}
     try:
-        hit, tried = _search(spec, None, allow_download=allow_download)
+        hit, tried = _search(spec, _in_latentsync_dir(spec), allow_download=allow_download, source="latentsync_dir")
     except (WeightsUnavailable, WeightsInvalid) as exc:
         row.update(why_not=str(exc), fix=_fix(spec))
         return row

@@ -218,7 +218,9 @@ def test_hub_failure_is_fast_and_not_retried(local_hub: type[_LocalHub]) -> None
 def test_report_rows(clean_env: Path) -> None:
     weights_file(clean_env / "models" / "syncnet_v2.model", b"s")
     rows = {r["name"]: r for r in weights_report()}
-    assert list(rows) == ["wav2lip", "syncnet", "insightface", "dlib"]
+    assert list(rows) == ["wav2lip", "syncnet", "latentsync_unet", "latentsync_whisper", "latentsync_vae",
+                          "insightface", "dlib"]
+    assert not rows["latentsync_unet"]["found"] and "LIPSYNC_LATENTSYNC_DIR" in rows["latentsync_unet"]["fix"]
     assert rows["syncnet"]["found"] and rows["syncnet"]["source"] == "models_dir"
     assert rows["syncnet"]["sha256"] == hashlib.sha256(b"s").hexdigest()
     w = rows["wav2lip"]

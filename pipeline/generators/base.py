@@ -47,11 +47,13 @@ class Generator(ABC):
     needs_faces: bool
     needs_track_landmarks: bool = True  # False: the track's boxes are enough (tracking skips its fits)
     needs_mels: bool = True  # False: ``process`` ignores its mels (given zeros, never computed)
+    needs_audio: bool = False  # True: ``new_job`` also receives ``audio=`` the speech file's path
     default_batch_size: int = DEFAULT_BATCH
 
     @abstractmethod
     def new_job(self, *, fps: float, width: int, height: int) -> GeneratorJob:
-        """Fresh per-job state for a video of this frame rate and size."""
+        """Fresh per-job state for a video of this frame rate and size (and, for a generator
+        with ``needs_audio``, ``audio=``: the path of the job's speech file)."""
 
 
 def check_batch(frames: Frames, mels: np.ndarray, faces: Sequence[Face | None]) -> None:

@@ -19,11 +19,14 @@ log = logging.getLogger(__name__)
 def select_generator(options: RunOptions) -> tuple[Generator, str]:
     """Return the generator for ``options.model`` and a sentence saying why it was chosen.
 
-    ``wav2lip`` fails with WeightsUnavailable when no checkpoint resolves; ``auto`` falls
-    back to the weights-free baseline and says why in the reason.
+    ``wav2lip`` and ``latentsync`` fail with WeightsUnavailable when their weights do not
+    resolve; ``auto`` (which never picks LatentSync) falls back to the weights-free baseline
+    and says why in the reason.
     """
     if options.model in ("baseline", "passthrough"):
         return get_generator(options.model), f"{options.model} requested"
+    if options.model == "latentsync":  # never chosen by "auto": a diffusion model, slow without a GPU
+        return get_generator("latentsync", device=options.device), "latentsync requested"
     try:
         gen = get_generator("wav2lip", checkpoint=options.checkpoint, device=options.device,
                             pads=options.pads, batch_size=options.batch_size)
@@ -45,6 +48,7 @@ LAZY_MODULES = {
     "passthrough": ("pipeline.generators.passthrough", "PassthroughGenerator"),
     "baseline": ("pipeline.generators.baseline", "BaselineGenerator"),
     "wav2lip": ("pipeline.generators.wav2lip.generator", "make_wav2lip_generator"),
+    "latentsync": ("pipeline.generators.latentsync.generator", "make_latentsync_generator"),
 }
 
 

@@ -1,0 +1,169 @@
+"""The "latentsync" generator: LatentSync 1.5 behind the run loop's Generator interface.
+
+Per job, the speech file is decoded as whisper does and encoded once (:mod:`.audio_tokens`);
+per batch, every frame with a face is aligned to the 256 x 256 face (:mod:`.align`), the batch
+is sampled (:func:`.inference.lipsync_faces`: 16 frames per UNet call, DDIM, guidance) and each
+generated face goes back as a Patch whose alpha covers the mask's redrawn region only.
+
+Weights: :func:`pipeline.weights.resolve_latentsync` (``$LIPSYNC_LATENTSYNC_DIR``: the UNet,
+``whisper/tiny.pt``, the ``vae/`` diffusers folder). The models load once per process
+(:class:`pipeline.weights.ModelCache`). Sampling settings: keyword arguments of the factory, else
+``$LIPSYNC_LATENTSYNC_STEPS`` / ``_GUIDANCE`` / ``_SEED``, else 20 / 1.5 / 0.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from pipeline.device import choose_device, choose_dtype, configure_cpu_threads, gpu_lock
+from pipeline.faces.types import Face
+from pipeline.generators.base import Frames, Generator, GeneratorJob, check_batch
+from pipeline.generators.blend import Patch
+from pipeline.weights import ModelCache, ResolvedWeights, resolve_latentsync
+
+from .align import align_points, face_matrix, face_patch, warp_face
+from .audio_tokens import encoder_features, load_speech, tokens_at
+from .inference import lipsync_faces
+from .sampling import DEFAULT_GUIDANCE, DEFAULT_STEPS, FRAMES_PER_CALL, SamplingOptions
+from .unet import LatentSyncUNet, load_unet
+from .vae import FaceVae, load_vae
+from .whisper import WhisperEncoder, load_whisper_encoder
+
+log = logging.getLogger(__name__)
+
+STEPS_ENV = "LIPSYNC_LATENTSYNC_STEPS"
+GUIDANCE_ENV = "LIPSYNC_LATENTSYNC_GUIDANCE"
+SEED_ENV = "LIPSYNC_LATENTSYNC_SEED"
+MAX_MODELS = 1  # loaded model sets kept per process: the UNet alone is 2.5 GB in fp16
+PIXEL_SCALE = 127.5  # uint8 <-> [-1, 1]: x / 127.5 - 1 (the official normalisation)
+
+
+@dataclass(frozen=True)
+class LatentSyncModels:
+    unet: LatentSyncUNet
+    whisper: WhisperEncoder
+    vae: FaceVae
+
+
+_models: ModelCache[LatentSyncModels] = ModelCache(MAX_MODELS)
+
+
+def get_models(weights: dict[str, ResolvedWeights], *, device: torch.device, dtype: torch.dtype) -> LatentSyncModels:
+    """The process's models for ``weights`` on ``device``, loaded on first use (whisper in fp32)."""
+    key = (*((w.path, w.sha256) for w in weights.values()), str(device), dtype)
+
+    def load() -> LatentSyncModels:
+        unet = load_unet(None, weights["latentsync_unet"].path, device=device, dtype=dtype)
+        whisper = load_whisper_encoder(weights["latentsync_whisper"].path, device=device)
+        vae = load_vae(Path(weights["latentsync_vae"].path).parent, device=device, dtype=dtype)
+        return LatentSyncModels(unet=unet, whisper=whisper, vae=vae)
+
+    return _models.get(key, load)
+
+
+def clear_models() -> None:
+    """Forget the loaded models (tests; switching weights in a long-lived process)."""
+    _models.clear()
+
+
+def sampling_options(*, steps: int | None = None, guidance: float | None = None,
+                     seed: int | None = None) -> SamplingOptions:
+    """The arguments given, else the environment's settings, else the official defaults."""
+    env = os.environ
+    return SamplingOptions(
+        steps=steps if steps is not None else int(env.get(STEPS_ENV) or DEFAULT_STEPS),
+        guidance=guidance if guidance is not None else float(env.get(GUIDANCE_ENV) or DEFAULT_GUIDANCE),
+        seed=seed if seed is not None else int(env.get(SEED_ENV) or 0),
+    )
+
+
+def to_pixels(faces: Sequence[np.ndarray]) -> torch.Tensor:
+    """RGB uint8 (256, 256, 3) faces -> (n, 3, 256, 256) float32 in [-1, 1]."""
+    return torch.from_numpy(np.stack(faces)).permute(0, 3, 1, 2).float() / PIXEL_SCALE - 1.0  # (n, 3, 256, 256)
+
+
+def to_uint8(pixels: torch.Tensor) -> np.ndarray:
+    """(n, 3, 256, 256) in [-1, 1] -> RGB uint8 (n, 256, 256, 3), rounded."""
+    scaled = ((pixels.clamp(-1.0, 1.0) + 1.0) * PIXEL_SCALE).round().to(torch.uint8)
+    return scaled.permute(0, 2, 3, 1).numpy()  # (n, 256, 256, 3)
+
+
+class LatentSyncJob(GeneratorJob):
+    """Per job: the speech's whisper features and the index of the next output frame."""
+
+    def __init__(self, gen: LatentSyncGenerator, *, fps: float, audio: str | os.PathLike[str]) -> None:
+        self.gen = gen
+        self.fps = fps
+        self.features = encoder_features(gen.models.whisper, load_speech(audio))  # (T, 5, 384)
+        self.next_frame = 0
+
+    def process(self, frames: Frames, mels: np.ndarray, faces: Sequence[Face | None]) -> list[Patch | None]:
+        """One Patch per frame with a face inside the frame, None for the others."""
+        check_batch(frames, mels, faces)
+        first, self.next_frame = self.next_frame, self.next_frame + len(frames)
+        patches: list[Patch | None] = [None] * len(frames)
+        todo = []
+        for i, face in enumerate(faces):
+            if face is not None:
+                matrix = face_matrix(align_points(face))
+                aligned = warp_face(frames[i], matrix)
+                if aligned is not None:
+                    todo.append((i, matrix, aligned))
+        if not todo:
+            return patches
+        tokens = tokens_at(self.features, [first + i for i, _, _ in todo], fps=self.fps)  # (n, 50, 384)
+        with torch.inference_mode(), gpu_lock():
+            out = lipsync_faces(self.gen.models.unet, self.gen.models.vae, to_pixels([a for _, _, a in todo]),
+                                tokens, options=self.gen.options)  # (n, 3, 256, 256)
+        height, width = frames[todo[0][0]].shape[:2]
+        for (i, matrix, _), face_rgb in zip(todo, to_uint8(out)):
+            patches[i] = face_patch(face_rgb, matrix, width, height)
+        return patches
+
+
+class LatentSyncGenerator(Generator):
+    """LatentSync 1.5 with the weights :func:`pipeline.weights.resolve_latentsync` finds."""
+
+    name = "latentsync"
+    needs_faces = True
+    needs_track_landmarks = True  # the alignment uses the brows and the nose
+    needs_mels = False  # whisper tokens from the speech file instead
+    needs_audio = True
+    default_batch_size = FRAMES_PER_CALL  # one UNet chunk per batch
+
+    def __init__(self, *, device: str = "auto", weights_dir: str | os.PathLike[str] | None = None,
+                 options: SamplingOptions | None = None, allow_download: bool = True) -> None:
+        self.device = choose_device(device)
+        if self.device.type == "cpu":
+            configure_cpu_threads()
+        self.dtype = choose_dtype(self.device)
+        self.weights = resolve_latentsync(weights_dir, allow_download=allow_download)
+        self.options = options or sampling_options()
+        self.models = get_models(self.weights, device=self.device, dtype=self.dtype)
+
+    def checkpoint_info(self) -> dict[str, str]:
+        """Which UNet produced the video: {"path", "sha256", "source"}."""
+        unet = self.weights["latentsync_unet"]
+        return {"path": unet.path, "sha256": unet.sha256, "source": unet.source}
+
+    def new_job(self, *, fps: float, width: int, height: int,  # type: ignore[override]
+                audio: str | os.PathLike[str] | None = None) -> LatentSyncJob:
+        if audio is None:
+            raise ValueError("the latentsync generator needs the speech file: new_job(..., audio=PATH)")
+        return LatentSyncJob(self, fps=fps, audio=audio)
+
+
+def make_latentsync_generator(*, device: str = "auto", weights_dir: str | os.PathLike[str] | None = None,
+                              steps: int | None = None, guidance: float | None = None, seed: int | None = None,
+                              allow_download: bool = True) -> LatentSyncGenerator:
+    """The entry point ``get_generator("latentsync", ...)`` calls. Raises WeightsUnavailable
+    (a file not found anywhere) and WeightsInvalid (a file that does not fit)."""
+    return LatentSyncGenerator(device=device, weights_dir=weights_dir, allow_download=allow_download,
+                               options=sampling_options(steps=steps, guidance=guidance, seed=seed))
