@@ -11,13 +11,12 @@ from __future__ import annotations
 import functools
 import logging
 import os
-import subprocess
 
 import numpy as np
 from scipy import signal
 
-from pipeline.errors import FFmpegError, InvalidMedia
-from pipeline.media.ffmpeg import STDERR_TAIL, base_cmd, input_args
+from pipeline.errors import InvalidMedia
+from pipeline.media.ffmpeg import ffmpeg_output, input_args
 from pipeline.media.probe import MediaInfo, probe, require_stream
 
 log = logging.getLogger(__name__)
@@ -57,19 +56,11 @@ def load_audio(path: str | os.PathLike[str], *, info: MediaInfo | None = None,
     name = os.path.basename(path)
     info = info or probe(path)
     require_stream(info, "audio")
-    cmd = [*base_cmd(), "-loglevel", "error", *input_args(path), "-map", "0:a:0", "-vn", "-sn", "-dn",
-           "-af", _mono_16k_filter(info.audio.channels), "-ac", "1", "-f", "f32le", "pipe:1"]
-    log.debug("audio: %s", " ".join(cmd))
-    try:
-        proc = subprocess.run(cmd, capture_output=True, timeout=timeout, check=False)
-    except subprocess.TimeoutExpired as exc:
-        raise FFmpegError(f"decoding the audio of {name}: ffmpeg ran past {timeout:.0f} s") from exc
-    if proc.returncode != 0:
-        stderr = proc.stderr.decode("utf-8", "replace").replace(path, name)
-        raise FFmpegError(f"decoding the audio of {name} failed (ffmpeg exit {proc.returncode}): "
-                          f"{stderr[-STDERR_TAIL:].strip()}")
-    usable = len(proc.stdout) // 4 * 4
-    wav = np.frombuffer(proc.stdout[:usable], dtype="<f4").astype(np.float32)  # (N,), a writable copy
+    out, _ = ffmpeg_output([*input_args(path), "-map", "0:a:0", "-vn", "-sn", "-dn",
+                            "-af", _mono_16k_filter(info.audio.channels), "-ac", "1", "-f", "f32le", "pipe:1"],
+                           what=f"decoding the audio of {name}", timeout=timeout, hide=path)
+    usable = len(out) // 4 * 4
+    wav = np.frombuffer(out[:usable], dtype="<f4").astype(np.float32)  # (N,), a writable copy
     if wav.size == 0:
         raise InvalidMedia(f"{name}: has no audio samples")
     if not np.isfinite(wav).all():  # the output mux would fail on them after all the work

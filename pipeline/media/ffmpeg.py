@@ -73,8 +73,17 @@ def base_cmd() -> list[str]:
     return [ffmpeg_exe(), "-hide_banner", "-nostdin", "-y"]
 
 
-def run_ffmpeg(args: Sequence[str], *, what: str, timeout: float | None = None) -> str:
+def run_ffmpeg(args: Sequence[str], *, what: str, timeout: float | None = None,
+               hide: str | None = None) -> str:
     """Run ffmpeg with ``args`` (after the common flags); return stderr; raise FFmpegError."""
+    return ffmpeg_output(args, what=what, timeout=timeout, hide=hide)[1]
+
+
+def ffmpeg_output(args: Sequence[str], *, what: str, timeout: float | None = None,
+                  hide: str | None = None) -> tuple[bytes, str]:
+    """Run ffmpeg with ``args`` (after the common flags): (stdout, stderr). Raises FFmpegError
+    naming ``what`` with the tail of ffmpeg's stderr, in which ``hide`` (an input's full
+    path) is replaced by its base name."""
     cmd = [*base_cmd(), "-loglevel", "error", *args]
     log.debug("ffmpeg: %s", " ".join(cmd))
     try:
@@ -82,9 +91,11 @@ def run_ffmpeg(args: Sequence[str], *, what: str, timeout: float | None = None) 
     except subprocess.TimeoutExpired as exc:
         raise FFmpegError(f"{what}: ffmpeg ran past {timeout:.0f} s") from exc
     stderr = proc.stderr.decode("utf-8", "replace")
+    if hide:
+        stderr = stderr.replace(hide, os.path.basename(hide))
     if proc.returncode != 0:
         raise FFmpegError(f"{what} failed (ffmpeg exit {proc.returncode}): {stderr[-STDERR_TAIL:].strip()}")
-    return stderr
+    return proc.stdout, stderr
 
 
 def rate_str(fps: float) -> str:

@@ -16,13 +16,12 @@ import functools
 import logging
 import math
 import os
-import subprocess
 
 import numpy as np
 import torch
 
-from pipeline.errors import FFmpegError, InvalidMedia
-from pipeline.media.ffmpeg import STDERR_TAIL, base_cmd, input_args
+from pipeline.errors import InvalidMedia
+from pipeline.media.ffmpeg import ffmpeg_output, input_args
 
 from .whisper import WhisperEncoder
 
@@ -56,19 +55,11 @@ def load_speech(path: str | os.PathLike[str], *, timeout: float = DECODE_TIMEOUT
     """
     path = os.fspath(path)
     name = os.path.basename(path)
-    cmd = [*base_cmd(), "-loglevel", "error", "-threads", "0", *input_args(path), "-map", "0:a:0", "-vn",
-           "-f", "s16le", "-acodec", "pcm_s16le", "-ac", "1", "-ar", str(SAMPLE_RATE), "pipe:1"]
-    log.debug("latentsync audio: %s", " ".join(cmd))
-    try:
-        proc = subprocess.run(cmd, capture_output=True, timeout=timeout, check=False)
-    except subprocess.TimeoutExpired as exc:
-        raise FFmpegError(f"decoding the audio of {name}: ffmpeg ran past {timeout:.0f} s") from exc
-    if proc.returncode != 0:
-        stderr = proc.stderr.decode("utf-8", "replace").replace(path, name)
-        raise FFmpegError(f"decoding the audio of {name} failed (ffmpeg exit {proc.returncode}): "
-                          f"{stderr[-STDERR_TAIL:].strip()}")
-    usable = len(proc.stdout) // 2 * 2
-    wav = np.frombuffer(proc.stdout[:usable], dtype="<i2").astype(np.float32) / INT16_SCALE  # (N,)
+    out, _ = ffmpeg_output(["-threads", "0", *input_args(path), "-map", "0:a:0", "-vn", "-f", "s16le",
+                            "-acodec", "pcm_s16le", "-ac", "1", "-ar", str(SAMPLE_RATE), "pipe:1"],
+                           what=f"decoding the audio of {name}", timeout=timeout, hide=path)
+    usable = len(out) // 2 * 2
+    wav = np.frombuffer(out[:usable], dtype="<i2").astype(np.float32) / INT16_SCALE  # (N,)
     if wav.size == 0:
         raise InvalidMedia(f"{name}: has no audio samples")
     return wav
