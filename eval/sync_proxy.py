@@ -29,7 +29,7 @@ from __future__ import annotations
 import functools
 import json
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -38,8 +38,9 @@ from threadpoolctl import threadpool_limits
 from eval.proxy_features import (AUDIO_NAMES, MOUTH_NAMES, MOVEMENT_FLOOR, MouthFrames, audio_features,
                                  fill, standardise)
 from eval.proxy_features import speech_envelope as speech_envelope  # re-exported: the v1 measure
-from eval.results import PROXY_METRICS, Score, nulls
+from eval.results import PROXY_METRICS, Score, Scores, nulls
 from pipeline.faces.types import Face
+from pipeline.options import SPEECH_ENERGY_MODELS
 
 MAX_LAG = 15  # frames each way: 31 lags, SyncNet's search range
 MIN_FRAMES = 2 * MAX_LAG + 10  # frames needed for a meaningful correlation at every lag
@@ -49,6 +50,9 @@ RIDGE = 1.0  # added to each (standardised) feature's variance before whitening
 HIGHPASS_S = 1.0  # seconds of the centred moving average removed from every measure
 NULL_MIN_SHIFT = MAX_LAG + 1  # circular shifts of the permutation null: beyond the lag range
 CALIBRATION_FILE = Path(__file__).with_name("proxy_calibration.json")
+SAME_ENERGY_CAUTION = ("the {model} generator drives the mouth from the same speech energy this proxy "
+                       "reads, so its proxy scores are high by construction: compare it with other "
+                       "settings on LSE or by eye, never on the proxy alone")
 
 CONVENTION = {
     "kind": "proxy (not LSE): mouth measures vs speech measures, held-out CCA per lag",
@@ -266,3 +270,18 @@ def proxy_scores(mouths: MouthFrames, reason: str | None, wav: np.ndarray | None
         Score("sync_proxy_offset", None, res.low_confidence_reason(), offset_conv)
     return [Score("sync_proxy_corr", res.corr, None, conv), offset,
             Score("sync_proxy_conf", res.confidence, None, {**conv, "unit": "permutation z of the peak lag"})]
+
+
+def proxy_caution(model: str | None) -> str | None:
+    """The caution that goes with the proxy scores of a video made by ``model``, or None."""
+    return SAME_ENERGY_CAUTION.format(model=model) if model in SPEECH_ENERGY_MODELS else None
+
+
+def with_caution(scores: Scores, model: str | None) -> Scores:
+    """``scores`` with the proxy's conventions carrying :func:`proxy_caution` of ``model``."""
+    caution = proxy_caution(model)
+    if caution is None:
+        return scores
+    marked = tuple(replace(s, convention={**s.convention, "caution": caution}) if s.metric in PROXY_METRICS
+                   else s for s in scores.scores)
+    return replace(scores, scores=marked)
