@@ -49,6 +49,8 @@ GUARD = 3  # frames left out of the training set either side of the held-out blo
 RIDGE = 1.0  # added to each (standardised) feature's variance before whitening
 HIGHPASS_S = 1.0  # seconds of the centred moving average removed from every measure
 NULL_MIN_SHIFT = MAX_LAG + 1  # circular shifts of the permutation null: beyond the lag range
+MIN_NULL_SHIFTS = 50  # fewer null shifts estimate the confidence too loosely to report an offset
+MIN_CONFIDENT_FRAMES = 2 * NULL_MIN_SHIFT + MIN_NULL_SHIFTS - 1  # 81 frames: 3.2 s at 25 fps
 CALIBRATION_FILE = Path(__file__).with_name("proxy_calibration.json")
 SAME_ENERGY_CAUTION = ("the {model} generator drives the mouth from the same speech energy this proxy "
                        "reads, so its proxy scores are high by construction: compare it with other "
@@ -68,6 +70,8 @@ CONVENTION = {
                   f"projections' correlations with the audio's circularly shifted by {NULL_MIN_SHIFT}.."
                   f"N-{NULL_MIN_SHIFT} frames",
     "offset_sign": "positive = audio leads video (SyncNet's AV offset sign)",
+    "offset_reported": f"when the confidence reaches the calibrated threshold, the clip has at least "
+                       f"{MIN_CONFIDENT_FRAMES} frames and the mouth moves (std of open >= {MOVEMENT_FLOOR})",
 }
 
 
@@ -99,10 +103,11 @@ class ProxyResult:
     threshold: float
     curve: np.ndarray  # (2 MAX_LAG + 1,) held-out correlation at lag -MAX_LAG..MAX_LAG (video i vs audio i + lag)
     still: bool = False  # the mouth does not move: no offset can be read
+    frames: int = MIN_CONFIDENT_FRAMES  # frames compared
 
     @property
     def confident(self) -> bool:
-        return not self.still and self.confidence >= self.threshold
+        return not self.still and self.frames >= MIN_CONFIDENT_FRAMES and self.confidence >= self.threshold
 
     @property
     def offset(self) -> int | None:
@@ -112,6 +117,8 @@ class ProxyResult:
     def low_confidence_reason(self) -> str:
         """Why :attr:`offset` is None, with the figures."""
         why = "the mouth does not move; " if self.still else ""
+        if self.frames < MIN_CONFIDENT_FRAMES:
+            why += f"{self.frames} frames, too few for a confident offset (need {MIN_CONFIDENT_FRAMES}); "
         return (f"n/a (low confidence: {why}{self.confidence:.2f} < {self.threshold:.2f}; "
                 f"the peak would be {self.peak_offset:+d} frames)")
 
@@ -247,7 +254,7 @@ def sync_proxy(mouth: np.ndarray, wav: np.ndarray, fps: float, *,
         conf = shift_null_z(*heldout_projections(*_overlap(video, audio, peak_lag)))
     raw = -(_peak(curve) - MAX_LAG)
     return ProxyResult(float(curve.max()), int(round(raw - calib.lead_s * fps)), raw, conf,
-                       calib.threshold, curve, still=still)
+                       calib.threshold, curve, still=still, frames=n)
 
 
 def proxy_scores(mouths: MouthFrames, reason: str | None, wav: np.ndarray | None,
