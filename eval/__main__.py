@@ -1,4 +1,5 @@
-"""CLI: ``python -m eval score ORIGINAL GENERATED [--audio AUDIO] [--json]``.
+"""CLI: ``python -m eval score ORIGINAL GENERATED [--audio AUDIO] [--json]``, and
+``python -m eval calibrate-proxy [--media DIR] [--write]`` (``eval.calibrate``).
 
 Prints every metric (or the reason it is n/a) and exits 0; a metric that cannot be
 computed (no SyncNet weights, no face) is not a failure. Exits 2 when the inputs cannot
@@ -13,6 +14,7 @@ import logging
 import sys
 from collections.abc import Sequence
 
+from eval import calibrate
 from eval.results import Scores
 from pipeline.errors import LipSyncError
 
@@ -32,7 +34,8 @@ def _format(scores: Scores) -> str:
     lines.append(f"{'frames':<18} {facts.get('compared_frames')} compared "
                  f"(original {facts.get('original_frames')}, generated {facts.get('generated_frames')}); "
                  f"{facts.get('alignment')}")
-    lines.append("sync_proxy_* is a weights-free proxy (mouth opening vs speech envelope), not LSE")
+    lines.append("sync_proxy_* is a weights-free proxy (mouth measures vs speech measures), not LSE; "
+                 "its offset is n/a below the calibrated confidence (docs/PROXY_CALIBRATION.md)")
     return "\n".join(lines) + "\n"
 
 
@@ -48,9 +51,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--device", default="cpu", help="torch device for SyncNet (default cpu)")
     p.add_argument("--json", action="store_true", help="print scores, conventions and versions as JSON")
     p.add_argument("-v", "--verbose", action="store_true", help="log progress to stderr")
+    calibrate.add_parser(sub)
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
-                        format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(level=logging.INFO if getattr(args, "verbose", False) or args.command != "score"
+                        else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    if args.command == "calibrate-proxy":
+        return calibrate.run(args)
 
     from eval.score import score_videos
 

@@ -19,7 +19,7 @@ from typing import Any
 
 LSE_METRICS = ("lse_d", "lse_c", "av_offset")
 QUALITY_METRICS = ("psnr_full", "ssim_full", "psnr_face", "ssim_face")
-PROXY_METRICS = ("sync_proxy_corr", "sync_proxy_offset")
+PROXY_METRICS = ("sync_proxy_corr", "sync_proxy_offset", "sync_proxy_conf")
 METRICS = LSE_METRICS + QUALITY_METRICS + PROXY_METRICS
 
 # distributions whose versions change a score (looked up, never imported, by versions())

@@ -40,7 +40,7 @@ import logging
 import os
 import tempfile
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import closing
 from dataclasses import dataclass, field
@@ -51,9 +51,9 @@ import numpy as np
 from eval import frames as frames_mod
 from eval import inputs, lse, quality
 from eval.frames import align, generated_frames, original_samples
-from eval.results import LSE_METRICS, PROXY_METRICS, QUALITY_METRICS, Score, Scores, nulls, versions
-from eval.sync_proxy import CONVENTION as PROXY_CONVENTION
-from eval.sync_proxy import mouth_openings, sync_proxy
+from eval.results import LSE_METRICS, QUALITY_METRICS, Score, Scores, nulls, versions
+from eval.proxy_features import MouthFrames, mouth_patch
+from eval.sync_proxy import proxy_scores
 from pipeline.errors import NoFaceFound
 from pipeline.faces.types import LANDMARK_FACE_PX, LANDMARK_MARGIN, Face
 from pipeline.device import configure_opencv_threads
@@ -85,7 +85,8 @@ def score_videos(original: str | os.PathLike[str], generated: str | os.PathLike[
                  audio: str | os.PathLike[str] | None = None, track: Track | None = None,
                  syncnet_checkpoint: str | os.PathLike[str] | None = None,
                  device: str = "cpu", originals: Mapping[int, YuvFrame] | None = None,
-                 speech: np.ndarray | None = None) -> Scores:
+                 speech: np.ndarray | None = None,
+                 on_mouths: Callable[[MouthFrames], None] | None = None) -> Scores:
     """Every metric of ``generated`` against ``original`` (see the module doc).
 
     ``audio`` defaults to the generated video's own audio track; ``track`` is the
@@ -94,6 +95,8 @@ def score_videos(original: str | os.PathLike[str], generated: str | os.PathLike[
     (a job's ``RunResult.originals``, see :func:`sample_frames`): those are not decoded again.
     ``speech`` is ``audio`` already decoded to 16 kHz mono (a job's ``RunResult.speech``, by
     the same ``load_audio``): it is scored against instead of decoding ``audio`` again.
+    ``on_mouths`` is called with the generated video's mouth measures when the proxy has
+    them (the calibration, ``eval.calibrate``, re-reads them against shifted speech).
     Raises InvalidMedia when the videos cannot be aligned.
     """
     t0 = time.perf_counter()
@@ -149,7 +152,10 @@ def score_videos(original: str | os.PathLike[str], generated: str | os.PathLike[
     scores += _lse_scores(model, lse_reason, walk.crops, wav, al.fps)
     seconds["lse"] = time.perf_counter() - t
     t = time.perf_counter()
-    scores += _proxy_scores(walk.opened, proxy_reason, wav, al.fps)
+    mouths = MouthFrames(tuple(walk.opened), walk.patches, al.fps)
+    if on_mouths is not None and proxy_reason is None and walk.opened:
+        on_mouths(mouths)
+    scores += proxy_scores(mouths, proxy_reason, wav, _landmark_note())
     seconds["proxy"] = time.perf_counter() - t
     seconds["total"] = time.perf_counter() - t0
     facts["seconds"] = {k: round(v, 4) for k, v in seconds.items()}
@@ -168,6 +174,7 @@ class _FramePass:
     n_orig: int
     params: np.ndarray | None  # SyncNet crop parameters per frame, None without SyncNet
     opened: list[Face | None] = field(default_factory=list)  # landmarks; None between fitted frames
+    patches: dict[int, np.ndarray | None] = field(default_factory=dict)  # grey mouth patches, fitted frames
     crops: list[np.ndarray] = field(default_factory=list)
     n_gen: int = 0
 
@@ -219,8 +226,11 @@ class _FramePass:
                 if self.samples and i <= self.samples[-1] and i in self.acc.wanted:
                     self._compare(i, g)
                 if self.landmarker is not None:
-                    fitted = face is not None and landmark_frame(i, self.al.fps)
-                    self.opened.append(self.landmarker.landmarks_in(g, face) if fitted else None)
+                    fitted = None
+                    if face is not None and landmark_frame(i, self.al.fps):
+                        fitted = self.landmarker.landmarks_in(g, face)
+                        self.patches[i] = mouth_patch(g.planes()[0], fitted)
+                    self.opened.append(fitted)
                 if self.params is not None:
                     cx, cy, s = self.params[min(i, len(self.params) - 1)]
                     self.crops.append(lse.face_crop(g, cx, cy, s))
@@ -242,6 +252,7 @@ class _FramePass:
                     face = self.faces.get(i)
                     if face is not None:
                         fits[i] = frames_mod.fit_in_region(self.landmarker, luma, face, region[:2], scale)
+                        self.patches[i] = mouth_patch(luma.y, fits[i], region[:2], scale)
             self.n_gen = frames_mod.counted_frames(count)
             for j, gj in whole.ready():
                 self._compare(j, gj)  # the rest, now that ffmpeg has exited
@@ -370,20 +381,11 @@ def _lse_scores(model, reason: str | None, crops: list[np.ndarray], wav: np.ndar
             Score("av_offset", float(res.offset), None, {**conv, "unit": "frames at 25 fps, + = audio leads"})]
 
 
-def _proxy_scores(faces: list[Face | None], reason: str | None, wav: np.ndarray | None,
-                  fps: float) -> list[Score]:
-    conv = {**PROXY_CONVENTION, "fps": fps,
-            "landmark_frames": f"{LANDMARK_RATE_HZ:g} generated frames a second (frame i where floor(i * "
-                               f"{LANDMARK_RATE_HZ:g} / fps) steps up: 0, 2, 4, ... at 25 fps) at the "
-                               f"compared size, fitted in the original's tracked box grown by "
-                               f"{LANDMARK_MARGIN:g} of its size per side, on its grey crop scaled so the "
-                               f"face is at most {LANDMARK_FACE_PX} px wide (FaceTracker.landmarks_in); "
-                               f"openings of the other frames linearly interpolated"}
-    if reason is not None or wav is None:
-        return nulls(PROXY_METRICS, reason or "n/a (no audio)", conv)
-    try:
-        corr, offset, _ = sync_proxy(mouth_openings(faces), wav, fps)
-    except ValueError as exc:
-        return nulls(PROXY_METRICS, f"n/a ({exc})", conv)
-    return [Score("sync_proxy_corr", corr, None, conv),
-            Score("sync_proxy_offset", float(offset), None, {**conv, "unit": "frames, + = audio leads"})]
+def _landmark_note() -> str:
+    """How the proxy's landmark frames are chosen and fitted, for its convention."""
+    return (f"{LANDMARK_RATE_HZ:g} generated frames a second (frame i where floor(i * "
+            f"{LANDMARK_RATE_HZ:g} / fps) steps up: 0, 2, 4, ... at 25 fps) at the "
+            f"compared size, fitted in the original's tracked box grown by "
+            f"{LANDMARK_MARGIN:g} of its size per side, on its grey crop scaled so the "
+            f"face is at most {LANDMARK_FACE_PX} px wide (FaceTracker.landmarks_in); "
+            f"measures of the other frames linearly interpolated")

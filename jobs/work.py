@@ -43,9 +43,11 @@ def score_result(video: str | os.PathLike[str], audio: str | os.PathLike[str],
                  result: RunResult) -> Any:
     """Scores of ``result`` against the original, reusing what the run decoded for it."""
     from eval.score import score_videos
+    from eval.sync_proxy import with_caution
 
-    return score_videos(video, result.output_path, audio=audio, track=result.track,
-                        originals=result.originals, speech=result.speech)
+    scores = score_videos(video, result.output_path, audio=audio, track=result.track,
+                          originals=result.originals, speech=result.speech)
+    return with_caution(scores, result.model_used)  # the baseline's proxy reads its own drive
 
 
 def scored_frames(n_frames: int) -> set[int]:

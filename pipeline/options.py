@@ -9,6 +9,9 @@ from typing import Any
 from pipeline.media.probe import Limits
 
 MODELS = ("auto", "wav2lip", "latentsync", "baseline", "passthrough")
+# generators that drive the mouth from the speech energy the weights-free sync proxy reads
+# (eval/sync_proxy.py): the proxy rewards them by construction, so their proxy scores carry a caution
+SPEECH_ENERGY_MODELS = frozenset({"baseline"})
 LOOP_MODES = ("pingpong", "loop")
 DEFAULT_PADS = (0, 10, 0, 0)  # top, bottom, left, right: Wav2Lip's defaults, in pixels
 TRACK_LONG_SIDE = 384  # px: faces are tracked on frames scaled to this long side (never upscaled)

@@ -123,6 +123,10 @@ def _report(store: JobStore, args: argparse.Namespace) -> None:
         if frame is not None:
             print(_table(frame, index=frame.index.name is not None or isinstance(frame.index, pd.MultiIndex)))
         print()
+    if "caution" in rep.trends and rep.trends["caution"].any():
+        for model in sorted(set(rep.trends.loc[rep.trends["caution"].astype(bool), "model"])):
+            print(f"PROXY CAUTION: {model} drives the mouth from the speech energy {rep.metric} reads "
+                  "(weights-free proxy, not LSE): never rank it above another model on the proxy alone")
     for row in rep.alerts.itertuples():
         print(f"QUALITY ALERT: {row.model} mean {rep.metric} {row.mean:.3f} moved {row.change:+.1%} "
               f"against its previous window ({'worse' if row.worse else 'better'})")

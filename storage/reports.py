@@ -17,6 +17,10 @@ Conventions:
   jobs aligned to the newest (so the latest window is always full; the oldest may be
   short). A window is flagged when its mean moves more than ``threshold`` (5%) against the
   previous window's mean; ``worse`` says whether the move is a regression.
+- Trends of a sync proxy score (``sync_proxy_*``, weights-free, not LSE) also carry the
+  window's mean proxy confidence (``conf_mean``) and ``caution``: the model drives the mouth
+  from the speech energy the proxy reads (pipeline.options.SPEECH_ENERGY_MODELS), so its
+  proxy is high by construction and must not rank it above another model.
 """
 
 from __future__ import annotations
@@ -31,12 +35,14 @@ import numpy as np
 import pandas as pd
 from sqlite_utils import Database
 
+from pipeline.options import SPEECH_ENERGY_MODELS
 from storage.jobs import JobStore
 
 GPU_HOUR_USD_ENV = "LIPSYNC_GPU_HOUR_USD"
 DEFAULT_GPU_HOUR_USD = 2.50  # $/hour of one rented GPU
 COST_TARGET_USD = 0.50  # the seed's target cost per generated video
 QUALITY_METRIC = "lse_d"  # eval's metric name for LSE-D
+PROXY_PREFIX, PROXY_CONF = "sync_proxy_", "sync_proxy_conf"  # eval's sync proxy scores
 QUALITY_THRESHOLD = 0.05  # 5%: relative move of a window's mean that raises the alert
 LOWER_IS_BETTER = frozenset({"lse_d"})  # every other metric: higher is better
 TIME_COLUMNS = ("created_at", "started_at", "finished_at", "interrupted_at")
@@ -228,7 +234,10 @@ def score_trends(scores: pd.DataFrame, *, metric: str = QUALITY_METRIC, window: 
         raise ValueError(f"window must be at least 1 job, got {window}")
     if alert_on not in ("both", "worse"):
         raise ValueError(f"alert_on must be 'both' or 'worse', got {alert_on!r}")
+    proxy = metric.startswith(PROXY_PREFIX)
     cols = ["model", "window", "first", "last", "n", "mean", "change", "worse", "alert"]
+    cols += ["conf_mean", "caution"] if proxy else []
+    conf = scores[scores["metric"] == PROXY_CONF].set_index("job_id")["value"]
     sub = scores[(scores["metric"] == metric) & scores["value"].notna()]
     rows = []
     for model, group in sub.groupby("model", sort=True):
@@ -243,7 +252,9 @@ def score_trends(scores: pd.DataFrame, *, metric: str = QUALITY_METRIC, window: 
             alert = bool(abs(change) > threshold) and (alert_on == "both" or worse)
             rows.append({"model": model, "window": int(w), "first": part["created_at"].min(),
                          "last": part["created_at"].max(), "n": len(part), "mean": mean,
-                         "change": change, "worse": worse, "alert": alert})
+                         "change": change, "worse": worse, "alert": alert,
+                         "conf_mean": float(part["job_id"].map(conf).mean()) if proxy else None,
+                         "caution": model in SPEECH_ENERGY_MODELS if proxy else None})
             prev = mean
     return pd.DataFrame(rows, columns=cols)
 

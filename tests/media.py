@@ -19,8 +19,8 @@ FACE_SIZE = 384  # px, square frames; the face is ~125 px wide at this size
 FACE_CROP = (104, 8, 272)  # x0, y0, side of the astronaut photo's head-and-shoulders crop
 # The sync proxy of face_video(seconds=2.0) muxed with speech_like(3.0) (its mouth does not
 # move: landmark jitter only): measured values that pin the computation, not a meaning.
-STILL_FACE_PROXY_CORR = 0.389
-STILL_FACE_PROXY_OFFSET = -15
+STILL_FACE_PROXY_CORR = 0.478
+STILL_FACE_PROXY_CONF = 3.84
 
 
 def face_frame(i: int, *, size: int = FACE_SIZE) -> np.ndarray:

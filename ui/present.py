@@ -9,6 +9,8 @@ from typing import Any
 import gradio as gr
 import pandas as pd
 
+from eval.sync_proxy import proxy_caution
+
 # metric -> (what it is, which way is better); conventions come with each score.
 METRICS = {
     "lse_d": ("LSE-D: SyncNet audio-video distance at the best offset", "lower is better"),
@@ -18,9 +20,12 @@ METRICS = {
     "ssim_full": ("SSIM full frame vs the original (Wang 2004)", "higher = closer to the original"),
     "psnr_face": ("PSNR lower-face crop vs the original, dB", "higher = closer to the original"),
     "ssim_face": ("SSIM lower-face crop vs the original", "higher = closer to the original"),
-    "sync_proxy_corr": ("Sync proxy: mouth motion vs audio energy correlation (weights-free)",
-                        "higher is better"),
-    "sync_proxy_offset": ("Sync proxy best lag, in video frames", "0 = in sync"),
+    "sync_proxy_corr": ("Sync proxy (weights-free, not LSE): held-out correlation of mouth and "
+                        "speech measures at the best lag", "higher is better"),
+    "sync_proxy_offset": ("Sync proxy best lag, in video frames (n/a below the confidence threshold)",
+                          "0 = in sync"),
+    "sync_proxy_conf": ("Sync proxy confidence (permutation z of the peak, like LSE-C; the offset is "
+                        "shown at or above the calibrated threshold)", "higher = more distinct"),
 }
 SCORE_COLUMNS = ["metric", "value", "better", "meaning"]
 TIMING_COLUMNS = ["stage", "seconds", "start_s"]
@@ -54,6 +59,9 @@ def scores_table(rows: Iterable[Mapping[str, Any]]) -> pd.DataFrame:
         meaning, better = METRICS.get(metric, (metric, ""))
         value = r.get("value")
         shown = na_text(r.get("reason")) if value is None else _fmt(float(value), 4)
+        caution = (r.get("convention") or {}).get("caution")
+        if caution:
+            meaning = f"{meaning}. CAUTION: {caution}"
         out.append({"metric": metric, "value": shown, "better": better, "meaning": meaning})
     return pd.DataFrame(out, columns=SCORE_COLUMNS)
 
@@ -94,8 +102,10 @@ def stages_table(stages: Iterable[Mapping[str, Any]]) -> pd.DataFrame:
 def outcome_markdown(*, job_id: str, model_used: str, model_reason: str, frames: int,
                      frames_without_face: int, total_s: float) -> str:
     weights_free = " (weights-free stand-in, not a neural lip-sync)" if model_used == "baseline" else ""
+    caution = proxy_caution(model_used)
     lines = [f"**Job** `{job_id}`",
              f"**Model used:** {model_used}{weights_free} ({model_reason})",
+             *([f"**Sync proxy caution:** {caution}"] if caution else []),
              f"**Frames:** {frames}, of which {frames_without_face} had no face and were left untouched",
              f"**Time:** {total_s:.2f} s"]
     return "  \n".join(lines)
