@@ -31,17 +31,22 @@ TEMPLATE_SCALE = 2.8  # the official AlignRestore's ratio for a 256 resolution
 TEMPLATE = np.array([[17.0, 20.0], [58.0, 20.0], [37.5, 40.0]]) * TEMPLATE_SCALE
 CROP_SIZE = (int(75 * TEMPLATE_SCALE), int(100 * TEMPLATE_SCALE))  # (210, 280) = (w, h), resized to 256 x 256
 FILL = (127, 127, 127)  # the official fill outside the frame
-LEFT_BROW, RIGHT_BROW, NOSE = slice(17, 22), slice(22, 27), slice(27, 36)  # iBUG-68 indices
+LEFT_BROW, RIGHT_BROW, NOSE = slice(17, 22), slice(22, 27), slice(27, 36)  # iBUG-68 indices (dlib, InsightFace 1k3d68)
+# InsightFace's 106-point layout (2d106det), the official LatentSync's own points
+LEFT_BROW_106, RIGHT_BROW_106, NOSE_106 = [43, 48, 49, 51, 50], list(range(101, 106)), [74, 77, 83, 86]
 BOX_POINTS = np.array([[0.3, 0.3], [0.7, 0.3], [0.5, 0.55]])  # brows and nose as fractions of a box (no landmarks)
 ALPHA_ERODE = 9  # px of the 256 face the alpha is pulled inside the redrawn region
 ALPHA_BLUR = 7.0  # px sigma of the alpha's feather in the 256 face
 
 
 def align_points(face: Face) -> np.ndarray:
-    """(3, 2) frame points: left brow centre, right brow centre, nose centre."""
-    if face.landmarks is not None and len(face.landmarks) == 68:
+    """(3, 2) frame points: left brow centre, right brow centre, nose centre, from 68 landmarks
+    (dlib's or InsightFace's 1k3d68) or 106 (InsightFace's 2d106det, the official's indices); from
+    the box where there are none."""
+    if face.landmarks is not None and len(face.landmarks) in (68, 106):
         lm = np.asarray(face.landmarks, np.float64)
-        return np.stack([lm[LEFT_BROW].mean(0), lm[RIGHT_BROW].mean(0), lm[NOSE].mean(0)])
+        brows_nose = (LEFT_BROW, RIGHT_BROW, NOSE) if len(lm) == 68 else (LEFT_BROW_106, RIGHT_BROW_106, NOSE_106)
+        return np.stack([lm[part].mean(0) for part in brows_nose])
     x1, y1, x2, y2 = face.box
     return np.array([x1, y1]) + BOX_POINTS * np.array([x2 - x1, y2 - y1])
 
