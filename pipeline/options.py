@@ -12,6 +12,8 @@ MODELS = ("auto", "wav2lip", "latentsync", "baseline", "passthrough")
 LOOP_MODES = ("pingpong", "loop")
 DEFAULT_PADS = (0, 10, 0, 0)  # top, bottom, left, right: Wav2Lip's defaults, in pixels
 TRACK_LONG_SIDE = 384  # px: faces are tracked on frames scaled to this long side (never upscaled)
+DEFAULT_STEPS = 20  # LatentSync's official DDIM steps: timesteps 951, 901, ..., 1
+DEFAULT_GUIDANCE = 1.5  # LatentSync's official classifier-free guidance scale
 MAX_STEPS = 1000  # LatentSync DDIM steps: at most the scheduler's 1,000 training timesteps
 MAX_GUIDANCE = 20.0  # LatentSync classifier-free guidance scale (<= 1: no guidance)
 MAX_SEED = 2**32 - 1
