@@ -21,7 +21,7 @@ from .vae import DOWNSCALE
 
 log = logging.getLogger(__name__)
 
-PROBE_FRAMES = 4  # frames of the timed call (the cost grows linearly in frames; 16 is a whole chunk)
+PROBE_FRAMES = 2  # frames of the timed call (the cost grows linearly in frames: a short call suffices)
 FACE_SIZE = 256  # the aligned face: latents of 256 / 8 = 32 x 32
 AUDIO_TOKENS = 50  # tokens per frame (whisper: 5 layers x 10 positions)
 TIMESTEP = 500  # any timestep costs the same

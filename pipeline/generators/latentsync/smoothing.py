@@ -15,9 +15,9 @@ import math
 
 import numpy as np
 
-MIN_CUTOFF_HZ = 1.0  # cutoff of a still face: jitter above 1 Hz is removed
-BETA = 4.0  # Hz added to the cutoff per face size per second of movement
-SPEED_CUTOFF_HZ = 1.0  # cutoff of the speed estimate itself
+MIN_CUTOFF_HZ = 0.5  # cutoff of a still face: its jitter is removed (2 px of jitter: 0.45 of it left)
+BETA = 4.0  # Hz added to the cutoff per face size per second of movement (0.5 faces/s: ~2 px of lag)
+SPEED_CUTOFF_HZ = 0.5  # cutoff of the velocity estimate itself
 CUT_JUMP = 0.25  # a point moving more than this many face sizes in one frame starts afresh
 
 
@@ -39,7 +39,7 @@ class PointSmoother:
     def reset(self) -> None:
         """Forget the past: the next frame's points pass unchanged (after a gap or a cut)."""
         self.points: np.ndarray | None = None
-        self.speed = 0.0
+        self.velocity = np.zeros((3, 2))  # px per second, smoothed
 
     def __call__(self, points: np.ndarray) -> np.ndarray:
         """The smoothed (3, 2) points of this frame."""
@@ -52,8 +52,9 @@ class PointSmoother:
         if step > CUT_JUMP:
             self.reset()
             return self(points)
-        a_speed = _alpha(SPEED_CUTOFF_HZ, self.fps)
-        self.speed += a_speed * (step * self.fps - self.speed)  # face sizes per second, smoothed
-        a = _alpha(MIN_CUTOFF_HZ + BETA * self.speed, self.fps)
+        # the signed velocity is smoothed (jitter averages out), then its size sets the cutoff
+        self.velocity += _alpha(SPEED_CUTOFF_HZ, self.fps) * ((points - self.points) * self.fps - self.velocity)
+        speed = np.linalg.norm(self.velocity, axis=1).max() / size  # face sizes per second
+        a = _alpha(MIN_CUTOFF_HZ + BETA * speed, self.fps)
         self.points = self.points + a * (points - self.points)
         return self.points.copy()
