@@ -26,6 +26,7 @@ from pathlib import Path
 import torch
 from common import ROOT, media_dir, peak_rss_mb
 
+from pipeline.device import configure_cpu_threads
 from pipeline.generators.latentsync import build_unet, config_from_dict, load_unet
 from pipeline.media.ffmpeg import ffmpeg_exe
 from pipeline.options import RunOptions
@@ -102,10 +103,11 @@ def latentsync_dir(folder: Path) -> Iterator[None]:
 
 
 def small_cpu(reference: Path, *, steps: int, iters: int) -> None:
+    threads = configure_cpu_threads()  # as a job sets them
     unet = load_unet(reference / "unet_small_config.json", reference / "unet_small.pt")
     per_call = chunk_seconds(unet, iters=iters, device="cpu", dtype=torch.float32)
-    print(f"small UNet on the CPU (fp32): {per_call:.2f} s per guided call on a 16-frame chunk "
-          f"= {per_call / CHUNK:.3f} s per frame and step (median of {iters})")
+    print(f"small UNet on the CPU (fp32, {threads} torch thread(s)): {per_call:.2f} s per guided call on a "
+          f"16-frame chunk = {per_call / CHUNK:.3f} s per frame and step (median of {iters})")
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         clip = cut(media_dir() / "hdtf_aoc_512.mp4", root / "clip.mp4", seconds=CHUNK / 25)
