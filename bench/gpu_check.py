@@ -1,7 +1,7 @@
-"""GPU figures of the Wav2Lip generator (issue 3), for a machine with CUDA.
+"""GPU figures of the Wav2Lip generator (issue 3) and of LatentSync (issue 16), for a machine with CUDA.
 
     .venv/bin/python bench/gpu_check.py [--video monalisa_720p.mp4] [--checkpoint FILE]
-        [--batch 128] [--iters 20] [--encoders libx264,h264_nvenc]
+        [--batch 128] [--iters 20] [--encoders libx264,h264_nvenc] [--latentsync | --latentsync-only]
 
 1. fp16 frames per second at batch 128: the model alone (CUDA-synchronised), and
    ``forward_batches`` (uint8 upload, /255 on the GPU, model, uint8 download).
@@ -10,6 +10,11 @@
    an H100: the 14.2 s monalisa clip end to end in under 4 s.
 
 Uses a random-weights checkpoint in the published layout unless --checkpoint is given.
+
+3. ``--latentsync``: LatentSync at full size in fp16 with random weights built on the device
+   (:func:`latentsync_cost.full_gpu`): one guided 16-frame UNet call, then whole jobs of a 10 s
+   and a 5 s clip at 25 fps: peak VRAM of each (issue 16's bar: <= 4.0 GB for 10 s, flat in clip
+   length) and end-to-end seconds (the bar on an H100: a 10 s clip in < 30 s).
 """
 
 from __future__ import annotations
@@ -61,9 +66,18 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=128)
     ap.add_argument("--iters", type=int, default=20)
     ap.add_argument("--encoders", default="libx264,h264_nvenc")
+    ap.add_argument("--latentsync", action="store_true", help="also the LatentSync full-size fp16 check")
+    ap.add_argument("--latentsync-only", action="store_true", help="only the LatentSync full-size fp16 check")
     args = ap.parse_args()
     if not torch.cuda.is_available():
         raise SystemExit("no CUDA device: run this on a GPU machine")
+    if args.latentsync or args.latentsync_only:
+        from latentsync_cost import REFERENCE, full_gpu
+
+        print(json.dumps(device_facts(gpu=True)))
+        full_gpu(REFERENCE, iters=3)
+        if args.latentsync_only:
+            return
     video = media_dir() / args.video
     print(json.dumps(device_facts(gpu=True)))
     with tempfile.TemporaryDirectory() as tmp:

@@ -156,4 +156,4 @@ def _facts(result: RunResult) -> dict[str, Any]:
     d = result.to_dict()
     return {k: d[k] for k in ("frames", "fps", "duration_s", "width", "height",
                               "frames_without_face", "total_s", "peak_rss_mb", "checkpoint",
-                              "video", "audio")}
+                              "generator_facts", "video", "audio")}

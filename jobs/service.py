@@ -38,7 +38,7 @@ ProgressFn = Callable[[str, float], None]
 
 # Options a request may set; the rest (checkpoint path, work folder, limits) are the server's.
 USER_OPTIONS = ("face_index", "batch_size", "pads", "loop", "crf", "preset", "device", "tracker",
-                "timeout_s")
+                "timeout_s", "steps", "guidance", "seed", "silence_keep")
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,7 @@ import sys
 from collections.abc import Callable, Sequence
 
 from pipeline.errors import LipSyncError
-from pipeline.options import LOOP_MODES, MODELS, RunOptions
+from pipeline.options import LOOP_MODES, MAX_STEPS, MODELS, RunOptions
 
 log = logging.getLogger("pipeline")
 
@@ -41,6 +41,12 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--encoder", default="libx264", help="libx264 or h264_nvenc")
     p.add_argument("--tracker", choices=("auto", "insightface", "dlib"), default="auto")
     p.add_argument("--timeout", type=float, help="stop the job after this many seconds")
+    ls = p.add_argument_group("LatentSync (--model latentsync)")
+    ls.add_argument("--steps", type=int, help=f"DDIM steps, 1 to {MAX_STEPS} (default 20)")
+    ls.add_argument("--guidance", type=float, help="classifier-free guidance scale, 0 to 20; <= 1: none (default 1.5)")
+    ls.add_argument("--seed", type=int, help="noise seed: the same inputs and seed give the same output (default 0)")
+    ls.add_argument("--silence-keep", action=argparse.BooleanOptionalAction, default=True,
+                    help="keep the source mouth where the speech gate hears silence (default on)")
     p.add_argument("--json", action="store_true", help="print the result as one JSON object")
 
 
@@ -49,6 +55,7 @@ def options_from_args(args: argparse.Namespace) -> RunOptions:
         model=args.model, checkpoint=args.checkpoint, batch_size=args.batch_size,
         face_index=args.face_index, device=args.device, loop=args.loop, pads=tuple(args.pads),
         crf=args.crf, encoder=args.encoder, tracker=args.tracker, timeout_s=args.timeout,
+        steps=args.steps, guidance=args.guidance, seed=args.seed, silence_keep=args.silence_keep,
     )
 
 

@@ -40,6 +40,10 @@ class JobTimeout(LipSyncError):
     """The job ran past its time limit and was stopped."""
 
 
+class JobTooSlow(LipSyncError):
+    """The job's estimated time exceeds its time limit: refused before it started."""
+
+
 class WorkerDied(LipSyncError):
     """The worker process running the job died (a crash in native code, a kill)."""
 

@@ -15,6 +15,11 @@ SPEECH_ENERGY_MODELS = frozenset({"baseline"})
 LOOP_MODES = ("pingpong", "loop")
 DEFAULT_PADS = (0, 10, 0, 0)  # top, bottom, left, right: Wav2Lip's defaults, in pixels
 TRACK_LONG_SIDE = 384  # px: faces are tracked on frames scaled to this long side (never upscaled)
+DEFAULT_STEPS = 20  # LatentSync's official DDIM steps: timesteps 951, 901, ..., 1
+DEFAULT_GUIDANCE = 1.5  # LatentSync's official classifier-free guidance scale
+MAX_STEPS = 1000  # LatentSync DDIM steps: at most the scheduler's 1,000 training timesteps
+MAX_GUIDANCE = 20.0  # LatentSync classifier-free guidance scale (<= 1: no guidance)
+MAX_SEED = 2**32 - 1
 
 
 @dataclass(frozen=True)
@@ -34,6 +39,11 @@ class RunOptions:
     tracker: str = "auto"  # auto | insightface | dlib
     track_long_side: int = TRACK_LONG_SIDE
     timeout_s: float | None = None
+    # LatentSync sampling; None: $LIPSYNC_LATENTSYNC_STEPS / _GUIDANCE / _SEED, else 20 / 1.5 / 0
+    steps: int | None = None
+    guidance: float | None = None
+    seed: int | None = None
+    silence_keep: bool = True  # LatentSync: keep the source mouth where the speech gate hears silence
     work_dir: str | None = None  # parent of the per-job temp folder (default: system temp)
     limits: Limits = field(default_factory=Limits)
 
@@ -48,9 +58,23 @@ class RunOptions:
             raise ValueError("batch_size must be >= 1")
         if not 0 <= self.crf <= 51:
             raise ValueError("crf must be between 0 and 51")
+        check_sampling(steps=self.steps, guidance=self.guidance, seed=self.seed)
+        if not isinstance(self.silence_keep, bool):
+            raise ValueError(f"silence_keep must be true or false, got {self.silence_keep!r}")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+
+def check_sampling(*, steps: int | None, guidance: float | None, seed: int | None) -> None:
+    """ValueError naming the first LatentSync sampling setting out of its range (None: unset)."""
+    if steps is not None and (isinstance(steps, bool) or not isinstance(steps, int) or not 1 <= steps <= MAX_STEPS):
+        raise ValueError(f"steps must be an integer from 1 to {MAX_STEPS}, got {steps!r}")
+    if guidance is not None and (isinstance(guidance, bool) or not isinstance(guidance, (int, float))
+                                 or not 0.0 <= guidance <= MAX_GUIDANCE):
+        raise ValueError(f"guidance must be a number from 0 to {MAX_GUIDANCE:g} (<= 1: no guidance), got {guidance!r}")
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= MAX_SEED):
+        raise ValueError(f"seed must be an integer from 0 to {MAX_SEED}, got {seed!r}")
 
 
 @dataclass(frozen=True)
@@ -71,7 +95,7 @@ class RunResult:
     stage_offsets: dict[str, float]  # stage -> seconds from job start to its first work
     total_s: float
     peak_rss_mb: float
-    checkpoint: dict[str, str] | None  # {"path", "sha256"} of the generator weights, if any
+    checkpoint: dict[str, Any] | None  # {"path", "sha256"} of the generator weights (LatentSync: and "files"), if any
     video: dict[str, Any]  # probe facts of the face input
     audio: dict[str, Any]  # probe facts of the speech input
     track: Any = field(default=None, repr=False, compare=False)  # pipeline.faces.tracking.Track or None
@@ -81,6 +105,9 @@ class RunResult:
     # originals for scoring (run(keep=)), else None
     speech: Any = field(default=None, repr=False, compare=False)
     started_wall: float = field(default=0.0, repr=False, compare=False)  # time.time() at the run's start
+    # the settings the generator ran with, defaults resolved, and what it counted (LatentSync:
+    # steps, guidance, seed, silence_keep, frames_kept_silent); {} for generators without any
+    generator_facts: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)

@@ -34,9 +34,9 @@ from typing import Any
 import numpy as np
 
 from pipeline.device import configure_opencv_threads, gpu_lock, peak_rss_mb
-from pipeline.errors import JobCancelled, JobTimeout
+from pipeline.errors import JobCancelled, JobTimeout, JobTooSlow
 from pipeline.faces.tracking import Track, track_video
-from pipeline.generators.base import Generator
+from pipeline.generators.base import Generator, GeneratorJob
 from pipeline.generators.registry import select_generator
 from pipeline.media import audio as audio_mod
 from pipeline.media.background import BackgroundWriter, Prefetch, in_background
@@ -174,6 +174,7 @@ def _job(video: str | os.PathLike[str], audio: str | os.PathLike[str], output: s
             n_source = 1 if vinfo.is_image else max(1, count_frames(video, fps=decode_rate(vinfo, fps), info=vinfo))
             wav = speech.result()  # (N,) 16 kHz
             n_out = max(1, round(len(wav) / audio_mod.SAMPLE_RATE * fps))  # the output lasts as long as the audio
+            _refuse_if_too_slow(generator, n_out, options=options, clock=clock)
             mels = in_background(_mel_windows, wav, fps, n_out, generator.needs_mels, clock, name="mels")
             if keep is None:
                 wav = None  # only a scorer wants the waveform (up to 38 MB for 600 s): not held through the render
@@ -194,9 +195,9 @@ def _job(video: str | os.PathLike[str], audio: str | os.PathLike[str], output: s
             if len(wanted) * 1.5 * (width + 1) * (height + 1) > KEEP_BUDGET_BYTES:
                 log.info("not keeping %d original frames for scoring: over the memory budget", len(wanted))
                 wanted = set()
-            _render(decoded, encoders, audio=audio, vinfo=vinfo, options=options, generator=generator, track=track,
-                    mels=mels.result(), plan=plan, fps=fps, workdir=workdir, clock=clock, check=check,
-                    keep=(wanted, originals))
+            gen_job = _render(decoded, encoders, audio=audio, vinfo=vinfo, options=options, generator=generator,
+                              track=track, mels=mels.result(), plan=plan, fps=fps, workdir=workdir, clock=clock,
+                              check=check, keep=(wanted, originals))
         for frames, target in zip(encoders, (output, side_by_side)):
             Path(target).parent.mkdir(parents=True, exist_ok=True)
             shutil.move(frames.path, os.fspath(target))
@@ -221,6 +222,7 @@ def _job(video: str | os.PathLike[str], audio: str | os.PathLike[str], output: s
         total_s=clock.total(),
         peak_rss_mb=peak_rss_mb(),
         checkpoint=checkpoint() if callable(checkpoint) else None,
+        generator_facts=gen_job.facts() if isinstance(gen_job, GeneratorJob) else {},
         video=vinfo.to_dict(),
         audio=ainfo.to_dict(),
         track=track,
@@ -228,6 +230,22 @@ def _job(video: str | os.PathLike[str], audio: str | os.PathLike[str], output: s
         speech=wav,
         started_wall=clock.wall0,
     )
+
+
+def _refuse_if_too_slow(generator: Generator, frames: int, *, options: RunOptions, clock: StageClock) -> None:
+    """JobTooSlow, before any frame is generated, when the generator's estimate for the job's
+    frames exceeds the time left of ``options.timeout_s``."""
+    if not options.timeout_s:
+        return
+    estimate = generator.estimate(frames)
+    left = options.timeout_s - clock.total()
+    if estimate is not None and estimate.seconds > left:
+        raise JobTooSlow(f"{generator.name} would take an estimated {estimate.seconds:.0f} s ({estimate.basis}), "
+                         f"more than the {max(left, 0.0):.0f} s left of the job's {options.timeout_s:g} s time limit: "
+                         "refused before starting; use a GPU, fewer steps, a shorter clip or a longer time limit")
+    if estimate is not None:
+        log.info("%s: estimated %.1f s (%s), time limit %g s", generator.name, estimate.seconds, estimate.basis,
+                 options.timeout_s)
 
 
 def _speech(audio: str | os.PathLike[str], info: MediaInfo, clock: StageClock) -> np.ndarray:
@@ -264,9 +282,9 @@ def _frames_without_face(track: Track | None, plan: np.ndarray) -> int:
 def _render(decoded: Iterator[np.ndarray], encoders: list[FrameWriter], *, audio: str | os.PathLike[str],
             vinfo: MediaInfo, options: RunOptions, generator: Generator, track: Track | None,
             mels: np.ndarray, plan: np.ndarray, fps: float, workdir: Path, clock: StageClock,
-            check: Callable[[str, float], None], keep: tuple[set[int], dict[int, YuvFrame]]) -> None:
+            check: Callable[[str, float], None], keep: tuple[set[int], dict[int, YuvFrame]]) -> GeneratorJob:
     """Stream frames through the generator, the blend and the encoders (the output's and,
-    when there are two, the review video's)."""
+    when there are two, the review video's); returns the generator's job (its facts)."""
     width, height = vinfo.video.display_size
     extra = {"audio": audio} if generator.needs_audio else {}  # a generator that decodes the speech its own way
     job = generator.new_job(fps=fps, width=width, height=height, **extra)
@@ -281,6 +299,7 @@ def _render(decoded: Iterator[np.ndarray], encoders: list[FrameWriter], *, audio
                         frames_iter=frames_iter, clock=clock, check=check, keep=keep)
     finally:
         frames_iter.close()
+    return job
 
 
 def _encode_all(writers: list[BackgroundWriter], *, job: Any, track: Track | None, mels: np.ndarray,

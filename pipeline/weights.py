@@ -338,6 +338,16 @@ def weights_report(*, allow_download: bool = False) -> list[dict[str, Any]]:
     return [_spec_row(s, allow_download=allow_download) for s in SPECS] + _tracker_rows()
 
 
+def latentsync_summary(rows: list[dict[str, Any]]) -> str:
+    """One phrase on the LatentSync files among :func:`weights_report` ``rows``: all found, or
+    which are missing."""
+    mine = [r for r in rows if r["name"] in LATENTSYNC_LAYOUT]
+    missing = [r["label"] for r in mine if not r["found"]]
+    if not missing:
+        return "weights found"
+    return f"weights missing: {', '.join(missing)}"
+
+
 def format_report(rows: list[dict[str, Any]]) -> str:
     width = max(len(r["label"] or "") for r in rows) + 2
     lines = [f"{'model':<{width}}found  where / why not"]

@@ -2,15 +2,22 @@
 or $LIPSYNC_TEST_REFERENCE) and the small random UNet saved there in the published format.
 
 Import the fixtures a test module uses from here (``from fixtures_latentsync import reference``).
+``weights_dir`` is a LatentSync folder of small random models in the published layouts (the
+small UNet with its config beside it, the random whisper as ``whisper/tiny.pt``, a tiny random
+VAE) named by ``$LIPSYNC_LATENTSYNC_DIR``: their outputs are noise, never a measure of quality.
 """
 
 from __future__ import annotations
 
 import os
+import shutil
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import torch
+
+from pipeline.weights import LATENTSYNC_DIR_ENV
 
 ROOT = Path(__file__).resolve().parents[1]
 REFERENCE_ENV = "LIPSYNC_TEST_REFERENCE"
@@ -36,6 +43,32 @@ def small_unet(reference: Path) -> torch.nn.Module:
     from pipeline.generators.latentsync import load_unet
 
     return load_unet(reference / "unet_small_config.json", reference / "unet_small.pt")
+
+
+def tiny_vae(folder: Path) -> None:
+    """A small random diffusers AutoencoderKL (4 blocks: the published VAE's x8 downscale) saved
+    with ``save_pretrained`` into ``folder``."""
+    from diffusers import AutoencoderKL
+
+    torch.manual_seed(0)
+    AutoencoderKL(in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 4,
+                  up_block_types=("UpDecoderBlock2D",) * 4, block_out_channels=(8, 8, 16, 16), layers_per_block=1,
+                  latent_channels=4, norm_num_groups=8, sample_size=256).save_pretrained(folder)
+
+
+@pytest.fixture(scope="module")
+def weights_dir(reference: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """A LatentSync folder in the published layout, named by $LIPSYNC_LATENTSYNC_DIR."""
+    root = tmp_path_factory.mktemp("latentsync")
+    (root / "latentsync_unet.pt").symlink_to(reference / "unet_small.pt")
+    shutil.copy(reference / "unet_small_config.json", root / "unet_config.json")
+    (root / "whisper").mkdir()
+    (root / "whisper" / "tiny.pt").symlink_to(reference / "whisper_tiny_random.pt")
+    tiny_vae(root / "vae")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv(LATENTSYNC_DIR_ENV, str(root))
+        mp.setenv("LIPSYNC_LATENTSYNC_STEPS", "1")  # the random models on 2 CPUs: one DDIM step
+        yield root
 
 
 def max_abs(a: torch.Tensor, b: torch.Tensor) -> float:

@@ -7,16 +7,13 @@ published layouts: the outputs are noise, never a measure of quality.
 
 from __future__ import annotations
 
-import shutil
-from collections.abc import Iterator
 from pathlib import Path
 
 import cv2
 import media
 import numpy as np
 import pytest
-import torch
-from fixtures_latentsync import reference  # noqa: F401 (fixtures)
+from fixtures_latentsync import reference, weights_dir  # noqa: F401 (fixtures)
 
 from pipeline.errors import WeightsUnavailable
 from pipeline.faces.types import Face
@@ -24,30 +21,6 @@ from pipeline.generators.latentsync.align import TEMPLATE, face_matrix, face_pat
 from pipeline.generators.registry import available_generators, get_generator, select_generator
 from pipeline.options import RunOptions
 from pipeline.weights import LATENTSYNC_DIR_ENV, weights_report
-
-
-def _tiny_vae(folder: Path) -> None:
-    from diffusers import AutoencoderKL
-
-    torch.manual_seed(0)
-    AutoencoderKL(in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 4,
-                  up_block_types=("UpDecoderBlock2D",) * 4, block_out_channels=(8, 8, 16, 16), layers_per_block=1,
-                  latent_channels=4, norm_num_groups=8, sample_size=256).save_pretrained(folder)
-
-
-@pytest.fixture(scope="module")
-def weights_dir(reference: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    """A LatentSync folder in the published layout, named by $LIPSYNC_LATENTSYNC_DIR."""
-    root = tmp_path_factory.mktemp("latentsync")
-    (root / "latentsync_unet.pt").symlink_to(reference / "unet_small.pt")
-    shutil.copy(reference / "unet_small_config.json", root / "unet_config.json")
-    (root / "whisper").mkdir()
-    (root / "whisper" / "tiny.pt").symlink_to(reference / "whisper_tiny_random.pt")
-    _tiny_vae(root / "vae")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv(LATENTSYNC_DIR_ENV, str(root))
-        mp.setenv("LIPSYNC_LATENTSYNC_STEPS", "1")  # the random models on 2 CPUs: one DDIM step
-        yield root
 
 
 def test_registered_and_never_auto() -> None:

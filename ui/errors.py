@@ -28,6 +28,7 @@ TITLES = {
     "FFmpegError": "Video processing failed",
     "JobCancelled": "Cancelled",
     "JobTimeout": "Time limit reached",
+    "JobTooSlow": "Would exceed the time limit",
     "WorkerDied": "Generation worker crashed",
     "JobNotFound": "Unknown job",
     "InvalidJobId": "Not a job id",

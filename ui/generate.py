@@ -8,8 +8,8 @@ from typing import Any
 
 import gradio as gr
 
-from pipeline.options import DEFAULT_PADS, LOOP_MODES
-from pipeline.weights import weights_report
+from pipeline.options import DEFAULT_GUIDANCE, DEFAULT_PADS, DEFAULT_STEPS, LOOP_MODES, MAX_GUIDANCE
+from pipeline.weights import LATENTSYNC_LAYOUT, latentsync_summary, weights_report
 from ui import present
 from ui.cancels import QueuedInputs, register_queued_inputs
 from ui.context import GENERATION_GROUP, SCORING_GROUP, AppContext
@@ -28,12 +28,15 @@ PRESETS = ("ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "sl
 
 def model_choices() -> list[tuple[str, str]]:
     """Model dropdown entries, each labelled with whether its weights are available."""
-    found = {r["name"]: r["found"] for r in weights_report(allow_download=False)}
+    rows = weights_report(allow_download=False)
+    found = {r["name"]: r["found"] for r in rows}
     w2l = "weights found" if found.get("wav2lip") else "weights missing: see the System tab"
     auto = "Wav2Lip" if found.get("wav2lip") else "baseline, since Wav2Lip weights are missing"
+    ls = latentsync_summary(rows) + ("" if all(found.get(n) for n in LATENTSYNC_LAYOUT) else ": see the System tab")
     return [
         (f"auto (uses {auto})", "auto"),
         (f"wav2lip ({w2l})", "wav2lip"),
+        (f"latentsync (diffusion, slow without a GPU; {ls})", "latentsync"),
         ("baseline (weights-free stand-in, always available)", "baseline"),
         ("passthrough (no change; for timing the pipeline)", "passthrough"),
     ]
@@ -86,6 +89,15 @@ def build_generate_tab(ctx: AppContext) -> None:
                                 label="When the speech is longer than the video, extend it by")
                 crf = gr.Slider(0, 51, value=18, step=1, label="Output quality: CRF (lower = better, bigger)")
                 preset = gr.Dropdown(list(PRESETS), value="veryfast", label="Encoder speed preset")
+            with gr.Accordion("LatentSync options (model latentsync)", open=False):
+                steps = gr.Slider(1, 100, value=DEFAULT_STEPS, step=1, label="DDIM steps",
+                                  elem_id="latentsync-steps")
+                guidance = gr.Slider(0.0, MAX_GUIDANCE, value=DEFAULT_GUIDANCE, step=0.1,
+                                     label="Guidance scale (<= 1: none)", elem_id="latentsync-guidance")
+                seed = gr.Number(0, precision=0, minimum=0,
+                                 label="Seed (the same inputs and seed give the same video)", elem_id="latentsync-seed")
+                silence_keep = gr.Checkbox(True, label="Keep the source mouth in silence",
+                                           elem_id="latentsync-silence-keep")
             with gr.Row():
                 run_btn = gr.Button("Generate", variant="primary", elem_id="generate-btn")
                 cancel_btn = gr.Button("Cancel", variant="stop", elem_id="cancel-btn")
@@ -110,12 +122,16 @@ def build_generate_tab(ctx: AppContext) -> None:
     async def generate(video: str | None, photo: str | None, audio: str | None, model: str,
                        face_idx: float | None, top: float | None, bottom: float | None,
                        left: float | None, right: float | None, batch: float | None, loop_mode: str,
-                       crf_value: float, preset_name: str, request: gr.Request,
+                       crf_value: float, preset_name: str, n_steps: float, scale: float, seed_value: float | None,
+                       keep_silence: bool, request: gr.Request,
                        progress: gr.Progress = gr.Progress()) -> tuple[Any, ...]:
         pads = [int(p or 0) for p in (top, bottom, left, right)]
         options = {"face_index": int(face_idx or 0), "pads": pads, "loop": loop_mode,
                    "crf": int(crf_value), "preset": preset_name,
                    "batch_size": int(batch) if batch else None}
+        if model == "latentsync":  # only a LatentSync job records its sampling settings
+            options.update(steps=int(n_steps), guidance=float(scale), seed=int(seed_value or 0),
+                           silence_keep=bool(keep_silence))
         out = await _run(ctx, video or photo, audio, model, options, source="app", request=request,
                          progress=progress)
         summary = present.outcome_markdown(job_id=out.job_id, model_used=out.model_used,
@@ -128,7 +144,7 @@ def build_generate_tab(ctx: AppContext) -> None:
     gen_event = run_btn.click(
         generate,
         inputs=[video_in, photo_in, audio_in, model_in, face_index, pad_top, pad_bottom, pad_left,
-                pad_right, batch_size, loop, crf, preset],
+                pad_right, batch_size, loop, crf, preset, steps, guidance, seed, silence_keep],
         outputs=[original_out, result_out, sbs_out, job_id_out, summary_out, scores_out, conventions_out,
                  timing_out],
         api_name="generate", api_visibility="undocumented", concurrency_id=GENERATION_GROUP,

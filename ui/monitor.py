@@ -108,7 +108,10 @@ def build_system_tab(ctx: AppContext) -> gr.Tab:
                                label="Weights: which are available and how to get the missing ones")
         gr.Markdown("Without Wav2Lip weights the **baseline** generator (weights-free, labelled as "
                     "such everywhere) stands in; without SyncNet weights LSE-D / LSE-C are reported "
-                    "as n/a and the weights-free sync proxy is shown instead. Health checks: "
+                    "as n/a and the weights-free sync proxy is shown instead. **LatentSync** runs only "
+                    "when chosen by name and needs its three files (UNet, whisper tiny, VAE) in "
+                    "`$LIPSYNC_LATENTSYNC_DIR`; on the CPU a job that would outlast its time limit is "
+                    "refused before it starts. Health checks: "
                     "`/healthz`, `/readyz`, `/metrics`.")
 
     def load() -> tuple[str, pd.DataFrame]:

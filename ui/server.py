@@ -48,12 +48,14 @@ def readiness(ctx: AppContext) -> dict[str, Any]:
     checks: dict[str, dict[str, Any]] = {}
     try:
         rows = {r["name"]: r for r in weights_report(allow_download=False)}
+        from pipeline.weights import latentsync_summary  # imported here to keep this change inside readiness
         trackers = [n for n in TRACKERS if rows.get(n, {}).get("found")]
         w2l = rows.get("wav2lip", {}).get("found", False)
         checks["models"] = {
             "ok": bool(trackers),
             "detail": (f"face tracker: {', '.join(trackers) or 'none found'}; generator: "
-                       + ("wav2lip weights found" if w2l else "baseline (no Wav2Lip weights)")),
+                       + ("wav2lip weights found" if w2l else "baseline (no Wav2Lip weights)")
+                       + f"; latentsync: {latentsync_summary(list(rows.values()))}"),
         }
     except Exception as exc:  # noqa: BLE001 - a readiness probe reports, never raises
         checks["models"] = {"ok": False, "detail": f"{type(exc).__name__}: {exc}"}

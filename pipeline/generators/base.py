@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -39,6 +40,19 @@ class GeneratorJob(ABC):
         anything that slices like one (the run loop passes pipeline.media.yuv.YuvFrame, whose
         ``frame[y1:y2, x1:x2]`` converts just that region): read only the regions you need."""
 
+    def facts(self) -> dict[str, Any]:
+        """What the job's record keeps of this generator's run: the settings it used (defaults
+        resolved) and what it counted; JSON-able. Empty unless a generator says more."""
+        return {}
+
+
+@dataclass(frozen=True)
+class CostEstimate:
+    """A generator's estimate of a job's seconds, and what it rests on (for the refusal message)."""
+
+    seconds: float
+    basis: str
+
 
 class Generator(ABC):
     """A loaded generator, shared by jobs (and threads)."""
@@ -54,6 +68,11 @@ class Generator(ABC):
     def new_job(self, *, fps: float, width: int, height: int) -> GeneratorJob:
         """Fresh per-job state for a video of this frame rate and size (and, for a generator
         with ``needs_audio``, ``audio=``: the path of the job's speech file)."""
+
+    def estimate(self, frames: int) -> CostEstimate | None:
+        """The seconds ``frames`` frames will take, where that is worth checking against a job's
+        time limit before it starts (LatentSync on the CPU); None: not estimated."""
+        return None
 
 
 def check_batch(frames: Frames, mels: np.ndarray, faces: Sequence[Face | None]) -> None:

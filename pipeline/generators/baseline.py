@@ -68,6 +68,7 @@ class MouthDriver:
         window = max(1, round(FLOOR_WINDOW_S * fps))
         self.recent: deque[float] = deque([FLOOR_INIT_DB] * window, maxlen=window)
         self.value = 0.0
+        self.closed = True  # whether the gate shut the last frame (its target opening was 0)
         self.attack = 1.0 - math.exp(-1.0 / (fps * ATTACK_S))
         self.release = 1.0 - math.exp(-1.0 / (fps * RELEASE_S))
 
@@ -76,6 +77,7 @@ class MouthDriver:
         self.recent.append(level_db)
         gate = max(ABS_GATE_DB, self.peak - DYNAMIC_DB, min(self.recent) + GATE_ABOVE_FLOOR_DB)
         target = 0.0 if level_db <= gate else min(1.0, (level_db - gate) / max(self.peak - gate, 1.0))
+        self.closed = target == 0.0
         coef = self.attack if target > self.value else self.release
         self.value += coef * (target - self.value)
         if target == 0.0 and self.value < SNAP_CLOSED:
@@ -84,6 +86,14 @@ class MouthDriver:
 
     def run(self, levels_db: np.ndarray) -> np.ndarray:
         return np.array([self.step(float(v)) for v in levels_db], np.float32)
+
+    def gate(self, levels_db: np.ndarray) -> np.ndarray:
+        """bool (B,): where the gate hears silence (shuts the mouth), frame by frame."""
+        shut = []
+        for v in levels_db:
+            self.step(float(v))
+            shut.append(self.closed)
+        return np.array(shut, bool)
 
 
 FIT_EVERY = 2  # landmarks are fitted on every 2nd frame (dlib's fit costs ~4 ms), interpolated between

@@ -26,7 +26,8 @@ def select_generator(options: RunOptions) -> tuple[Generator, str]:
     if options.model in ("baseline", "passthrough"):
         return get_generator(options.model), f"{options.model} requested"
     if options.model == "latentsync":  # never chosen by "auto": a diffusion model, slow without a GPU
-        return get_generator("latentsync", device=options.device), "latentsync requested"
+        return get_generator("latentsync", device=options.device, steps=options.steps, guidance=options.guidance,
+                             seed=options.seed, silence_keep=options.silence_keep), "latentsync requested"
     try:
         gen = get_generator("wav2lip", checkpoint=options.checkpoint, device=options.device,
                             pads=options.pads, batch_size=options.batch_size)

@@ -31,17 +31,23 @@ TEMPLATE_SCALE = 2.8  # the official AlignRestore's ratio for a 256 resolution
 TEMPLATE = np.array([[17.0, 20.0], [58.0, 20.0], [37.5, 40.0]]) * TEMPLATE_SCALE
 CROP_SIZE = (int(75 * TEMPLATE_SCALE), int(100 * TEMPLATE_SCALE))  # (210, 280) = (w, h), resized to 256 x 256
 FILL = (127, 127, 127)  # the official fill outside the frame
-LEFT_BROW, RIGHT_BROW, NOSE = slice(17, 22), slice(22, 27), slice(27, 36)  # iBUG-68 indices
+LEFT_BROW, RIGHT_BROW, NOSE = slice(17, 22), slice(22, 27), slice(27, 36)  # iBUG-68 indices (dlib, InsightFace 1k3d68)
+# InsightFace's 106-point layout (2d106det), the official LatentSync's own points
+LEFT_BROW_106, RIGHT_BROW_106, NOSE_106 = [43, 48, 49, 51, 50], list(range(101, 106)), [74, 77, 83, 86]
 BOX_POINTS = np.array([[0.3, 0.3], [0.7, 0.3], [0.5, 0.55]])  # brows and nose as fractions of a box (no landmarks)
 ALPHA_ERODE = 9  # px of the 256 face the alpha is pulled inside the redrawn region
 ALPHA_BLUR = 7.0  # px sigma of the alpha's feather in the 256 face
+ALPHA_MIN = 0.5 / 255  # a weight below this changes no 8-bit pixel: 0, so the feather's tail touches nothing
 
 
 def align_points(face: Face) -> np.ndarray:
-    """(3, 2) frame points: left brow centre, right brow centre, nose centre."""
-    if face.landmarks is not None and len(face.landmarks) == 68:
+    """(3, 2) frame points: left brow centre, right brow centre, nose centre, from 68 landmarks
+    (dlib's or InsightFace's 1k3d68) or 106 (InsightFace's 2d106det, the official's indices); from
+    the box where there are none."""
+    if face.landmarks is not None and len(face.landmarks) in (68, 106):
         lm = np.asarray(face.landmarks, np.float64)
-        return np.stack([lm[LEFT_BROW].mean(0), lm[RIGHT_BROW].mean(0), lm[NOSE].mean(0)])
+        brows_nose = (LEFT_BROW, RIGHT_BROW, NOSE) if len(lm) == 68 else (LEFT_BROW_106, RIGHT_BROW_106, NOSE_106)
+        return np.stack([lm[part].mean(0) for part in brows_nose])
     x1, y1, x2, y2 = face.box
     return np.array([x1, y1]) + BOX_POINTS * np.array([x2 - x1, y2 - y1])
 
@@ -99,19 +105,29 @@ def _face_alpha() -> np.ndarray:
     redrawn = (mask_image() == MASKED).astype(np.uint8)
     kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * ALPHA_ERODE + 1, 2 * ALPHA_ERODE + 1))
     alpha = cv2.GaussianBlur(cv2.erode(redrawn, kernel).astype(np.float32), (0, 0), ALPHA_BLUR)
+    alpha[alpha < ALPHA_MIN] = 0.0
     alpha.setflags(write=False)
     return alpha
 
 
 def face_patch(face_rgb: np.ndarray, matrix: np.ndarray, width: int, height: int) -> Patch | None:
-    """The generated 256 x 256 RGB face warped back into the frame as a Patch (BGR)."""
+    """The generated 256 x 256 RGB face warped back into the frame as a Patch (BGR), cut to the
+    box where its alpha is not 0: the pixels outside it, the upper face above all, are never
+    touched (the paste converts its whole box between YUV and BGR, which is not lossless)."""
     x1, y1, x2, y2 = _bounds(matrix, width, height)
     if x2 - x1 < 2 or y2 - y1 < 2:
         return None
     back = cv2.invertAffineTransform(_shifted(matrix, x1, y1))  # face -> region pixels
-    size = (x2 - x1, y2 - y1)
-    image = cv2.warpAffine(cv2.cvtColor(face_rgb, cv2.COLOR_RGB2BGR), back, size, flags=cv2.INTER_LINEAR,
-                           borderMode=cv2.BORDER_REPLICATE)
-    alpha = cv2.warpAffine(_face_alpha(), back, size, flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT,
-                           borderValue=0.0)
-    return Patch(box=(x1, y1, x2, y2), image=image, alpha=np.clip(alpha, 0.0, 1.0))
+    alpha = cv2.warpAffine(_face_alpha(), back, (x2 - x1, y2 - y1), flags=cv2.INTER_LINEAR,
+                           borderMode=cv2.BORDER_CONSTANT, borderValue=0.0)
+    alpha[alpha < ALPHA_MIN] = 0.0
+    rows, cols = np.flatnonzero(alpha.any(1)), np.flatnonzero(alpha.any(0))
+    if len(rows) == 0:
+        return None
+    top, left = y1 + int(rows[0]), x1 + int(cols[0])
+    bottom, right = y1 + int(rows[-1]) + 1, x1 + int(cols[-1]) + 1
+    back = cv2.invertAffineTransform(_shifted(matrix, left, top))  # face -> the cut box's pixels
+    image = cv2.warpAffine(cv2.cvtColor(face_rgb, cv2.COLOR_RGB2BGR), back, (right - left, bottom - top),
+                           flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+    alpha = alpha[top - y1:bottom - y1, left - x1:right - x1]
+    return Patch(box=(left, top, right, bottom), image=image, alpha=np.clip(alpha, 0.0, 1.0))

@@ -17,6 +17,8 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from pipeline.options import DEFAULT_GUIDANCE, DEFAULT_STEPS
+
 if TYPE_CHECKING:
     from diffusers import DDIMScheduler
 
@@ -37,8 +39,6 @@ SCHEDULER_CONFIG = {
     "trained_betas": None,
     "skip_prk_steps": True,
 }
-DEFAULT_STEPS = 20  # 20 steps: timesteps 951, 901, ..., 1
-DEFAULT_GUIDANCE = 1.5
 FRAMES_PER_CALL = 16  # frames per UNet call; the motion modules take at most 24
 ETA = 0.0  # deterministic DDIM
 LATENT_CHANNELS = 4
