@@ -6,9 +6,8 @@ import dataclasses
 import logging
 import os
 import subprocess
-import threading
-import time
 from pathlib import Path
+from typing import Any
 
 import av
 import numpy as np
@@ -40,30 +39,25 @@ H264 = ("-c:v", "libx264", "-preset", "ultrafast", "-pix_fmt", "yuv420p")
 
 
 class ChildWatch:
-    """Samples this process's ffmpeg children while a decode runs (did a pipe run?)."""
+    """Records whether an ffmpeg process was started while a decode runs (did a pipe run?):
+    a spy around the real ``subprocess.Popen``, which still starts every process. (Sampling
+    this process's children missed a short pipe decode on a loaded machine.)"""
 
     def __init__(self) -> None:
         self.seen = False
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._watch, daemon=True)
+        self._real = subprocess.Popen
 
-    def _watch(self) -> None:
-        me = psutil.Process()
-        while not self._stop.is_set():
-            for child in me.children(recursive=True):
-                try:
-                    self.seen |= "ffmpeg" in child.name()
-                except psutil.NoSuchProcess:
-                    pass
-            time.sleep(0.002)
+    def _spy(self, cmd: Any, *args: Any, **kwargs: Any) -> subprocess.Popen:
+        argv0 = cmd[0] if isinstance(cmd, (list, tuple)) else str(cmd).split()[0]
+        self.seen |= "ffmpeg" in os.path.basename(os.fspath(argv0))
+        return self._real(cmd, *args, **kwargs)
 
     def __enter__(self) -> ChildWatch:
-        self._thread.start()
+        subprocess.Popen = self._spy  # type: ignore[misc]
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
+        subprocess.Popen = self._real  # type: ignore[misc]
 
 
 def decode_both(path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[list[np.ndarray], list[np.ndarray], bool]:
