@@ -94,7 +94,7 @@ def cli_main(parser: argparse.ArgumentParser, commands: dict[str, Callable[[argp
                         format="%(levelname)s %(name)s: %(message)s")
     try:
         if args.command == "weights":
-            from pipeline.weights import main_weights
+            from pipeline.weights_report import main_weights
 
             return main_weights(rest)
         return commands[args.command](args)

@@ -20,7 +20,8 @@ from pipeline.faces.types import Face
 from pipeline.generators.latentsync.align import TEMPLATE, face_matrix, face_patch, warp_face
 from pipeline.generators.registry import available_generators, get_generator, select_generator
 from pipeline.options import RunOptions
-from pipeline.weights import LATENTSYNC_DIR_ENV, weights_report
+from pipeline.weights import LATENTSYNC_DIR_ENV
+from pipeline.weights_report import weights_report
 
 
 def test_registered_and_never_auto() -> None:

@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 
 from pipeline.errors import WeightsInvalid, WeightsUnavailable
-from pipeline.weights import (SYNCNET, WAV2LIP, WeightsSpec, file_sha256, forget_hub_failures,
-                              main_weights, resolve, weights_report)
+from pipeline.weights import SYNCNET, WAV2LIP, WeightsSpec, file_sha256, forget_hub_failures, resolve
+from pipeline.weights_report import main_weights, weights_report
 
 ROOT = Path(__file__).resolve().parents[1]
 ENV_VARS = ("LIPSYNC_WAV2LIP_CHECKPOINT", "LIPSYNC_WAV2LIP_SHA256", "LIPSYNC_WAV2LIP_REPO",

@@ -9,7 +9,8 @@ from typing import Any
 import gradio as gr
 
 from pipeline.options import DEFAULT_GUIDANCE, DEFAULT_PADS, DEFAULT_STEPS, LOOP_MODES, MAX_GUIDANCE
-from pipeline.weights import LATENTSYNC_LAYOUT, latentsync_summary, weights_report
+from pipeline.weights import LATENTSYNC_LAYOUT
+from pipeline.weights_report import latentsync_summary, weights_report
 from ui import present
 from ui.cancels import QueuedInputs, register_queued_inputs
 from ui.context import GENERATION_GROUP, SCORING_GROUP, AppContext
@@ -76,28 +77,8 @@ def build_generate_tab(ctx: AppContext) -> None:
             audio_in = gr.Audio(label="Speech", sources=["upload", "microphone"], type="filepath",
                                 elem_id="speech-audio")
             model_in = gr.Dropdown(model_choices(), value="auto", label="Model", elem_id="model")
-            with gr.Accordion("Advanced options", open=False):
-                face_index = gr.Number(0, precision=0, minimum=0, label="Face index (0 = largest face)")
-                with gr.Row():
-                    pad_top = gr.Number(DEFAULT_PADS[0], precision=0, label="Pad top (px)")
-                    pad_bottom = gr.Number(DEFAULT_PADS[1], precision=0, label="Pad bottom (px)")
-                    pad_left = gr.Number(DEFAULT_PADS[2], precision=0, label="Pad left (px)")
-                    pad_right = gr.Number(DEFAULT_PADS[3], precision=0, label="Pad right (px)")
-                batch_size = gr.Number(None, precision=0, minimum=1,
-                                       label="Batch size (empty = the generator's default)")
-                loop = gr.Radio(list(LOOP_MODES), value="pingpong",
-                                label="When the speech is longer than the video, extend it by")
-                crf = gr.Slider(0, 51, value=18, step=1, label="Output quality: CRF (lower = better, bigger)")
-                preset = gr.Dropdown(list(PRESETS), value="veryfast", label="Encoder speed preset")
-            with gr.Accordion("LatentSync options (model latentsync)", open=False):
-                steps = gr.Slider(1, 100, value=DEFAULT_STEPS, step=1, label="DDIM steps",
-                                  elem_id="latentsync-steps")
-                guidance = gr.Slider(0.0, MAX_GUIDANCE, value=DEFAULT_GUIDANCE, step=0.1,
-                                     label="Guidance scale (<= 1: none)", elem_id="latentsync-guidance")
-                seed = gr.Number(0, precision=0, minimum=0,
-                                 label="Seed (the same inputs and seed give the same video)", elem_id="latentsync-seed")
-                silence_keep = gr.Checkbox(True, label="Keep the source mouth in silence",
-                                           elem_id="latentsync-silence-keep")
+            advanced = _advanced_inputs()
+            latentsync = _latentsync_inputs()
             with gr.Row():
                 run_btn = gr.Button("Generate", variant="primary", elem_id="generate-btn")
                 cancel_btn = gr.Button("Cancel", variant="stop", elem_id="cancel-btn")
@@ -143,8 +124,7 @@ def build_generate_tab(ctx: AppContext) -> None:
 
     gen_event = run_btn.click(
         generate,
-        inputs=[video_in, photo_in, audio_in, model_in, face_index, pad_top, pad_bottom, pad_left,
-                pad_right, batch_size, loop, crf, preset, steps, guidance, seed, silence_keep],
+        inputs=[video_in, photo_in, audio_in, model_in, *advanced, *latentsync],
         outputs=[original_out, result_out, sbs_out, job_id_out, summary_out, scores_out, conventions_out,
                  timing_out],
         api_name="generate", api_visibility="undocumented", concurrency_id=GENERATION_GROUP,
@@ -152,6 +132,37 @@ def build_generate_tab(ctx: AppContext) -> None:
     # a cancel while the event still waits in the queue is recorded by ui.cancels
     register_queued_inputs("generate", QueuedInputs(source="app", video=(0, 1), audio=2, model=3))
     cancel_btn.click(None, cancels=[gen_event], api_visibility="private")
+
+
+def _advanced_inputs() -> list[gr.components.Component]:
+    """The advanced options' inputs, in the order ``generate`` takes them: face index, the four
+    pads, batch size, loop mode, CRF, preset."""
+    with gr.Accordion("Advanced options", open=False):
+        face_index = gr.Number(0, precision=0, minimum=0, label="Face index (0 = largest face)")
+        with gr.Row():
+            pads = [gr.Number(DEFAULT_PADS[i], precision=0, label=f"Pad {side} (px)")
+                    for i, side in enumerate(("top", "bottom", "left", "right"))]
+        batch_size = gr.Number(None, precision=0, minimum=1,
+                               label="Batch size (empty = the generator's default)")
+        loop = gr.Radio(list(LOOP_MODES), value="pingpong",
+                        label="When the speech is longer than the video, extend it by")
+        crf = gr.Slider(0, 51, value=18, step=1, label="Output quality: CRF (lower = better, bigger)")
+        preset = gr.Dropdown(list(PRESETS), value="veryfast", label="Encoder speed preset")
+    return [face_index, *pads, batch_size, loop, crf, preset]
+
+
+def _latentsync_inputs() -> list[gr.components.Component]:
+    """LatentSync's inputs, in the order ``generate`` takes them: steps, guidance, seed, silence."""
+    with gr.Accordion("LatentSync options (model latentsync)", open=False):
+        steps = gr.Slider(1, 100, value=DEFAULT_STEPS, step=1, label="DDIM steps",
+                          elem_id="latentsync-steps")
+        guidance = gr.Slider(0.0, MAX_GUIDANCE, value=DEFAULT_GUIDANCE, step=0.1,
+                             label="Guidance scale (<= 1: none)", elem_id="latentsync-guidance")
+        seed = gr.Number(0, precision=0, minimum=0,
+                         label="Seed (the same inputs and seed give the same video)", elem_id="latentsync-seed")
+        silence_keep = gr.Checkbox(True, label="Keep the source mouth in silence",
+                                   elem_id="latentsync-silence-keep")
+    return [steps, guidance, seed, silence_keep]
 
 
 def build_api_endpoints(ctx: AppContext) -> None:

@@ -9,7 +9,7 @@ import gradio as gr
 import pandas as pd
 
 from pipeline.device import device_facts
-from pipeline.weights import weights_report
+from pipeline.weights_report import weights_report
 from storage.reports import build_report
 from ui import present
 from ui.context import READ_GROUP, AppContext

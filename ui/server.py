@@ -27,7 +27,7 @@ from fastapi.responses import JSONResponse, PlainTextResponse
 from jobs.examples import examples_dir
 from jobs.settings import Settings
 
-from pipeline.weights import weights_report
+from pipeline.weights_report import latentsync_summary, weights_report
 from storage.db import write_transaction
 from storage.jobs import JOBS_FOLDER
 from storage.records import ACTIVE, TERMINAL
@@ -48,7 +48,6 @@ def readiness(ctx: AppContext) -> dict[str, Any]:
     checks: dict[str, dict[str, Any]] = {}
     try:
         rows = {r["name"]: r for r in weights_report(allow_download=False)}
-        from pipeline.weights import latentsync_summary  # imported here to keep this change inside readiness
         trackers = [n for n in TRACKERS if rows.get(n, {}).get("found")]
         w2l = rows.get("wav2lip", {}).get("found", False)
         checks["models"] = {
