@@ -14,6 +14,8 @@ import dataclasses
 import json
 import logging
 import os
+import secrets
+import shutil
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -200,3 +202,53 @@ def export_results(store: JobStore, run_id: str) -> SuiteResults:
     results.jobs.to_csv(folder / JOBS_CSV, index=False)
     (folder / SUMMARY_JSON).write_text(json.dumps(results.to_dict(), indent=2, default=str))
     return suite_results(store, run_id)
+
+
+UPLOADS_FOLDER = "uploads"  # <data_dir>/suites/uploads/<random>/: a request's suite files
+SUITE_EXTS = (".yaml", ".yml", ".csv")
+
+
+def _within(path: str, roots: list[Path]) -> bool:
+    real = Path(os.path.realpath(path))
+    return any(real == r or r in real.parents for r in roots)
+
+
+def suite_from_request(data_dir: str | os.PathLike[str], *, files: list[str] | None = None,
+                       folder: str | None = None, settings: str | None = None, name: str | None = None,
+                       example: bool = False) -> Suite:
+    """The suite of an app or API request: the example suite, a server folder under the data
+    folder, or uploads (a suite file with the clips it names, or clips alone with
+    ``settings``). Uploads are copied into one folder first, so a suite file's relative
+    paths find the clips uploaded with it; every media path must lie under the data folder."""
+    from eval.suites import load_suite, settings_from_text
+    from jobs.examples import ensure_example_suite
+
+    data = Path(data_dir).resolve()
+    chosen = settings_from_text(settings) if (settings or "").strip() else None
+    if example:
+        suite = load_suite(ensure_example_suite(data), settings=chosen)
+    elif files:
+        target = data / SUITES_FOLDER / UPLOADS_FOLDER / secrets.token_hex(8)
+        target.mkdir(parents=True)
+        for f in files:
+            shutil.copyfile(f, target / Path(f).name)
+        defs = sorted(p for p in target.iterdir() if p.suffix.lower() in SUITE_EXTS)
+        if len(defs) > 1:
+            raise SuiteError("give one suite file at a time", source="uploads", field_name="files")
+        default_name = name or (defs[0].stem if defs else "uploads")
+        suite = load_suite(defs[0] if defs else target, settings=chosen, name=default_name)
+    elif (folder or "").strip():
+        if not _within(folder.strip(), [data]):
+            raise SuiteError(f"a server folder must be inside the data folder {os.fspath(data)}",
+                             source="request", field_name="folder")
+        suite = load_suite(folder.strip(), settings=chosen, name=name or None)
+    else:
+        raise SuiteError("give a suite file or clips, a server folder, or choose the example suite",
+                         source="request")
+    for pair in suite.pairs:
+        for key in ("video", "audio"):
+            if not _within(getattr(pair, key), [data]):
+                raise SuiteError(f"{key} {getattr(pair, key)!r} of pair {pair.name!r} is outside the data "
+                                 f"folder: upload it with the suite file", source=suite.source,
+                                 field_name=f"{pair.name}.{key}")
+    return suite

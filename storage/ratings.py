@@ -84,7 +84,9 @@ def pending_pair(store: JobStore, reviewer: str) -> dict[str, Any] | None:
     with store.connection() as db:
         row = next(db.query(
             "SELECT p.* FROM review_pairs p LEFT JOIN ratings r ON r.pair_id = p.id "
-            "WHERE p.reviewer = ? AND r.id IS NULL ORDER BY p.created_at, p.id LIMIT 1", [reviewer]), None)
+            "JOIN jobs a ON a.id = p.job_a JOIN jobs b ON b.id = p.job_b "
+            "WHERE p.reviewer = ? AND r.id IS NULL AND NOT a.files_gone AND NOT b.files_gone "
+            "ORDER BY p.created_at, p.id LIMIT 1", [reviewer]), None)
     return dict(row) if row is not None else None
 
 
