@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-import media
+from suite_media import N_FRAMES, face_clip, no_face_clip, write_suite
 from eval.suite_stats import PROXY_NOTE, aggregate, bootstrap_ci, compare_runs, proxy_ranking
 from eval.suites import SuiteError, load_suite, parse_yaml, settings_from_text
 from jobs.grid import LABEL_H, label_band
@@ -24,34 +24,17 @@ from pipeline.media.probe import probe
 from storage.jobs import JobStore
 
 ROOT = Path(__file__).resolve().parents[1]
-N_FRAMES = 50  # 2 s at 25 fps
 METRICS = ["psnr_full", "ssim_full", "psnr_face", "ssim_face", "sync_proxy_corr"]
 
 
 @pytest.fixture(scope="module")
 def clips(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Three 2 s face clips with their own speech (the sync proxy needs 40 frames), and one
-    with no face."""
+    """Three face clips with their own speech, and one with no face."""
     d = tmp_path_factory.mktemp("clips")
     for i in range(3):
-        media.write_video(d / f"clip{i}.mp4", [media.face_frame(k + 9 * i, size=192) for k in range(N_FRAMES)])
-        media.write_wav(d / f"clip{i}.wav", media.speech_like(N_FRAMES / 25, seed=i))
-    rng = np.random.default_rng(0)
-    media.write_video(d / "noface.mp4", [np.full((192, 192, 3), 90, np.uint8) + rng.integers(0, 8, (192, 192, 3),
-                                                                                      dtype=np.uint8)
-                                         for _ in range(N_FRAMES)])
-    media.write_wav(d / "noface.wav", media.speech_like(N_FRAMES / 25, seed=7))
+        face_clip(d, f"clip{i}", i)
+    no_face_clip(d)
     return d
-
-
-def _suite_yaml(folder: Path, pairs: list[str], settings: str = "[baseline, passthrough]", name: str = "tiny") -> Path:
-    lines = [f"name: {name}", "pairs:"]
-    for p in pairs:
-        lines += [f"  - name: {p}", f"    video: {p}.mp4", f"    audio: {p}.wav"]
-    lines.append(f"settings: {settings}")
-    path = folder / f"{name}.yaml"
-    path.write_text("\n".join(lines) + "\n")
-    return path
 
 
 @pytest.fixture(scope="module")
@@ -63,7 +46,7 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> JobStore:
 
 @pytest.fixture(scope="module")
 def done(clips: Path, store: JobStore):  # noqa: ANN201 - jobs.suites.SuiteResults
-    suite = load_suite(_suite_yaml(clips, ["clip0", "clip1", "clip2"]))
+    suite = load_suite(write_suite(clips, ["clip0", "clip1", "clip2"]))
     updates = []
     res = run_suite(suite, store=store, on_update=lambda d, t, s: updates.append((d, t, s.status)))
     return res, updates
@@ -132,7 +115,7 @@ def test_grid_video_layout_length_and_labels(done) -> None:
 
 
 def test_failing_clip_is_recorded_failed_and_the_suite_finishes(clips: Path, store: JobStore) -> None:
-    suite = load_suite(_suite_yaml(clips, ["noface", "clip0"], name="with-failure"))
+    suite = load_suite(write_suite(clips, ["noface", "clip0"], name="with-failure"))
     res = run_suite(suite, store=store, grids=False)
     assert res.run["status"] == "finished"
     jobs = res.jobs.set_index(["pair", "setting"])
@@ -174,20 +157,20 @@ def test_settings_text_keeps_commas_inside_option_values() -> None:
 
 def test_missing_media_or_unknown_setting_refused_before_any_job(clips: Path, tmp_path: Path) -> None:
     with JobStore(tmp_path / "jobs.db", data_dir=tmp_path, recover=False, retention=False) as s:
-        missing = _suite_yaml(clips, ["clip0"], name="missing")
+        missing = write_suite(clips, ["clip0"], name="missing")
         missing.write_text(missing.read_text().replace("clip0.wav", "nowhere.wav"))
         with pytest.raises(SuiteError, match="nowhere.wav"):
             run_suite(load_suite(missing, check_files=False), store=s)
         with pytest.raises(SuiteError, match="unknown model 'nosuchmodel'") as info:
-            load_suite(_suite_yaml(clips, ["clip0"], settings="[baseline, nosuchmodel]", name="unknown"))
+            load_suite(write_suite(clips, ["clip0"], settings="[baseline, nosuchmodel]", name="unknown"))
             assert info.value.line == 6 and info.value.field_name == "settings[1]"
-        bad_value = load_suite(_suite_yaml(clips, ["clip0"], settings="['baseline crf=99']", name="v"))
+        bad_value = load_suite(write_suite(clips, ["clip0"], settings="['baseline crf=99']", name="v"))
         with pytest.raises(SuiteError, match="crf"):
             run_suite(bad_value, store=s)
         with s.connection() as db:
             assert db.execute("SELECT count(*) FROM jobs").fetchone()[0] == 0
             assert db.execute("SELECT count(*) FROM suite_runs").fetchone()[0] == 0
-    assert len(plan_suite(load_suite(_suite_yaml(clips, ["clip0", "clip1"])))) == 4
+    assert len(plan_suite(load_suite(write_suite(clips, ["clip0", "clip1"])))) == 4
 
 
 def test_comparison_flags_lse_d_moves_over_5_percent_and_more_failures() -> None:
@@ -227,7 +210,7 @@ def test_bootstrap_ci_and_proxy_ranking_rules() -> None:
 
 def test_cli_runs_a_suite_and_refuses_a_bad_one(clips: Path, tmp_path: Path) -> None:
     env = {"LIPSYNC_DATA_DIR": str(tmp_path / "data"), "HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin"}
-    suite = _suite_yaml(clips, ["noface", "clip2"], settings="[baseline]", name="cli")
+    suite = write_suite(clips, ["noface", "clip2"], settings="[baseline]", name="cli")
     ok = subprocess.run([sys.executable, "-m", "jobs", "suite", "run", str(suite), "--no-grid"], cwd=ROOT,
                         env=env, capture_output=True, text=True, timeout=300)
     assert ok.returncode == 0, ok.stderr

@@ -57,8 +57,8 @@ def _reviewer(ctx: AppContext, request: gr.Request | None, given: str | None) ->
 
 
 def _tables(board: Leaderboard) -> tuple[Any, ...]:
-    return (f"{board.ratings} ratings", board.sync, board.quality, board.opinions, board.reviewers,
-            board.agreement)
+    shown = [getattr(board, name).round(3) for name in ("sync", "quality", "opinions", "reviewers", "agreement")]
+    return (f"{board.ratings} ratings", *shown)
 
 
 def _export(board: Leaderboard) -> list[str]:
