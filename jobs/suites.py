@@ -206,6 +206,7 @@ def export_results(store: JobStore, run_id: str) -> SuiteResults:
 
 UPLOADS_FOLDER = "uploads"  # <data_dir>/suites/uploads/<random>/: a request's suite files
 SUITE_EXTS = (".yaml", ".yml", ".csv")
+DEFAULT_SETTINGS = "baseline, passthrough"  # for clips uploaded or found without a suite file
 
 
 def _within(path: str, roots: list[Path]) -> bool:
@@ -217,14 +218,16 @@ def suite_from_request(data_dir: str | os.PathLike[str], *, files: list[str] | N
                        folder: str | None = None, settings: str | None = None, name: str | None = None,
                        example: bool = False) -> Suite:
     """The suite of an app or API request: the example suite, a server folder under the data
-    folder, or uploads (a suite file with the clips it names, or clips alone with
-    ``settings``). Uploads are copied into one folder first, so a suite file's relative
+    folder, or uploads (a suite file with the clips it names, or clips alone). ``settings``
+    replace a YAML file's; CSV files, folders and clips alone default to
+    :data:`DEFAULT_SETTINGS`. Uploads are copied into one folder first, so a suite file's relative
     paths find the clips uploaded with it; every media path must lie under the data folder."""
     from eval.suites import load_suite, settings_from_text
     from jobs.examples import ensure_example_suite
 
     data = Path(data_dir).resolve()
     chosen = settings_from_text(settings) if (settings or "").strip() else None
+    fallback = settings_from_text(DEFAULT_SETTINGS)  # clips without a suite file
     if example:
         suite = load_suite(ensure_example_suite(data), settings=chosen)
     elif files:
@@ -236,12 +239,14 @@ def suite_from_request(data_dir: str | os.PathLike[str], *, files: list[str] | N
         if len(defs) > 1:
             raise SuiteError("give one suite file at a time", source="uploads", field_name="files")
         default_name = name or (defs[0].stem if defs else "uploads")
-        suite = load_suite(defs[0] if defs else target, settings=chosen, name=default_name)
+        is_yaml = bool(defs) and defs[0].suffix.lower() != ".csv"
+        suite = load_suite(defs[0] if defs else target, settings=chosen if is_yaml else chosen or fallback,
+                           name=default_name)
     elif (folder or "").strip():
         if not _within(folder.strip(), [data]):
             raise SuiteError(f"a server folder must be inside the data folder {os.fspath(data)}",
                              source="request", field_name="folder")
-        suite = load_suite(folder.strip(), settings=chosen, name=name or None)
+        suite = load_suite(folder.strip(), settings=chosen or fallback, name=name or None)
     else:
         raise SuiteError("give a suite file or clips, a server folder, or choose the example suite",
                          source="request")

@@ -12,7 +12,7 @@ import httpx
 import pytest
 from gradio_client import Client, handle_file
 
-from app_server import AppServer, start_app
+from app_server import AppServer, app_fixture
 from suite_media import face_clip, write_suite
 
 USER, PASSWORD = "reviewer", "s3cret-pw"
@@ -21,11 +21,7 @@ API_NAMES = ("suite_run", "suite_results", "review_next", "review_submit", "lead
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> AppServer:
-    srv = start_app(tmp_path_factory.mktemp("review_access"), LIPSYNC_AUTH=f"{USER}:{PASSWORD}")
-    yield srv
-    srv.stop()
+server = app_fixture("review_access", LIPSYNC_AUTH=f"{USER}:{PASSWORD}")
 
 
 @pytest.fixture(scope="module")

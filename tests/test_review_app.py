@@ -5,7 +5,6 @@ and a rating round trip in headless Chromium (Playwright) with the keyboard shor
 
 from __future__ import annotations
 
-import json
 import sqlite3
 from pathlib import Path
 from typing import Any
@@ -14,20 +13,16 @@ import httpx
 import pytest
 from gradio_client import Client, handle_file
 
-from app_server import AppServer, start_app
+from app_server import AppServer, app_fixture
 from suite_media import face_clip, write_suite
-from test_app_browser import CHROMIUM
+from test_app_browser import browser_page  # noqa: F401 - the fixture
 
 SETTING_NAMES = ("baseline", "passthrough")
 
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> AppServer:
-    srv = start_app(tmp_path_factory.mktemp("review_app"))
-    yield srv
-    srv.stop()
+server = app_fixture("review_app")
 
 
 @pytest.fixture(scope="module")
@@ -97,22 +92,9 @@ def test_review_submit_refuses_unknown_forged_and_rated_pairs(server: AppServer,
     assert {r["reviewer"] for r in board["reviewers"]} >= {"carol"}
 
 
-@pytest.fixture()
-def page():
-    if not CHROMIUM.exists():
-        pytest.skip(f"no Chromium at {CHROMIUM} (apt-get install chromium)")
-    sync_api = pytest.importorskip("playwright.sync_api")
-    with sync_api.sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=str(CHROMIUM), headless=True,
-                                     args=["--no-sandbox", "--disable-gpu"])
-        try:
-            yield browser.new_page(viewport={"width": 1400, "height": 1000})
-        finally:
-            browser.close()
-
-
-def test_rating_round_trip_in_the_browser(server: AppServer, client: Client, run: dict[str, Any], page,
+def test_rating_round_trip_in_the_browser(server: AppServer, client: Client, run: dict[str, Any], browser_page,
                                           tmp_path: Path) -> None:
+    page, errors = browser_page
     before = client.predict(api_name="/leaderboard")
     page.goto(server.url, wait_until="load", timeout=90_000)
     page.get_by_role("tab", name="Review").click(timeout=60_000)
@@ -138,5 +120,5 @@ def test_rating_round_trip_in_the_browser(server: AppServer, client: Client, run
     page.locator("#leaderboard-count").get_by_text(f"{after['ratings']} ratings").wait_for(timeout=30_000)
     page.locator("#leaderboard-reviewers").get_by_text("erin").filter(visible=True).first.wait_for(timeout=30_000)
     page.screenshot(path=tmp_path / "leaderboard.png", full_page=True)
-    last = json.loads(json.dumps(after["sync"]))
-    assert sum(r["comparisons"] for r in last) == 2 * after["ratings"]
+    assert sum(r["comparisons"] for r in after["sync"]) == 2 * after["ratings"]
+    assert not errors, errors

@@ -18,13 +18,12 @@ from typing import Any
 import gradio as gr
 import pandas as pd
 
-from jobs.suites import JobStatus, SuiteResults, run_suite, suite_from_request, suite_results
+from jobs.suites import DEFAULT_SETTINGS, JobStatus, SuiteResults, run_suite, suite_from_request, suite_results
 from ui.context import GENERATION_GROUP, READ_GROUP, AppContext
 from ui.errors import user_errors
 
 log = logging.getLogger(__name__)
 
-DEFAULT_SETTINGS = "baseline, passthrough"
 PLOT_METRICS = ("lse_d", "lse_c", "psnr_full", "ssim_full", "psnr_face", "ssim_face", "sync_proxy_conf",
                 "sync_proxy_corr", "rtf")
 STATUS_COLUMNS = ["#", "pair", "setting", "status", "job id", "reason"]
@@ -62,8 +61,8 @@ def metric_plot(results: SuiteResults | None, metric: str) -> pd.DataFrame:
 
 def _views(results: SuiteResults, metric: str) -> tuple[Any, ...]:
     grids = list(results.grids)
-    return (results.run["id"], summary_table(results), metric_plot(results, metric), results.proxy,
-            results.comparison, gr.update(choices=grids, value=grids[0] if grids else None),
+    return (results.run["id"], summary_table(results), metric_plot(results, metric), results.proxy.round(3),
+            results.comparison.round(3), gr.update(choices=grids, value=grids[0] if grids else None),
             results.grids.get(grids[0]) if grids else None, list(results.files.values()) or None,
             results.to_dict())
 
@@ -103,7 +102,8 @@ def build_suites_tab(ctx: AppContext) -> None:
                         elem_id="suite-files")
         with gr.Column():
             folder = gr.Textbox(label="Or a server folder of clips (under the data folder)")
-            settings = gr.Textbox(DEFAULT_SETTINGS, label="Settings (replace a suite file's; comma-separated)",
+            settings = gr.Textbox(label="Settings, comma-separated (replace a suite file's; default for clips "
+                                        f"and folders: {DEFAULT_SETTINGS})", placeholder=DEFAULT_SETTINGS,
                                   elem_id="suite-settings")
             name = gr.Textbox(label="Suite name (CSV and folders; default: the file or folder name)")
             example = gr.Checkbox(False, label="Run the example suite shipped with the app")
@@ -188,7 +188,7 @@ def _build_api(ctx: AppContext) -> None:
     with gr.Column(visible=False):
         a_files = gr.File(file_count="multiple", type="filepath", label="suite file and/or clips")
         a_folder = gr.Textbox(label="server folder")
-        a_settings = gr.Textbox(DEFAULT_SETTINGS, label="settings")
+        a_settings = gr.Textbox(label="settings (empty: the suite file's, or the default)")
         a_name = gr.Textbox(label="suite name")
         a_example = gr.Checkbox(False, label="example suite")
         a_out = gr.JSON(label="results")
