@@ -122,3 +122,19 @@ def test_rating_round_trip_in_the_browser(server: AppServer, client: Client, run
     page.screenshot(path=tmp_path / "leaderboard.png", full_page=True)
     assert sum(r["comparisons"] for r in after["sync"]) == 2 * after["ratings"]
     assert not errors, errors
+
+
+def test_suites_tab_shows_a_run_with_its_grid(server: AppServer, run: dict[str, Any], browser_page,
+                                              tmp_path: Path) -> None:
+    page, errors = browser_page
+    page.goto(server.url, wait_until="networkidle", timeout=90_000)  # no open stream keeps it busy
+    page.get_by_role("tab", name="Suites").click()
+    page.locator("#suite-run-id input, #suite-run-id textarea").first.fill(run["run_id"])
+    page.get_by_role("button", name="Show run").click()
+    summary = page.locator("#suite-summary")
+    summary.get_by_text("passthrough").filter(visible=True).first.wait_for(timeout=30_000)
+    page.wait_for_function("() => { const v = document.querySelector('#suite-grid video');"
+                           " return v && v.src && v.readyState >= 1 && v.duration > 0; }", timeout=30_000)
+    page.screenshot(path=tmp_path / "suites.png", full_page=True)
+    assert summary.get_by_text("baseline", exact=True).filter(visible=True).count() == 2  # setting, model
+    assert not errors, errors

@@ -124,35 +124,38 @@ def build_suites_tab(ctx: AppContext) -> None:
         grid = gr.Video(label="Original | each setting (same audio)", interactive=False, elem_id="suite-grid")
     exports = gr.File(label="Exports (summary CSV/JSON, jobs CSV)", interactive=False)
     results_json = gr.JSON(visible=False)
-    last = gr.State(None)
     outputs = [run_id, summary, plot, proxy, compare, clip, grid, exports, results_json]
 
     def run(up: list[str] | None, folder_text: str, settings_text: str, suite_name: str, use_example: bool,
             metric_name: str, request: gr.Request, progress: gr.Progress = gr.Progress()
             ) -> Iterator[tuple[Any, ...]]:
         """Run a suite; yields progress, then the results."""
-        yield from stream(ctx, up, folder_text, settings_text, suite_name, use_example, metric_name,
-                          user=getattr(request, "username", None), source="app", progress=progress)
+        for out in stream(ctx, up, folder_text, settings_text, suite_name, use_example, metric_name,
+                          user=getattr(request, "username", None), source="app", progress=progress):
+            yield out[:2] + out[3:]  # the tab keeps the run id, not the results (no gr.State: see below)
+
+    def results_of(run_text: str) -> SuiteResults:
+        with user_errors("suite results"):
+            return suite_results(ctx.store, (run_text or "").strip())
 
     def show(run_text: str, metric_name: str) -> tuple[Any, ...]:
-        with user_errors("suite results"):
-            res = suite_results(ctx.store, (run_text or "").strip())
-        return (res, *_views(res, metric_name))
+        return _views(results_of(run_text), metric_name)
 
-    def replot(res: SuiteResults | None, metric_name: str) -> pd.DataFrame:
-        return metric_plot(res, metric_name)
+    def replot(run_text: str, metric_name: str) -> pd.DataFrame:
+        return metric_plot(results_of(run_text) if (run_text or "").strip() else None, metric_name)
 
-    def pick(res: SuiteResults | None, pair: str | None) -> str | None:
-        return res.grids.get(pair) if res is not None and pair else None
+    def pick(run_text: str, pair: str | None) -> str | None:
+        return results_of(run_text).grids.get(pair) if (run_text or "").strip() and pair else None
 
     inputs = [files, folder, settings, name, example, metric]
-    run_btn.click(run, inputs=inputs, outputs=[progress_md, status, last, *outputs], api_name="suite_run_ui",
+    # a gr.State here would open Gradio's heartbeat stream on every page (the page never idles)
+    run_btn.click(run, inputs=inputs, outputs=[progress_md, status, *outputs], api_name="suite_run_ui",
                   api_visibility="private", concurrency_id=GENERATION_GROUP,
                   concurrency_limit=ctx.settings.max_jobs)
     read = {"concurrency_id": READ_GROUP, "concurrency_limit": None, "api_visibility": "private"}
-    load_btn.click(show, inputs=[run_id, metric], outputs=[last, *outputs], **read)
-    metric.change(replot, inputs=[last, metric], outputs=[plot], **read)
-    clip.change(pick, inputs=[last, clip], outputs=[grid], **read)
+    load_btn.click(show, inputs=[run_id, metric], outputs=outputs, **read)
+    metric.change(replot, inputs=[run_id, metric], outputs=[plot], **read)
+    clip.change(pick, inputs=[run_id, clip], outputs=[grid], **read)
     _build_api(ctx)
 
 
