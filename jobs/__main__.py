@@ -1,6 +1,7 @@
 """CLI of a recorded job: ``python -m jobs run VIDEO AUDIO -o OUT.mp4 ...`` runs, scores and
 records the job in the history (as the app does), and ``python -m jobs weights`` lists the
 weights. Same options as ``python -m pipeline run``, plus ``--no-record`` and ``--no-score``.
+``python -m jobs suite run SUITE.yaml`` runs a suite (see jobs/suite_cli.py).
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
+from jobs.suite_cli import add_suite_command, cmd_suite
 from pipeline.__main__ import (add_run_arguments, add_weights_command, cli_main, log_progress,
                                options_from_args, print_result)
 
@@ -32,7 +34,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--score", action=argparse.BooleanOptionalAction, default=True,
                    help="score the result against the original (PSNR/SSIM, sync proxy, LSE)")
     add_weights_command(sub)
-    return cli_main(parser, {"run": _cmd_run}, argv)
+    add_suite_command(sub)
+    return cli_main(parser, {"run": _cmd_run, "suite": cmd_suite}, argv)
 
 
 if __name__ == "__main__":

@@ -4,6 +4,8 @@
 - ``video.mp4``: that photo as a 3 s, 25 fps clip with a slow camera drift (ffmpeg).
 - ``speech.wav``: 3 s of synthetic vowel-like speech (a glottal pulse train through two
   formant resonators, syllable envelope, pauses), 16 kHz mono.
+- ``speech2.wav`` and ``suite.yaml`` (:func:`ensure_example_suite`): a second phrase, and the
+  example suite shipped as ``jobs/example_suite.yaml`` (3 clips x 3 weights-free settings).
 """
 
 from __future__ import annotations
@@ -91,9 +93,29 @@ def ensure_examples(data_dir: str | os.PathLike[str]) -> dict[str, str]:
         _video(paths["photo"], tmp)
         tmp.replace(paths["video"])
     if not paths["audio"].exists():
-        pcm = np.clip(speech_samples() * 32767, -32768, 32767).astype(np.int16)
-        tmp = folder / "speech.partial.wav"
-        wavfile.write(os.fspath(tmp), SAMPLE_RATE, pcm)
-        tmp.replace(paths["audio"])
+        _speech(paths["audio"], seed=1)
     log.info("examples ready in %s", folder)
     return {k: os.fspath(v.resolve()) for k, v in paths.items()}
+
+
+def _speech(path: Path, *, seed: int) -> None:
+    pcm = np.clip(speech_samples(seed=seed) * 32767, -32768, 32767).astype(np.int16)
+    tmp = path.with_suffix(".partial.wav")
+    wavfile.write(os.fspath(tmp), SAMPLE_RATE, pcm)
+    tmp.replace(path)
+
+
+EXAMPLE_SUITE = Path(__file__).with_name("example_suite.yaml")  # shipped with the app
+
+
+def ensure_example_suite(data_dir: str | os.PathLike[str]) -> str:
+    """The examples, a second phrase and ``<data_dir>/examples/suite.yaml`` (a copy of
+    :data:`EXAMPLE_SUITE`, whose relative paths resolve there); returns the suite's path."""
+    folder = Path(ensure_examples(data_dir)["video"]).parent
+    if not (folder / "speech2.wav").exists():
+        _speech(folder / "speech2.wav", seed=2)
+    suite = folder / "suite.yaml"
+    text = EXAMPLE_SUITE.read_text(encoding="utf-8")
+    if not suite.exists() or suite.read_text(encoding="utf-8") != text:
+        suite.write_text(text, encoding="utf-8")
+    return os.fspath(suite)

@@ -20,6 +20,14 @@ e.g. ``2025-05-01T12:00:00.000000+00:00``, so text order is time order):
   convention_json, recorded_at
 - ``job_devices``: job_id -> device, cpu_model, cpu_count, gpu_model, peak_rss_mb,
   peak_gpu_mb, extra_json
+- ``suite_runs`` (4): id -> suite, definition_json, status, source, user, created_at,
+  finished_at, total_jobs, summary_json
+- ``suite_jobs`` (4): (run_id, pair, setting) -> job_id (unique), model, position
+- ``review_pairs`` (4): id -> reviewer, run_id, pair, job_a, job_b (as shown left, right),
+  job_lo, job_hi (the two in id order; unique per reviewer), created_at
+- ``ratings`` (4): id -> pair_id (unique), reviewer, job_a, job_b, setting_a, setting_b, sync,
+  quality ('a', 'b' or 'tie'), opinion_a, opinion_b (1-5 or NULL), note, created_at
+- ``app_secrets`` (4): name -> value (the key that signs review pair ids)
 """
 
 from __future__ import annotations
@@ -136,6 +144,70 @@ def _m3_retention_and_cost(db: Database) -> None:
         "WHERE s.job_id = jobs.id AND s.stage = 'generate') WHERE status = 'succeeded'")
 
 
+_SUITES_SQL = """
+CREATE TABLE suite_runs (
+    id TEXT PRIMARY KEY,
+    suite TEXT NOT NULL,
+    definition_json TEXT NOT NULL DEFAULT '{}',
+    status TEXT NOT NULL CHECK (status IN ('running', 'finished', 'interrupted')),
+    source TEXT NOT NULL,
+    user TEXT,
+    created_at TEXT NOT NULL,
+    finished_at TEXT,
+    total_jobs INTEGER NOT NULL,
+    summary_json TEXT NOT NULL DEFAULT '{}'
+);
+CREATE INDEX suite_runs_suite ON suite_runs (suite, created_at);
+CREATE TABLE suite_jobs (
+    run_id TEXT NOT NULL REFERENCES suite_runs (id) ON DELETE CASCADE,
+    job_id TEXT NOT NULL UNIQUE REFERENCES jobs (id) ON DELETE CASCADE,
+    pair TEXT NOT NULL,
+    setting TEXT NOT NULL,
+    model TEXT NOT NULL,
+    position INTEGER NOT NULL,
+    PRIMARY KEY (run_id, pair, setting)
+);
+CREATE TABLE review_pairs (
+    id TEXT PRIMARY KEY,
+    reviewer TEXT NOT NULL,
+    run_id TEXT NOT NULL REFERENCES suite_runs (id) ON DELETE CASCADE,
+    pair TEXT NOT NULL,
+    job_a TEXT NOT NULL REFERENCES jobs (id) ON DELETE CASCADE,
+    job_b TEXT NOT NULL REFERENCES jobs (id) ON DELETE CASCADE,
+    job_lo TEXT NOT NULL,
+    job_hi TEXT NOT NULL,
+    created_at TEXT NOT NULL,
+    UNIQUE (reviewer, job_lo, job_hi),
+    CHECK (job_a <> job_b AND job_lo < job_hi)
+);
+CREATE TABLE ratings (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    pair_id TEXT NOT NULL UNIQUE REFERENCES review_pairs (id) ON DELETE CASCADE,
+    reviewer TEXT NOT NULL,
+    job_a TEXT NOT NULL,
+    job_b TEXT NOT NULL,
+    setting_a TEXT NOT NULL,
+    setting_b TEXT NOT NULL,
+    sync TEXT NOT NULL CHECK (sync IN ('a', 'b', 'tie')),
+    quality TEXT NOT NULL CHECK (quality IN ('a', 'b', 'tie')),
+    opinion_a INTEGER CHECK (opinion_a BETWEEN 1 AND 5),
+    opinion_b INTEGER CHECK (opinion_b BETWEEN 1 AND 5),
+    note TEXT,
+    created_at TEXT NOT NULL
+);
+CREATE INDEX ratings_reviewer ON ratings (reviewer);
+CREATE TABLE app_secrets (
+    name TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+);
+"""
+
+
+def _m4_suites_and_ratings(db: Database) -> None:
+    """Suite runs and their jobs, blind review pairs and ratings, the pair-signing key."""
+    db.executescript(_SUITES_SQL)
+
+
 @dataclass(frozen=True)
 class Migration:
     number: int
@@ -147,6 +219,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "initial", _m1_initial),
     Migration(2, "process_ownership", _m2_process_ownership),
     Migration(3, "retention_and_cost", _m3_retention_and_cost),
+    Migration(4, "suites_and_ratings", _m4_suites_and_ratings),
 )
 LATEST = MIGRATIONS[-1].number
 

@@ -84,3 +84,17 @@ def start_app(tmp: Path, **env: str) -> AppServer:
             time.sleep(0.3)
     server.stop()
     raise RuntimeError(f"app.py did not answer /healthz within {START_TIMEOUT_S:.0f} s:\n{server.log_tail()}")
+
+
+def app_fixture(name: str, **env: str):  # noqa: ANN201 - a pytest fixture function
+    """A module-scoped ``server`` fixture: ``python app.py`` in a tmp folder named ``name``
+    with ``env`` (e.g. ``server = app_fixture("review_app", LIPSYNC_AUTH="u:p")``)."""
+    import pytest
+
+    @pytest.fixture(scope="module")
+    def server(tmp_path_factory: pytest.TempPathFactory) -> AppServer:
+        srv = start_app(tmp_path_factory.mktemp(name), **env)
+        yield srv
+        srv.stop()
+
+    return server

@@ -1,4 +1,4 @@
-"""The whole Gradio app: the five tabs and the named API endpoints, on one shared context."""
+"""The whole Gradio app: the tabs and the named API endpoints, on one shared context."""
 
 from __future__ import annotations
 
@@ -12,6 +12,8 @@ from ui.context import AppContext
 from ui.generate import build_api_endpoints, build_generate_tab
 from ui.history import build_compare_tab, build_history_api, build_history_tab
 from ui.monitor import build_performance_tab, build_system_tab
+from ui.review import build_leaderboard_tab, build_review_api, build_review_tab
+from ui.suites import build_suites_tab
 
 log = logging.getLogger(__name__)
 
@@ -35,9 +37,16 @@ def build_blocks(ctx: AppContext) -> gr.Blocks:
             build_generate_tab(ctx)
         build_history_tab(ctx)
         build_compare_tab(ctx)
+        with gr.Tab("Suites", elem_id="suites-tab"):
+            build_suites_tab(ctx)
+        with gr.Tab("Review", elem_id="review-tab"):
+            review = build_review_tab(ctx)
+        with gr.Tab("Leaderboard", elem_id="leaderboard-tab"):
+            build_leaderboard_tab(ctx, review)
         build_performance_tab(ctx)
         build_system_tab(ctx)
         build_api_endpoints(ctx)
         build_history_api(ctx)
+        build_review_api(ctx)
     ctx.blocks = blocks
     return blocks

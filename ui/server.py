@@ -25,6 +25,7 @@ import gradio as gr
 from fastapi.responses import JSONResponse, PlainTextResponse
 
 from jobs.examples import examples_dir
+from jobs.suites import SUITES_FOLDER
 from jobs.settings import Settings
 
 from pipeline.weights_report import latentsync_summary, weights_report
@@ -191,7 +192,8 @@ def create_app(settings: Settings) -> fastapi.FastAPI:
         server, blocks, path="/", auth=settings.auth,
         auth_message="LipSync Lab: log in to review jobs" if settings.auth else None,
         max_file_size=settings.max_file_size,
-        # the examples and the job folders <data_dir>/jobs/<id>/ only: never jobs.db or the rest
+        # the examples, the job folders <data_dir>/jobs/<id>/ and suite runs' files: never jobs.db
         allowed_paths=[os.fspath(examples_dir(settings.data_dir).resolve()),
-                       os.fspath((settings.data_dir / JOBS_FOLDER).resolve())],
+                       os.fspath((settings.data_dir / JOBS_FOLDER).resolve()),
+                       os.fspath((settings.data_dir / SUITES_FOLDER).resolve())],  # suite grids, exports
         show_error=True, footer_links=["api", "settings"])
