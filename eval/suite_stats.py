@@ -15,6 +15,8 @@ from collections.abc import Sequence
 import numpy as np
 import pandas as pd
 
+from pipeline.options import SPEECH_ENERGY_MODELS
+
 log = logging.getLogger(__name__)
 
 # the metrics a suite summarises, where the jobs have them (lower is better for lse_d only)
@@ -22,9 +24,10 @@ SUMMARY_METRICS = ("lse_d", "lse_c", "psnr_full", "ssim_full", "psnr_face", "ssi
                    "sync_proxy_corr", "sync_proxy_conf")
 LOWER_IS_BETTER = ("lse_d",)
 PROXY_METRICS = ("sync_proxy_conf", "sync_proxy_corr")  # the proxy's confidence first, where scored
-# Models the sync proxy cannot judge: the baseline opens the mouth with the same speech energy
-# the proxy reads, so its proxy score is high by construction and never ranks it above another.
-PROXY_BLIND_MODELS = ("baseline",)
+# Models the sync proxy cannot judge (pipeline.options.SPEECH_ENERGY_MODELS, as eval.sync_proxy's
+# caution): the baseline opens the mouth with the same speech energy the proxy reads, so its proxy
+# score is high by construction and never ranks it above another.
+PROXY_BLIND_MODELS = tuple(sorted(SPEECH_ENERGY_MODELS))
 PROXY_NOTE = ("not ranked on the sync proxy: the baseline drives the mouth with the speech energy "
               "the proxy reads")
 CI_LEVEL = 0.95

@@ -37,7 +37,6 @@ from threadpoolctl import threadpool_limits
 
 from eval.proxy_features import (AUDIO_NAMES, MOUTH_NAMES, MOVEMENT_FLOOR, MouthFrames, audio_features,
                                  fill, standardise)
-from eval.proxy_features import speech_envelope as speech_envelope  # re-exported: the v1 measure
 from eval.results import PROXY_METRICS, Score, Scores, nulls
 from pipeline.faces.types import Face
 from pipeline.options import SPEECH_ENERGY_MODELS

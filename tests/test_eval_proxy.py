@@ -133,7 +133,7 @@ def test_shift_audio_moves_samples_exactly() -> None:
 def test_features_and_envelope_shapes() -> None:
     t = np.arange(SAMPLE_RATE) / SAMPLE_RATE
     wav = (np.sin(2 * np.pi * 1000 * t) * (t < 0.5)).astype(np.float32)  # 0.5 s tone, then silence
-    env = sp.speech_envelope(wav, FPS, 30)
+    env = pf.speech_envelope(wav, FPS, 30)
     assert env.shape == (30,)
     assert env[:10].min() > 0.5 and env[15:25].max() < 0.01 and env[-5:].max() == 0.0  # past the end
     assert pf.audio_features(wav, FPS, 30).shape == (30, len(pf.AUDIO_NAMES))
