@@ -56,7 +56,7 @@ from eval.sync_proxy import CONVENTION as PROXY_CONVENTION
 from eval.sync_proxy import mouth_openings, sync_proxy
 from pipeline.errors import NoFaceFound
 from pipeline.faces.types import LANDMARK_FACE_PX, LANDMARK_MARGIN, Face
-from pipeline.device import configure_opencv_threads
+from pipeline.device import configure_opencv_threads, quality_workers
 from pipeline.faces.tracking import Track
 from pipeline.media.probe import MediaInfo, probe
 from pipeline.media.background import in_background
@@ -75,7 +75,6 @@ LANDMARK_RATE_HZ = 12.5  # mouth landmarks per second of video (dlib's fit costs
 # one core, the other idle: ~0.2 s of a 1.4 s scoring on 2 cores).
 QUEUE_BYTES = 96 * 2**20
 MIN_QUEUED = 4
-QUALITY_WORKERS = 2  # threads computing PSNR/SSIM (tail of a 720p scoring: 0.35 s on 1 core before)
 PLAN_MODE = "pingpong"  # how the run loop extends a video shorter than its audio
 COLOUR = ("BGR uint8 from the decoded I420 frames of both videos (OpenCV COLOR_YUV2BGR_I420, "
           "BT.601 limited range), no other conversion")
@@ -191,7 +190,7 @@ class _FramePass:
         # PSNR/SSIM run on worker threads, so they fill the time this thread waits on ffmpeg's
         # pipes; scipy's filters and OpenCV release the GIL, so once the decode is done the
         # backlog runs on every core (the accumulator keys values by frame: order is free).
-        with ThreadPoolExecutor(max_workers=QUALITY_WORKERS, thread_name_prefix="eval-quality") as pool, \
+        with ThreadPoolExecutor(max_workers=quality_workers(), thread_name_prefix="eval-quality") as pool, \
                 closing(self.orig_iter):
             self.pool = pool
             if region is None:

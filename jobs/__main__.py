@@ -11,6 +11,8 @@ from collections.abc import Sequence
 
 from pipeline.__main__ import (add_run_arguments, add_weights_command, cli_main, log_progress,
                                options_from_args, print_result)
+from pipeline.errors import LipSyncError
+from storage.db import StorageError
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
@@ -32,7 +34,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--score", action=argparse.BooleanOptionalAction, default=True,
                    help="score the result against the original (PSNR/SSIM, sync proxy, LSE)")
     add_weights_command(sub)
-    return cli_main(parser, {"run": _cmd_run}, argv)
+    return cli_main(parser, {"run": _cmd_run}, argv, user_errors=(LipSyncError, StorageError, OSError))
 
 
 if __name__ == "__main__":

@@ -26,7 +26,7 @@ from jobs.executors import Executor, make_executor
 from jobs.lifecycle import run_recorded
 from jobs.settings import Settings
 from jobs.workspace import clean_stale_work_dirs, process_work_dir
-from pipeline.errors import InputMissing
+from pipeline.errors import InputMissing, InvalidOption
 from pipeline.media.probe import Limits
 from pipeline.options import RunOptions
 from storage.jobs import JobStore
@@ -105,33 +105,31 @@ def gpu_function(fn: Callable[..., T]) -> Callable[..., T]:
 def parse_options(model: str, options: Mapping[str, Any] | str | None, *,
                   settings: Settings) -> RunOptions:
     """RunOptions for a request: ``model`` plus the USER_OPTIONS in ``options`` (a dict or
-    JSON text), with the server's limits. Raises ValueError naming a bad key or value."""
+    JSON text), with the server's limits, encoder and work folder. Raises InvalidOption
+    naming a bad key, or a value and its range (RunOptions checks every one), before
+    anything is recorded."""
     if isinstance(options, str):
         text = options.strip()
         try:
             options = json.loads(text) if text else {}
         except json.JSONDecodeError as exc:
-            raise ValueError(f"options are not valid JSON: {exc}") from None
+            raise InvalidOption(f"options are not valid JSON: {exc}") from None
+    if options is not None and not isinstance(options, Mapping):
+        raise InvalidOption(f"options must be a JSON object, got {type(options).__name__}")
     options = dict(options or {})
     unknown = sorted(set(options) - set(USER_OPTIONS))
     if unknown:
-        raise ValueError(f"unknown option(s) {', '.join(unknown)}: allowed are {', '.join(USER_OPTIONS)}")
-    if options.get("pads") is not None:
-        pads = tuple(int(p) for p in options["pads"])
-        if len(pads) != 4:
-            raise ValueError("pads must be four integers: top, bottom, left, right")
-        options["pads"] = pads
+        raise InvalidOption(f"unknown option(s) {', '.join(unknown)}: allowed are {', '.join(USER_OPTIONS)}")
+    if isinstance(options.get("pads"), list):
+        options["pads"] = tuple(options["pads"])
     timeout = options.get("timeout_s") or settings.job_timeout_s
-    if settings.job_timeout_s and timeout:
+    if settings.job_timeout_s and isinstance(timeout, (int, float)) and not isinstance(timeout, bool):
         timeout = min(float(timeout), settings.job_timeout_s)
     options["timeout_s"] = timeout
     options = {k: v for k, v in options.items() if v is not None}
     limits = Limits(max_side=settings.max_side, max_duration_s=settings.max_duration_s)
-    try:
-        return RunOptions(model=model or "auto", limits=limits,
-                          work_dir=os.fspath(settings.work_dir) if settings.work_dir else None, **options)
-    except TypeError as exc:  # a value of the wrong type, e.g. "face_index": "two"
-        raise ValueError(f"bad option value: {exc}") from None
+    return RunOptions(model=model or "auto", limits=limits, encoder=settings.encoder,
+                      work_dir=os.fspath(settings.work_dir) if settings.work_dir else None, **options)
 
 
 def run_job(video: str | None, audio: str | None, options: RunOptions, *, store: JobStore,

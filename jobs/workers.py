@@ -38,7 +38,7 @@ from typing import Any
 
 from jobs.executors import CancelFn, Executor, ProgressFn
 from jobs.work import GenerationJob
-from pipeline.device import LANE_FILE_ENV
+from pipeline.device import JOB_CORES_ENV, LANE_FILE_ENV, job_cores
 from pipeline.errors import JobTimeout, WorkerDied
 from pipeline.options import RunResult
 
@@ -54,7 +54,9 @@ class _Worker:
 
     def __init__(self, lane_file: str, threads: int) -> None:
         mine, theirs = socket.socketpair()
-        env = {**os.environ, LANE_FILE_ENV: lane_file}
+        # its share of the cores sizes torch's threads, the decoder's and scoring's in the worker
+        # (pipeline.device.job_cores); LIPSYNC_TORCH_THREADS etc. still override each
+        env = {**os.environ, LANE_FILE_ENV: lane_file, JOB_CORES_ENV: str(threads)}
         for name in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
             env.setdefault(name, str(threads))  # BLAS pools spin-wait: one per worker, sized to its share
         env["PYTHONPATH"] = os.pathsep.join(p for p in (os.fspath(_ROOT), env.get("PYTHONPATH")) if p)
@@ -122,8 +124,8 @@ class WorkerPool(Executor):
         self._lock = threading.Lock()
         self._busy: set[_Worker] = set()
         self._closed = False
-        # the cores shared out among the workers, for OpenCV's thread pool in each (below)
-        self.threads = max(1, len(os.sched_getaffinity(0)) // self.size)
+        # the cores shared out among the workers: each worker's job sizes its threads to its share
+        self.threads = max(1, job_cores() // self.size)
         # the workers flock it around each generator stage (pipeline.device); a server keeps
         # it in its own work folder, which goes with the server (jobs/workspace.py)
         fd, self.lane_file = tempfile.mkstemp(prefix="gpu-lane-", suffix=".lock", dir=lane_dir)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 import importlib
 import logging
+import math
 import os
 import platform
 import resource
@@ -28,6 +29,9 @@ log = logging.getLogger(__name__)
 DEVICE_CHOICES = ("auto", "cpu", "cuda")
 MIB = 1024 * 1024
 CPU_THREADS_ENV = "LIPSYNC_TORCH_THREADS"  # overrides cpu_threads()
+JOB_CORES_ENV = "LIPSYNC_JOB_CORES"  # the cores one job may use (a worker pool sets its share)
+DECODE_THREADS_ENV = "LIPSYNC_DECODE_THREADS"  # overrides decode_threads()
+QUALITY_WORKERS_ENV = "LIPSYNC_QUALITY_WORKERS"  # overrides quality_workers()
 
 LANE_FILE_ENV = "LIPSYNC_GPU_LANE_FILE"  # set by jobs.workers: one lane for all its workers
 
@@ -103,18 +107,66 @@ def choose_dtype(device: torch.device) -> torch.dtype:
     return torch.float16 if device.type == "cuda" else torch.float32
 
 
-def cpu_threads() -> int:
-    """Threads for torch on CPU: ``$LIPSYNC_TORCH_THREADS``, else all usable cores but one.
+def env_count(name: str, default: int, *, minimum: int = 1) -> int:
+    """The whole number in ``$name`` (at least ``minimum``), else ``default``; a ValueError
+    naming the variable for anything else."""
+    raw = os.environ.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ValueError(f"{name}={raw!r} is not a whole number") from None
+    if value < minimum:
+        raise ValueError(f"{name}={raw!r} must be at least {minimum}")
+    return value
 
-    The generator runs while ffmpeg decodes and encodes the same job; torch's OpenMP
-    threads spin on their barriers, so one core taken by ffmpeg slows every layer. On 2
-    cores a 1-thread forward is 2.3x faster than a 2-thread one next to a libx264 encode
-    (271 vs 637 ms per frame, measured here), and faster even without it.
+
+@functools.cache
+def machine_cores() -> int:
+    """Cores this process may use: its CPU affinity, capped by a cgroup v2 CPU quota (a
+    container's ``--cpus``), rounded up."""
+    cores = len(os.sched_getaffinity(0))
+    try:
+        with open("/sys/fs/cgroup/cpu.max", encoding="ascii") as f:
+            quota, period = f.read().split()[:2]
+        if quota != "max":
+            cores = min(cores, max(1, math.ceil(int(quota) / int(period))))
+    except (OSError, ValueError):
+        pass  # no cgroup v2 quota here
+    return max(1, cores)
+
+
+def job_cores() -> int:
+    """Cores one job may use: ``$LIPSYNC_JOB_CORES`` (a worker pool sets each worker's share
+    of the machine), else every core of :func:`machine_cores`."""
+    return env_count(JOB_CORES_ENV, machine_cores())
+
+
+def cpu_threads() -> int:
+    """Threads for torch on CPU: ``$LIPSYNC_TORCH_THREADS``, else the job's cores
+    (:func:`job_cores`: all of them for one job, each worker's share when several run).
+
+    Measured on 2 cores (Wav2Lip, random weights, monalisa_720p, --no-score): 72.0 s wall with
+    one thread (all cores but one, the old default) against 42.5 s with two, though ffmpeg
+    decodes and encodes beside it: the forward passes are most of the work.
     """
-    value = os.environ.get(CPU_THREADS_ENV, "").strip()
-    if value:
-        return max(1, int(value))
-    return max(1, len(os.sched_getaffinity(0)) - 1)
+    return env_count(CPU_THREADS_ENV, job_cores())
+
+
+def decode_threads() -> int:
+    """H.264 decoder threads per decode: ``$LIPSYNC_DECODE_THREADS`` (0: ffmpeg's default, as
+    many as the cores), else one per 4 of the job's cores, 1 to 4. One thread decodes 720p
+    at ~800 fps, faster than the encoder takes it, and frame threads cost 10-20% more CPU in
+    all (0.72-0.79 against 0.59 CPU s for monalisa_720p), so only a job with cores to spare
+    (large frames on a large machine) gets more."""
+    return env_count(DECODE_THREADS_ENV, max(1, min(4, job_cores() // 4)), minimum=0)
+
+
+def quality_workers() -> int:
+    """Threads computing PSNR/SSIM while scoring decodes: ``$LIPSYNC_QUALITY_WORKERS``, else
+    the job's cores, 1 to 4 (scipy's filters release the GIL; there are at most ~60 tasks)."""
+    return env_count(QUALITY_WORKERS_ENV, max(1, min(4, job_cores())))
 
 
 @functools.cache

@@ -3,15 +3,31 @@
 from __future__ import annotations
 
 import dataclasses
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
+from pipeline.errors import InvalidOption
 from pipeline.media.probe import Limits
 
 MODELS = ("auto", "wav2lip", "baseline", "passthrough")
 LOOP_MODES = ("pingpong", "loop")
+TRACKERS = ("auto", "insightface", "dlib")
+ENCODERS = ("auto", "libx264", "h264_nvenc")  # auto: NVENC where it works here (pipeline.media.encode)
+PRESETS = ("ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow")  # libx264's names
 DEFAULT_PADS = (0, 10, 0, 0)  # top, bottom, left, right: Wav2Lip's defaults, in pixels
 TRACK_LONG_SIDE = 384  # px: faces are tracked on frames scaled to this long side (never upscaled)
+
+# The range of every numeric option (inclusive). batch_size sizes the run loop's queues in
+# whole frames (about 3 x batch frames in flight: 2 GB at 4096 px for 128), so it has a
+# ceiling; 128 is Wav2Lip's own GPU batch.
+MAX_FACE_INDEX = 31
+MAX_BATCH_SIZE = 128
+MAX_PAD = 256  # px, each side
+CRF_RANGE = (0, 51)  # libx264's
+TRACK_SIDE_RANGE = (96, 1024)  # px
+MAX_TIMEOUT_S = 24 * 3600.0
+_DEVICE = re.compile(r"^(auto|cpu|cuda(:\d{1,2})?)$")
 
 
 @dataclass(frozen=True)
@@ -27,7 +43,7 @@ class RunOptions:
     loop: str = "pingpong"  # how the video is extended when the audio is longer
     crf: int = 18
     preset: str = "veryfast"
-    encoder: str = "libx264"
+    encoder: str = "auto"  # auto | libx264 | h264_nvenc
     tracker: str = "auto"  # auto | insightface | dlib
     track_long_side: int = TRACK_LONG_SIDE
     timeout_s: float | None = None
@@ -35,19 +51,47 @@ class RunOptions:
     limits: Limits = field(default_factory=Limits)
 
     def __post_init__(self) -> None:
-        if self.model not in MODELS:
-            raise ValueError(f"unknown model {self.model!r}: choose one of {', '.join(MODELS)}")
-        if self.loop not in LOOP_MODES:
-            raise ValueError(f"unknown loop mode {self.loop!r}: choose one of {', '.join(LOOP_MODES)}")
-        if self.face_index < 0:
-            raise ValueError("face_index must be >= 0")
-        if self.batch_size is not None and self.batch_size < 1:
-            raise ValueError("batch_size must be >= 1")
-        if not 0 <= self.crf <= 51:
-            raise ValueError("crf must be between 0 and 51")
+        _choice("model", self.model, MODELS)
+        _choice("loop", self.loop, LOOP_MODES)
+        _choice("tracker", self.tracker, TRACKERS)
+        _choice("encoder", self.encoder, ENCODERS)
+        _choice("preset", self.preset, PRESETS)
+        if not isinstance(self.device, str) or not _DEVICE.match(self.device):
+            raise InvalidOption(f"device must be auto, cpu, cuda or cuda:N, got {self.device!r}")
+        _whole("face_index", self.face_index, 0, MAX_FACE_INDEX)
+        if self.batch_size is not None:
+            _whole("batch_size", self.batch_size, 1, MAX_BATCH_SIZE)
+        _whole("crf", self.crf, *CRF_RANGE)
+        _whole("track_long_side", self.track_long_side, *TRACK_SIDE_RANGE)
+        if not isinstance(self.pads, (tuple, list)) or len(self.pads) != 4:
+            raise InvalidOption(f"pads must be four whole numbers (top, bottom, left, right) from "
+                                f"{-MAX_PAD} to {MAX_PAD}, got {self.pads!r}")
+        for side, pad in zip(("top", "bottom", "left", "right"), self.pads):
+            _whole(f"pads ({side})", pad, -MAX_PAD, MAX_PAD)
+        if self.timeout_s is not None:
+            _number("timeout_s", self.timeout_s, 0.0, MAX_TIMEOUT_S, low_open=True)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+
+def _choice(name: str, value: Any, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise InvalidOption(f"{name} must be one of {', '.join(choices)}, got {value!r}")
+
+
+def _whole(name: str, value: Any, low: int, high: int) -> None:
+    """InvalidOption naming ``name`` and its range unless ``value`` is an int in [low, high]."""
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise InvalidOption(f"{name} must be a whole number from {low} to {high}, got {value!r}")
+
+
+def _number(name: str, value: Any, low: float, high: float, *, low_open: bool = False) -> None:
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and value <= high and \
+        (value > low if low_open else value >= low)
+    if not ok:
+        raise InvalidOption(f"{name} must be a number {'over' if low_open else 'from'} {low:g} "
+                            f"{'and at most' if low_open else 'to'} {high:g}, got {value!r}")
 
 
 @dataclass(frozen=True)
@@ -78,10 +122,14 @@ class RunResult:
     # originals for scoring (run(keep=)), else None
     speech: Any = field(default=None, repr=False, compare=False)
     started_wall: float = field(default=0.0, repr=False, compare=False)  # time.time() at the run's start
+    encoder: str = "libx264"  # the video encoder that ran (options.encoder "auto" resolved)
+    # the source frame each output frame shows (int64 numpy array, frame_plan of options.loop),
+    # for scoring: the original's face of output frame i is that of source frame plan[i]
+    plan: Any = field(default=None, repr=False, compare=False)
 
     def to_dict(self) -> dict[str, Any]:
         d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
-             if f.name not in ("track", "originals", "speech", "started_wall")}
+             if f.name not in ("track", "originals", "speech", "started_wall", "plan")}
         d["timings"] = {k: round(v, 4) for k, v in self.timings.items()}
         d["stage_offsets"] = {k: round(v, 4) for k, v in self.stage_offsets.items()}
         return d

@@ -8,7 +8,7 @@ from typing import Any
 
 import gradio as gr
 
-from pipeline.options import DEFAULT_PADS, LOOP_MODES
+from pipeline.options import DEFAULT_PADS, LOOP_MODES, MAX_BATCH_SIZE, MAX_FACE_INDEX, MAX_PAD, PRESETS
 from pipeline.weights import weights_report
 from ui import present
 from ui.cancels import QueuedInputs, register_queued_inputs
@@ -23,7 +23,6 @@ STAGE_LABELS = {
     "generate": "Generating the mouth (decode, generate, blend, encode)", "mux": "Muxing the audio",
     "score": "Scoring the result", "done": "Done",
 }
-PRESETS = ("ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow")
 
 
 def model_choices() -> list[tuple[str, str]]:
@@ -74,13 +73,17 @@ def build_generate_tab(ctx: AppContext) -> None:
                                 elem_id="speech-audio")
             model_in = gr.Dropdown(model_choices(), value="auto", label="Model", elem_id="model")
             with gr.Accordion("Advanced options", open=False):
-                face_index = gr.Number(0, precision=0, minimum=0, label="Face index (0 = largest face)")
+                face_index = gr.Number(0, precision=0, minimum=0, maximum=MAX_FACE_INDEX, label="Face index (0 = largest face)")
                 with gr.Row():
-                    pad_top = gr.Number(DEFAULT_PADS[0], precision=0, label="Pad top (px)")
-                    pad_bottom = gr.Number(DEFAULT_PADS[1], precision=0, label="Pad bottom (px)")
-                    pad_left = gr.Number(DEFAULT_PADS[2], precision=0, label="Pad left (px)")
-                    pad_right = gr.Number(DEFAULT_PADS[3], precision=0, label="Pad right (px)")
-                batch_size = gr.Number(None, precision=0, minimum=1,
+                    pad_top = gr.Number(DEFAULT_PADS[0], precision=0, minimum=-MAX_PAD, maximum=MAX_PAD,
+                                           label="Pad top (px)")
+                    pad_bottom = gr.Number(DEFAULT_PADS[1], precision=0, minimum=-MAX_PAD, maximum=MAX_PAD,
+                                           label="Pad bottom (px)")
+                    pad_left = gr.Number(DEFAULT_PADS[2], precision=0, minimum=-MAX_PAD, maximum=MAX_PAD,
+                                           label="Pad left (px)")
+                    pad_right = gr.Number(DEFAULT_PADS[3], precision=0, minimum=-MAX_PAD, maximum=MAX_PAD,
+                                           label="Pad right (px)")
+                batch_size = gr.Number(None, precision=0, minimum=1, maximum=MAX_BATCH_SIZE,
                                        label="Batch size (empty = the generator's default)")
                 loop = gr.Radio(list(LOOP_MODES), value="pingpong",
                                 label="When the speech is longer than the video, extend it by")
