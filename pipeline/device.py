@@ -8,13 +8,16 @@ a whole generator call while the generator holds it again around each forward pa
 
 from __future__ import annotations
 
+import contextlib
 import functools
-import importlib
+import importlib.metadata
 import logging
 import math
 import os
 import platform
 import resource
+import shutil
+import subprocess
 import sys
 import threading
 from typing import TYPE_CHECKING, Any
@@ -205,28 +208,66 @@ def peak_rss_mb(*, children: bool = False) -> float:
     return resource.getrusage(who).ru_maxrss / 1024  # Linux reports KiB
 
 
+NVIDIA_SMI_TIMEOUT_S = 5.0
+_SMI_FIELDS = ("index", "name", "memory.used", "memory.total", "driver_version")
+
+
+def nvidia_gpus() -> list[dict[str, Any]]:
+    """Each NVIDIA GPU's index, name, memory used and total (MiB) and driver, read by
+    ``nvidia-smi``: another process, so this one never creates a CUDA context (a server
+    whose workers run the jobs stays off the GPU). [] where there is no nvidia-smi or GPU."""
+    exe = shutil.which("nvidia-smi")
+    if exe is None:
+        return []
+    try:
+        out = subprocess.run([exe, f"--query-gpu={','.join(_SMI_FIELDS)}", "--format=csv,noheader,nounits"],
+                             capture_output=True, text=True, timeout=NVIDIA_SMI_TIMEOUT_S, check=True).stdout
+    except (OSError, subprocess.SubprocessError):
+        log.warning("nvidia-smi did not answer", exc_info=True)
+        return []
+    gpus = []
+    for line in out.strip().splitlines():
+        parts = [p.strip() for p in line.split(",")]
+        if len(parts) == len(_SMI_FIELDS):
+            with contextlib.suppress(ValueError):
+                gpus.append({"index": int(parts[0]), "name": parts[1], "used_mb": float(parts[2]),
+                             "total_mb": float(parts[3]), "driver": parts[4]})
+    return gpus
+
+
 def device_facts(*, device: str | None = None, gpu: bool = False) -> dict[str, Any]:
     """This host: CPU model and cores, peak RSS, and torch's version and the GPU's name and
-    memory. ``gpu=False`` (a job's record) reads the GPU only where this process already
-    uses CUDA, so a server whose workers run the jobs never initialises CUDA itself;
-    ``gpu=True`` (the System tab, the GPU check) imports torch and asks CUDA."""
+    memory. CUDA is asked only where this process already uses it (a worker, a threads
+    executor after a GPU job); otherwise ``gpu=True`` (the System tab) reads the GPU through
+    :func:`nvidia_gpus` and torch's version from its package metadata, so a server whose
+    workers run the jobs never imports torch nor initialises CUDA; ``gpu=False`` (a job's
+    record) leaves the GPU out there."""
     facts: dict[str, Any] = {"device": device, "cpu_model": cpu_model(), "cpu_count": os.cpu_count(),
-                             "peak_rss_mb": round(peak_rss_mb(), 1)}
-    torch = importlib.import_module("torch") if gpu else sys.modules.get("torch")
-    if torch is None:
-        return facts
-    facts["torch"] = torch.__version__
-    facts["cuda"] = torch.cuda.is_available()
-    if facts["cuda"] and (gpu or torch.cuda.is_initialized()):
+                             "usable_cores": machine_cores(), "peak_rss_mb": round(peak_rss_mb(), 1)}
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.cuda.is_initialized():
         index = torch.cuda.current_device()
         free, total = torch.cuda.mem_get_info(index)
         facts.update({
+            "torch": torch.__version__, "cuda": True,
             "gpu_model": torch.cuda.get_device_name(index),
             "gpu_memory_total_mb": round(total / MIB),
             "gpu_memory_used_mb": round((total - free) / MIB),
             "peak_gpu_mb": round(torch.cuda.max_memory_allocated() / MIB, 1),
             "cuda_version": torch.version.cuda,
         })
+        return facts
+    if torch is not None:
+        facts["torch"] = torch.__version__
+    if not gpu:
+        return facts
+    with contextlib.suppress(importlib.metadata.PackageNotFoundError):
+        facts["torch"] = importlib.metadata.version("torch")
+    gpus = nvidia_gpus()
+    facts["cuda"] = bool(gpus)
+    if gpus:
+        facts.update({"gpu_model": gpus[0]["name"], "gpu_memory_total_mb": round(gpus[0]["total_mb"]),
+                      "gpu_memory_used_mb": round(gpus[0]["used_mb"]), "driver_version": gpus[0]["driver"]})
     return facts
 
 
