@@ -45,7 +45,7 @@ def score_result(video: str | os.PathLike[str], audio: str | os.PathLike[str],
     from eval.score import score_videos
 
     return score_videos(video, result.output_path, audio=audio, track=result.track,
-                        originals=result.originals, speech=result.speech)
+                        originals=result.originals, speech=result.speech, source_indices=result.plan)
 
 
 def scored_frames(n_frames: int) -> set[int]:
@@ -84,7 +84,7 @@ def generate(job: GenerationJob, *, progress: ProgressFn | None = None,
         scores = safe_scores(job.video, job.audio, result)
         # what scoring needed (original frames ~1.4 MB each at 720p, the speech) is done with,
         # and a worker need not send it back
-        result = replace(result, originals={}, speech=None)
+        result = replace(result, originals={}, speech=None, plan=None)
     return result, scores
 
 
