@@ -22,9 +22,10 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from jobs.examples import ensure_examples
-from jobs.executors import Executor, make_executor
+from jobs.executors import Executor, InProcessExecutor, make_executor
 from jobs.lifecycle import run_recorded
 from jobs.settings import Settings
+from jobs.work import ScoreJob
 from jobs.workspace import clean_stale_work_dirs, process_work_dir
 from pipeline.errors import InputMissing, InvalidOption
 from pipeline.media.probe import Limits
@@ -180,13 +181,15 @@ async def run_cancellable(fn: Callable[[Callable[[], bool]], T]) -> T:
         raise
 
 
-def score_files(original: str | None, generated: str | None, audio: str | None = None) -> dict[str, Any]:
-    """Scores of ``generated`` against ``original`` (eval.score.score_videos) as JSON."""
+def score_files(original: str | None, generated: str | None, audio: str | None = None, *,
+                executor: Executor | None = None, timeout_s: float | None = None) -> dict[str, Any]:
+    """Scores of ``generated`` against ``original`` (eval.score.score_videos) as JSON, run by
+    ``executor`` (a worker process with the ``workers`` executor: the uploads are decoded
+    there, never in the server), else in this process."""
     if not original or not generated:
         raise InputMissing("give the original video and the generated video")
-    from eval.score import score_videos
-
-    return score_videos(original, generated, audio=audio or None).to_dict()
+    job = ScoreJob(original, generated, audio or None, timeout_s=timeout_s)
+    return (executor or InProcessExecutor()).score(job)
 
 
 def history_filters(status: str | None = None, model: str | None = None, since: str | None = None,

@@ -39,6 +39,25 @@ class GenerationJob:
                    None if side_by_side is None else os.fspath(side_by_side), score, job_id)
 
 
+@dataclass(frozen=True)
+class ScoreJob:
+    """One scoring request (the app's /score) as an executor receives it: paths only."""
+
+    original: str
+    generated: str
+    audio: str | None = None
+    timeout_s: float | None = None  # a worker pool kills a scorer still running this long past it
+
+
+def score_job(job: ScoreJob, *, progress: ProgressFn | None = None,
+                cancel: CancelFn | None = None) -> tuple[dict[str, Any], None]:
+    """(``score_videos(...).to_dict()``, None): the work of a :class:`ScoreJob`, in the shape an
+    executor returns (``progress`` and ``cancel`` are accepted for that shape, not used)."""
+    from eval.score import score_videos
+
+    return score_videos(job.original, job.generated, audio=job.audio).to_dict(), None
+
+
 def score_result(video: str | os.PathLike[str], audio: str | os.PathLike[str],
                  result: RunResult) -> Any:
     """Scores of ``result`` against the original, reusing what the run decoded for it."""

@@ -1,4 +1,5 @@
-"""Generation in worker processes, so a crash in native code kills one job, not the server.
+"""Generation (and the app's /score) in worker processes, so a crash in native code kills one
+job, not the server.
 
 :class:`WorkerPool` keeps up to ``size`` long-lived child processes (``python -m
 jobs.workers``: a fresh interpreter, never a fork of the threaded server). Each loads its
@@ -37,7 +38,7 @@ from pathlib import Path
 from typing import Any
 
 from jobs.executors import CancelFn, Executor, ProgressFn
-from jobs.work import GenerationJob
+from jobs.work import GenerationJob, ScoreJob
 from pipeline.device import JOB_CORES_ENV, LANE_FILE_ENV, job_cores
 from pipeline.errors import JobTimeout, WorkerDied
 from pipeline.options import RunResult
@@ -120,6 +121,7 @@ class WorkerPool(Executor):
     def __init__(self, size: int = 1, *, lane_dir: str | os.PathLike[str] | None = None) -> None:
         self.size = max(1, int(size))
         self._slots = threading.BoundedSemaphore(self.size)
+        self._score_slots = threading.BoundedSemaphore(self.size)
         self._idle: queue.LifoQueue[_Worker] = queue.LifoQueue()  # warm workers are reused first
         self._lock = threading.Lock()
         self._busy: set[_Worker] = set()
@@ -169,13 +171,29 @@ class WorkerPool(Executor):
             try:
                 return self._run(worker, job, options.timeout_s, progress, cancel)
             finally:
-                with self._lock:
-                    self._busy.discard(worker)
-                if worker.alive() and worker.ready and not self._closed:
-                    self._idle.put(worker)
-                else:
-                    worker.stop(kill=True)
+                self._give_back(worker)
                 shutil.rmtree(scratch, ignore_errors=True)
+
+    def score(self, job: ScoreJob) -> dict[str, Any]:
+        """:func:`jobs.work.score_job` in a worker (the uploads are decoded there, never in the
+        server): a scorer that dies fails this request with ``WorkerDied``. Scoring has its own
+        ``size`` slots, so it never waits behind generation; idle workers serve either."""
+        if self._closed:
+            raise RuntimeError("the worker pool is closed")
+        with self._score_slots:
+            worker = self._take()
+            try:
+                return self._run(worker, job, job.timeout_s, None, None)[0]
+            finally:
+                self._give_back(worker)
+
+    def _give_back(self, worker: _Worker) -> None:
+        with self._lock:
+            self._busy.discard(worker)
+        if worker.alive() and worker.ready and not self._closed:
+            self._idle.put(worker)
+        else:
+            worker.stop(kill=True)
 
     def _take(self) -> _Worker:
         while True:
@@ -190,16 +208,17 @@ class WorkerPool(Executor):
             log.warning("worker %d had died while idle (%s); starting another", w.pid, w.death())
             w.stop()
 
-    def _run(self, w: _Worker, job: GenerationJob, timeout_s: float | None,
-             progress: ProgressFn | None, cancel: CancelFn | None) -> tuple[RunResult, Any]:
+    def _run(self, w: _Worker, job: GenerationJob | ScoreJob, timeout_s: float | None,
+             progress: ProgressFn | None, cancel: CancelFn | None) -> tuple[Any, Any]:
+        what = "scoring" if isinstance(job, ScoreJob) else "generation"
         w.ready = False
         try:
             w.conn.send(("job", job))
         except OSError:  # it died between the health check and now
-            raise WorkerDied(f"the generation worker process died ({w.death()}) before the job "
+            raise WorkerDied(f"the {what} worker process died ({w.death()}) before the job "
                              "reached it; the next job gets a fresh worker") from None
         deadline = time.monotonic() + timeout_s + KILL_GRACE_S if timeout_s else None
-        stage, cancel_sent = "start", False
+        stage, cancel_sent = "start" if what == "generation" else "score", False
         while True:
             if cancel is not None and not cancel_sent and cancel():
                 cancel_sent = True
@@ -215,7 +234,7 @@ class WorkerPool(Executor):
                     continue
                 msg = w.conn.recv()
             except (EOFError, OSError):
-                raise WorkerDied(f"the generation worker process died ({w.death()}) during stage "
+                raise WorkerDied(f"the {what} worker process died ({w.death()}) during stage "
                                  f"'{stage}'; this job is lost, the next one gets a fresh worker") from None
             if msg[0] == "progress":
                 stage = msg[1]
@@ -232,7 +251,7 @@ class WorkerPool(Executor):
 # ---- the child's side ---------------------------------------------------------------------
 
 def _serve(conn: Connection) -> None:
-    from jobs.work import generate, warm_up  # the run loop: cv2, ffmpeg helpers
+    from jobs.work import generate, score_job, warm_up  # the run loop: cv2, ffmpeg helpers
 
     cancelled = threading.Event()
     signal.signal(signal.SIGUSR1, lambda *_: cancelled.set())
@@ -257,9 +276,10 @@ def _serve(conn: Connection) -> None:
             continue
         job = msg[1]
         cancelled.clear()
+        work = score_job if isinstance(job, ScoreJob) else generate
         try:
-            result, scores = generate(job, progress=lambda s, f: send(("progress", s, f)),
-                                      cancel=cancelled.is_set)
+            result, scores = work(job, progress=lambda s, f: send(("progress", s, f)),
+                                  cancel=cancelled.is_set)
             send(("done", result, scores))
         except Exception as exc:  # noqa: BLE001 - handed to the parent, which records it
             send(("error", _sendable(exc)))

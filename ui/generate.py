@@ -172,7 +172,8 @@ def build_api_endpoints(ctx: AppContext) -> None:
     def score(original: str | None, generated: str | None, audio: str | None) -> dict[str, Any]:
         """Scores of a generated video against its original (PSNR/SSIM, LSE-D/LSE-C, sync proxy)."""
         with user_errors("scoring"):
-            return score_files(original, generated, audio)
+            return score_files(original, generated, audio, executor=ctx.executor,
+                               timeout_s=ctx.settings.job_timeout_s)
 
     lipsync_btn.click(lipsync, inputs=[api_video, api_audio, api_model, api_options],
                       outputs=[api_result, api_sbs, api_scores, api_job_id], api_name="lipsync",
