@@ -26,7 +26,7 @@ from jobs.executors import Executor, InProcessExecutor, make_executor
 from jobs.lifecycle import run_recorded
 from jobs.settings import Settings
 from jobs.work import ScoreJob
-from jobs.workspace import clean_stale_work_dirs, process_work_dir
+from jobs.workspace import clean_stale_work_dirs, process_work_dir, renew_lease
 from pipeline.errors import InputMissing, InvalidOption
 from pipeline.media.probe import Limits
 from pipeline.options import RunOptions
@@ -55,12 +55,16 @@ class Service:
 
 def open_service(settings: Settings) -> Service:
     """Open the job history (marking jobs of dead processes interrupted), delete the job temp
-    folders of dead processes, give this process its own (``settings.work_dir``), make the
-    examples and start the executor (worker processes load their models in the background)."""
+    folders of dead processes, give this process its own (``settings.work_dir``), start the
+    heartbeat (the leases of its jobs and work folder; retention every
+    ``settings.retention_interval_s``), make the examples and start the executor (worker
+    processes load their models in the background)."""
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     clean_stale_work_dirs(settings.data_dir)
     settings = dataclasses.replace(settings, work_dir=process_work_dir(settings.data_dir))
     store = JobStore(settings.db_path, data_dir=settings.data_dir)
+    work_dir = settings.work_dir
+    store.keep_alive(also=(lambda: renew_lease(work_dir),), retention_s=settings.retention_interval_s)
     if store.recovered:
         log.warning("%d job(s) of an earlier process were marked interrupted", len(store.recovered))
     try:

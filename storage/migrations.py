@@ -136,6 +136,12 @@ def _m3_retention_and_cost(db: Database) -> None:
         "WHERE s.job_id = jobs.id AND s.stage = 'generate') WHERE status = 'succeeded'")
 
 
+def _m4_owner_lease(db: Database) -> None:
+    """The owner's lease: renewed every HEARTBEAT_S by the owning process, so a job whose
+    owner is gone is found whatever host name it had (a restarted container gets a new one)."""
+    db["jobs"].add_column("owner_heartbeat_at", str)
+
+
 @dataclass(frozen=True)
 class Migration:
     number: int
@@ -147,6 +153,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "initial", _m1_initial),
     Migration(2, "process_ownership", _m2_process_ownership),
     Migration(3, "retention_and_cost", _m3_retention_and_cost),
+    Migration(4, "owner_lease", _m4_owner_lease),
 )
 LATEST = MIGRATIONS[-1].number
 
