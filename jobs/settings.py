@@ -10,6 +10,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from pipeline.device import env_number
 from pipeline.media.encode import ENCODER_ENV
 from storage.db import DATA_DIR_ENV, DB_FILENAME, DEFAULT_DATA_DIR
 
@@ -58,16 +59,7 @@ class Settings:
 
 def _number(env: Mapping[str, str], name: str, default: float, *, cast: type = float,
             minimum: float = 1) -> float:
-    raw = (env.get(name) or "").strip()
-    if not raw:
-        return default
-    try:
-        value = cast(raw)
-    except ValueError:
-        raise SettingsError(f"{name}={raw!r} is not a {cast.__name__}") from None
-    if value < minimum:
-        raise SettingsError(f"{name}={raw!r} must be at least {minimum}")
-    return value
+    return env_number(name, default, cast=cast, minimum=minimum, env=env, error=SettingsError)
 
 
 def parse_auth(raw: str | None) -> tuple[str, str] | None:

@@ -20,6 +20,7 @@ import shutil
 import subprocess
 import sys
 import threading
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from pipeline.errors import LipSyncError
@@ -110,19 +111,25 @@ def choose_dtype(device: torch.device) -> torch.dtype:
     return torch.float16 if device.type == "cuda" else torch.float32
 
 
-def env_count(name: str, default: int, *, minimum: int = 1) -> int:
-    """The whole number in ``$name`` (at least ``minimum``), else ``default``; a ValueError
-    naming the variable for anything else."""
-    raw = os.environ.get(name, "").strip()
+def env_number(name: str, default: float, *, cast: type = int, minimum: float = 1,
+               env: Mapping[str, str] | None = None, error: type[Exception] = ValueError) -> Any:
+    """``cast`` of the value of ``name`` in ``env`` (default ``os.environ``), at least
+    ``minimum``, else ``default`` when unset; ``error`` naming the variable for anything else."""
+    raw = ((os.environ if env is None else env).get(name) or "").strip()
     if not raw:
         return default
     try:
-        value = int(raw)
+        value = cast(raw)
     except ValueError:
-        raise ValueError(f"{name}={raw!r} is not a whole number") from None
+        raise error(f"{name}={raw!r} is not a {cast.__name__}") from None
     if value < minimum:
-        raise ValueError(f"{name}={raw!r} must be at least {minimum}")
+        raise error(f"{name}={raw!r} must be at least {minimum}")
     return value
+
+
+def env_count(name: str, default: int, *, minimum: int = 1) -> int:
+    """The whole number in ``$name`` (at least ``minimum``), else ``default``."""
+    return int(env_number(name, default, minimum=minimum))
 
 
 @functools.cache
