@@ -140,9 +140,7 @@ class WorkerPool(Executor):
     def start(self) -> None:
         """Start every worker now and have it load its models (a server does this at launch)."""
         for _ in range(self.size - self._idle.qsize()):
-            w = _Worker(self.lane_file, self.threads)
-            w.conn.send(("warm",))
-            self._idle.put(w)
+            self._idle.put(self._warm_worker())
 
     def close(self) -> None:
         self._closed = True
@@ -188,12 +186,21 @@ class WorkerPool(Executor):
                 self._give_back(worker)
 
     def _give_back(self, worker: _Worker) -> None:
+        """An idle worker back to the pool; one that died or is unusable is replaced at once by
+        a fresh one that loads its models now, so the next job does not pay for that."""
         with self._lock:
             self._busy.discard(worker)
         if worker.alive() and worker.ready and not self._closed:
             self._idle.put(worker)
-        else:
-            worker.stop(kill=True)
+            return
+        worker.stop(kill=True)
+        if not self._closed:
+            self._idle.put(self._warm_worker())
+
+    def _warm_worker(self) -> _Worker:
+        w = _Worker(self.lane_file, self.threads)
+        w.conn.send(("warm",))
+        return w
 
     def _take(self) -> _Worker:
         while True:

@@ -81,8 +81,14 @@ def _job_dirs(data_dir: Path) -> list[Path]:
 
 def _workers(server: AppServer) -> list[psutil.Process]:
     """The server's generation worker processes (``python -m jobs.workers``)."""
-    return [p for p in psutil.Process(server.process.pid).children()
-            if "jobs.workers" in " ".join(p.cmdline())]
+    found = []
+    for p in psutil.Process(server.process.pid).children():
+        try:  # a killed idle worker stays a zombie until the pool next looks at it
+            if p.status() != psutil.STATUS_ZOMBIE and "jobs.workers" in " ".join(p.cmdline()):
+                found.append(p)
+        except psutil.Error:
+            continue
+    return found
 
 
 def _integrity(db_path: Path) -> list[str]:
