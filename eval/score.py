@@ -289,15 +289,12 @@ def _compare(acc: quality.QualityAccumulator, i: int, frame0: YuvFrame, frame: Y
 
 
 class _FaceLookup:
-    """The original's face for generated frame i: that of source frame plan[i] (the job's own
-    plan, else ``frame_plan`` of the loop mode, grown as far as asked; past the end of a
-    given plan, its last source frame)."""
+    """The original's face for generated frame i: that of source frame plan[i] (the job's plan,
+    else ``frame_plan`` of the loop mode, grown as asked; past a given plan's end, its last)."""
 
     def __init__(self, track: Track | None, plan: Sequence[int] | None, loop: str) -> None:
-        self.faces = [] if track is None else list(track.faces)
-        self._given = plan is not None
+        self.faces, self._given, self._loop = [] if track is None else list(track.faces), plan is not None, loop
         self._plan = np.zeros(0, np.int64) if plan is None else np.asarray(plan, np.int64)
-        self._loop = loop
         if self._given and self.faces and len(self._plan) and \
                 not 0 <= int(self._plan.min()) <= int(self._plan.max()) < len(self.faces):
             raise ValueError(f"source_indices run outside the original's {len(self.faces)} tracked frames")
