@@ -17,6 +17,7 @@ from collections.abc import Sequence
 from eval import calibrate
 from eval.results import Scores
 from pipeline.errors import LipSyncError
+from pipeline.options import LOOP_MODES
 
 
 def _format(scores: Scores) -> str:
@@ -48,7 +49,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--audio", help="speech track (default: the generated video's audio)")
     p.add_argument("--syncnet", help="SyncNet syncnet_v2.model (default: $LIPSYNC_SYNCNET_CHECKPOINT, "
                                      "models folder, Hub cache, Hub)")
-    p.add_argument("--device", default="cpu", help="torch device for SyncNet (default cpu)")
+    p.add_argument("--device", default="auto", help="torch device for SyncNet (default auto: CUDA where available)")
+    p.add_argument("--loop", choices=LOOP_MODES, default="pingpong",
+                   help="how the job extended a video shorter than its audio (RunOptions.loop)")
     p.add_argument("--json", action="store_true", help="print scores, conventions and versions as JSON")
     p.add_argument("-v", "--verbose", action="store_true", help="log progress to stderr")
     calibrate.add_parser(sub)
@@ -62,7 +65,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     try:
         scores = score_videos(args.original, args.generated, audio=args.audio,
-                              syncnet_checkpoint=args.syncnet, device=args.device)
+                              syncnet_checkpoint=args.syncnet, device=args.device, loop=args.loop)
     except LipSyncError as exc:
         sys.stderr.write(f"error: {exc}\n")
         return 2

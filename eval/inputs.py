@@ -40,12 +40,14 @@ def speech_or_reason(audio: str | os.PathLike[str] | None, generated: str | os.P
 
 
 def syncnet_or_reason(checkpoint: str | os.PathLike[str] | None, device: str):
-    """(model, None) or (None, the reason LSE is n/a). torch is imported only once weights resolve."""
+    """(model, None) or (None, the reason LSE is n/a), on ``device`` (``auto``: CUDA where
+    available). torch is imported only once weights resolve."""
     try:
         weights = resolve(SYNCNET, checkpoint)  # a failed Hub download is not retried in this process
         from eval.syncnet import cached_syncnet
+        from pipeline.device import choose_device
 
-        return cached_syncnet(weights, device=device), None
+        return cached_syncnet(weights, device=str(choose_device(device))), None
     except WeightsUnavailable as exc:
         return None, f"n/a (no SyncNet weights): {exc}"
     except WeightsInvalid as exc:

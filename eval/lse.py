@@ -111,14 +111,17 @@ def face_crop(frame: np.ndarray, cx: float, cy: float, s: float) -> np.ndarray:
 
 
 def evaluate(model: SyncNetS, crops: np.ndarray, audio: np.ndarray, *, vshift: int = VSHIFT,
-             batch_size: int = BATCH_SIZE, device: str = "cpu") -> LseResult:
-    """``SyncNetInstance.evaluate`` on (N, 224, 224, 3) BGR crops at 25 fps and int16 audio.
+             batch_size: int = BATCH_SIZE, device: str | None = None) -> LseResult:
+    """``SyncNetInstance.evaluate`` on (N, 224, 224, 3) BGR crops at 25 fps and int16 audio,
+    on ``device`` (default: the model's own).
 
     Raises ValueError when the clip is shorter than one 5-frame window (6 frames / 0.24 s).
     (torch is imported here, not with the module: scoring without weights never needs it.)
     """
     import torch
 
+    if device is None:
+        device = str(next(model.parameters()).device)
     with torch.no_grad():
         return _evaluate(model, crops, audio, vshift=vshift, batch_size=batch_size, device=device)
 

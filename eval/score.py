@@ -8,8 +8,9 @@ with the generated frames of the same index (PSNR/SSIM, ``QUALITY_SAMPLES``).
 The original's faces come from the job's track (reused, no detection) or, without one,
 from ``pipeline.faces.tracking.track_video`` (through ``eval.inputs``, which loads what scoring needs
 besides the videos). Generated frame i shows the face of original frame plan[i]
-(``frame_plan(..., "pingpong")``, as the run loop extends a short video), so the boxes of a
-ping-pong extension are right too.
+(``source_indices``: the job's own frame plan, ``RunResult.plan``, whichever way the run
+extended a short video, ``pingpong`` or ``loop``; without one, ``frame_plan(..., loop)``),
+so the boxes of an extension are right too.
 
 Without SyncNet weights every LSE field is null with the reason and the fix; a number
 from random weights is never reported, and torch is not imported for it (tracking an
@@ -40,7 +41,7 @@ import logging
 import os
 import tempfile
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import closing
 from dataclasses import dataclass, field
@@ -56,7 +57,7 @@ from eval.proxy_features import MouthFrames, mouth_patch
 from eval.sync_proxy import proxy_scores
 from pipeline.errors import NoFaceFound
 from pipeline.faces.types import LANDMARK_FACE_PX, LANDMARK_MARGIN, Face
-from pipeline.device import configure_opencv_threads
+from pipeline.device import configure_opencv_threads, quality_workers
 from pipeline.faces.tracking import Track
 from pipeline.media.probe import MediaInfo, probe
 from pipeline.media.background import in_background
@@ -75,8 +76,7 @@ LANDMARK_RATE_HZ = 12.5  # mouth landmarks per second of video (dlib's fit costs
 # one core, the other idle: ~0.2 s of a 1.4 s scoring on 2 cores).
 QUEUE_BYTES = 96 * 2**20
 MIN_QUEUED = 4
-QUALITY_WORKERS = 2  # threads computing PSNR/SSIM (tail of a 720p scoring: 0.35 s on 1 core before)
-PLAN_MODE = "pingpong"  # how the run loop extends a video shorter than its audio
+DEFAULT_LOOP = "pingpong"  # how the run loop extends a short video unless told (RunOptions.loop)
 COLOUR = ("BGR uint8 from the decoded I420 frames of both videos (OpenCV COLOR_YUV2BGR_I420, "
           "BT.601 limited range), no other conversion")
 
@@ -84,9 +84,9 @@ COLOUR = ("BGR uint8 from the decoded I420 frames of both videos (OpenCV COLOR_Y
 def score_videos(original: str | os.PathLike[str], generated: str | os.PathLike[str], *,
                  audio: str | os.PathLike[str] | None = None, track: Track | None = None,
                  syncnet_checkpoint: str | os.PathLike[str] | None = None,
-                 device: str = "cpu", originals: Mapping[int, YuvFrame] | None = None,
-                 speech: np.ndarray | None = None,
-                 on_mouths: Callable[[MouthFrames], None] | None = None) -> Scores:
+                 device: str = "auto", originals: Mapping[int, YuvFrame] | None = None,
+                 speech: np.ndarray | None = None, source_indices: Sequence[int] | None = None,
+                 loop: str = DEFAULT_LOOP, on_mouths: Callable[[MouthFrames], None] | None = None) -> Scores:
     """Every metric of ``generated`` against ``original`` (see the module doc).
 
     ``audio`` defaults to the generated video's own audio track; ``track`` is the
@@ -95,9 +95,12 @@ def score_videos(original: str | os.PathLike[str], generated: str | os.PathLike[
     (a job's ``RunResult.originals``, see :func:`sample_frames`): those are not decoded again.
     ``speech`` is ``audio`` already decoded to 16 kHz mono (a job's ``RunResult.speech``, by
     the same ``load_audio``): it is scored against instead of decoding ``audio`` again.
-    ``on_mouths`` is called with the generated video's mouth measures when the proxy has
-    them (the calibration, ``eval.calibrate``, re-reads them against shifted speech).
-    Raises InvalidMedia when the videos cannot be aligned.
+    ``source_indices[i]`` is the original frame that generated frame i shows (a job's
+    ``RunResult.plan``); without it the original is taken as extended by ``loop``
+    (``pingpong`` or ``loop``, as ``RunOptions.loop``). ``device`` runs SyncNet (``auto``:
+    CUDA where available). ``on_mouths`` is called with the generated video's mouth measures
+    when the proxy has them (the calibration, ``eval.calibrate``, re-reads them against
+    shifted speech). Raises InvalidMedia when the videos cannot be aligned.
     """
     t0 = time.perf_counter()
     configure_opencv_threads()
@@ -135,7 +138,7 @@ def score_videos(original: str | os.PathLike[str], generated: str | os.PathLike[
     n_orig = len(track) if track is not None else _estimate_frames(oinfo, al.fps)
     n_gen_est = _estimate_frames(ginfo, al.fps)
     acc = quality.QualityAccumulator(quality.sample_plan(max(1, min(n_orig, n_gen_est)), QUALITY_SAMPLES))
-    faces = _FaceLookup(track)
+    faces = _FaceLookup(track, source_indices, loop)
     walk = _FramePass(acc=acc, faces=faces, al=al, landmarker=landmarker, n_orig=n_orig,
                       params=None if model is None else lse.crop_params(faces.boxes(n_gen_est)))
     t = time.perf_counter()
@@ -198,7 +201,7 @@ class _FramePass:
         # PSNR/SSIM run on worker threads, so they fill the time this thread waits on ffmpeg's
         # pipes; scipy's filters and OpenCV release the GIL, so once the decode is done the
         # backlog runs on every core (the accumulator keys values by frame: order is free).
-        with ThreadPoolExecutor(max_workers=QUALITY_WORKERS, thread_name_prefix="eval-quality") as pool, \
+        with ThreadPoolExecutor(max_workers=quality_workers(), thread_name_prefix="eval-quality") as pool, \
                 closing(self.orig_iter):
             self.pool = pool
             if region is None:
@@ -296,17 +299,23 @@ def _compare(acc: quality.QualityAccumulator, i: int, frame0: YuvFrame, frame: Y
 
 
 class _FaceLookup:
-    """The original's face for generated frame i (through the ping-pong plan)."""
+    """The original's face for generated frame i: that of source frame plan[i] (the job's plan,
+    else ``frame_plan`` of the loop mode, grown as asked; past a given plan's end, its last)."""
 
-    def __init__(self, track: Track | None) -> None:
-        self.faces = [] if track is None else list(track.faces)
-        self._plan = np.zeros(0, np.int64)
+    def __init__(self, track: Track | None, plan: Sequence[int] | None, loop: str) -> None:
+        self.faces, self._given, self._loop = [] if track is None else list(track.faces), plan is not None, loop
+        self._plan = np.zeros(0, np.int64) if plan is None else np.asarray(plan, np.int64)
+        if self._given and self.faces and len(self._plan) and \
+                not 0 <= int(self._plan.min()) <= int(self._plan.max()) < len(self.faces):
+            raise ValueError(f"source_indices run outside the original's {len(self.faces)} tracked frames")
 
     def get(self, i: int) -> Face | None:
         if not self.faces:
             return None
         if i >= len(self._plan):
-            self._plan = frame_plan(len(self.faces), max(2 * i + 2, len(self.faces)), PLAN_MODE)
+            if self._given:
+                return self.faces[int(self._plan[-1])] if len(self._plan) else None
+            self._plan = frame_plan(len(self.faces), max(2 * i + 2, len(self.faces)), self._loop)
         return self.faces[int(self._plan[i])]
 
     def boxes(self, n: int) -> np.ndarray:

@@ -13,6 +13,8 @@ from collections.abc import Sequence
 from jobs.suite_cli import add_suite_command, cmd_suite
 from pipeline.__main__ import (add_run_arguments, add_weights_command, cli_main, log_progress,
                                options_from_args, print_result)
+from pipeline.errors import LipSyncError
+from storage.db import StorageError
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
@@ -35,7 +37,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                    help="score the result against the original (PSNR/SSIM, sync proxy, LSE)")
     add_weights_command(sub)
     add_suite_command(sub)
-    return cli_main(parser, {"run": _cmd_run, "suite": cmd_suite}, argv)
+    return cli_main(parser, {"run": _cmd_run, "suite": cmd_suite}, argv,
+                    user_errors=(LipSyncError, StorageError, OSError))
 
 
 if __name__ == "__main__":

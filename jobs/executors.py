@@ -6,7 +6,7 @@ service records the job around it, so an executor never touches the history. Bui
 
 - ``threads``: in this process, on the caller's thread (:class:`InProcessExecutor`);
 - ``workers``: in long-lived worker processes, so a native crash ends one job, never the
-  server (:class:`jobs.workers.WorkerPool`).
+  server (:class:`jobs.workers.WorkerPool`); the app's /score runs there too.
 
 A new home for generation (a ZeroGPU window, a Ray cluster) is one more class here or in a
 module of its own, registered in :data:`EXECUTORS`; nothing above this interface changes.
@@ -21,7 +21,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable
 from typing import Any
 
-from jobs.work import GenerationJob, generate, warm_up
+from jobs.work import GenerationJob, ScoreJob, generate, score_job, warm_up
 from pipeline.options import RunResult
 
 log = logging.getLogger(__name__)
@@ -39,6 +39,11 @@ class Executor(ABC):
     def run(self, job: GenerationJob, *, progress: ProgressFn | None = None,
             cancel: CancelFn | None = None) -> tuple[RunResult, Any]:
         """Run ``job``; domain errors (InvalidMedia, NoFaceFound, JobCancelled, ...) propagate."""
+
+    def score(self, job: ScoreJob) -> dict[str, Any]:
+        """Scores of ``job.generated`` against ``job.original`` as JSON (the app's /score);
+        by default in this process, where an executor isolates untrusted media it overrides this."""
+        return score_job(job)[0]
 
     @classmethod
     def create(cls, *, max_jobs: int, work_dir: str | None) -> Executor:

@@ -9,6 +9,7 @@ then re-raised unchanged, so callers still turn it into their own user-facing er
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import threading
@@ -126,6 +127,8 @@ def run_recorded(
             store.cancel(job_id, str(exc))
         raise
     except BaseException as exc:
+        with contextlib.suppress(AttributeError):
+            exc.job_id = job_id  # the UI names the job in its message for an unexpected error
         if store is not None:
             timings = getattr(exc, "timings", None) or {}
             store.fail(job_id, error_type=type(exc).__name__, message=str(exc) or repr(exc),
@@ -156,4 +159,4 @@ def _facts(result: RunResult) -> dict[str, Any]:
     d = result.to_dict()
     return {k: d[k] for k in ("frames", "fps", "duration_s", "width", "height",
                               "frames_without_face", "total_s", "peak_rss_mb", "checkpoint",
-                              "generator_facts", "video", "audio")}
+                              "generator_facts", "video", "audio", "encoder")}

@@ -22,11 +22,12 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from jobs.examples import ensure_examples
-from jobs.executors import Executor, make_executor
+from jobs.executors import Executor, InProcessExecutor, make_executor
 from jobs.lifecycle import run_recorded
 from jobs.settings import Settings
-from jobs.workspace import clean_stale_work_dirs, process_work_dir
-from pipeline.errors import InputMissing
+from jobs.work import ScoreJob
+from jobs.workspace import clean_stale_work_dirs, process_work_dir, renew_lease
+from pipeline.errors import InputMissing, InvalidOption
 from pipeline.media.probe import Limits
 from pipeline.options import RunOptions
 from storage.jobs import JobStore
@@ -54,12 +55,16 @@ class Service:
 
 def open_service(settings: Settings) -> Service:
     """Open the job history (marking jobs of dead processes interrupted), delete the job temp
-    folders of dead processes, give this process its own (``settings.work_dir``), make the
-    examples and start the executor (worker processes load their models in the background)."""
+    folders of dead processes, give this process its own (``settings.work_dir``), start the
+    heartbeat (the leases of its jobs and work folder; retention every
+    ``settings.retention_interval_s``), make the examples and start the executor (worker
+    processes load their models in the background)."""
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     clean_stale_work_dirs(settings.data_dir)
     settings = dataclasses.replace(settings, work_dir=process_work_dir(settings.data_dir))
     store = JobStore(settings.db_path, data_dir=settings.data_dir)
+    work_dir = settings.work_dir
+    store.keep_alive(also=(lambda: renew_lease(work_dir),), retention_s=settings.retention_interval_s)
     if store.recovered:
         log.warning("%d job(s) of an earlier process were marked interrupted", len(store.recovered))
     try:
@@ -105,33 +110,31 @@ def gpu_function(fn: Callable[..., T]) -> Callable[..., T]:
 def parse_options(model: str, options: Mapping[str, Any] | str | None, *,
                   settings: Settings) -> RunOptions:
     """RunOptions for a request: ``model`` plus the USER_OPTIONS in ``options`` (a dict or
-    JSON text), with the server's limits. Raises ValueError naming a bad key or value."""
+    JSON text), with the server's limits, encoder and work folder. Raises InvalidOption
+    naming a bad key, or a value and its range (RunOptions checks every one), before
+    anything is recorded."""
     if isinstance(options, str):
         text = options.strip()
         try:
             options = json.loads(text) if text else {}
         except json.JSONDecodeError as exc:
-            raise ValueError(f"options are not valid JSON: {exc}") from None
+            raise InvalidOption(f"options are not valid JSON: {exc}") from None
+    if options is not None and not isinstance(options, Mapping):
+        raise InvalidOption(f"options must be a JSON object, got {type(options).__name__}")
     options = dict(options or {})
     unknown = sorted(set(options) - set(USER_OPTIONS))
     if unknown:
-        raise ValueError(f"unknown option(s) {', '.join(unknown)}: allowed are {', '.join(USER_OPTIONS)}")
-    if options.get("pads") is not None:
-        pads = tuple(int(p) for p in options["pads"])
-        if len(pads) != 4:
-            raise ValueError("pads must be four integers: top, bottom, left, right")
-        options["pads"] = pads
+        raise InvalidOption(f"unknown option(s) {', '.join(unknown)}: allowed are {', '.join(USER_OPTIONS)}")
+    if isinstance(options.get("pads"), list):
+        options["pads"] = tuple(options["pads"])
     timeout = options.get("timeout_s") or settings.job_timeout_s
-    if settings.job_timeout_s and timeout:
+    if settings.job_timeout_s and isinstance(timeout, (int, float)) and not isinstance(timeout, bool):
         timeout = min(float(timeout), settings.job_timeout_s)
     options["timeout_s"] = timeout
     options = {k: v for k, v in options.items() if v is not None}
     limits = Limits(max_side=settings.max_side, max_duration_s=settings.max_duration_s)
-    try:
-        return RunOptions(model=model or "auto", limits=limits,
-                          work_dir=os.fspath(settings.work_dir) if settings.work_dir else None, **options)
-    except TypeError as exc:  # a value of the wrong type, e.g. "face_index": "two"
-        raise ValueError(f"bad option value: {exc}") from None
+    return RunOptions(model=model or "auto", limits=limits, encoder=settings.encoder,
+                      work_dir=os.fspath(settings.work_dir) if settings.work_dir else None, **options)
 
 
 def run_job(video: str | None, audio: str | None, options: RunOptions, *, store: JobStore,
@@ -182,13 +185,15 @@ async def run_cancellable(fn: Callable[[Callable[[], bool]], T]) -> T:
         raise
 
 
-def score_files(original: str | None, generated: str | None, audio: str | None = None) -> dict[str, Any]:
-    """Scores of ``generated`` against ``original`` (eval.score.score_videos) as JSON."""
+def score_files(original: str | None, generated: str | None, audio: str | None = None, *,
+                executor: Executor | None = None, timeout_s: float | None = None) -> dict[str, Any]:
+    """Scores of ``generated`` against ``original`` (eval.score.score_videos) as JSON, run by
+    ``executor`` (a worker process with the ``workers`` executor: the uploads are decoded
+    there, never in the server), else in this process."""
     if not original or not generated:
         raise InputMissing("give the original video and the generated video")
-    from eval.score import score_videos
-
-    return score_videos(original, generated, audio=audio or None).to_dict()
+    job = ScoreJob(original, generated, audio or None, timeout_s=timeout_s)
+    return (executor or InProcessExecutor()).score(job)
 
 
 def history_filters(status: str | None = None, model: str | None = None, since: str | None = None,

@@ -10,6 +10,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from pipeline.device import env_number
+from pipeline.media.encode import ENCODER_ENV
 from storage.db import DATA_DIR_ENV, DB_FILENAME, DEFAULT_DATA_DIR
 
 DEFAULT_HOST = "127.0.0.1"
@@ -20,6 +22,7 @@ DEFAULT_QUEUE_SIZE = 16  # events waiting in Gradio's queue before new ones are 
 DEFAULT_MAX_UPLOAD_MB = 200.0
 DEFAULT_MAX_DURATION_S = 300.0  # longest face video or speech track accepted, in seconds
 DEFAULT_MAX_SIDE = 4096  # px, longest side of a face video or photo
+DEFAULT_RETENTION_INTERVAL_S = 3600.0  # a long-running server applies retention hourly
 
 
 class SettingsError(ValueError):
@@ -41,6 +44,8 @@ class Settings:
     in_space: bool = False
     executor: str = "workers"  # where generation runs: a name of jobs.executors.EXECUTORS
     work_dir: Path | None = None  # parent of job temp folders: open_service sets one per process
+    encoder: str = "auto"  # LIPSYNC_ENCODER: auto (NVENC where it works), libx264 or h264_nvenc
+    retention_interval_s: float = DEFAULT_RETENTION_INTERVAL_S  # how often a server applies retention
 
     @property
     def db_path(self) -> Path:
@@ -54,16 +59,7 @@ class Settings:
 
 def _number(env: Mapping[str, str], name: str, default: float, *, cast: type = float,
             minimum: float = 1) -> float:
-    raw = (env.get(name) or "").strip()
-    if not raw:
-        return default
-    try:
-        value = cast(raw)
-    except ValueError:
-        raise SettingsError(f"{name}={raw!r} is not a {cast.__name__}") from None
-    if value < minimum:
-        raise SettingsError(f"{name}={raw!r} must be at least {minimum}")
-    return value
+    return env_number(name, default, cast=cast, minimum=minimum, env=env, error=SettingsError)
 
 
 def parse_auth(raw: str | None) -> tuple[str, str] | None:
@@ -96,7 +92,19 @@ def settings_from_env(env: Mapping[str, str] | None = None) -> Settings:
         data_dir=Path(env.get(DATA_DIR_ENV) or DEFAULT_DATA_DIR),
         in_space=in_space,
         executor=_executor(env, in_space=in_space),
+        encoder=_encoder(env),
+        retention_interval_s=_number(env, "LIPSYNC_RETENTION_INTERVAL_S", DEFAULT_RETENTION_INTERVAL_S,
+                                     minimum=1),
     )
+
+
+def _encoder(env: Mapping[str, str]) -> str:
+    from pipeline.options import ENCODERS
+
+    name = (env.get(ENCODER_ENV) or "auto").strip().lower()
+    if name not in ENCODERS:
+        raise SettingsError(f"{ENCODER_ENV}={name!r}: choose one of {', '.join(ENCODERS)}")
+    return name
 
 
 def _executor(env: Mapping[str, str], *, in_space: bool) -> str:

@@ -39,6 +39,25 @@ class GenerationJob:
                    None if side_by_side is None else os.fspath(side_by_side), score, job_id)
 
 
+@dataclass(frozen=True)
+class ScoreJob:
+    """One scoring request (the app's /score) as an executor receives it: paths only."""
+
+    original: str
+    generated: str
+    audio: str | None = None
+    timeout_s: float | None = None  # a worker pool kills a scorer still running this long past it
+
+
+def score_job(job: ScoreJob, *, progress: ProgressFn | None = None,
+                cancel: CancelFn | None = None) -> tuple[dict[str, Any], None]:
+    """(``score_videos(...).to_dict()``, None): the work of a :class:`ScoreJob`, in the shape an
+    executor returns (``progress`` and ``cancel`` are accepted for that shape, not used)."""
+    from eval.score import score_videos
+
+    return score_videos(job.original, job.generated, audio=job.audio).to_dict(), None
+
+
 def score_result(video: str | os.PathLike[str], audio: str | os.PathLike[str],
                  result: RunResult) -> Any:
     """Scores of ``result`` against the original, reusing what the run decoded for it."""
@@ -46,7 +65,7 @@ def score_result(video: str | os.PathLike[str], audio: str | os.PathLike[str],
     from eval.sync_proxy import with_caution
 
     scores = score_videos(video, result.output_path, audio=audio, track=result.track,
-                          originals=result.originals, speech=result.speech)
+                          originals=result.originals, speech=result.speech, source_indices=result.plan)
     return with_caution(scores, result.model_used)  # the baseline's proxy reads its own drive
 
 
@@ -86,7 +105,7 @@ def generate(job: GenerationJob, *, progress: ProgressFn | None = None,
         scores = safe_scores(job.video, job.audio, result)
         # what scoring needed (original frames ~1.4 MB each at 720p, the speech) is done with,
         # and a worker need not send it back
-        result = replace(result, originals={}, speech=None)
+        result = replace(result, originals={}, speech=None, plan=None)
     return result, scores
 
 

@@ -1,4 +1,5 @@
-"""Generation in worker processes, so a crash in native code kills one job, not the server.
+"""Generation (and the app's /score) in worker processes, so a crash in native code kills one
+job, not the server.
 
 :class:`WorkerPool` keeps up to ``size`` long-lived child processes (``python -m
 jobs.workers``: a fresh interpreter, never a fork of the threaded server). Each loads its
@@ -37,8 +38,8 @@ from pathlib import Path
 from typing import Any
 
 from jobs.executors import CancelFn, Executor, ProgressFn
-from jobs.work import GenerationJob
-from pipeline.device import LANE_FILE_ENV
+from jobs.work import GenerationJob, ScoreJob
+from pipeline.device import JOB_CORES_ENV, LANE_FILE_ENV, job_cores
 from pipeline.errors import JobTimeout, WorkerDied
 from pipeline.options import RunResult
 
@@ -54,7 +55,9 @@ class _Worker:
 
     def __init__(self, lane_file: str, threads: int) -> None:
         mine, theirs = socket.socketpair()
-        env = {**os.environ, LANE_FILE_ENV: lane_file}
+        # its share of the cores sizes torch's threads, the decoder's and scoring's in the worker
+        # (pipeline.device.job_cores); LIPSYNC_TORCH_THREADS etc. still override each
+        env = {**os.environ, LANE_FILE_ENV: lane_file, JOB_CORES_ENV: str(threads)}
         for name in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
             env.setdefault(name, str(threads))  # BLAS pools spin-wait: one per worker, sized to its share
         env["PYTHONPATH"] = os.pathsep.join(p for p in (os.fspath(_ROOT), env.get("PYTHONPATH")) if p)
@@ -118,12 +121,13 @@ class WorkerPool(Executor):
     def __init__(self, size: int = 1, *, lane_dir: str | os.PathLike[str] | None = None) -> None:
         self.size = max(1, int(size))
         self._slots = threading.BoundedSemaphore(self.size)
+        self._score_slots = threading.BoundedSemaphore(self.size)
         self._idle: queue.LifoQueue[_Worker] = queue.LifoQueue()  # warm workers are reused first
         self._lock = threading.Lock()
         self._busy: set[_Worker] = set()
         self._closed = False
-        # the cores shared out among the workers, for OpenCV's thread pool in each (below)
-        self.threads = max(1, len(os.sched_getaffinity(0)) // self.size)
+        # the cores shared out among the workers: each worker's job sizes its threads to its share
+        self.threads = max(1, job_cores() // self.size)
         # the workers flock it around each generator stage (pipeline.device); a server keeps
         # it in its own work folder, which goes with the server (jobs/workspace.py)
         fd, self.lane_file = tempfile.mkstemp(prefix="gpu-lane-", suffix=".lock", dir=lane_dir)
@@ -136,9 +140,7 @@ class WorkerPool(Executor):
     def start(self) -> None:
         """Start every worker now and have it load its models (a server does this at launch)."""
         for _ in range(self.size - self._idle.qsize()):
-            w = _Worker(self.lane_file, self.threads)
-            w.conn.send(("warm",))
-            self._idle.put(w)
+            self._idle.put(self._warm_worker())
 
     def close(self) -> None:
         self._closed = True
@@ -167,13 +169,38 @@ class WorkerPool(Executor):
             try:
                 return self._run(worker, job, options.timeout_s, progress, cancel)
             finally:
-                with self._lock:
-                    self._busy.discard(worker)
-                if worker.alive() and worker.ready and not self._closed:
-                    self._idle.put(worker)
-                else:
-                    worker.stop(kill=True)
+                self._give_back(worker)
                 shutil.rmtree(scratch, ignore_errors=True)
+
+    def score(self, job: ScoreJob) -> dict[str, Any]:
+        """:func:`jobs.work.score_job` in a worker (the uploads are decoded there, never in the
+        server): a scorer that dies fails this request with ``WorkerDied``. Scoring has its own
+        ``size`` slots, so it never waits behind generation; idle workers serve either."""
+        if self._closed:
+            raise RuntimeError("the worker pool is closed")
+        with self._score_slots:
+            worker = self._take()
+            try:
+                return self._run(worker, job, job.timeout_s, None, None)[0]
+            finally:
+                self._give_back(worker)
+
+    def _give_back(self, worker: _Worker) -> None:
+        """An idle worker back to the pool; one that died or is unusable is replaced at once by
+        a fresh one that loads its models now, so the next job does not pay for that."""
+        with self._lock:
+            self._busy.discard(worker)
+        if worker.alive() and worker.ready and not self._closed:
+            self._idle.put(worker)
+            return
+        worker.stop(kill=True)
+        if not self._closed:
+            self._idle.put(self._warm_worker())
+
+    def _warm_worker(self) -> _Worker:
+        w = _Worker(self.lane_file, self.threads)
+        w.conn.send(("warm",))
+        return w
 
     def _take(self) -> _Worker:
         while True:
@@ -188,16 +215,17 @@ class WorkerPool(Executor):
             log.warning("worker %d had died while idle (%s); starting another", w.pid, w.death())
             w.stop()
 
-    def _run(self, w: _Worker, job: GenerationJob, timeout_s: float | None,
-             progress: ProgressFn | None, cancel: CancelFn | None) -> tuple[RunResult, Any]:
+    def _run(self, w: _Worker, job: GenerationJob | ScoreJob, timeout_s: float | None,
+             progress: ProgressFn | None, cancel: CancelFn | None) -> tuple[Any, Any]:
+        what = "scoring" if isinstance(job, ScoreJob) else "generation"
         w.ready = False
         try:
             w.conn.send(("job", job))
         except OSError:  # it died between the health check and now
-            raise WorkerDied(f"the generation worker process died ({w.death()}) before the job "
+            raise WorkerDied(f"the {what} worker process died ({w.death()}) before the job "
                              "reached it; the next job gets a fresh worker") from None
         deadline = time.monotonic() + timeout_s + KILL_GRACE_S if timeout_s else None
-        stage, cancel_sent = "start", False
+        stage, cancel_sent = "start" if what == "generation" else "score", False
         while True:
             if cancel is not None and not cancel_sent and cancel():
                 cancel_sent = True
@@ -213,7 +241,7 @@ class WorkerPool(Executor):
                     continue
                 msg = w.conn.recv()
             except (EOFError, OSError):
-                raise WorkerDied(f"the generation worker process died ({w.death()}) during stage "
+                raise WorkerDied(f"the {what} worker process died ({w.death()}) during stage "
                                  f"'{stage}'; this job is lost, the next one gets a fresh worker") from None
             if msg[0] == "progress":
                 stage = msg[1]
@@ -230,7 +258,7 @@ class WorkerPool(Executor):
 # ---- the child's side ---------------------------------------------------------------------
 
 def _serve(conn: Connection) -> None:
-    from jobs.work import generate, warm_up  # the run loop: cv2, ffmpeg helpers
+    from jobs.work import generate, score_job, warm_up  # the run loop: cv2, ffmpeg helpers
 
     cancelled = threading.Event()
     signal.signal(signal.SIGUSR1, lambda *_: cancelled.set())
@@ -255,9 +283,10 @@ def _serve(conn: Connection) -> None:
             continue
         job = msg[1]
         cancelled.clear()
+        work = score_job if isinstance(job, ScoreJob) else generate
         try:
-            result, scores = generate(job, progress=lambda s, f: send(("progress", s, f)),
-                                      cancel=cancelled.is_set)
+            result, scores = work(job, progress=lambda s, f: send(("progress", s, f)),
+                                  cancel=cancelled.is_set)
             send(("done", result, scores))
         except Exception as exc:  # noqa: BLE001 - handed to the parent, which records it
             send(("error", _sendable(exc)))

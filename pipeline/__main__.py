@@ -11,11 +11,13 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from collections.abc import Callable, Sequence
 
 from pipeline.errors import LipSyncError
-from pipeline.options import LOOP_MODES, MAX_STEPS, MODELS, RunOptions
+from pipeline.media.encode import ENCODER_ENV
+from pipeline.options import ENCODERS, LOOP_MODES, MAX_STEPS, MODELS, RunOptions
 
 log = logging.getLogger("pipeline")
 
@@ -38,7 +40,8 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--pads", type=int, nargs=4, metavar=("TOP", "BOTTOM", "LEFT", "RIGHT"),
                    default=RunOptions().pads)
     p.add_argument("--crf", type=int, default=RunOptions().crf)
-    p.add_argument("--encoder", default="libx264", help="libx264 or h264_nvenc")
+    p.add_argument("--encoder", choices=ENCODERS, default=os.environ.get(ENCODER_ENV, "auto").strip() or "auto",
+                   help="auto (h264_nvenc where it works here, else libx264; the default, or $LIPSYNC_ENCODER)")
     p.add_argument("--tracker", choices=("auto", "insightface", "dlib"), default="auto")
     p.add_argument("--timeout", type=float, help="stop the job after this many seconds")
     ls = p.add_argument_group("LatentSync (--model latentsync)")
@@ -83,9 +86,11 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 
 def cli_main(parser: argparse.ArgumentParser, commands: dict[str, Callable[[argparse.Namespace], int]],
-             argv: Sequence[str] | None) -> int:
+             argv: Sequence[str] | None, *,
+             user_errors: tuple[type[BaseException], ...] = (LipSyncError, OSError)) -> int:
     """Parse, set up logging, run ``commands[args.command]`` (``weights`` takes the rest of
-    the line) and turn errors into one line and an exit code."""
+    the line) and turn errors into one line and an exit code: ``user_errors`` (the domain's
+    named errors, a missing file) exit 2, anything else is a bug and exits 1."""
     parser.add_argument("--debug", action="store_true", help="verbose logs and full tracebacks")
     args, rest = parser.parse_known_args(argv)
     if rest and args.command != "weights":
@@ -98,7 +103,7 @@ def cli_main(parser: argparse.ArgumentParser, commands: dict[str, Callable[[argp
 
             return main_weights(rest)
         return commands[args.command](args)
-    except (LipSyncError, ValueError, OSError) as exc:
+    except user_errors as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USER_ERROR
     except Exception as exc:  # noqa: BLE001 - the CLI's promise: one line, no traceback

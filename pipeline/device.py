@@ -8,14 +8,19 @@ a whole generator call while the generator holds it again around each forward pa
 
 from __future__ import annotations
 
+import contextlib
 import functools
-import importlib
+import importlib.metadata
 import logging
+import math
 import os
 import platform
 import resource
+import shutil
+import subprocess
 import sys
 import threading
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from pipeline.errors import LipSyncError
@@ -28,6 +33,9 @@ log = logging.getLogger(__name__)
 DEVICE_CHOICES = ("auto", "cpu", "cuda")
 MIB = 1024 * 1024
 CPU_THREADS_ENV = "LIPSYNC_TORCH_THREADS"  # overrides cpu_threads()
+JOB_CORES_ENV = "LIPSYNC_JOB_CORES"  # the cores one job may use (a worker pool sets its share)
+DECODE_THREADS_ENV = "LIPSYNC_DECODE_THREADS"  # overrides decode_threads()
+QUALITY_WORKERS_ENV = "LIPSYNC_QUALITY_WORKERS"  # overrides quality_workers()
 
 LANE_FILE_ENV = "LIPSYNC_GPU_LANE_FILE"  # set by jobs.workers: one lane for all its workers
 
@@ -103,18 +111,72 @@ def choose_dtype(device: torch.device) -> torch.dtype:
     return torch.float16 if device.type == "cuda" else torch.float32
 
 
-def cpu_threads() -> int:
-    """Threads for torch on CPU: ``$LIPSYNC_TORCH_THREADS``, else all usable cores but one.
+def env_number(name: str, default: float, *, cast: type = int, minimum: float = 1,
+               env: Mapping[str, str] | None = None, error: type[Exception] = ValueError) -> Any:
+    """``cast`` of the value of ``name`` in ``env`` (default ``os.environ``), at least
+    ``minimum``, else ``default`` when unset; ``error`` naming the variable for anything else."""
+    raw = ((os.environ if env is None else env).get(name) or "").strip()
+    if not raw:
+        return default
+    try:
+        value = cast(raw)
+    except ValueError:
+        raise error(f"{name}={raw!r} is not a {cast.__name__}") from None
+    if value < minimum:
+        raise error(f"{name}={raw!r} must be at least {minimum}")
+    return value
 
-    The generator runs while ffmpeg decodes and encodes the same job; torch's OpenMP
-    threads spin on their barriers, so one core taken by ffmpeg slows every layer. On 2
-    cores a 1-thread forward is 2.3x faster than a 2-thread one next to a libx264 encode
-    (271 vs 637 ms per frame, measured here), and faster even without it.
+
+def env_count(name: str, default: int, *, minimum: int = 1) -> int:
+    """The whole number in ``$name`` (at least ``minimum``), else ``default``."""
+    return int(env_number(name, default, minimum=minimum))
+
+
+@functools.cache
+def machine_cores() -> int:
+    """Cores this process may use: its CPU affinity, capped by a cgroup v2 CPU quota (a
+    container's ``--cpus``), rounded up."""
+    cores = len(os.sched_getaffinity(0))
+    try:
+        with open("/sys/fs/cgroup/cpu.max", encoding="ascii") as f:
+            quota, period = f.read().split()[:2]
+        if quota != "max":
+            cores = min(cores, max(1, math.ceil(int(quota) / int(period))))
+    except (OSError, ValueError):
+        pass  # no cgroup v2 quota here
+    return max(1, cores)
+
+
+def job_cores() -> int:
+    """Cores one job may use: ``$LIPSYNC_JOB_CORES`` (a worker pool sets each worker's share
+    of the machine), else every core of :func:`machine_cores`."""
+    return env_count(JOB_CORES_ENV, machine_cores())
+
+
+def cpu_threads() -> int:
+    """Threads for torch on CPU: ``$LIPSYNC_TORCH_THREADS``, else the job's cores
+    (:func:`job_cores`: all of them for one job, each worker's share when several run).
+
+    Measured on 2 cores (Wav2Lip, random weights, monalisa_720p, --no-score): 72.0 s wall with
+    one thread (all cores but one, the old default) against 42.5 s with two, though ffmpeg
+    decodes and encodes beside it: the forward passes are most of the work.
     """
-    value = os.environ.get(CPU_THREADS_ENV, "").strip()
-    if value:
-        return max(1, int(value))
-    return max(1, len(os.sched_getaffinity(0)) - 1)
+    return env_count(CPU_THREADS_ENV, job_cores())
+
+
+def decode_threads() -> int:
+    """H.264 decoder threads per decode: ``$LIPSYNC_DECODE_THREADS`` (0: ffmpeg's default, as
+    many as the cores), else one per 4 of the job's cores, 1 to 4. One thread decodes 720p
+    at ~800 fps, faster than the encoder takes it, and frame threads cost 10-20% more CPU in
+    all (0.72-0.79 against 0.59 CPU s for monalisa_720p), so only a job with cores to spare
+    (large frames on a large machine) gets more."""
+    return env_count(DECODE_THREADS_ENV, max(1, min(4, job_cores() // 4)), minimum=0)
+
+
+def quality_workers() -> int:
+    """Threads computing PSNR/SSIM while scoring decodes: ``$LIPSYNC_QUALITY_WORKERS``, else
+    the job's cores, 1 to 4 (scipy's filters release the GIL; there are at most ~60 tasks)."""
+    return env_count(QUALITY_WORKERS_ENV, max(1, min(4, job_cores())))
 
 
 @functools.cache
@@ -126,6 +188,28 @@ def configure_cpu_threads() -> int:
     torch.set_num_threads(n)
     log.info("torch CPU threads: %d", n)
     return n
+
+
+M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter
+MMAP_THRESHOLD_BYTES = 1 << 20  # blocks this large or larger are mapped and unmapped on their own
+
+
+@functools.cache
+def configure_malloc() -> bool:
+    """Fix glibc's mmap threshold at MMAP_THRESHOLD_BYTES once per process (whether it took).
+
+    glibc raises the threshold after each large block it frees, so a model's activations
+    (tens of MB a batch) then come from the heap, which fragments and never shrinks: the
+    Wav2Lip job on monalisa_720p peaked at 998 MiB, 873 MiB with the fixed threshold
+    (measured in process, 120 frames, batch 16). Called where a torch model runs; a no-op
+    off glibc."""
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL("libc.so.6")
+        return bool(libc.mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES))
+    except (OSError, AttributeError):
+        return False
 
 
 def gpu_lock() -> _Lane:
@@ -153,28 +237,66 @@ def peak_rss_mb(*, children: bool = False) -> float:
     return resource.getrusage(who).ru_maxrss / 1024  # Linux reports KiB
 
 
+NVIDIA_SMI_TIMEOUT_S = 5.0
+_SMI_FIELDS = ("index", "name", "memory.used", "memory.total", "driver_version")
+
+
+def nvidia_gpus() -> list[dict[str, Any]]:
+    """Each NVIDIA GPU's index, name, memory used and total (MiB) and driver, read by
+    ``nvidia-smi``: another process, so this one never creates a CUDA context (a server
+    whose workers run the jobs stays off the GPU). [] where there is no nvidia-smi or GPU."""
+    exe = shutil.which("nvidia-smi")
+    if exe is None:
+        return []
+    try:
+        out = subprocess.run([exe, f"--query-gpu={','.join(_SMI_FIELDS)}", "--format=csv,noheader,nounits"],
+                             capture_output=True, text=True, timeout=NVIDIA_SMI_TIMEOUT_S, check=True).stdout
+    except (OSError, subprocess.SubprocessError):
+        log.warning("nvidia-smi did not answer", exc_info=True)
+        return []
+    gpus = []
+    for line in out.strip().splitlines():
+        parts = [p.strip() for p in line.split(",")]
+        if len(parts) == len(_SMI_FIELDS):
+            with contextlib.suppress(ValueError):
+                gpus.append({"index": int(parts[0]), "name": parts[1], "used_mb": float(parts[2]),
+                             "total_mb": float(parts[3]), "driver": parts[4]})
+    return gpus
+
+
 def device_facts(*, device: str | None = None, gpu: bool = False) -> dict[str, Any]:
     """This host: CPU model and cores, peak RSS, and torch's version and the GPU's name and
-    memory. ``gpu=False`` (a job's record) reads the GPU only where this process already
-    uses CUDA, so a server whose workers run the jobs never initialises CUDA itself;
-    ``gpu=True`` (the System tab, the GPU check) imports torch and asks CUDA."""
+    memory. CUDA is asked only where this process already uses it (a worker, a threads
+    executor after a GPU job); otherwise ``gpu=True`` (the System tab) reads the GPU through
+    :func:`nvidia_gpus` and torch's version from its package metadata, so a server whose
+    workers run the jobs never imports torch nor initialises CUDA; ``gpu=False`` (a job's
+    record) leaves the GPU out there."""
     facts: dict[str, Any] = {"device": device, "cpu_model": cpu_model(), "cpu_count": os.cpu_count(),
-                             "peak_rss_mb": round(peak_rss_mb(), 1)}
-    torch = importlib.import_module("torch") if gpu else sys.modules.get("torch")
-    if torch is None:
-        return facts
-    facts["torch"] = torch.__version__
-    facts["cuda"] = torch.cuda.is_available()
-    if facts["cuda"] and (gpu or torch.cuda.is_initialized()):
+                             "usable_cores": machine_cores(), "peak_rss_mb": round(peak_rss_mb(), 1)}
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.cuda.is_initialized():
         index = torch.cuda.current_device()
         free, total = torch.cuda.mem_get_info(index)
         facts.update({
+            "torch": torch.__version__, "cuda": True,
             "gpu_model": torch.cuda.get_device_name(index),
             "gpu_memory_total_mb": round(total / MIB),
             "gpu_memory_used_mb": round((total - free) / MIB),
             "peak_gpu_mb": round(torch.cuda.max_memory_allocated() / MIB, 1),
             "cuda_version": torch.version.cuda,
         })
+        return facts
+    if torch is not None:
+        facts["torch"] = torch.__version__
+    if not gpu:
+        return facts
+    with contextlib.suppress(importlib.metadata.PackageNotFoundError):
+        facts["torch"] = importlib.metadata.version("torch")
+    gpus = nvidia_gpus()
+    facts["cuda"] = bool(gpus)
+    if gpus:
+        facts.update({"gpu_model": gpus[0]["name"], "gpu_memory_total_mb": round(gpus[0]["total_mb"]),
+                      "gpu_memory_used_mb": round(gpus[0]["used_mb"]), "driver_version": gpus[0]["driver"]})
     return facts
 
 

@@ -50,3 +50,8 @@ class WorkerDied(LipSyncError):
 
 class InputMissing(LipSyncError, ValueError):
     """A required input (video, audio, job id) was not given."""
+
+
+class InvalidOption(LipSyncError, ValueError):
+    """A job option is out of its range or not one of its choices; the message names the
+    option and what it may be."""

@@ -41,7 +41,7 @@ from pipeline.generators.registry import select_generator
 from pipeline.media import audio as audio_mod
 from pipeline.media.background import BackgroundWriter, Prefetch, in_background
 from pipeline.media.decode import count_frames, decode_rate, frame_plan, plan_frames, read_frames
-from pipeline.media.encode import FrameWriter
+from pipeline.media.encode import FrameWriter, choose_encoder
 from pipeline.media.probe import MediaInfo, probe, validate_audio_input, validate_face_input
 from pipeline.media.yuv import YuvFrame, hstack, paste
 from pipeline.options import RunOptions, RunResult
@@ -164,11 +164,13 @@ def _job(video: str | os.PathLike[str], audio: str | os.PathLike[str], output: s
     workdir = Path(tempfile.mkdtemp(prefix="lipsync-job-", dir=options.work_dir))
     try:
         with contextlib.ExitStack() as stack:
+            encoder = choose_encoder(options.encoder)
             outputs = [("out.mp4", 1, options.crf)]
             if side_by_side is not None:
                 outputs.append(("side_by_side.mp4", 2, SBS_CRF))  # twice as wide: original | result
             encoders = [stack.enter_context(_encoder(workdir / name, sides, options=options, fps=fps,
-                                                     size=(width, height), audio=audio, crf=crf))
+                                                     size=(width, height), audio=audio, crf=crf,
+                                                     encoder=encoder))
                         for name, sides, crf in outputs]
             generator, model_reason = select_generator(options)
             n_source = 1 if vinfo.is_image else max(1, count_frames(video, fps=decode_rate(vinfo, fps), info=vinfo))
@@ -229,6 +231,8 @@ def _job(video: str | os.PathLike[str], audio: str | os.PathLike[str], output: s
         originals=originals,
         speech=wav,
         started_wall=clock.wall0,
+        encoder=encoder,
+        plan=plan,
     )
 
 
@@ -265,12 +269,12 @@ def _mel_windows(wav: np.ndarray, fps: float, n_out: int, needed: bool, clock: S
 
 
 def _encoder(path: Path, sides: int, *, options: RunOptions, fps: float, size: tuple[int, int],
-             audio: str | os.PathLike[str], crf: int) -> FrameWriter:
+             audio: str | os.PathLike[str], crf: int, encoder: str) -> FrameWriter:
     """An encoder for I420 frames ``sides`` frames wide (2: the review video), with the
     whole audio: the job writes as many frames as the audio lasts (within half a frame)."""
     width, height = size[0] - size[0] % 2, size[1] - size[1] % 2  # yuv420p: even sides
     return FrameWriter(path, sides * width, height, fps, audio_path=audio, crf=crf, preset=options.preset,
-                       encoder=options.encoder, pix_fmt="yuv420p")
+                       encoder=encoder, pix_fmt="yuv420p")
 
 
 def _frames_without_face(track: Track | None, plan: np.ndarray) -> int:

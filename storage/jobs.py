@@ -7,8 +7,11 @@ or ``cancel`` (cancelled). A job whose owning process died is marked interrupted
 
 Process ownership: each queued/running job records the pid, the process start time
 (``psutil.Process(pid).create_time()``, so a reused pid is not mistaken for the owner) and
-the host name of the process that owns it. ``recover`` only marks jobs whose owner is
-gone from this host; jobs owned by another host are left alone.
+the host name of the process that owns it, and a lease (``owner_heartbeat_at``) that the
+owner renews every HEARTBEAT_S while it has jobs (:meth:`JobStore.keep_alive`, started by
+the first ``create``). ``recover`` marks jobs whose owner is gone from this host, and jobs
+of another host name (another machine, or this container before a restart) whose lease
+ran out.
 
 Input names are file names, which on Linux are bytes and need not be UTF-8. They are
 stored as display text (undecodable bytes become U+FFFD) and, only when that is lossy, the
@@ -71,6 +74,7 @@ class JobStore:
         self._local = threading.local()
         self._opened: list[Database] = []
         self._shared: Database | None = None
+        self._heartbeat: maintenance.Heartbeat | None = None
         if isinstance(db, Database):
             self._shared = prepare(db, busy_timeout_s=busy_timeout_s)
             self.path: Path | None = None
@@ -118,8 +122,27 @@ class JobStore:
         """The store's clock (aware UTC datetime; tests pass a fake one)."""
         return self._clock()
 
+    def keep_alive(self, *, also: tuple[Callable[[], object], ...] = (),
+                   retention_s: float | None = None) -> None:
+        """(Re)start this store's :class:`storage.maintenance.Heartbeat`: it renews the leases of
+        this process's jobs, calls ``also`` each round and, every ``retention_s`` seconds,
+        applies the retention settings of the environment (a long-running server)."""
+        if self._heartbeat is not None:
+            self._heartbeat.stop()
+
+        def retention() -> None:
+            limits = retention_from_env()
+            if any(v is not None for v in limits.values()):
+                self.apply_retention(**limits)
+
+        self._heartbeat = maintenance.Heartbeat(self, also=also, retention=retention,
+                                                retention_s=retention_s).start()
+
     def close(self) -> None:
-        """Close every connection this store opened (not a Database passed in)."""
+        """Stop the heartbeat; close every connection this store opened (not a Database passed in)."""
+        if self._heartbeat is not None:
+            self._heartbeat.stop()
+            self._heartbeat = None
         with self._lock:
             for db in self._opened:
                 db.close()
@@ -149,6 +172,8 @@ class JobStore:
                 for role, spec in inputs.items()]
         now = self.now()
         pid, create_time, host = self_owner()
+        if self._heartbeat is None:
+            self.keep_alive()  # this process now owns a job: its lease must be renewed
         with self.transaction() as db:
             job_id = new_job_id(now)
             while db.execute("SELECT 1 FROM jobs WHERE id = ?", [job_id]).fetchone():
@@ -158,6 +183,7 @@ class JobStore:
                 "user": clean_text(user), "status": "queued", "created_at": iso(now),
                 "model_requested": clean_text(model_requested), "options_json": dumps(options or {}),
                 "owner_pid": pid, "owner_create_time": create_time, "owner_host": host,
+                "owner_heartbeat_at": iso(now),
             })
             for row in rows:
                 db["job_inputs"].insert({"job_id": job_id, **row})
@@ -171,8 +197,8 @@ class JobStore:
             job = self._require(db, job_id, ("queued",), "start")
             db.execute(
                 "UPDATE jobs SET status = 'running', started_at = ?, queue_wait_s = ?, "
-                "owner_pid = ?, owner_create_time = ?, owner_host = ? WHERE id = ?",
-                [iso(now), _seconds(job["created_at"], now), *owner, job_id])
+                "owner_pid = ?, owner_create_time = ?, owner_host = ?, owner_heartbeat_at = ? WHERE id = ?",
+                [iso(now), _seconds(job["created_at"], now), *owner, iso(now), job_id])
 
     def record_stages(self, job_id: str, seconds: Mapping[str, float], *,
                       offsets: Mapping[str, float] | None = None) -> None:

@@ -5,7 +5,11 @@ they live here to keep the job life cycle in ``storage/jobs.py`` short.
 
 - Recovery marks queued/running jobs whose owning process is gone as ``interrupted``, with
   the time it was noticed. A job whose owner (pid + process start time, on this host) is
-  still alive is never touched, nor is a job owned by another host.
+  still alive is never touched; on another host (or this container before a restart, under
+  its old host name) the owner is gone once its lease, renewed every HEARTBEAT_S by
+  :class:`Heartbeat`, is LEASE_S old.
+- :class:`Heartbeat` renews the lease of this process's jobs, and runs retention
+  periodically in a long-running process.
 - Retention deletes ``<data_dir>/jobs/<id>/`` folders of finished jobs by age and then by
   total size (oldest first), keeping every row and marking it ``files_gone``.
 """
@@ -14,6 +18,9 @@ from __future__ import annotations
 
 import logging
 import shutil
+import threading
+import time
+from collections.abc import Callable
 from contextlib import AbstractContextManager
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -21,7 +28,7 @@ from typing import Protocol
 
 from sqlite_utils import Database
 
-from storage.records import TERMINAL, dir_bytes, iso, owner_alive, parse_iso
+from storage.records import HEARTBEAT_S, TERMINAL, dir_bytes, iso, owner_alive, parse_iso, self_owner
 
 
 class JobStore(Protocol):
@@ -41,17 +48,23 @@ def recover_orphans(store: JobStore) -> list[str]:
     """Mark queued/running jobs whose owning process is gone as interrupted; their ids.
 
     A job is orphaned when its recorded (pid, create_time) is not a live process on this
-    host, or when no owner was recorded (rows from schema 1). The UPDATE re-checks status
-    and owner, so a job that finished or changed hands meanwhile is left alone.
+    host, when it belongs to another host name and its lease ran out (``owner_heartbeat_at``,
+    else its start, more than LEASE_S ago), or when no owner was recorded (rows from schema
+    1). The UPDATE re-checks status and owner, so a job that finished or changed hands
+    meanwhile is left alone.
     """
     with store.connection() as db:
         rows = list(db.query(
-            "SELECT id, owner_pid, owner_create_time, owner_host FROM jobs "
+            "SELECT id, owner_pid, owner_create_time, owner_host, "
+            "coalesce(owner_heartbeat_at, started_at, created_at) AS heard FROM jobs "
             "WHERE status IN ('queued', 'running')"))
-    dead = [r for r in rows if not owner_alive(r["owner_pid"], r["owner_create_time"], r["owner_host"])]
+    now_dt = store.now()
+    dead = [r for r in rows if not owner_alive(r["owner_pid"], r["owner_create_time"], r["owner_host"],
+                                               heartbeat=parse_iso(r["heard"]) if r["heard"] else None,
+                                               now=now_dt)]
     if not dead:
         return []
-    now = iso(store.now())
+    now = iso(now_dt)
     marked: list[str] = []
     with store.transaction() as db:
         for r in dead:
@@ -116,3 +129,54 @@ def apply_retention(store: JobStore, *, max_age_days: float | None = None,
     if victims:
         log.info("retention deleted the files of %d job(s)", len(victims))
     return victims
+
+
+def renew_leases(store: JobStore) -> int:
+    """Renew the lease of every queued/running job this process owns; how many."""
+    pid, create_time, host = self_owner()
+    with store.transaction() as db:
+        cur = db.execute("UPDATE jobs SET owner_heartbeat_at = ? WHERE status IN ('queued', 'running') "
+                         "AND owner_pid = ? AND owner_create_time = ? AND owner_host = ?",
+                         [iso(store.now()), pid, create_time, host])
+        return cur.rowcount
+
+
+class Heartbeat:
+    """A daemon thread of one process: every ``interval_s`` it renews the leases of the jobs
+    this process owns and calls each of ``also`` (e.g. touching a work folder's lease file);
+    every ``retention_s`` (when given) it applies ``retention()`` too. A failing round is
+    logged and the next one tried."""
+
+    def __init__(self, store: JobStore, *, interval_s: float = HEARTBEAT_S,
+                 also: tuple[Callable[[], object], ...] = (),
+                 retention: Callable[[], object] | None = None, retention_s: float | None = None) -> None:
+        self.store, self.interval_s, self.also = store, interval_s, also
+        self.retention, self.retention_s = retention, retention_s
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="lease-heartbeat", daemon=True)
+        self._next_retention = time.monotonic() + (retention_s or 0)
+
+    def start(self) -> Heartbeat:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread.is_alive() and self._thread is not threading.current_thread():
+            self._thread.join(timeout=10)
+
+    def beat(self) -> None:
+        """One round: leases, the ``also`` callables, and retention when it is due."""
+        renew_leases(self.store)
+        for fn in self.also:
+            fn()
+        if self.retention is not None and self.retention_s and time.monotonic() >= self._next_retention:
+            self._next_retention = time.monotonic() + self.retention_s
+            self.retention()
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.interval_s):
+            try:
+                self.beat()
+            except Exception:  # noqa: BLE001 - a busy database must not end the heartbeat
+                log.warning("heartbeat round failed; trying again in %.0f s", self.interval_s, exc_info=True)

@@ -13,7 +13,7 @@ e.g. ``2025-05-01T12:00:00.000000+00:00``, so text order is time order):
   finished_at, queue_wait_s, run_s, model_requested, model_used, model_reason,
   options_json, outputs_json, output_path, facts_json, error_type, error_message,
   owner_pid, owner_create_time, owner_host, interrupted_at (2), files_gone,
-  files_deleted_at, files_bytes, output_duration_s, gpu_seconds (3)
+  files_deleted_at, files_bytes, output_duration_s, gpu_seconds (3), owner_heartbeat_at (5)
 - ``job_inputs``: (job_id, role) -> name, path, raw_path_hex, sha256, size_bytes, probe_json
 - ``job_stages``: (job_id, stage) -> start_offset_s, seconds
 - ``job_scores``: (job_id, metric) -> value (NULL only with a reason), reason,
@@ -208,6 +208,12 @@ def _m4_suites_and_ratings(db: Database) -> None:
     db.executescript(_SUITES_SQL)
 
 
+def _m5_owner_lease(db: Database) -> None:
+    """The owner's lease: renewed every HEARTBEAT_S by the owning process, so a job whose
+    owner is gone is found whatever host name it had (a restarted container gets a new one)."""
+    db["jobs"].add_column("owner_heartbeat_at", str)
+
+
 @dataclass(frozen=True)
 class Migration:
     number: int
@@ -220,6 +226,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(2, "process_ownership", _m2_process_ownership),
     Migration(3, "retention_and_cost", _m3_retention_and_cost),
     Migration(4, "suites_and_ratings", _m4_suites_and_ratings),
+    Migration(5, "owner_lease", _m5_owner_lease),
 )
 LATEST = MIGRATIONS[-1].number
 

@@ -278,6 +278,9 @@ def dir_bytes(path: Path) -> int | None:
     return total
 
 
+HEARTBEAT_S = 30.0  # how often a process renews the lease on the jobs (and work folder) it owns
+LEASE_S = 4 * HEARTBEAT_S  # an owner not heard of for this long, on another host, is gone
+
 _OWNER: dict[int, tuple[int, float, str]] = {}
 
 
@@ -296,16 +299,22 @@ def process_owner(pid: int) -> tuple[int, float, str]:
         raise ValueError(f"no live process with pid {pid} to own the job") from exc
 
 
-def owner_alive(pid: int | None, create_time: float | None, host: str | None) -> bool:
-    """Whether the recorded owner of a job may still be running it.
+def owner_alive(pid: int | None, create_time: float | None, host: str | None, *,
+                heartbeat: datetime | None = None, now: datetime | None = None) -> bool:
+    """Whether the recorded owner of a job (or a work folder) may still be running it.
 
-    False when no owner was recorded, or on this host no process has that pid with that
-    start time (a zombie counts as gone). True for another host's jobs (not checkable) and
-    for processes we may not inspect."""
+    On this host the process table decides: False when no process has that pid with that
+    start time (a zombie counts as gone), True for one we may not inspect. Another host's
+    processes cannot be seen (nor can those of this container before a restart, which gave
+    it a new host name), so there the owner's lease decides: alive while its last
+    ``heartbeat`` is less than LEASE_S old (``now``: the caller's clock). False when no
+    owner was recorded."""
     if pid is None:
         return False
     if host != socket.gethostname():
-        return True  # cannot see another host's processes: never touch its jobs
+        if heartbeat is None:
+            return False
+        return ((now or datetime.now(timezone.utc)) - heartbeat).total_seconds() < LEASE_S
     try:
         proc = psutil.Process(pid)
         if proc.status() == psutil.STATUS_ZOMBIE:

@@ -17,16 +17,18 @@ from typing import Any
 import httpx
 import numpy as np
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 from gradio_client import Client, handle_file
 from gradio_client.exceptions import AppError
 
 import media
 from app_server import AppServer, start_app
 from pipeline.media.probe import probe
+from pipeline.options import MAX_BATCH_SIZE
 from storage.jobs import JobStore
 
 BASELINE = "baseline"
-ONE_BATCH = json.dumps({"batch_size": 512})  # one generator call per job: its interval is exact
+ONE_BATCH = json.dumps({"batch_size": MAX_BATCH_SIZE})  # one generator call per job (75 frames): its interval is exact
 
 
 @pytest.fixture(scope="module")
@@ -216,13 +218,56 @@ def test_good_request_after_bad_ones_succeeds(client: Client, store: JobStore, f
     assert store.get(job_id)["status"] == "succeeded"
 
 
-def test_bad_options_are_rejected_before_a_job_starts(client: Client, face_mp4: Path, speech_wav: Path) -> None:
-    with pytest.raises(AppError, match="unknown option"):
-        client.predict(handle_file(str(face_mp4)), handle_file(str(speech_wav)), BASELINE,
-                       '{"checkpoint": "/etc/passwd"}', api_name="/lipsync")
-    with pytest.raises(AppError, match="unknown model"):
-        client.predict(handle_file(str(face_mp4)), handle_file(str(speech_wav)), "sora", "{}",
+@pytest.mark.parametrize("model, options, words", [
+    (BASELINE, '{"checkpoint": "/etc/passwd"}', "unknown option"),
+    ("sora", "{}", "model must be one of"),
+    (BASELINE, '{"batch_size": 100000}', "batch_size must be a whole number from 1 to 128"),
+    (BASELINE, '{"face_index": -1}', "face_index must be a whole number from 0 to 31"),
+    (BASELINE, '{"crf": 99}', "crf must be a whole number from 0 to 51"),
+    (BASELINE, '{"pads": [0, 10, 0, 9999]}', "pads (right) must be a whole number from -256 to 256"),
+    (BASELINE, '{"pads": [0, 10]}', "pads must be four whole numbers"),
+    (BASELINE, '{"timeout_s": -5}', "timeout_s must be a number over 0"),
+    (BASELINE, '{"preset": "placebo"}', "preset must be one of"),
+    (BASELINE, '{"loop": "bounce"}', "loop must be one of pingpong, loop"),
+    (BASELINE, '{"device": "tpu"}', "device must be auto, cpu, cuda or cuda:N"),
+    (BASELINE, '{"face_index": "two"}', "face_index must be a whole number"),
+    (BASELINE, '[1, 2]', "options must be a JSON object"),
+])
+def test_bad_options_are_rejected_before_a_job_is_recorded(model: str, options: str, words: str,
+                                                            client: Client, store: JobStore,
+                                                            face_mp4: Path, speech_wav: Path) -> None:
+    """Every user option has a range; a value outside it is refused with the option's name
+    and range, before any job is recorded."""
+    before = len(store.list(limit=None))
+    with pytest.raises(AppError) as info:
+        client.predict(handle_file(str(face_mp4)), handle_file(str(speech_wav)), model, options,
                        api_name="/lipsync")
+    message = str(info.value)
+    assert "InvalidOption" in message and words in message, message
+    assert len(store.list(limit=None)) == before
+
+
+def test_loop_job_is_scored_through_its_own_frame_plan(client: Client, store: JobStore,
+                                                        synth_dir: Path) -> None:
+    """A ``loop`` job (speech longer than the video) scored by the app gives the scores of a
+    scoring with explicit source indices (frame i shows original frame i % n), and not those
+    of the ping-pong plan the scorer assumed before (the face moves, so the boxes differ)."""
+    from eval.score import score_videos
+
+    frames = [np.roll(media.face_frame(0), (3 * i) % 60 - 30, axis=1) for i in range(25)]
+    video = media.write_video(synth_dir / "sliding_face.mp4", frames)  # 1 s; the face slides 3 px a frame
+    speech = media.write_wav(synth_dir / "speech_2s.wav", media.speech_like(2.0, seed=5))
+    out, _, scores, job_id = client.predict(handle_file(str(video)), handle_file(str(speech)), BASELINE,
+                                            '{"loop": "loop"}', api_name="/lipsync")
+    n_out = 50  # 2 s of speech at 25 fps
+    assert probe(out).duration_s == pytest.approx(2.0, abs=0.1)
+    explicit = score_videos(video, out, audio=speech, source_indices=np.arange(n_out) % 25)
+    pingpong = score_videos(video, out, audio=speech, loop="pingpong")
+    app = {k: v["value"] for k, v in scores["scores"].items()}
+    mine = {m: explicit.value(m) for m in app}
+    assert app == pytest.approx(mine, abs=1e-9), (app, mine)
+    assert any(pingpong.value(m) != pytest.approx(v, abs=1e-9) for m, v in mine.items() if v is not None)
+    assert store.get(job_id)["options"]["loop"] == "loop"
 
 
 def test_cancel_a_running_job_is_recorded(server: AppServer, client: Client, store: JobStore,
@@ -259,9 +304,11 @@ def test_ops_endpoints(server: AppServer, synthetic_run: tuple[Any, ...]) -> Non
     ready = json.loads(body)
     assert status == 200 and ready["ready"] and ready["checks"]["database"]["ok"]
     assert "dlib" in ready["checks"]["models"]["detail"]
+    assert "/" not in json.dumps(ready["checks"]), ready  # no path in an unauthenticated answer
     status, text = get("metrics")
-    lines = text.splitlines()
-    succeeded = next(line for line in lines if line.startswith('lipsync_jobs{status="succeeded"}'))
-    assert float(succeeded.split()[-1]) >= 1
-    assert any(line.startswith('lipsync_stage_seconds_bucket{stage="generate",le="+Inf"}') for line in lines)
-    assert any(line.startswith('lipsync_queue_waiting{group="generation"}') for line in lines)
+    samples = {(s.name, tuple(sorted(s.labels.items()))): s.value
+               for family in text_string_to_metric_families(text) for s in family.samples}
+    assert samples[("lipsync_jobs", (("status", "succeeded"),))] >= 1
+    assert samples[("lipsync_stage_seconds_bucket", (("le", "+Inf"), ("stage", "generate")))] >= 1
+    assert ("lipsync_queue_waiting", (("group", "generation"),)) in samples
+    assert samples[("lipsync_generation_slots", ())] >= 1

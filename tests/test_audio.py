@@ -258,3 +258,21 @@ def test_mel_chunks_short_mel_padded_with_silence() -> None:
     chunks = mel_chunks(np.zeros((80, 5), np.float32), 25.0, 3)
     assert chunks.shape == (3, 80, 16)
     assert (chunks[:, :, :5] == 0).all() and (chunks[:, :, 5:] == -4.0).all()
+
+
+def test_mel_basis_window_and_preemphasis_are_librosa_and_scipy_exactly() -> None:
+    """The numpy mel filter bank, Hann window and pre-emphasis (kept free of librosa and
+    scipy.signal for start-up) give the very floats librosa and scipy give."""
+    from scipy import signal
+
+    from pipeline.media import audio as audio_mod
+
+    ref = librosa.filters.mel(sr=16000, n_fft=800, n_mels=80, fmin=55, fmax=7600)
+    assert audio_mod._mel_basis().dtype == ref.dtype and np.array_equal(audio_mod._mel_basis(), ref)
+    assert np.array_equal(audio_mod._window(), signal.get_window("hann", 800, fftbins=True))
+    wav = np.random.default_rng(3).standard_normal(4000)
+    emphasized = signal.lfilter([1, -0.97], [1], wav)
+    spec = librosa.stft(emphasized, n_fft=800, hop_length=200, win_length=800, pad_mode="reflect")
+    db = 20 * np.log10(np.maximum(1e-5, ref @ np.abs(spec))) - 20
+    expected = np.clip(8 * ((db + 100) / 100) - 4, -4, 4).astype(np.float32)
+    assert np.array_equal(audio_mod.melspectrogram(wav), expected)

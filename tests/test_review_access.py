@@ -6,7 +6,6 @@ reviewer name the request carries. Weights-free baseline and passthrough, real S
 from __future__ import annotations
 
 import sqlite3
-from pathlib import Path
 
 import httpx
 import pytest

@@ -99,6 +99,23 @@ def test_other_layouts_load_the_same(tmp_path: Path, reference_state, layout: st
     assert _same_weights(load_wav2lip(path), reference_state)
 
 
+def test_zip_checkpoints_are_memory_mapped_and_legacy_ones_still_load(
+        tmp_path: Path, wav2lip_checkpoint: Path, reference_state) -> None:  # noqa: F811
+    """A zip-format file's tensors stay mapped from the file (assigned to the model: no
+    second copy in memory); the legacy format (torch < 1.6, which the published files may
+    use) cannot be mapped and is read whole, with the same weights."""
+    import psutil
+
+    model = load_wav2lip(wav2lip_checkpoint)
+    maps = {m.path for m in psutil.Process().memory_maps()}
+    assert str(wav2lip_checkpoint) in maps  # the weights are the file's pages
+    legacy = tmp_path / "legacy.pth"
+    torch.save({"state_dict": OrderedDict(("module." + k, v) for k, v in reference_state.items())},
+               legacy, _use_new_zipfile_serialization=False)
+    assert _same_weights(load_wav2lip(legacy), reference_state)
+    assert _same_weights(model, reference_state)
+
+
 # ---- rejection: WeightsInvalid naming the first bad key -----------------------------------
 
 FIRST = "face_encoder_blocks.0.0.conv_block.0.weight"

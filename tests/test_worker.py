@@ -208,3 +208,30 @@ def test_the_gpu_lane_spans_processes(tmp_path: Path, monkeypatch: pytest.Monkey
             pass
         assert subprocess.run(probe, env=env, capture_output=True, text=True).stdout.strip() == "False"
     assert subprocess.run(probe, env=env, capture_output=True, text=True).stdout.strip() == "True"
+
+
+def test_scoring_runs_in_a_worker_and_a_killed_scorer_fails_that_request_only(
+        pool: WorkerPool, inputs: dict[str, Path], tmp_path: Path) -> None:
+    """/score's work (ScoreJob) runs in a worker process, not in the caller; a scorer killed
+    while it decodes (its ffmpeg child running) fails that request with WorkerDied naming
+    scoring, and the next request is scored by a fresh worker."""
+    import concurrent.futures
+
+    from jobs.work import ScoreJob
+
+    video = media.face_video(tmp_path / "long_face.mp4", seconds=12.0)
+    pool.start()
+    ok = pool.score(ScoreJob(str(inputs["video"]), str(inputs["video"]), str(inputs["short"])))
+    assert ok["facts"]["compared_frames"] == 10
+    worker = _pids()[0]
+    with concurrent.futures.ThreadPoolExecutor(1) as ex:
+        request = ex.submit(pool.score, ScoreJob(str(video), str(video), None))
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and not [p for p in _group(worker, pids=True) if p != worker]:
+            time.sleep(0.01)  # until the scorer's ffmpeg decoder runs
+        os.kill(worker, signal.SIGKILL)
+        with pytest.raises(WorkerDied, match="scoring worker process died \\(killed by SIGKILL\\)"):
+            request.result(timeout=60)
+    again = pool.score(ScoreJob(str(inputs["video"]), str(inputs["video"]), str(inputs["short"])))
+    assert again["facts"]["compared_frames"] == 10
+    assert worker not in _pids()

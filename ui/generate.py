@@ -8,7 +8,8 @@ from typing import Any
 
 import gradio as gr
 
-from pipeline.options import DEFAULT_GUIDANCE, DEFAULT_PADS, DEFAULT_STEPS, LOOP_MODES, MAX_GUIDANCE
+from pipeline.options import (DEFAULT_GUIDANCE, DEFAULT_PADS, DEFAULT_STEPS, LOOP_MODES, MAX_BATCH_SIZE,
+                              MAX_FACE_INDEX, MAX_GUIDANCE, MAX_PAD, PRESETS)
 from pipeline.weights import LATENTSYNC_LAYOUT
 from pipeline.weights_report import latentsync_summary, weights_report
 from ui import present
@@ -24,7 +25,6 @@ STAGE_LABELS = {
     "generate": "Generating the mouth (decode, generate, blend, encode)", "mux": "Muxing the audio",
     "score": "Scoring the result", "done": "Done",
 }
-PRESETS = ("ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow")
 
 
 def model_choices() -> list[tuple[str, str]]:
@@ -138,11 +138,11 @@ def _advanced_inputs() -> list[gr.components.Component]:
     """The advanced options' inputs, in the order ``generate`` takes them: face index, the four
     pads, batch size, loop mode, CRF, preset."""
     with gr.Accordion("Advanced options", open=False):
-        face_index = gr.Number(0, precision=0, minimum=0, label="Face index (0 = largest face)")
+        face_index = gr.Number(0, precision=0, minimum=0, maximum=MAX_FACE_INDEX, label="Face index (0 = largest face)")
         with gr.Row():
-            pads = [gr.Number(DEFAULT_PADS[i], precision=0, label=f"Pad {side} (px)")
+            pads = [gr.Number(DEFAULT_PADS[i], precision=0, minimum=-MAX_PAD, maximum=MAX_PAD, label=f"Pad {side} (px)")
                     for i, side in enumerate(("top", "bottom", "left", "right"))]
-        batch_size = gr.Number(None, precision=0, minimum=1,
+        batch_size = gr.Number(None, precision=0, minimum=1, maximum=MAX_BATCH_SIZE,
                                label="Batch size (empty = the generator's default)")
         loop = gr.Radio(list(LOOP_MODES), value="pingpong",
                         label="When the speech is longer than the video, extend it by")
@@ -196,7 +196,8 @@ def build_api_endpoints(ctx: AppContext) -> None:
     def score(original: str | None, generated: str | None, audio: str | None) -> dict[str, Any]:
         """Scores of a generated video against its original (PSNR/SSIM, LSE-D/LSE-C, sync proxy)."""
         with user_errors("scoring"):
-            return score_files(original, generated, audio)
+            return score_files(original, generated, audio, executor=ctx.executor,
+                               timeout_s=ctx.settings.job_timeout_s)
 
     lipsync_btn.click(lipsync, inputs=[api_video, api_audio, api_model, api_options],
                       outputs=[api_result, api_sbs, api_scores, api_job_id], api_name="lipsync",

@@ -51,17 +51,20 @@ def system_markdown(ctx: AppContext) -> str:
     facts = device_facts(gpu=True)
     q = ctx.queue_depth()
     s = ctx.settings
+    driver = (f"CUDA {facts['cuda_version']}" if facts.get("cuda_version")
+              else f"driver {facts.get('driver_version')}")
     gpu = (f"{facts.get('gpu_model')} · memory used {facts.get('gpu_memory_used_mb')} MiB of "
-           f"{facts.get('gpu_memory_total_mb')} MiB · CUDA {facts.get('cuda_version')}"
-           if facts.get("cuda") else "none (CUDA not available): the generator runs on the CPU")
+           f"{facts.get('gpu_memory_total_mb')} MiB · {driver}"
+           if facts.get("cuda") else "none (no NVIDIA GPU found): the generator runs on the CPU")
     lines = [
-        f"**Device:** {facts.get('cpu_model')} · {facts.get('cpu_count')} cores · torch {facts.get('torch')}",
+        f"**Device:** {facts.get('cpu_model')} · {facts.get('usable_cores')} usable cores of "
+        f"{facts.get('cpu_count')} · torch {facts.get('torch')}",
         f"**GPU:** {gpu}",
         f"**Queue:** {q['waiting']} waiting, {q['running']} running · at most {s.max_jobs} "
         f"generation job(s) at once · queue holds {s.queue_size}",
         f"**Limits:** uploads up to {s.max_upload_mb:g} MB · media up to {s.max_duration_s:g} s and "
         f"{s.max_side} px · job time limit {f'{s.job_timeout_s:g} s' if s.job_timeout_s else 'none'}",
-        f"**Job history:** {s.db_path} · login {'required' if s.auth else 'off'}",
+        f"**Job history:** {s.db_path.name} in the data folder · login {'required' if s.auth else 'off'}",
     ]
     return "  \n".join(lines)
 
@@ -115,7 +118,8 @@ def build_system_tab(ctx: AppContext) -> gr.Tab:
                     "`/healthz`, `/readyz`, `/metrics`.")
 
     def load() -> tuple[str, pd.DataFrame]:
-        return system_markdown(ctx), weights_table()
+        with user_errors("system facts"):
+            return system_markdown(ctx), weights_table()
 
     for trigger in (refresh.click, tab.select):
         trigger(load, outputs=[facts, weights], concurrency_id=READ_GROUP, concurrency_limit=None,

@@ -3,31 +3,35 @@
 - ``/healthz``: the process answers (always 200 while it serves).
 - ``/readyz``: 200 when a generator and a face tracker resolve and the job database takes
   a write transaction; 503 with the failing check otherwise.
-- ``/metrics``: Prometheus text format: jobs by status, stage duration histograms from
-  the recorded stages, Gradio queue depth and running events, GPU memory. With
-  ``LIPSYNC_AUTH`` set it needs the same user and password as HTTP Basic auth (it is
-  derived from the job history); /healthz and /readyz stay open for orchestrator probes.
+- ``/metrics``: Prometheus text format through ``prometheus_client`` (a collector read at
+  each scrape): jobs by status, stage duration histograms from the recorded stages, Gradio
+  queue depth and running events, GPU memory (nvidia-smi: the server never touches CUDA).
+  With ``LIPSYNC_AUTH`` set it needs the same user and password as HTTP Basic auth
+  (FastAPI's ``HTTPBasic``); /healthz and /readyz stay open for orchestrator probes and
+  carry no path (details go to the log).
 """
 
 from __future__ import annotations
 
-import base64
-import binascii
 import logging
 import os
 import secrets
 import tempfile
-from collections.abc import Iterable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import fastapi
 import gradio as gr
-from fastapi.responses import JSONResponse, PlainTextResponse
+from fastapi.responses import JSONResponse, Response
+from fastapi.security import HTTPBasic, HTTPBasicCredentials
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client.core import GaugeMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.registry import Collector
 
 from jobs.examples import examples_dir
 from jobs.suites import SUITES_FOLDER
 from jobs.settings import Settings
-
+from pipeline.device import MIB, nvidia_gpus
 from pipeline.weights_report import latentsync_summary, weights_report
 from storage.db import write_transaction
 from storage.jobs import JOBS_FOLDER
@@ -35,13 +39,13 @@ from storage.records import ACTIVE, TERMINAL
 from ui.blocks import build_blocks, make_context
 from ui.cancels import QueuedCancelRecorder
 from ui.context import GENERATION_GROUP, AppContext
+from ui.errors import without_paths
 
 log = logging.getLogger(__name__)
 
 STAGE_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)  # s
 TRACKERS = ("insightface", "dlib")
 WRITE_PROBE_BYTES = 64 * 1024  # /readyz writes this much in the data folder: a full disk fails it
-PROMETHEUS_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 
 def readiness(ctx: AppContext) -> dict[str, Any]:
@@ -58,7 +62,7 @@ def readiness(ctx: AppContext) -> dict[str, Any]:
                        + f"; latentsync: {latentsync_summary(list(rows.values()))}"),
         }
     except Exception as exc:  # noqa: BLE001 - a readiness probe reports, never raises
-        checks["models"] = {"ok": False, "detail": f"{type(exc).__name__}: {exc}"}
+        checks["models"] = {"ok": False, "detail": f"{type(exc).__name__}: {without_paths(str(exc))}"}
     try:
         with ctx.store.connection() as db, write_transaction(db):
             pass
@@ -67,95 +71,82 @@ def readiness(ctx: AppContext) -> dict[str, Any]:
             probe.write(bytes(WRITE_PROBE_BYTES))
             probe.flush()
             os.fsync(probe.fileno())
-        checks["database"] = {"ok": True, "detail": f"{ctx.settings.db_path} is writable"}
-    except Exception as exc:  # noqa: BLE001
-        checks["database"] = {"ok": False, "detail": f"the job database {ctx.settings.db_path} or its "
-                              f"folder cannot be written: {type(exc).__name__}: {exc}"}
+        checks["database"] = {"ok": True, "detail": "the job database and its folder take writes"}
+    except Exception as exc:  # noqa: BLE001 - no path in this unauthenticated answer: the log has it
+        log.warning("readiness: the job database %s or its folder cannot be written", ctx.settings.db_path,
+                    exc_info=True)
+        checks["database"] = {"ok": False, "detail": "the job database or its folder cannot be written: "
+                              f"{type(exc).__name__}: {without_paths(str(exc))}"}
     return {"ready": all(c["ok"] for c in checks.values()), "checks": checks}
 
 
-def _escape(value: str) -> str:
-    return str(value).replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+class JobMetrics(Collector):
+    """The app's metrics, read from the job history and Gradio's queue at each scrape."""
+
+    def __init__(self, ctx: AppContext) -> None:
+        self.ctx = ctx
+
+    def collect(self) -> Iterator[Metric]:
+        ctx = self.ctx
+        with ctx.store.connection() as db:
+            counts = dict(db.execute("SELECT status, count(*) FROM jobs GROUP BY status").fetchall())
+        jobs = GaugeMetricFamily("lipsync_jobs", "Jobs in the history by status.", labels=["status"])
+        for status in (*ACTIVE, *TERMINAL):
+            jobs.add_metric([status], float(counts.get(status, 0)))
+        yield jobs
+        yield self._stage_histogram()
+        q = ctx.queue_depth()
+        gen = q["groups"].get(GENERATION_GROUP, {})
+        for name, help_text, key in (("lipsync_queue_waiting", "Events waiting in Gradio's queue.", "waiting"),
+                                     ("lipsync_events_running", "Events running now.", "running")):
+            family = GaugeMetricFamily(name, help_text, labels=["group"])
+            family.add_metric(["all"], float(q[key]))
+            family.add_metric([GENERATION_GROUP], float(gen.get(key, 0)))
+            yield family
+        yield GaugeMetricFamily("lipsync_generation_slots", "Generation jobs allowed in flight at once.",
+                                value=float(ctx.settings.max_jobs))
+        gpu = GaugeMetricFamily("lipsync_gpu_memory_bytes", "GPU memory used and total (absent without "
+                                "an NVIDIA GPU; read by nvidia-smi, not CUDA).", labels=["gpu", "kind"])
+        for g in nvidia_gpus():
+            gpu.add_metric([str(g["index"]), "used"], g["used_mb"] * MIB)
+            gpu.add_metric([str(g["index"]), "total"], g["total_mb"] * MIB)
+        yield gpu
+
+    def _stage_histogram(self) -> HistogramMetricFamily:
+        bucket_sql = ", ".join(f"sum(seconds <= {b!r})" for b in STAGE_BUCKETS)
+        with self.ctx.store.connection() as db:
+            rows = db.execute(f"SELECT stage, count(*), coalesce(sum(seconds), 0), {bucket_sql} "
+                              "FROM job_stages GROUP BY stage ORDER BY stage").fetchall()
+        family = HistogramMetricFamily("lipsync_stage_seconds", "Seconds each recorded job spent per "
+                                       "pipeline stage.", labels=["stage"])
+        for stage, count, total, *cumulative in rows:
+            buckets = [(f"{le:g}", float(n or 0)) for le, n in zip(STAGE_BUCKETS, cumulative)]
+            family.add_metric([stage], [*buckets, ("+Inf", float(count))], sum_value=float(total))
+        return family
 
 
-def _labels(**labels: str) -> str:
-    inner = ",".join(f'{k}="{_escape(v)}"' for k, v in labels.items())
-    return "{" + inner + "}" if inner else ""
+def metrics_text(ctx: AppContext) -> bytes:
+    """The /metrics body in Prometheus text exposition format (prometheus_client's)."""
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(JobMetrics(ctx))
+    return generate_latest(registry)
 
 
-def _metric(lines: list[str], name: str, kind: str, help_text: str,
-            samples: Iterable[tuple[str, dict[str, str], float]]) -> None:
-    lines.append(f"# HELP {name} {help_text}")
-    lines.append(f"# TYPE {name} {kind}")
-    for suffix, labels, value in samples:
-        lines.append(f"{name}{suffix}{_labels(**labels)} {value:g}")
+def metrics_auth(auth: tuple[str, str] | None) -> Callable[..., None]:
+    """A FastAPI dependency: HTTP Basic with ``auth`` (FastAPI's HTTPBasic), or nothing without it."""
+    basic = HTTPBasic(realm="LipSync Lab metrics", auto_error=False)
 
+    def check(credentials: HTTPBasicCredentials | None = fastapi.Depends(basic)) -> None:
+        if auth is None:
+            return
+        ok = credentials is not None and \
+            secrets.compare_digest(credentials.username.encode(), auth[0].encode()) and \
+            secrets.compare_digest(credentials.password.encode(), auth[1].encode())
+        if not ok:
+            raise fastapi.HTTPException(status_code=401, detail="login required",
+                                        headers={"WWW-Authenticate": 'Basic realm="LipSync Lab metrics"'})
 
-def _stage_histograms(ctx: AppContext) -> list[tuple[str, dict[str, str], float]]:
-    bucket_sql = ", ".join(f"sum(seconds <= {b!r})" for b in STAGE_BUCKETS)
-    with ctx.store.connection() as db:
-        rows = db.execute(f"SELECT stage, count(*), coalesce(sum(seconds), 0), {bucket_sql} "
-                          "FROM job_stages GROUP BY stage ORDER BY stage").fetchall()
-    samples = []
-    for stage, count, total, *cumulative in rows:
-        for le, n in zip(STAGE_BUCKETS, cumulative):
-            samples.append(("_bucket", {"stage": stage, "le": f"{le:g}"}, float(n or 0)))
-        samples.append(("_bucket", {"stage": stage, "le": "+Inf"}, float(count)))
-        samples.append(("_sum", {"stage": stage}, float(total)))
-        samples.append(("_count", {"stage": stage}, float(count)))
-    return samples
-
-
-def _gpu_memory() -> list[tuple[str, dict[str, str], float]]:
-    import torch
-
-    if not torch.cuda.is_available():
-        return []
-    out = []
-    for i in range(torch.cuda.device_count()):
-        free, total = torch.cuda.mem_get_info(i)
-        out.append(("", {"gpu": str(i), "kind": "used"}, float(total - free)))
-        out.append(("", {"gpu": str(i), "kind": "total"}, float(total)))
-    return out
-
-
-def metrics_text(ctx: AppContext) -> str:
-    """The /metrics body in Prometheus text exposition format 0.0.4."""
-    lines: list[str] = []
-    with ctx.store.connection() as db:
-        counts = dict(db.execute("SELECT status, count(*) FROM jobs GROUP BY status").fetchall())
-    _metric(lines, "lipsync_jobs", "gauge", "Jobs in the history by status.",
-            [("", {"status": s}, float(counts.get(s, 0))) for s in (*ACTIVE, *TERMINAL)])
-    _metric(lines, "lipsync_stage_seconds", "histogram",
-            "Seconds each recorded job spent per pipeline stage.", _stage_histograms(ctx))
-    q = ctx.queue_depth()
-    gen = q["groups"].get(GENERATION_GROUP, {})
-    _metric(lines, "lipsync_queue_waiting", "gauge", "Events waiting in Gradio's queue.",
-            [("", {"group": "all"}, float(q["waiting"])),
-             ("", {"group": GENERATION_GROUP}, float(gen.get("waiting", 0)))])
-    _metric(lines, "lipsync_events_running", "gauge", "Events running now.",
-            [("", {"group": "all"}, float(q["running"])),
-             ("", {"group": GENERATION_GROUP}, float(gen.get("running", 0)))])
-    _metric(lines, "lipsync_generation_slots", "gauge", "Generation jobs allowed in flight at once.",
-            [("", {}, float(ctx.settings.max_jobs))])
-    _metric(lines, "lipsync_gpu_memory_bytes", "gauge", "GPU memory used and total (absent without CUDA).",
-            _gpu_memory())
-    return "\n".join(lines) + "\n"
-
-
-def basic_auth_ok(header: str | None, auth: tuple[str, str] | None) -> bool:
-    """Whether an ``Authorization`` header carries ``auth`` as HTTP Basic (always, without auth)."""
-    if auth is None:
-        return True
-    scheme, _, value = (header or "").partition(" ")
-    if scheme.lower() != "basic":
-        return False
-    try:
-        user, sep, password = base64.b64decode(value.strip(), validate=True).decode("utf-8").partition(":")
-    except (binascii.Error, UnicodeDecodeError):
-        return False
-    return bool(sep) and secrets.compare_digest(user.encode(), auth[0].encode()) and \
-        secrets.compare_digest(password.encode(), auth[1].encode())
+    return check
 
 
 def make_server(ctx: AppContext) -> fastapi.FastAPI:
@@ -171,12 +162,9 @@ def make_server(ctx: AppContext) -> fastapi.FastAPI:
         body = readiness(ctx)
         return JSONResponse(body, status_code=200 if body["ready"] else 503)
 
-    @app.get("/metrics")
-    def metrics(request: fastapi.Request) -> PlainTextResponse:
-        if not basic_auth_ok(request.headers.get("authorization"), ctx.settings.auth):
-            return PlainTextResponse("login required", status_code=401,
-                                     headers={"WWW-Authenticate": 'Basic realm="LipSync Lab metrics"'})
-        return PlainTextResponse(metrics_text(ctx), media_type=PROMETHEUS_TYPE)
+    @app.get("/metrics", dependencies=[fastapi.Depends(metrics_auth(ctx.settings.auth))])
+    def metrics() -> Response:
+        return Response(metrics_text(ctx), media_type=CONTENT_TYPE_LATEST)
 
     return app
 
@@ -196,4 +184,4 @@ def create_app(settings: Settings) -> fastapi.FastAPI:
         allowed_paths=[os.fspath(examples_dir(settings.data_dir).resolve()),
                        os.fspath((settings.data_dir / JOBS_FOLDER).resolve()),
                        os.fspath((settings.data_dir / SUITES_FOLDER).resolve())],  # suite grids, exports
-        show_error=True, footer_links=["api", "settings"])
+        show_error=False, footer_links=["api", "settings"])

@@ -21,6 +21,7 @@ from typing import IO
 
 import numpy as np
 
+from pipeline.device import decode_threads
 from pipeline.media import libav
 from pipeline.errors import FFmpegError, InvalidMedia
 from pipeline.media.ffmpeg import PIX_FMTS, base_cmd, grow_pipe, input_args, rate_str, run_ffmpeg, stderr_tail
@@ -33,10 +34,6 @@ _PROGRESS_FRAME_RE = re.compile(r"^frame=(\d+)$", re.M)  # ffmpeg -progress key=
 
 TRACKING_SCALER = "fast_bilinear"  # swscale flags for the reduced-size decode used by tracking
 COUNT_TIMEOUT_S = 120.0  # a generous bound: counting decodes only for resampled streams
-# H.264 decoder threads per decode: frame threads cost ~10-20% more CPU in all (0.72-0.79
-# against 0.59 CPU s for monalisa_720p), and one thread decodes 720p far faster than the
-# encoder takes it (~800 fps). 0 is ffmpeg's default (as many as the cores).
-DECODE_THREADS = int(os.environ.get("LIPSYNC_DECODE_THREADS", "1"))
 SELECT_MAX_TERMS = 64  # read_frames(select=) indices ffmpeg's select filter takes (its parser fails ~110)
 
 
@@ -97,7 +94,7 @@ def read_frames(path: str | os.PathLike[str], *, size: tuple[int, int] | None = 
         cmd += ["-fps_mode", "passthrough"]  # no duplicated frames filling the gaps
     cmd += ["-pix_fmt", pix_fmt, "-f", "rawvideo", "pipe:1"]
     if in_process:
-        return libav.libav_frames(info, threads=DECODE_THREADS,
+        return libav.libav_frames(info, threads=decode_threads(),
                                          pipe=lambda: pipe_frames(cmd, w, h, path, pix_fmt=pix_fmt))
     frames = pipe_frames(cmd, w, h, path, pix_fmt=pix_fmt)
     if wanted is None or len(wanted) <= SELECT_MAX_TERMS:
@@ -106,8 +103,8 @@ def read_frames(path: str | os.PathLike[str], *, size: tuple[int, int] | None = 
 
 
 def decoder_input(path: str | os.PathLike[str]) -> list[str]:
-    """``-i`` arguments for a file whose video is decoded to frames (``DECODE_THREADS`` threads)."""
-    return input_args(path, pre=["-threads", str(DECODE_THREADS)])
+    """``-i`` arguments for a file whose video is decoded to frames (``decode_threads()`` threads)."""
+    return input_args(path, pre=["-threads", str(decode_threads())])
 
 
 def _only(frames: Iterator[np.ndarray], wanted: list[int]) -> Iterator[np.ndarray]:

@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import subprocess
@@ -22,6 +23,10 @@ from pipeline.media.ffmpeg import PIX_FMTS, base_cmd, grow_pipe, input_args, rat
 log = logging.getLogger(__name__)
 
 CLOSE_TIMEOUT_S = 10.0  # how long to wait for ffmpeg to exit after a pipe broke
+
+ENCODER_ENV = "LIPSYNC_ENCODER"  # the CLI's and the app's encoder: auto (default), libx264, h264_nvenc
+NVENC_DEVICE = "/dev/nvidiactl"  # present where an NVIDIA driver is loaded
+NVENC_CHECK_TIMEOUT_S = 20.0
 
 # libx264 preset names mapped to NVENC's p1 (fastest) .. p7 (slowest)
 NVENC_PRESETS = {"ultrafast": "p1", "superfast": "p1", "veryfast": "p2", "faster": "p3", "fast": "p3",
@@ -162,6 +167,33 @@ class FrameWriter:
             self.close()
         else:
             self.abort()
+
+
+@functools.cache
+def nvenc_usable() -> bool:
+    """Whether ``h264_nvenc`` encodes on this machine: an NVIDIA driver is loaded and a tiny
+    test encode through this ffmpeg succeeds (the build has NVENC, and so does the GPU: an
+    H100 has none). Checked once per process, without CUDA in this process; on a machine
+    without the driver it costs nothing."""
+    if not os.path.exists(NVENC_DEVICE):
+        return False
+    cmd = [*base_cmd(), "-f", "lavfi", "-i", "color=c=black:s=256x256:r=25:d=0.2",
+           "-c:v", "h264_nvenc", "-f", "null", "-"]
+    try:
+        subprocess.run(cmd, stdin=subprocess.DEVNULL, capture_output=True, check=True,
+                       timeout=NVENC_CHECK_TIMEOUT_S)
+    except (OSError, subprocess.SubprocessError) as exc:
+        log.info("h264_nvenc is not usable here (%s): encoding with libx264", type(exc).__name__)
+        return False
+    return True
+
+
+def choose_encoder(name: str) -> str:
+    """The encoder for ``name`` (``pipeline.options.ENCODERS``): ``auto`` is h264_nvenc where
+    :func:`nvenc_usable`, else libx264."""
+    if name == "auto":
+        return "h264_nvenc" if nvenc_usable() else "libx264"
+    return name
 
 
 def video_codec_args(encoder: str, *, preset: str, crf: int) -> list[str]:

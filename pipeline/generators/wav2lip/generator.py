@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 from pipeline.generators.blend import Patch, feather_mask
-from pipeline.device import choose_device, choose_dtype, configure_cpu_threads, gpu_lock
+from pipeline.device import choose_device, choose_dtype, configure_cpu_threads, configure_malloc, gpu_lock
 from pipeline.generators.base import Generator, GeneratorJob
 from pipeline.generators.wav2lip.model import IMG_SIZE, Wav2Lip, load_wav2lip
 from pipeline.media.audio import MEL_BINS, MEL_STEP
@@ -214,6 +214,7 @@ class Wav2LipGenerator(Generator):
         if batch_size is not None and batch_size < 1:
             raise ValueError("batch_size must be >= 1")
         self.device = choose_device(device)
+        configure_malloc()  # large activations are given back, not left to fragment the heap
         if self.device.type == "cpu":
             configure_cpu_threads()
         self.weights = resolve(WAV2LIP, checkpoint, allow_download=allow_download)

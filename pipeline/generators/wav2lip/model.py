@@ -163,9 +163,17 @@ def expected_shapes() -> Mapping[str, torch.Size]:
 
 
 def _read(path: str) -> Any:
+    """The checkpoint object, its tensors memory-mapped from the file where the file is in
+    torch's zip format (no second copy in memory: ``load_wav2lip`` assigns them to the model);
+    a file in the legacy format is read whole."""
     name = os.path.basename(path)
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        try:
+            return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        except RuntimeError as exc:
+            if "mmap" not in str(exc):
+                raise
+            return torch.load(path, map_location="cpu", weights_only=True)  # the legacy format
     except FileNotFoundError:
         raise
     except Exception as exc:  # noqa: BLE001 - zip, pickle and storage errors all mean "not a checkpoint"

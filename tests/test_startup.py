@@ -1,0 +1,56 @@
+"""Start-up: a passthrough or baseline CLI job imports none of the heavy libraries it does not
+use (torch, scipy.signal, librosa and its numba, scikit-image), read from the interpreter's
+own ``python -X importtime`` report of the whole process."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+HEAVY = ("torch", "scipy.signal", "librosa", "numba", "skimage")
+_IMPORT_LINE = re.compile(r"^import time:\s+\d+ \|\s+(\d+) \|( *)(\S+)$")
+
+
+def imported_modules(report: str) -> dict[str, int]:
+    """Module -> cumulative microseconds, from ``-X importtime``'s stderr report."""
+    out: dict[str, int] = {}
+    for line in report.splitlines():
+        m = _IMPORT_LINE.match(line)
+        if m:
+            out[m.group(3)] = int(m.group(1))
+    return out
+
+
+def run_importtime(package: str, *args: str, data_dir: Path) -> dict[str, int]:
+    env = {**os.environ, "LIPSYNC_DATA_DIR": str(data_dir), "HF_HUB_OFFLINE": "1"}
+    proc = subprocess.run([sys.executable, "-X", "importtime", "-m", package, *args], cwd=ROOT,
+                          env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    modules = imported_modules(proc.stderr)
+    assert "pipeline.run" in modules, "the importtime report was not read"
+    return modules
+
+
+def test_importtime_parser_sees_heavy_imports() -> None:
+    """The report parser finds a heavy import where there is one (so the tests below can fail)."""
+    proc = subprocess.run([sys.executable, "-X", "importtime", "-c", "import scipy.signal"],
+                          capture_output=True, text=True, timeout=120)
+    assert "scipy.signal" in imported_modules(proc.stderr)
+
+
+@pytest.mark.parametrize("model", ["passthrough", "baseline"])
+@pytest.mark.parametrize("package", ["pipeline", "jobs"])
+def test_cli_job_imports_no_heavy_library(package: str, model: str, face_mp4: Path,
+                                          speech_wav: Path, tmp_path: Path) -> None:
+    extra = ("--no-score", "--no-record") if package == "jobs" else ()
+    modules = run_importtime(package, "run", str(face_mp4), str(speech_wav), "-o",
+                             str(tmp_path / "out.mp4"), "--model", model, *extra,
+                             data_dir=tmp_path / "data")
+    heavy = sorted(m for m in modules if m in HEAVY)
+    assert heavy == [], f"{package} run --model {model} imported {heavy}"
