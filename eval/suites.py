@@ -36,6 +36,7 @@ from typing import Any
 
 import yaml
 
+from pipeline.errors import LipSyncError
 from pipeline.options import MODELS, RunOptions
 
 log = logging.getLogger(__name__)
@@ -49,7 +50,7 @@ PAIR_KEYS = ("name", "video", "audio")
 SETTING_KEYS = ("name", "model", "options")
 
 
-class SuiteError(ValueError):
+class SuiteError(LipSyncError, ValueError):
     """A suite definition that cannot run; the message names the file, line and field."""
 
     def __init__(self, message: str, *, source: str = "suite", line: int | None = None,

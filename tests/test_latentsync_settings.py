@@ -57,7 +57,7 @@ def test_cli_flags_and_api_options_reach_run_options(tmp_path: Path) -> None:
     api = parse_options("latentsync", '{"steps": 3, "guidance": 1.0, "seed": 5, "silence_keep": false}',
                         settings=settings)
     assert (api.steps, api.guidance, api.seed, api.silence_keep) == (3, 1.0, 5, False)
-    with pytest.raises(ValueError, match="steps must be an integer from 1 to 1000"):
+    with pytest.raises(ValueError, match="steps must be a whole number from 1 to 1000"):
         parse_options("latentsync", '{"steps": 0}', settings=settings)
 
 

@@ -38,6 +38,12 @@ TITLES = {
     "WorkerDied": "Generation worker crashed",
     "JobNotFound": "Unknown job",
     "InvalidJobId": "Not a job id",
+    "SuiteError": "Invalid suite",
+    "ReviewerRequired": "Sign in to rate",
+    "NoPairsLeft": "Nothing left to rate",
+    "UnknownPair": "Unknown pair",
+    "AlreadyRated": "Already rated",
+    "ForgedPair": "Invalid pair id",
 }
 USER_ERRORS = (LipSyncError, StorageError)  # the domain's errors; a plain ValueError is a bug
 INTERNAL_TITLE = "Internal error"
