@@ -228,6 +228,9 @@ class ZeroGpuExecutor(Executor):
     def create(cls, *, max_jobs: int, work_dir: str | None) -> ZeroGpuExecutor:
         return cls(WindowPlan.from_env(), work_dir=work_dir)
 
+    def start(self) -> None:
+        prepare_fork()
+
     def rate(self, model: str) -> float:
         """Seconds per 720p frame for ``model`` (``auto``: the costliest it may pick)."""
         if model == "auto":
@@ -268,6 +271,7 @@ class ZeroGpuExecutor(Executor):
             progress("gpu", 0.0)
         relay = Relay(tempfile.mkdtemp(prefix=f"zerogpu-{uuid.uuid4().hex[:8]}-", dir=self.work_dir))
         args = self.call_args(job, relay, window)
+        prepare_fork()
         try:
             pickle.dumps(args)  # a bug here must fail the job with its reason, not the window
             outcome = self._call_with_relay(args, relay, progress, cancel)
@@ -311,6 +315,15 @@ class ZeroGpuExecutor(Executor):
         with self._lock:
             self._rates.setdefault(result.model_used, deque(maxlen=MEASURED_JOBS)).append(rate)
         log.info("model %s: %.4f s per 720p frame in the window", result.model_used, rate)
+
+
+def prepare_fork() -> None:
+    """Settle, in the server, what a forked window must not redo: OpenCV's thread count
+    (``cv2.setNumThreads`` in a fork of a process whose OpenCV pool has run deadlocks;
+    set once here, the child inherits it and never calls it)."""
+    from pipeline.device import configure_opencv_threads
+
+    configure_opencv_threads()
 
 
 def _pump(relay: Relay, progress: ProgressFn | None, cancel: CancelFn | None, stop: threading.Event) -> None:

@@ -1,0 +1,154 @@
+"""Running as a Hugging Face Space and by Gradio's conventions: settings and real servers.
+
+``/data`` is stood in for by a temporary folder (``LIPSYNC_TEST_PERSISTENT_ROOT``, test-only);
+the servers are real ``python app.py`` / ``gradio app.py`` processes on 127.0.0.1 with
+``SPACE_ID`` set where a Space is meant (nothing here can reach Hugging Face).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from app_server import ROOT, free_port, start_app
+from jobs.settings import DEFAULT_PORT, settings_from_env
+
+pytestmark = pytest.mark.slow
+
+
+def test_data_defaults_on_persistent_storage(tmp_path: Path) -> None:
+    s = settings_from_env({"SPACE_ID": "me/app", "LIPSYNC_TEST_PERSISTENT_ROOT": str(tmp_path)})
+    assert s.data_dir == tmp_path / "lipsync" and s.persistent and not s.history_lost_at_restart
+    assert s.hf_home == tmp_path / ".huggingface"
+
+
+def test_explicit_settings_win_over_the_data_defaults(tmp_path: Path) -> None:
+    env = {"SPACE_ID": "me/app", "LIPSYNC_TEST_PERSISTENT_ROOT": str(tmp_path),
+           "LIPSYNC_DATA_DIR": str(tmp_path / "elsewhere"), "HF_HOME": "/somewhere"}
+    s = settings_from_env(env)
+    assert s.data_dir == tmp_path / "elsewhere" and s.persistent  # still under the volume
+    assert s.hf_home is None  # HF_HOME is left as set
+    s = settings_from_env({**env, "LIPSYNC_DATA_DIR": "data"})
+    assert not s.persistent and s.history_lost_at_restart
+
+
+def test_without_persistent_storage_a_space_loses_its_history(tmp_path: Path) -> None:
+    s = settings_from_env({"SPACE_ID": "me/app", "LIPSYNC_TEST_PERSISTENT_ROOT": str(tmp_path / "absent")})
+    assert s.data_dir == Path("data") and s.hf_home is None and s.history_lost_at_restart
+    off_space = settings_from_env({"LIPSYNC_TEST_PERSISTENT_ROOT": str(tmp_path / "absent")})
+    assert not off_space.history_lost_at_restart and not off_space.private_sessions
+
+
+def test_gradio_variables_and_lipsync_ones_win() -> None:
+    s = settings_from_env({"GRADIO_SERVER_NAME": "0.0.0.0", "GRADIO_SERVER_PORT": "9001",
+                           "GRADIO_ROOT_PATH": "/lipsync"})
+    assert (s.host, s.port, s.root_path) == ("0.0.0.0", 9001, "/lipsync")
+    s = settings_from_env({"GRADIO_SERVER_NAME": "0.0.0.0", "GRADIO_SERVER_PORT": "9001",
+                           "LIPSYNC_HOST": "127.0.0.2", "LIPSYNC_PORT": "9002"})
+    assert (s.host, s.port, s.root_path) == ("127.0.0.2", 9002, None)
+    assert settings_from_env({}).port == DEFAULT_PORT
+
+
+def test_reviewers_and_private_sessions() -> None:
+    s = settings_from_env({"SPACE_ID": "me/app", "LIPSYNC_REVIEWERS": "alice, bob,", "OAUTH_CLIENT_ID": "x"})
+    assert s.reviewers == ("alice", "bob") and s.oauth and s.private_sessions
+    assert not settings_from_env({"SPACE_ID": "me/app", "LIPSYNC_AUTH": "u:p"}).private_sessions
+
+
+def _wait_healthz(url: str, proc: subprocess.Popen, log: Path, timeout: float = 90.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, log.read_text(errors="replace")[-3000:]
+        try:
+            with urllib.request.urlopen(url + "healthz", timeout=2) as resp:  # noqa: S310
+                if resp.status == 200:
+                    return
+        except OSError:
+            time.sleep(0.3)
+    raise AssertionError(f"no /healthz at {url}: {log.read_text(errors='replace')[-3000:]}")
+
+
+def _launch(cmd: list[str], tmp_path: Path, **env: str) -> tuple[subprocess.Popen, Path]:
+    base = {k: v for k, v in os.environ.items()
+            if not k.startswith(("LIPSYNC_", "GRADIO_")) and k not in ("SPACE_ID", "SPACES_ZERO_GPU")}
+    log = tmp_path / "app.log"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(cmd, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT,
+                                env={**base, "HF_HUB_OFFLINE": "1", "GRADIO_ANALYTICS_ENABLED": "False",
+                                     "PYTHONUNBUFFERED": "1", "LIPSYNC_DATA_DIR": str(tmp_path / "data"),
+                                     "LIPSYNC_EXECUTOR": "threads", **env})
+    return proc, log
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    proc.terminate()
+    try:
+        proc.wait(timeout=15)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(timeout=10)
+
+
+def test_python_app_py_serves_on_gradio_server_port_alone(tmp_path: Path) -> None:
+    port = free_port()
+    proc, log = _launch([sys.executable, "app.py"], tmp_path, GRADIO_SERVER_PORT=str(port))
+    try:
+        _wait_healthz(f"http://127.0.0.1:{port}/", proc, log)
+    finally:
+        _stop(proc)
+
+
+def test_gradio_app_py_reload_mode_serves_and_reloads(tmp_path: Path) -> None:
+    """``gradio app.py`` finds the module-level ``demo``; touching a ui/ file reloads it."""
+    port = free_port()
+    gradio_cli = Path(sys.executable).with_name("gradio")
+    proc, log = _launch([str(gradio_cli), "app.py"], tmp_path, GRADIO_SERVER_PORT=str(port))
+    try:
+        _wait_healthz(f"http://127.0.0.1:{port}/", proc, log)
+        time.sleep(1.5)  # the watcher records the files' times first
+        present = ROOT / "ui" / "present.py"
+        os.utime(present)  # a change: same content, newer time
+        deadline = time.monotonic() + 60
+        while "Changes detected" not in log.read_text(errors="replace") and time.monotonic() < deadline:
+            time.sleep(0.5)
+        time.sleep(3)
+        text = log.read_text(errors="replace")
+        assert "Watching demo: demo" in text and "Changes detected" in text, text[-3000:]
+        assert "failed with the following exception" not in text, text[-3000:]
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/config", timeout=10) as resp:  # noqa: S310
+            assert resp.status == 200 and b"LipSync Lab" in resp.read()
+    finally:
+        _stop(proc)
+
+
+def test_a_space_with_persistent_storage_keeps_history_and_weights_there(tmp_path: Path) -> None:
+    volume = tmp_path / "volume"
+    volume.mkdir()
+    srv = start_app(tmp_path, SPACE_ID="me/app", LIPSYNC_DATA_DIR="", LIPSYNC_TEST_PERSISTENT_ROOT=str(volume),
+                    LIPSYNC_EXECUTOR="threads")
+    try:
+        assert (volume / "lipsync" / "jobs.db").is_file()
+        log = srv.log_tail(20000)
+        assert f"HF_HOME={volume / '.huggingface'}" in log and "(persistent storage)" in log
+    finally:
+        srv.stop()
+
+
+def test_a_space_without_persistent_storage_says_history_is_lost(tmp_path: Path) -> None:
+    from gradio_client import Client
+
+    srv = start_app(tmp_path, SPACE_ID="me/app", LIPSYNC_TEST_PERSISTENT_ROOT=str(tmp_path / "no-volume"),
+                    LIPSYNC_EXECUTOR="threads")
+    try:
+        assert "LOST at every restart" in srv.log_tail(20000)
+        client = Client(srv.url, verbose=False)
+        facts = client.predict(api_name="/system_facts")
+        assert "job history is lost at every restart" in facts
+    finally:
+        srv.stop()
