@@ -50,6 +50,7 @@ def serve(ctx: AppContext) -> None:
                                 watch_module=sys.modules["__main__"], stop_event=threading.Event(),
                                 demo_name=os.environ.get("GRADIO_WATCH_DEMO_NAME") or "demo")
     server = Server(uvicorn.Config(app, host=s.host, port=s.port, log_level="warning"), reloader=reloader)
+    mounted.blocks.server = server  # as Blocks.launch sets it; a swap carries it to the new Blocks
     server.run_in_thread()
     log.info("reload mode: watching %s", os.environ["GRADIO_WATCH_DIRS"])
     try:
