@@ -157,3 +157,33 @@ def test_a_space_without_persistent_storage_says_history_is_lost(tmp_path: Path)
         text = system_markdown(AppContext(settings=settings, store=store))
     assert "the job history is lost at every restart" in text
     assert "each visitor sees only the jobs of their own browser session" in text
+
+
+# The keys of the Space configuration reference (huggingface/hub-docs,
+# docs/hub/spaces-config-reference.md, read at commit 242f4a1 of 2026-08-22).
+CONFIG_KEYS = {"title", "emoji", "colorFrom", "colorTo", "sdk", "python_version", "sdk_version",
+               "suggested_hardware", "suggested_storage", "app_file", "app_build_command", "app_port",
+               "base_path", "fullWidth", "header", "short_description", "models", "datasets", "tags",
+               "thumbnail", "pinned", "hf_oauth", "hf_oauth_scopes", "hf_oauth_expiration_minutes",
+               "hf_oauth_authorized_org", "disable_embedding", "startup_duration_timeout",
+               "custom_headers", "preload_from_hub"}
+COLORS = {"red", "yellow", "green", "blue", "indigo", "purple", "pink", "gray"}
+
+
+def test_readme_front_matter_is_a_valid_space_configuration() -> None:
+    import re
+
+    import yaml
+
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    assert text.startswith("---\n")
+    meta = yaml.safe_load(text.split("---\n")[1])
+    assert set(meta) <= CONFIG_KEYS, set(meta) - CONFIG_KEYS
+    assert meta["sdk"] == "gradio" and {meta["colorFrom"], meta["colorTo"]} <= COLORS
+    pins = dict(line.split("==") for line in (ROOT / "requirements.txt").read_text().splitlines()
+                if "==" in line and not line.startswith("#"))
+    assert meta["sdk_version"] == pins["gradio"]  # the Space installs the gradio we test
+    assert isinstance(meta["python_version"], str) and re.fullmatch(r"3\.\d+(\.\d+)?", meta["python_version"])
+    assert (ROOT / meta["app_file"]).is_file()
+    assert meta["hf_oauth"] is True and 0 < meta["hf_oauth_expiration_minutes"] <= 43200
+    assert len(meta["short_description"]) <= 60 and isinstance(meta["pinned"], bool)
