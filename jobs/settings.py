@@ -71,7 +71,7 @@ class Settings:
         return int(self.max_upload_mb * 1024 * 1024)
 
 
-def _number(env: Mapping[str, str], name: str, default: float, *, cast: type = float,
+def env_number(env: Mapping[str, str], name: str, default: float, *, cast: type = float,
             minimum: float = 1) -> float:
     raw = (env.get(name) or "").strip()
     if not raw:
@@ -105,17 +105,17 @@ def settings_from_env(env: Mapping[str, str] | None = None) -> Settings:
     host = ((env.get("LIPSYNC_HOST") or "").strip() or (env.get("GRADIO_SERVER_NAME") or "").strip()
             or (SPACE_HOST if in_space else DEFAULT_HOST))
     port_var = "LIPSYNC_PORT" if (env.get("LIPSYNC_PORT") or "").strip() else "GRADIO_SERVER_PORT"
-    timeout = _number(env, "LIPSYNC_JOB_TIMEOUT_S", 0.0, minimum=0)
+    timeout = env_number(env, "LIPSYNC_JOB_TIMEOUT_S", 0.0, minimum=0)
     data_dir, persistent, hf_home = storage_defaults(env)
     return Settings(
         host=host,
-        port=int(_number(env, port_var, DEFAULT_PORT, cast=int)),
-        max_jobs=int(_number(env, "LIPSYNC_MAX_JOBS", DEFAULT_MAX_JOBS, cast=int)),
-        queue_size=int(_number(env, "LIPSYNC_QUEUE_SIZE", DEFAULT_QUEUE_SIZE, cast=int)),
+        port=int(env_number(env, port_var, DEFAULT_PORT, cast=int)),
+        max_jobs=int(env_number(env, "LIPSYNC_MAX_JOBS", DEFAULT_MAX_JOBS, cast=int)),
+        queue_size=int(env_number(env, "LIPSYNC_QUEUE_SIZE", DEFAULT_QUEUE_SIZE, cast=int)),
         auth=parse_auth(env.get("LIPSYNC_AUTH")),
-        max_upload_mb=_number(env, "LIPSYNC_MAX_UPLOAD_MB", DEFAULT_MAX_UPLOAD_MB, minimum=0.001),
-        max_duration_s=_number(env, "LIPSYNC_MAX_DURATION_S", DEFAULT_MAX_DURATION_S, minimum=0.1),
-        max_side=int(_number(env, "LIPSYNC_MAX_SIDE", DEFAULT_MAX_SIDE, cast=int, minimum=16)),
+        max_upload_mb=env_number(env, "LIPSYNC_MAX_UPLOAD_MB", DEFAULT_MAX_UPLOAD_MB, minimum=0.001),
+        max_duration_s=env_number(env, "LIPSYNC_MAX_DURATION_S", DEFAULT_MAX_DURATION_S, minimum=0.1),
+        max_side=int(env_number(env, "LIPSYNC_MAX_SIDE", DEFAULT_MAX_SIDE, cast=int, minimum=16)),
         job_timeout_s=timeout or None,
         data_dir=data_dir,
         in_space=in_space,
@@ -123,7 +123,7 @@ def settings_from_env(env: Mapping[str, str] | None = None) -> Settings:
         persistent=persistent,
         hf_home=hf_home,
         root_path=(env.get("GRADIO_ROOT_PATH") or "").strip() or None,
-        cache_hours=_number(env, "LIPSYNC_CACHE_HOURS", DEFAULT_CACHE_HOURS, minimum=0.01),
+        cache_hours=env_number(env, "LIPSYNC_CACHE_HOURS", DEFAULT_CACHE_HOURS, minimum=0.01),
         reviewers=tuple(n for n in (p.strip() for p in (env.get("LIPSYNC_REVIEWERS") or "").split(",")) if n),
         oauth=in_space and bool((env.get("OAUTH_CLIENT_ID") or "").strip()),
     )

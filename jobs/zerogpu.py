@@ -72,28 +72,24 @@ class GpuWindowError(LipSyncError):
 
 @dataclass(frozen=True)
 class WindowPlan:
-    """How large a window to ask for, from ``LIPSYNC_ZEROGPU_*`` settings."""
+    """How large a window to ask for, from ``LIPSYNC_ZEROGPU_*`` settings: ``startup_s`` +
+    frames x seconds per frame, times ``margin``, at most ``max_s``."""
 
-    max_s: float = DEFAULT_MAX_S
-    startup_s: float = DEFAULT_STARTUP_S
-    margin: float = DEFAULT_MARGIN
+    max_s: float = DEFAULT_MAX_S  # the plan's longest window per call
+    startup_s: float = DEFAULT_STARTUP_S  # fork, CUDA init, model load
+    margin: float = DEFAULT_MARGIN  # safety factor on the estimate
     seconds_per_frame: Mapping[str, float] = field(default_factory=lambda: dict(DEFAULT_SECONDS_PER_FRAME))
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> WindowPlan:
         """``LIPSYNC_ZEROGPU_MAX_S``, ``_STARTUP_S``, ``_MARGIN`` and ``_SECONDS_PER_FRAME``
-        (``model=seconds,...``, merged over the defaults); LipSyncError naming a bad one."""
+        (``model=seconds,...``, merged over the defaults); SettingsError naming a bad one."""
+        from jobs.settings import SettingsError, env_number
+
         env = os.environ if env is None else env
 
         def number(name: str, default: float) -> float:
-            raw = (env.get(name) or "").strip()
-            try:
-                value = float(raw) if raw else default
-            except ValueError:
-                raise LipSyncError(f"{name}={raw!r} is not a number") from None
-            if value <= 0:
-                raise LipSyncError(f"{name}={raw!r} must be above 0")
-            return value
+            return env_number(env, name, default, minimum=0.001)
 
         rates = dict(DEFAULT_SECONDS_PER_FRAME)
         for item in filter(None, (p.strip() for p in (env.get("LIPSYNC_ZEROGPU_SECONDS_PER_FRAME") or "").split(","))):
@@ -101,7 +97,7 @@ class WindowPlan:
             try:
                 rates[model.strip()] = float(value)
             except ValueError:
-                raise LipSyncError(f"LIPSYNC_ZEROGPU_SECONDS_PER_FRAME: {item!r} is not model=seconds") from None
+                raise SettingsError(f"LIPSYNC_ZEROGPU_SECONDS_PER_FRAME: {item!r} is not model=seconds") from None
         return cls(max_s=number("LIPSYNC_ZEROGPU_MAX_S", DEFAULT_MAX_S),
                    startup_s=number("LIPSYNC_ZEROGPU_STARTUP_S", DEFAULT_STARTUP_S),
                    margin=number("LIPSYNC_ZEROGPU_MARGIN", DEFAULT_MARGIN), seconds_per_frame=rates)

@@ -10,7 +10,6 @@ Passthrough model (no weights can exist here), real ffmpeg and SQLite.
 
 from __future__ import annotations
 
-import re
 import urllib.parse
 from pathlib import Path
 from typing import Any
@@ -20,8 +19,8 @@ import pytest
 from gradio_client import Client, handle_file
 
 from app_server import AppServer, start_app
+from browser import chromium, fill_generate_tab
 
-CHROMIUM = Path("/usr/bin/chromium")
 JOB_TIMEOUT_MS = 180_000
 
 pytestmark = pytest.mark.slow
@@ -70,28 +69,14 @@ def test_two_api_sessions_see_only_their_own_jobs(server: AppServer, face_mp4: P
 
 @pytest.fixture()
 def browser():
-    if not CHROMIUM.exists():
-        pytest.skip(f"no Chromium at {CHROMIUM} (apt-get install chromium)")
-    sync_api = pytest.importorskip("playwright.sync_api")
-    with sync_api.sync_playwright() as pw:
-        b = pw.chromium.launch(executable_path=str(CHROMIUM), headless=True,
-                               args=["--no-sandbox", "--disable-gpu", "--autoplay-policy=no-user-gesture-required"])
-        try:
-            yield b
-        finally:
-            b.close()
+    with chromium() as b:
+        yield b
 
 
 def _generate_in(page: Any, url: str, face: Path, speech: Path) -> str:
     page.goto(url, wait_until="networkidle")
     page.wait_for_selector("#generate-btn")
-    page.locator("#face-video input[type=file]").set_input_files(str(face))
-    page.locator("#speech-audio input[type=file]").set_input_files(str(speech))
-    page.wait_for_selector("#face-video video", timeout=30_000)
-    page.wait_for_selector("#speech-audio audio, #speech-audio .waveform-container, #speech-audio wave",
-                           state="attached", timeout=30_000)
-    page.locator("#model input").click()
-    page.get_by_role("option", name=re.compile(r"^passthrough")).click()
+    fill_generate_tab(page, face, speech, "passthrough")
     page.locator("#generate-btn").click()
     job = page.locator("#job-id textarea, #job-id input").first
     page.wait_for_function(
