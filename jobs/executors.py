@@ -6,9 +6,11 @@ service records the job around it, so an executor never touches the history. Bui
 
 - ``threads``: in this process, on the caller's thread (:class:`InProcessExecutor`);
 - ``workers``: in long-lived worker processes, so a native crash ends one job, never the
-  server (:class:`jobs.workers.WorkerPool`); the app's /score runs there too.
+  server (:class:`jobs.workers.WorkerPool`); the app's /score runs there too;
+- ``zerogpu``: in a Hugging Face ZeroGPU window per job (``spaces.GPU``), scoring outside
+  it (:class:`jobs.zerogpu.ZeroGpuExecutor`).
 
-A new home for generation (a ZeroGPU window, a Ray cluster) is one more class here or in a
+A new home for generation (a Ray cluster) is one more class here or in a
 module of its own, registered in :data:`EXECUTORS`; nothing above this interface changes.
 """
 
@@ -74,6 +76,7 @@ class InProcessExecutor(Executor):
 EXECUTORS: dict[str, tuple[str, str]] = {
     "threads": ("jobs.executors", "InProcessExecutor"),
     "workers": ("jobs.workers", "WorkerPool"),
+    "zerogpu": ("jobs.zerogpu", "ZeroGpuExecutor"),
 }
 
 

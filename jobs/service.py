@@ -21,6 +21,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
+from jobs.access import EVERYONE, Viewer
 from jobs.examples import ensure_examples
 from jobs.executors import Executor, InProcessExecutor, make_executor
 from jobs.lifecycle import run_recorded
@@ -59,6 +60,7 @@ def open_service(settings: Settings) -> Service:
     heartbeat (the leases of its jobs and work folder; retention every
     ``settings.retention_interval_s``), make the examples and start the executor (worker
     processes load their models in the background)."""
+    announce_storage(settings)
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     clean_stale_work_dirs(settings.data_dir)
     settings = dataclasses.replace(settings, work_dir=process_work_dir(settings.data_dir))
@@ -79,6 +81,20 @@ def open_service(settings: Settings) -> Service:
     return Service(settings=settings, store=store, executor=executor, examples=examples)
 
 
+def announce_storage(settings: Settings) -> None:
+    """Point ``HF_HOME`` at persistent storage when the settings chose it (before any
+    weights are looked up, and before worker processes inherit the environment), and say
+    in the log where the history lives and whether it survives a restart."""
+    if settings.hf_home is not None and not os.environ.get("HF_HOME"):
+        os.environ["HF_HOME"] = os.fspath(settings.hf_home)
+        log.info("weights cache: HF_HOME=%s (persistent storage)", settings.hf_home)
+    if settings.history_lost_at_restart:
+        log.warning("job history in %s is on this Space's ephemeral disk: it is LOST at every restart "
+                    "(attach persistent storage at /data to keep it)", settings.data_dir)
+    else:
+        log.info("job history in %s%s", settings.data_dir, " (persistent storage)" if settings.persistent else "")
+
+
 @dataclass(frozen=True)
 class JobOutcome:
     """A finished generation job, as the UI and the API show it."""
@@ -95,16 +111,6 @@ class JobOutcome:
     frames: int
     frames_without_face: int
     total_s: float
-
-
-def gpu_function(fn: Callable[..., T]) -> Callable[..., T]:
-    """``spaces.GPU(fn)`` on a Hugging Face ZeroGPU Space (package ``spaces``), else ``fn``."""
-    try:
-        import spaces  # type: ignore[import-not-found]
-    except ImportError:
-        return fn
-    log.info("spaces package found: the generation job runs under spaces.GPU")
-    return spaces.GPU(duration=180)(fn)
 
 
 def parse_options(model: str, options: Mapping[str, Any] | str | None, *,
@@ -162,9 +168,6 @@ def run_job(video: str | None, audio: str | None, options: RunOptions, *, store:
         frames_without_face=res.frames_without_face, total_s=res.total_s)
 
 
-run_job_on_gpu = gpu_function(run_job)
-
-
 async def run_cancellable(fn: Callable[[Callable[[], bool]], T]) -> T:
     """Run ``fn(cancelled)`` in a worker thread (with this context, so gr.Progress works).
 
@@ -207,18 +210,21 @@ def history_filters(status: str | None = None, model: str | None = None, since: 
             "until": clean(until), "text": clean(text)}
 
 
-def list_jobs(store: JobStore, *, limit: int | None = 200, **filters: Any) -> list[dict[str, Any]]:
-    """Jobs newest first as JSON-able dicts (JobStore.list with ``history_filters``)."""
+def list_jobs(store: JobStore, *, limit: int | None = 200, viewer: Viewer = EVERYONE,
+              **filters: Any) -> list[dict[str, Any]]:
+    """Jobs newest first as JSON-able dicts (JobStore.list with ``history_filters``), only
+    those ``viewer`` may see."""
     limit = None if limit is None or int(limit) <= 0 else int(limit)
-    return store.list(limit=limit, **history_filters(**filters))
+    return store.list(limit=limit, user=viewer.user_filter, **history_filters(**filters))
 
 
-def get_job(store: JobStore, job_id: str | None) -> dict[str, Any]:
-    """One job's record with inputs, stages, scores and device (JobStore.get)."""
+def get_job(store: JobStore, job_id: str | None, *, viewer: Viewer = EVERYONE) -> dict[str, Any]:
+    """One job's record with inputs, stages, scores and device (JobStore.get); JobAccessDenied
+    when it is not ``viewer``'s to see."""
     job_id = (job_id or "").strip()
     if not job_id:
         raise InputMissing("give a job id")
-    return store.get(job_id)
+    return viewer.check(store.get(job_id))
 
 
 def job_outputs(job: Mapping[str, Any]) -> dict[str, str]:

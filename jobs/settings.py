@@ -23,6 +23,9 @@ DEFAULT_MAX_UPLOAD_MB = 200.0
 DEFAULT_MAX_DURATION_S = 300.0  # longest face video or speech track accepted, in seconds
 DEFAULT_MAX_SIDE = 4096  # px, longest side of a face video or photo
 DEFAULT_RETENTION_INTERVAL_S = 3600.0  # a long-running server applies retention hourly
+DEFAULT_CACHE_HOURS = 24.0  # uploads and result copies in Gradio's cache older than this are deleted
+PERSISTENT_ROOT = "/data"  # where a Space's persistent storage is mounted
+PERSISTENT_ROOT_ENV = "LIPSYNC_TEST_PERSISTENT_ROOT"  # test-only: a folder standing in for /data
 
 
 class SettingsError(ValueError):
@@ -46,6 +49,22 @@ class Settings:
     work_dir: Path | None = None  # parent of job temp folders: open_service sets one per process
     encoder: str = "auto"  # LIPSYNC_ENCODER: auto (NVENC where it works), libx264 or h264_nvenc
     retention_interval_s: float = DEFAULT_RETENTION_INTERVAL_S  # how often a server applies retention
+    persistent: bool = False  # data_dir lies on persistent storage (/data on a Space)
+    hf_home: Path | None = None  # HF_HOME to set when unset (weights cache on /data)
+    root_path: str | None = None  # public path prefix behind a proxy (GRADIO_ROOT_PATH)
+    cache_hours: float = DEFAULT_CACHE_HOURS  # Gradio's upload cache: files older are deleted
+    reviewers: tuple[str, ...] = ()  # Hugging Face user names who see every job on a Space
+    oauth: bool = False  # Hugging Face sign-in is configured (hf_oauth: true on a Space)
+
+    @property
+    def private_sessions(self) -> bool:
+        """A public Space without a login: each browser session sees only its own jobs."""
+        return self.in_space and self.auth is None
+
+    @property
+    def history_lost_at_restart(self) -> bool:
+        """On a Space, the history lies on its ephemeral disk (no persistent storage)."""
+        return self.in_space and not self.persistent
 
     @property
     def db_path(self) -> Path:
@@ -57,8 +76,9 @@ class Settings:
         return int(self.max_upload_mb * 1024 * 1024)
 
 
-def _number(env: Mapping[str, str], name: str, default: float, *, cast: type = float,
-            minimum: float = 1) -> float:
+def setting_number(env: Mapping[str, str], name: str, default: float, *, cast: type = float,
+                   minimum: float = 1) -> float:
+    """The number in ``env[name]`` (``default`` when unset); SettingsError naming a bad one."""
     return env_number(name, default, cast=cast, minimum=minimum, env=env, error=SettingsError)
 
 
@@ -74,27 +94,38 @@ def parse_auth(raw: str | None) -> tuple[str, str] | None:
 
 
 def settings_from_env(env: Mapping[str, str] | None = None) -> Settings:
-    """Settings from ``env`` (default ``os.environ``); raises SettingsError naming a bad one."""
+    """Settings from ``env`` (default ``os.environ``); raises SettingsError naming a bad one.
+    ``LIPSYNC_*`` settings win over Gradio's own variables (``GRADIO_SERVER_NAME``,
+    ``GRADIO_SERVER_PORT``), which win over the defaults."""
     env = os.environ if env is None else env
     in_space = bool((env.get("SPACE_ID") or "").strip())
-    host = (env.get("LIPSYNC_HOST") or "").strip() or (SPACE_HOST if in_space else DEFAULT_HOST)
-    timeout = _number(env, "LIPSYNC_JOB_TIMEOUT_S", 0.0, minimum=0)
+    host = ((env.get("LIPSYNC_HOST") or "").strip() or (env.get("GRADIO_SERVER_NAME") or "").strip()
+            or (SPACE_HOST if in_space else DEFAULT_HOST))
+    port_var = "LIPSYNC_PORT" if (env.get("LIPSYNC_PORT") or "").strip() else "GRADIO_SERVER_PORT"
+    timeout = setting_number(env, "LIPSYNC_JOB_TIMEOUT_S", 0.0, minimum=0)
+    data_dir, persistent, hf_home = storage_defaults(env)
     return Settings(
         host=host,
-        port=int(_number(env, "LIPSYNC_PORT", DEFAULT_PORT, cast=int)),
-        max_jobs=int(_number(env, "LIPSYNC_MAX_JOBS", DEFAULT_MAX_JOBS, cast=int)),
-        queue_size=int(_number(env, "LIPSYNC_QUEUE_SIZE", DEFAULT_QUEUE_SIZE, cast=int)),
+        port=int(setting_number(env, port_var, DEFAULT_PORT, cast=int)),
+        max_jobs=int(setting_number(env, "LIPSYNC_MAX_JOBS", DEFAULT_MAX_JOBS, cast=int)),
+        queue_size=int(setting_number(env, "LIPSYNC_QUEUE_SIZE", DEFAULT_QUEUE_SIZE, cast=int)),
         auth=parse_auth(env.get("LIPSYNC_AUTH")),
-        max_upload_mb=_number(env, "LIPSYNC_MAX_UPLOAD_MB", DEFAULT_MAX_UPLOAD_MB, minimum=0.001),
-        max_duration_s=_number(env, "LIPSYNC_MAX_DURATION_S", DEFAULT_MAX_DURATION_S, minimum=0.1),
-        max_side=int(_number(env, "LIPSYNC_MAX_SIDE", DEFAULT_MAX_SIDE, cast=int, minimum=16)),
+        max_upload_mb=setting_number(env, "LIPSYNC_MAX_UPLOAD_MB", DEFAULT_MAX_UPLOAD_MB, minimum=0.001),
+        max_duration_s=setting_number(env, "LIPSYNC_MAX_DURATION_S", DEFAULT_MAX_DURATION_S, minimum=0.1),
+        max_side=int(setting_number(env, "LIPSYNC_MAX_SIDE", DEFAULT_MAX_SIDE, cast=int, minimum=16)),
         job_timeout_s=timeout or None,
-        data_dir=Path(env.get(DATA_DIR_ENV) or DEFAULT_DATA_DIR),
+        data_dir=data_dir,
         in_space=in_space,
         executor=_executor(env, in_space=in_space),
         encoder=_encoder(env),
-        retention_interval_s=_number(env, "LIPSYNC_RETENTION_INTERVAL_S", DEFAULT_RETENTION_INTERVAL_S,
+        retention_interval_s=setting_number(env, "LIPSYNC_RETENTION_INTERVAL_S", DEFAULT_RETENTION_INTERVAL_S,
                                      minimum=1),
+        persistent=persistent,
+        hf_home=hf_home,
+        root_path=(env.get("GRADIO_ROOT_PATH") or "").strip() or None,
+        cache_hours=setting_number(env, "LIPSYNC_CACHE_HOURS", DEFAULT_CACHE_HOURS, minimum=0.01),
+        reviewers=tuple(n for n in (p.strip() for p in (env.get("LIPSYNC_REVIEWERS") or "").split(",")) if n),
+        oauth=in_space and bool((env.get("OAUTH_CLIENT_ID") or "").strip()),
     )
 
 
@@ -107,17 +138,54 @@ def _encoder(env: Mapping[str, str]) -> str:
     return name
 
 
+def storage_defaults(env: Mapping[str, str]) -> tuple[Path, bool, Path | None]:
+    """``(data_dir, on persistent storage, HF_HOME to set or None)``.
+
+    Where ``/data`` (``$LIPSYNC_TEST_PERSISTENT_ROOT`` in tests) is a writable folder, as on
+    a Space with persistent storage, the history goes to ``/data/lipsync`` and the weights
+    cache to ``/data/.huggingface``, so both survive restarts. An explicit
+    ``LIPSYNC_DATA_DIR`` or ``HF_HOME`` always wins (None: leave HF_HOME as it is)."""
+    root = Path(env.get(PERSISTENT_ROOT_ENV) or PERSISTENT_ROOT)
+    writable = root.is_dir() and os.access(root, os.W_OK | os.X_OK)
+    explicit = (env.get(DATA_DIR_ENV) or "").strip()
+    if explicit:
+        data_dir = Path(explicit)
+    else:
+        data_dir = root / "lipsync" if writable else Path(DEFAULT_DATA_DIR)
+    persistent = _within(data_dir, root) if root.is_dir() else False
+    hf_home = root / ".huggingface" if writable and not (env.get("HF_HOME") or "").strip() else None
+    return data_dir, persistent, hf_home
+
+
+def _within(path: Path, root: Path) -> bool:
+    try:
+        path.resolve().relative_to(root.resolve())
+    except ValueError:
+        return False
+    return True
+
+
 def _executor(env: Mapping[str, str], *, in_space: bool) -> str:
-    """``LIPSYNC_EXECUTOR`` when set, else ``workers`` (``threads`` on a Space or with
-    ``LIPSYNC_ISOLATE=0``)."""
+    """``LIPSYNC_EXECUTOR`` when set; else ``zerogpu`` on ZeroGPU hardware (``SPACES_ZERO_GPU``
+    true, as the ``spaces`` package reads it); else ``workers`` (``threads`` on a Space or
+    with ``LIPSYNC_ISOLATE=0``)."""
     from jobs.executors import EXECUTORS
 
     name = (env.get("LIPSYNC_EXECUTOR") or "").strip().lower()
     if not name:
+        if on_zero_gpu(env):
+            return "zerogpu"
         return "workers" if _flag(env, "LIPSYNC_ISOLATE", default=not in_space) else "threads"
     if name not in EXECUTORS:
         raise SettingsError(f"LIPSYNC_EXECUTOR={name!r}: choose one of {', '.join(sorted(EXECUTORS))}")
     return name
+
+
+def on_zero_gpu(env: Mapping[str, str] | None = None) -> bool:
+    """Whether this runs on ZeroGPU hardware: ``SPACES_ZERO_GPU`` is 1/t/true, exactly the
+    test of ``spaces.config`` (anything else leaves ``spaces.GPU`` a no-op)."""
+    env = os.environ if env is None else env
+    return (env.get("SPACES_ZERO_GPU") or "").strip().lower() in ("1", "t", "true")
 
 
 def _flag(env: Mapping[str, str], name: str, *, default: bool) -> bool:

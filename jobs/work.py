@@ -119,3 +119,17 @@ def safe_scores(video: str | os.PathLike[str], audio: str | os.PathLike[str],
         from eval.results import unavailable
 
         return unavailable(f"n/a (scoring failed: {type(exc).__name__}: {exc})")
+
+
+def sendable_error(exc: BaseException) -> BaseException:
+    """``exc`` if it survives pickling (with its ``timings``), else a RuntimeError saying
+    what it was: how a child process hands a job's failure to the server."""
+    import pickle
+
+    try:
+        pickle.loads(pickle.dumps(exc))
+        return exc
+    except Exception:  # noqa: BLE001
+        out = RuntimeError(f"{type(exc).__name__}: {exc}")
+        out.timings = getattr(exc, "timings", None)  # type: ignore[attr-defined]
+        return out

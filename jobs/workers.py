@@ -38,7 +38,7 @@ from pathlib import Path
 from typing import Any
 
 from jobs.executors import CancelFn, Executor, ProgressFn
-from jobs.work import GenerationJob, ScoreJob
+from jobs.work import GenerationJob, ScoreJob, sendable_error
 from pipeline.device import JOB_CORES_ENV, LANE_FILE_ENV, job_cores
 from pipeline.errors import JobTimeout, WorkerDied
 from pipeline.options import RunResult
@@ -289,20 +289,7 @@ def _serve(conn: Connection) -> None:
                                   cancel=cancelled.is_set)
             send(("done", result, scores))
         except Exception as exc:  # noqa: BLE001 - handed to the parent, which records it
-            send(("error", _sendable(exc)))
-
-
-def _sendable(exc: BaseException) -> BaseException:
-    """``exc`` if it survives pickling (with its ``timings``), else a RuntimeError saying what it was."""
-    import pickle
-
-    try:
-        pickle.loads(pickle.dumps(exc))
-        return exc
-    except Exception:  # noqa: BLE001
-        out = RuntimeError(f"{type(exc).__name__}: {exc}")
-        out.timings = getattr(exc, "timings", None)  # type: ignore[attr-defined]
-        return out
+            send(("error", sendable_error(exc)))
 
 
 def _exit_with_parent(parent: int) -> None:

@@ -60,14 +60,16 @@ def _get(url: str, timeout: float = 2.0) -> int:
 
 
 def start_app(tmp: Path, **env: str) -> AppServer:
-    """Start ``python app.py`` with a tmp data folder; extra ``env`` overrides settings."""
+    """Start ``python app.py`` with a tmp data folder; extra ``env`` overrides settings
+    (``SPACE_ID`` and ``SPACES_ZERO_GPU`` are dropped from this process's environment: pass
+    them in ``env`` to start the app as a Space)."""
     port = free_port()
     data_dir = tmp / "data"
     log_path = tmp / "app.log"
-    full_env = {**os.environ, "LIPSYNC_DATA_DIR": str(data_dir), "HF_HUB_OFFLINE": "1",
+    base = {k: v for k, v in os.environ.items() if k not in ("SPACE_ID", "SPACES_ZERO_GPU")}
+    full_env = {**base, "LIPSYNC_DATA_DIR": str(data_dir), "HF_HUB_OFFLINE": "1",
                 "LIPSYNC_HOST": "127.0.0.1", "LIPSYNC_PORT": str(port),
                 "GRADIO_ANALYTICS_ENABLED": "False", "PYTHONUNBUFFERED": "1", **env}
-    full_env.pop("SPACE_ID", None)
     log = open(log_path, "wb")
     proc = subprocess.Popen([sys.executable, "app.py"], cwd=ROOT, env=full_env, stdout=log,
                             stderr=subprocess.STDOUT)

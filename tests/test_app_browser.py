@@ -13,9 +13,8 @@ from pathlib import Path
 import pytest
 
 from app_server import AppServer, start_app
-from required import skip_or_fail
+from browser import chromium, fill_generate_tab
 
-CHROMIUM = Path("/usr/bin/chromium")
 JOB_TIMEOUT_MS = 180_000
 
 pytestmark = pytest.mark.slow
@@ -30,23 +29,12 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> AppServer:
 
 @pytest.fixture()
 def browser_page():
-    if not CHROMIUM.exists():
-        skip_or_fail(f"no Chromium at {CHROMIUM} (apt-get install chromium)")
-    try:
-        from playwright import sync_api
-    except ImportError as exc:
-        skip_or_fail(f"Playwright is not installed (requirements-dev.txt): {exc}")
-    with sync_api.sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=str(CHROMIUM), headless=True,
-                                     args=["--no-sandbox", "--disable-gpu", "--autoplay-policy=no-user-gesture-required"])
+    with chromium() as browser:
         page = browser.new_page(viewport={"width": 1400, "height": 1000})
         errors: list[str] = []
         page.on("console", lambda msg: errors.append(f"console: {msg.text}") if msg.type == "error" else None)
         page.on("pageerror", lambda exc: errors.append(f"page error: {exc}"))
-        try:
-            yield page, errors
-        finally:
-            browser.close()
+        yield page, errors
 
 
 def test_generate_in_the_browser_then_find_it_in_history(server: AppServer, browser_page, tmp_path: Path,
@@ -56,13 +44,7 @@ def test_generate_in_the_browser_then_find_it_in_history(server: AppServer, brow
     page.wait_for_selector("#generate-btn")
     page.screenshot(path=tmp_path / "1_loaded.png", full_page=True)
 
-    page.locator("#face-video input[type=file]").set_input_files(str(face_mp4))
-    page.locator("#speech-audio input[type=file]").set_input_files(str(speech_wav))
-    page.wait_for_selector("#face-video video", timeout=30_000)
-    page.wait_for_selector("#speech-audio audio, #speech-audio .waveform-container, #speech-audio wave",
-                           state="attached", timeout=30_000)
-    page.locator("#model input").click()
-    page.get_by_role("option", name=re.compile(r"^baseline")).click()
+    fill_generate_tab(page, face_mp4, speech_wav, "baseline")
     page.screenshot(path=tmp_path / "2_inputs.png", full_page=True)
 
     page.locator("#generate-btn").click()

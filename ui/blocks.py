@@ -14,6 +14,7 @@ from ui.history import build_compare_tab, build_history_api, build_history_tab
 from ui.monitor import build_performance_tab, build_system_tab
 from ui.review import build_leaderboard_tab, build_review_api, build_review_tab
 from ui.suites import build_suites_tab
+from ui.privacy import build_sign_in
 
 log = logging.getLogger(__name__)
 
@@ -30,9 +31,13 @@ def make_context(settings: Settings) -> AppContext:
 
 
 def build_blocks(ctx: AppContext) -> gr.Blocks:
-    """The Blocks; ``ctx.blocks`` is set so the System tab and /metrics can see the queue."""
-    with gr.Blocks(title=TITLE) as blocks:
+    """The Blocks with its queue; ``ctx.blocks`` is set (on the first build: a reload's new
+    Blocks takes over when it is swapped in) so the System tab and /metrics see the queue.
+    Gradio's cache (uploads, copies of results) drops files older than ``cache_hours``."""
+    age = int(ctx.settings.cache_hours * 3600)
+    with gr.Blocks(title=TITLE, delete_cache=(max(60, min(age, 3600)), age)) as blocks:
         gr.Markdown(f"# {TITLE}\n{INTRO}")
+        build_sign_in(ctx)
         with gr.Tab("Generate", elem_id="generate-tab"):
             build_generate_tab(ctx)
         build_history_tab(ctx)
@@ -48,5 +53,7 @@ def build_blocks(ctx: AppContext) -> gr.Blocks:
         build_api_endpoints(ctx)
         build_history_api(ctx)
         build_review_api(ctx)
-    ctx.blocks = blocks
+    blocks.queue(max_size=ctx.settings.queue_size, default_concurrency_limit=ctx.settings.max_jobs)
+    if ctx.blocks is None:
+        ctx.blocks = blocks
     return blocks

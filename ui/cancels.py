@@ -31,6 +31,7 @@ from typing import Any
 
 from gradio.server_messages import ProcessCompletedMessage
 
+from jobs.access import viewer_for
 from ui.context import GENERATION_GROUP, AppContext
 
 log = logging.getLogger(__name__)
@@ -127,7 +128,9 @@ def record_queued_cancel(ctx: AppContext, layout: QueuedInputs, event: Any) -> s
     """Record the removed event as a job created and cancelled at once; returns its id."""
     data = getattr(getattr(event, "data", None), "data", None) or []
     fields = _job_fields(layout, data)
-    job_id = ctx.store.create(**fields, user=getattr(event, "username", None))
+    owner = viewer_for(ctx.settings, username=getattr(event, "username", None),
+                       session_hash=getattr(event, "session_hash", None)).owner  # as a running job's
+    job_id = ctx.store.create(**fields, user=owner)
     ctx.store.cancel(job_id, QUEUED_CANCEL_REASON)
     log.info("job %s (%s) cancelled while queued", job_id, fields["source"])
     return job_id

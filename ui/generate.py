@@ -16,7 +16,8 @@ from ui import present
 from ui.cancels import QueuedInputs, register_queued_inputs
 from ui.context import GENERATION_GROUP, SCORING_GROUP, AppContext
 from ui.errors import user_errors
-from jobs.service import JobOutcome, parse_options, run_cancellable, run_job_on_gpu, score_files
+from ui.privacy import viewer
+from jobs.service import JobOutcome, parse_options, run_cancellable, run_job, score_files
 
 log = logging.getLogger(__name__)
 
@@ -24,6 +25,7 @@ STAGE_LABELS = {
     "probe": "Checking the inputs", "audio": "Reading the speech", "track": "Tracking the face",
     "generate": "Generating the mouth (decode, generate, blend, encode)", "mux": "Muxing the audio",
     "score": "Scoring the result", "done": "Done",
+    "gpu": "Waiting for a ZeroGPU window",
 }
 
 
@@ -52,14 +54,14 @@ def stage_progress(progress: gr.Progress) -> Callable[[str, float], None]:
 
 async def _run(ctx: AppContext, face: str | None, audio: str | None, model: str,
                options: dict[str, Any] | str | None, *, source: str, request: gr.Request | None,
-               progress: gr.Progress) -> JobOutcome:
+               progress: gr.Progress, profile: gr.OAuthProfile | None = None) -> JobOutcome:
     with user_errors(f"{source} job"):
         run_options = parse_options(model, options, settings=ctx.settings)
-        user = getattr(request, "username", None) if request is not None else None
+        user = viewer(ctx, request, profile).owner  # the login name; on a public Space, the session's owner key
 
         def work(cancelled: Callable[[], bool]) -> JobOutcome:
-            return run_job_on_gpu(face, audio, run_options, store=ctx.store, source=source, user=user,
-                                  progress=stage_progress(progress), cancel=cancelled, executor=ctx.executor)
+            return run_job(face, audio, run_options, store=ctx.store, source=source, user=user,
+                           progress=stage_progress(progress), cancel=cancelled, executor=ctx.executor)
 
         return await run_cancellable(work)
 
@@ -104,7 +106,7 @@ def build_generate_tab(ctx: AppContext) -> None:
                        face_idx: float | None, top: float | None, bottom: float | None,
                        left: float | None, right: float | None, batch: float | None, loop_mode: str,
                        crf_value: float, preset_name: str, n_steps: float, scale: float, seed_value: float | None,
-                       keep_silence: bool, request: gr.Request,
+                       keep_silence: bool, request: gr.Request, profile: gr.OAuthProfile | None,
                        progress: gr.Progress = gr.Progress()) -> tuple[Any, ...]:
         pads = [int(p or 0) for p in (top, bottom, left, right)]
         options = {"face_index": int(face_idx or 0), "pads": pads, "loop": loop_mode,
@@ -114,7 +116,7 @@ def build_generate_tab(ctx: AppContext) -> None:
             options.update(steps=int(n_steps), guidance=float(scale), seed=int(seed_value or 0),
                            silence_keep=bool(keep_silence))
         out = await _run(ctx, video or photo, audio, model, options, source="app", request=request,
-                         progress=progress)
+                         progress=progress, profile=profile)
         summary = present.outcome_markdown(job_id=out.job_id, model_used=out.model_used,
                                            model_reason=out.model_reason, frames=out.frames,
                                            frames_without_face=out.frames_without_face, total_s=out.total_s)
@@ -185,12 +187,12 @@ def build_api_endpoints(ctx: AppContext) -> None:
         score_btn = gr.Button("score")
 
     async def lipsync(video: str | None, audio: str | None, model: str, options: str,
-                      request: gr.Request, progress: gr.Progress = gr.Progress()
-                      ) -> tuple[str, str | None, dict[str, Any], str]:
+                      request: gr.Request, profile: gr.OAuthProfile | None,
+                      progress: gr.Progress = gr.Progress()) -> tuple[str, str | None, dict[str, Any], str]:
         """Lip-sync a face video (or photo) to speech; returns the result video, the
         side-by-side review video, the scores as JSON and the job id."""
         out = await _run(ctx, video, audio, model, options, source="api", request=request,
-                         progress=progress)
+                         progress=progress, profile=profile)
         return out.video, out.side_by_side, out.scores or {}, out.job_id
 
     def score(original: str | None, generated: str | None, audio: str | None) -> dict[str, Any]:

@@ -17,7 +17,9 @@ from storage.reports import history_frame
 from ui import present
 from ui.context import READ_GROUP, AppContext
 from ui.errors import user_errors
+from jobs.access import Viewer
 from jobs.service import get_job, history_filters, job_outputs, list_jobs
+from ui.privacy import viewer
 
 log = logging.getLogger(__name__)
 
@@ -26,8 +28,9 @@ MODEL_FILTERS = ("all", *[m for m in MODELS if m != "auto"])
 RECENT = 200  # rows shown in the History table and offered in Compare
 
 
-def _csv(ctx: AppContext, filters: dict[str, Any]) -> str:
+def _csv(ctx: AppContext, filters: dict[str, Any], who: Viewer) -> str:
     """The filtered history (all rows, every column of storage.reports.history_frame) as CSV."""
+    filters = {**filters, "user": who.user_filter}
     frame = history_frame(ctx.store, **{k: v for k, v in filters.items() if v is not None})
     folder = Path(tempfile.mkdtemp(prefix="lipsync-history-"))
     path = folder / "lipsync_history.csv"
@@ -35,8 +38,8 @@ def _csv(ctx: AppContext, filters: dict[str, Any]) -> str:
     return str(path)
 
 
-def _details(ctx: AppContext, job_id: str) -> tuple[Any, ...]:
-    job = get_job(ctx.store, job_id)
+def _details(ctx: AppContext, job_id: str, who: Viewer) -> tuple[Any, ...]:
+    job = get_job(ctx.store, job_id, viewer=who)
     outs = job_outputs(job)
     options = {"options": job.get("options"), "facts": job.get("facts"), "device": job.get("device")}
     return (present.job_markdown(job), outs.get("video"), outs.get("side_by_side"),
@@ -45,8 +48,8 @@ def _details(ctx: AppContext, job_id: str) -> tuple[Any, ...]:
             options)
 
 
-def _job_choices(ctx: AppContext) -> list[tuple[str, str]]:
-    jobs = ctx.store.list(limit=RECENT)
+def _job_choices(ctx: AppContext, who: Viewer) -> list[tuple[str, str]]:
+    jobs = list_jobs(ctx.store, limit=RECENT, viewer=who)
     return [(f"{j['id']} · {j['status']} · {j.get('model_used') or j.get('model_requested')}", j["id"])
             for j in jobs]
 
@@ -77,19 +80,22 @@ def build_history_tab(ctx: AppContext) -> gr.Tab:
 
     filters = [status, model, since, until, text]
 
-    def load(st: str, mo: str, si: str, un: str, tx: str) -> tuple[pd.DataFrame, str]:
+    def load(st: str, mo: str, si: str, un: str, tx: str, request: gr.Request,
+             profile: gr.OAuthProfile | None) -> tuple[pd.DataFrame, str]:
         with user_errors("history"):
-            f = history_filters(st, mo, si, un, tx)
-            return present.history_table(list_jobs(ctx.store, limit=RECENT, **f)), _csv(ctx, f)
+            who, f = viewer(ctx, request, profile), history_filters(st, mo, si, un, tx)
+            return (present.history_table(list_jobs(ctx.store, limit=RECENT, viewer=who, **f)),
+                    _csv(ctx, f, who))
 
-    def show(job_id: str) -> tuple[Any, ...]:
+    def show(job_id: str, request: gr.Request, profile: gr.OAuthProfile | None) -> tuple[Any, ...]:
         with user_errors("job details"):
-            return _details(ctx, job_id)
+            return _details(ctx, job_id, viewer(ctx, request, profile))
 
-    def select(frame: pd.DataFrame, evt: gr.SelectData) -> tuple[Any, ...]:
+    def select(frame: pd.DataFrame, evt: gr.SelectData, request: gr.Request,
+               profile: gr.OAuthProfile | None) -> tuple[Any, ...]:
         row = evt.index[0] if isinstance(evt.index, (list, tuple)) else evt.index
         job_id = str(frame.iloc[row]["id"])
-        return (job_id, *show(job_id))
+        return (job_id, *show(job_id, request, profile))
 
     detail_outputs = [details, video, sbs, scores, timings, options]
     common = {"concurrency_id": READ_GROUP, "concurrency_limit": None, "api_visibility": "private"}
@@ -117,14 +123,15 @@ def build_compare_tab(ctx: AppContext) -> gr.Tab:
         score_diff = gr.Dataframe(label="Scores: A, B and B - A", interactive=False)
         timing_diff = gr.Dataframe(label="Stage seconds: A, B and B - A", interactive=False)
 
-    def choices() -> tuple[Any, Any]:
+    def choices(request: gr.Request, profile: gr.OAuthProfile | None) -> tuple[Any, Any]:
         with user_errors("job list"):
-            items = _job_choices(ctx)
+            items = _job_choices(ctx, viewer(ctx, request, profile))
         return gr.Dropdown(choices=items), gr.Dropdown(choices=items)
 
-    def run(a: str, b: str) -> tuple[Any, ...]:
+    def run(a: str, b: str, request: gr.Request, profile: gr.OAuthProfile | None) -> tuple[Any, ...]:
         with user_errors("compare"):
-            ja, jb = get_job(ctx.store, a), get_job(ctx.store, b)
+            who = viewer(ctx, request, profile)
+            ja, jb = get_job(ctx.store, a, viewer=who), get_job(ctx.store, b, viewer=who)
         scores, timings = present.compare_tables(ja, jb)
         return (job_outputs(ja).get("side_by_side") or job_outputs(ja).get("video"),
                 job_outputs(jb).get("side_by_side") or job_outputs(jb).get("video"),
@@ -153,18 +160,20 @@ def build_history_api(ctx: AppContext) -> None:
         j_record = gr.JSON(label="record")
         j_btn = gr.Button("job")
 
-    def history(status: str, model: str, since: str, until: str, text: str,
-                limit: float | None) -> list[dict[str, Any]]:
-        """Jobs newest first, filtered by status, model used, created since/until and input name."""
+    def history(status: str, model: str, since: str, until: str, text: str, limit: float | None,
+                request: gr.Request, profile: gr.OAuthProfile | None) -> list[dict[str, Any]]:
+        """Jobs newest first, filtered by status, model used, created since/until and input name
+        (on a public Space: this session's jobs only)."""
         with user_errors("history"):
-            rows = list_jobs(ctx.store, limit=int(limit or 0), status=status, model=model,
-                             since=since, until=until, text=text)
+            rows = list_jobs(ctx.store, limit=int(limit or 0), viewer=viewer(ctx, request, profile),
+                             status=status, model=model, since=since, until=until, text=text)
         return json.loads(json.dumps(rows, default=str))
 
-    def job(job_id: str) -> dict[str, Any]:
-        """One job: status, options, inputs, stage timings, scores, device, outputs and error."""
+    def job(job_id: str, request: gr.Request, profile: gr.OAuthProfile | None) -> dict[str, Any]:
+        """One job: status, options, inputs, stage timings, scores, device, outputs and error
+        (on a public Space: only a job of this session)."""
         with user_errors("job"):
-            record = get_job(ctx.store, job_id)
+            record = get_job(ctx.store, job_id, viewer=viewer(ctx, request, profile))
         return json.loads(json.dumps(record, default=str))
 
     h_btn.click(history, inputs=[h_status, h_model, h_since, h_until, h_text, h_limit],

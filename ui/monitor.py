@@ -8,6 +8,7 @@ from typing import Any
 import gradio as gr
 import pandas as pd
 
+from jobs.settings import Settings
 from pipeline.device import device_facts
 from pipeline.weights_report import weights_report
 from storage.reports import build_report
@@ -47,6 +48,14 @@ def weights_table() -> pd.DataFrame:
     return pd.DataFrame(rows, columns=WEIGHT_COLUMNS)
 
 
+def storage_note(s: Settings) -> str:
+    """Whether the history survives a restart, for the System tab."""
+    if s.history_lost_at_restart:
+        return (" · **this Space has no persistent storage: the job history is lost at every "
+                "restart** (attach a storage volume at `/data`)")
+    return " · on persistent storage" if s.persistent else ""
+
+
 def system_markdown(ctx: AppContext) -> str:
     facts = device_facts(gpu=True)
     q = ctx.queue_depth()
@@ -64,7 +73,10 @@ def system_markdown(ctx: AppContext) -> str:
         f"generation job(s) at once · queue holds {s.queue_size}",
         f"**Limits:** uploads up to {s.max_upload_mb:g} MB · media up to {s.max_duration_s:g} s and "
         f"{s.max_side} px · job time limit {f'{s.job_timeout_s:g} s' if s.job_timeout_s else 'none'}",
-        f"**Job history:** {s.db_path.name} in the data folder · login {'required' if s.auth else 'off'}",
+        f"**Job history:** {s.db_path.name} in the data folder · login {'required' if s.auth else 'off'}"
+        f"{storage_note(s)}",
+        f"**Generation runs in:** executor `{ctx.executor.name if ctx.executor else s.executor}`"
+        + (" · each visitor sees only the jobs of their own browser session" if s.private_sessions else ""),
     ]
     return "  \n".join(lines)
 

@@ -40,6 +40,7 @@ from ui.blocks import build_blocks, make_context
 from ui.cancels import QueuedCancelRecorder
 from ui.context import GENERATION_GROUP, AppContext
 from ui.errors import without_paths
+from ui.privacy import PrivateJobFiles
 
 log = logging.getLogger(__name__)
 
@@ -169,15 +170,16 @@ def make_server(ctx: AppContext) -> fastapi.FastAPI:
     return app
 
 
-def create_app(settings: Settings) -> fastapi.FastAPI:
-    """The FastAPI server with the ops routes and the Gradio app mounted at "/"."""
-    ctx = make_context(settings)
-    blocks = build_blocks(ctx)
-    blocks.queue(max_size=settings.queue_size, default_concurrency_limit=settings.max_jobs)
+def create_app(settings: Settings, *, ctx: AppContext | None = None) -> fastapi.FastAPI:
+    """The FastAPI server with the ops routes and the Gradio app mounted at "/" (``ctx``:
+    an opened context whose Blocks are built, as app.py keeps them across reloads)."""
+    ctx = ctx or make_context(settings)
+    blocks = ctx.blocks or build_blocks(ctx)
     server = make_server(ctx)
     server.add_middleware(QueuedCancelRecorder, ctx=ctx)  # records cancels of queued jobs
+    server.add_middleware(PrivateJobFiles, ctx=ctx)  # on a public Space: no fetching job files by path
     return gr.mount_gradio_app(
-        server, blocks, path="/", auth=settings.auth,
+        server, blocks, path="/", auth=settings.auth, root_path=settings.root_path,
         auth_message="LipSync Lab: log in to review jobs" if settings.auth else None,
         max_file_size=settings.max_file_size,
         # the examples, the job folders <data_dir>/jobs/<id>/ and suite runs' files: never jobs.db
