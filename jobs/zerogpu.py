@@ -33,6 +33,7 @@ import os
 import pickle
 import shutil
 import tempfile
+import sys
 import threading
 import time
 import uuid
@@ -184,6 +185,7 @@ def window_duration(job: GenerationJob, relay: Relay, window_s: float) -> int:
 def run_in_window(job: GenerationJob, relay: Relay, window_s: float) -> WindowOutcome:
     """The GPU function: the run loop alone (no scoring, no history), its failure handed back."""
     t0 = time.monotonic()
+    _torch_after_fork()
     try:
         result, _ = generate(replace(job, score=False), progress=relay.report, cancel=relay.cancelled)
     except Exception as exc:  # noqa: BLE001 - handed to the server, which records it
@@ -320,6 +322,21 @@ def prepare_fork() -> None:
     from pipeline.device import configure_opencv_threads
 
     configure_opencv_threads()
+
+
+def _torch_after_fork() -> None:
+    """(inside the window) torch on one CPU thread: a fork of a server whose torch has run its
+    OpenMP pool (scoring's SyncNet, a model loaded there) hangs in its first parallel region
+    with more (the Wav2Lip fork test hung 240 s at 2 threads); the window's compute belongs on
+    the GPU. Settled before the generator's own ``configure_cpu_threads``, which then keeps it."""
+    if "torch" not in sys.modules:
+        return
+    import torch
+
+    from pipeline.device import configure_cpu_threads
+
+    configure_cpu_threads()  # cached from here on: a later call does not raise the count again
+    torch.set_num_threads(1)
 
 
 def _pump(relay: Relay, progress: ProgressFn | None, cancel: CancelFn | None, stop: threading.Event) -> None:

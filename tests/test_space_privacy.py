@@ -109,3 +109,17 @@ def test_two_browsers_see_only_their_own_jobs(server: AppServer, browser: Any, f
     pages[0].get_by_role("button", name="Show job").click()
     pages[0].get_by_text("another visitor's session").first.wait_for(timeout=30_000)
     assert errors == []
+
+
+def test_suites_and_blind_review_are_for_reviewers_on_a_public_space(server: AppServer) -> None:
+    """A suite's results and the review pairs show every visitor's results: on a public Space an
+    anonymous visitor is refused them (the leaderboard's aggregates stay open)."""
+    visitor = Client(server.url, verbose=False)
+    with pytest.raises(Exception, match="for reviewers"):
+        visitor.predict("ann", api_name="/review_next")
+    with pytest.raises(Exception, match="for reviewers"):
+        visitor.predict("20260101-000000000-aaaaaaaa", api_name="/suite_results")
+    with pytest.raises(Exception, match="for reviewers"):
+        visitor.predict([], "", "", "", True, api_name="/suite_run")
+    board = visitor.predict(api_name="/leaderboard")
+    assert board["ratings"] == 0

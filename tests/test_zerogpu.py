@@ -151,7 +151,8 @@ def _every_option(checkpoint: Path) -> list[RunOptions]:
     changed = {"model": "wav2lip", "face_index": 1, "device": "cpu", "batch_size": 4,
                "checkpoint": str(checkpoint), "pads": (1, 2, 3, 4), "loop": "loop", "crf": 30,
                "preset": "fast", "encoder": "libx264", "tracker": "dlib", "track_long_side": 256,
-               "timeout_s": 30.0, "work_dir": "/tmp", "limits": Limits(max_side=512, max_duration_s=9.0)}
+               "timeout_s": 30.0, "work_dir": "/tmp", "limits": Limits(max_side=512, max_duration_s=9.0),
+               "steps": 3, "guidance": 2.0, "seed": 7, "silence_keep": False}
     names = {f.name for f in dataclasses.fields(RunOptions)}
     assert names == set(changed), "a new RunOptions field: add it here"
     return [RunOptions(**{k: v}) for k, v in changed.items()] + [RunOptions(**changed)]

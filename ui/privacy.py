@@ -19,7 +19,7 @@ from typing import Any
 
 import gradio as gr
 
-from jobs.access import Viewer, viewer_for
+from jobs.access import JobAccessDenied, Viewer, viewer_for
 from storage.jobs import JOBS_FOLDER
 from ui.context import AppContext
 
@@ -36,6 +36,15 @@ def viewer(ctx: AppContext, request: gr.Request | None, profile: gr.OAuthProfile
                       username=getattr(request, "username", None) if request is not None else None,
                       session_hash=getattr(request, "session_hash", None) if request is not None else None,
                       hf_username=getattr(profile, "username", None) if profile is not None else None)
+
+
+def reviewers_only(ctx: AppContext, request: gr.Request | None, profile: gr.OAuthProfile | None,
+                   what: str) -> None:
+    """On a public Space (private sessions), ``what`` (suites, blind review) shows every
+    visitor's results: only reviewers may use it. JobAccessDenied for anyone else."""
+    if not viewer(ctx, request, profile).sees_all:
+        raise JobAccessDenied(f"{what} show results of every visitor: on this Space they are for "
+                              "reviewers (sign in with Hugging Face as one of LIPSYNC_REVIEWERS)")
 
 
 def build_sign_in(ctx: AppContext) -> None:

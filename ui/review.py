@@ -20,6 +20,7 @@ import gradio as gr
 from jobs.review import Leaderboard, leaderboard, next_pair, reviewer_name, submit_rating
 from ui.context import READ_GROUP, AppContext
 from ui.errors import user_errors
+from ui.privacy import reviewers_only
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +52,9 @@ if (!window.__lipsyncReviewKeys) {
 """
 
 
-def _reviewer(ctx: AppContext, request: gr.Request | None, given: str | None) -> str:
+def _reviewer(ctx: AppContext, request: gr.Request | None, given: str | None,
+              profile: gr.OAuthProfile | None = None) -> str:
+    reviewers_only(ctx, request, profile, "Blind review pairs")
     return reviewer_name(login_on=ctx.settings.auth is not None,
                          username=getattr(request, "username", None), given=given)
 
@@ -94,16 +97,16 @@ def build_review_tab(ctx: AppContext) -> dict[str, Any]:
     status = gr.Markdown(elem_id="review-status")
     pair_id = gr.Textbox(visible=False)
 
-    def draw(given: str | None, request: gr.Request) -> tuple[Any, ...]:
+    def draw(given: str | None, request: gr.Request, profile: gr.OAuthProfile | None = None) -> tuple[Any, ...]:
         with user_errors("review"):
-            pair = next_pair(ctx.store, _reviewer(ctx, request, given))
+            pair = next_pair(ctx.store, _reviewer(ctx, request, given, profile))
         return (pair.pair_id, pair.video_a, pair.video_b, None, None, 0, 0, "",
                 f"{pair.remaining} more pair(s) after this one")
 
     def rate(pid: str, s: str | None, q: str | None, op_a: float, op_b: float, text: str, given: str | None,
-             request: gr.Request) -> tuple[Any, ...]:
+             request: gr.Request, profile: gr.OAuthProfile | None = None) -> tuple[Any, ...]:
         with user_errors("review"):
-            reviewer = _reviewer(ctx, request, given)
+            reviewer = _reviewer(ctx, request, given, profile)
             submit_rating(ctx.store, pid, reviewer, sync=s, quality=q, opinion_a=op_a, opinion_b=op_b, note=text)
             try:
                 shown = draw(given, request)
@@ -165,18 +168,20 @@ def build_review_api(ctx: AppContext) -> None:
         board_out = gr.JSON(label="leaderboard")
         board_btn = gr.Button("leaderboard")
 
-    def review_next(given: str | None, request: gr.Request) -> tuple[dict[str, Any], str, str]:
+    def review_next(given: str | None, request: gr.Request,
+                    profile: gr.OAuthProfile | None = None) -> tuple[dict[str, Any], str, str]:
         """The next blind pair: ``{"pair_id", "remaining"}`` and the two videos (A, B)."""
         with user_errors("review"):
-            pair = next_pair(ctx.store, _reviewer(ctx, request, given))
+            pair = next_pair(ctx.store, _reviewer(ctx, request, given, profile))
         return pair.payload(), pair.video_a, pair.video_b
 
     def review_submit(pid: str, s: str, q: str, op_a: float | None, op_b: float | None, text: str,
-                      given: str | None, request: gr.Request) -> dict[str, Any]:
+                      given: str | None, request: gr.Request,
+                      profile: gr.OAuthProfile | None = None) -> dict[str, Any]:
         """Rate a pair from /review_next: lip sync and quality as A, B or tie, optional 1-5
         opinions and a note. Refused for an unknown, forged or already-rated pair id."""
         with user_errors("review"):
-            rating = submit_rating(ctx.store, pid, _reviewer(ctx, request, given), sync=s, quality=q,
+            rating = submit_rating(ctx.store, pid, _reviewer(ctx, request, given, profile), sync=s, quality=q,
                                    opinion_a=op_a, opinion_b=op_b, note=text)
         return {"rating_id": rating}
 

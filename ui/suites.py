@@ -21,6 +21,7 @@ import pandas as pd
 from jobs.suites import DEFAULT_SETTINGS, JobStatus, SuiteResults, run_suite, suite_from_request, suite_results
 from ui.context import GENERATION_GROUP, READ_GROUP, AppContext
 from ui.errors import user_errors
+from ui.privacy import reviewers_only
 
 log = logging.getLogger(__name__)
 
@@ -127,9 +128,11 @@ def build_suites_tab(ctx: AppContext) -> None:
     outputs = [run_id, summary, plot, proxy, compare, clip, grid, exports, results_json]
 
     def run(up: list[str] | None, folder_text: str, settings_text: str, suite_name: str, use_example: bool,
-            metric_name: str, request: gr.Request, progress: gr.Progress = gr.Progress()
-            ) -> Iterator[tuple[Any, ...]]:
+            metric_name: str, request: gr.Request, profile: gr.OAuthProfile | None = None,
+            progress: gr.Progress = gr.Progress()) -> Iterator[tuple[Any, ...]]:
         """Run a suite; yields progress, then the results."""
+        with user_errors("suite run"):
+            reviewers_only(ctx, request, profile, "Model suites")
         for out in stream(ctx, up, folder_text, settings_text, suite_name, use_example, metric_name,
                           user=getattr(request, "username", None), source="app", progress=progress):
             yield out[:2] + out[3:]  # the tab keeps the run id, not the results (no gr.State: see below)
@@ -138,7 +141,10 @@ def build_suites_tab(ctx: AppContext) -> None:
         with user_errors("suite results"):
             return suite_results(ctx.store, (run_text or "").strip())
 
-    def show(run_text: str, metric_name: str) -> tuple[Any, ...]:
+    def show(run_text: str, metric_name: str, request: gr.Request,
+             profile: gr.OAuthProfile | None = None) -> tuple[Any, ...]:
+        with user_errors("suite results"):
+            reviewers_only(ctx, request, profile, "Model suites")
         return _views(results_of(run_text), metric_name)
 
     def replot(run_text: str, metric_name: str) -> pd.DataFrame:
@@ -200,11 +206,13 @@ def _build_api(ctx: AppContext) -> None:
         res_btn = gr.Button("suite_results")
 
     def suite_run(up: list[str] | None, folder_text: str, settings_text: str, suite_name: str,
-                  use_example: bool, request: gr.Request, progress: gr.Progress = gr.Progress()
-                  ) -> dict[str, Any]:
+                  use_example: bool, request: gr.Request, profile: gr.OAuthProfile | None = None,
+                  progress: gr.Progress = gr.Progress()) -> dict[str, Any]:
         """Run a suite (uploads, a server folder under the data folder, or the example suite);
         returns the run's results as JSON: summary per setting with 95% CIs, proxy ranking,
         comparison with the previous run, jobs, grids and exports."""
+        with user_errors("suite run"):
+            reviewers_only(ctx, request, profile, "Model suites")
         final: dict[str, Any] = {}
         for out in stream(ctx, up, folder_text, settings_text, suite_name, use_example, "psnr_full",
                           user=getattr(request, "username", None), source="api", progress=progress):
@@ -212,9 +220,10 @@ def _build_api(ctx: AppContext) -> None:
                 final = out[2].to_dict()
         return json.loads(json.dumps(final, default=str))
 
-    def results(run_text: str) -> dict[str, Any]:
+    def results(run_text: str, request: gr.Request, profile: gr.OAuthProfile | None = None) -> dict[str, Any]:
         """The results of one suite run (see /suite_run) by run id."""
         with user_errors("suite results"):
+            reviewers_only(ctx, request, profile, "Model suites")
             return json.loads(json.dumps(suite_results(ctx.store, (run_text or "").strip()).to_dict(), default=str))
 
     run_btn.click(suite_run, inputs=[a_files, a_folder, a_settings, a_name, a_example], outputs=[a_out],
