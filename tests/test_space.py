@@ -7,7 +7,9 @@ the servers are real ``python app.py`` / ``gradio app.py`` processes on 127.0.0.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -79,7 +81,7 @@ def _launch(cmd: list[str], tmp_path: Path, **env: str) -> tuple[subprocess.Pope
             if not k.startswith(("LIPSYNC_", "GRADIO_")) and k not in ("SPACE_ID", "SPACES_ZERO_GPU")}
     log = tmp_path / "app.log"
     with open(log, "wb") as out:
-        proc = subprocess.Popen(cmd, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT,
+        proc = subprocess.Popen(cmd, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
                                 env={**base, "HF_HUB_OFFLINE": "1", "GRADIO_ANALYTICS_ENABLED": "False",
                                      "PYTHONUNBUFFERED": "1", "LIPSYNC_DATA_DIR": str(tmp_path / "data"),
                                      "LIPSYNC_EXECUTOR": "threads", **env})
@@ -87,12 +89,19 @@ def _launch(cmd: list[str], tmp_path: Path, **env: str) -> tuple[subprocess.Pope
 
 
 def _stop(proc: subprocess.Popen) -> None:
-    proc.terminate()
-    try:
-        proc.wait(timeout=15)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait(timeout=10)
+    """Stop the server and everything it started: ``gradio app.py`` serves from a child
+    process (its reloader), which outlived a stop of the parent alone and kept polling the
+    tree's files at ~75% of a core. The server has its own process group (``_launch``)."""
+    for sig, wait in ((signal.SIGTERM, 15), (signal.SIGKILL, 10)):
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, sig)
+        try:
+            proc.wait(timeout=wait)
+            break
+        except subprocess.TimeoutExpired:
+            continue
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGKILL)  # a child left behind by a parent that exited
 
 
 def test_python_app_py_serves_on_gradio_server_port_alone(tmp_path: Path) -> None:
