@@ -6,7 +6,9 @@ service records the job around it, so an executor never touches the history. Bui
 
 - ``threads``: in this process, on the caller's thread (:class:`InProcessExecutor`);
 - ``workers``: in long-lived worker processes, so a native crash ends one job, never the
-  server (:class:`jobs.workers.WorkerPool`).
+  server (:class:`jobs.workers.WorkerPool`);
+- ``ray``: on a Ray cluster through Ray Serve (:class:`jobs.ray_executor.RayExecutor`,
+  chosen by ``LIPSYNC_RAY_ADDRESS``; the only module that imports ray, with ``jobs.ray_serve``).
 
 A new home for generation (a ZeroGPU window, a Ray cluster) is one more class here or in a
 module of its own, registered in :data:`EXECUTORS`; nothing above this interface changes.
@@ -51,6 +53,10 @@ class Executor(ABC):
     def close(self) -> None:
         """Release what ``start`` and the jobs took; optional."""
 
+    def health(self) -> tuple[bool, str]:
+        """(whether jobs can run now, why) for ``/readyz``; a remote executor checks its cluster."""
+        return True, f"generation runs in executor {self.name!r}"
+
 
 class InProcessExecutor(Executor):
     """Generation on the calling thread of this process: jobs share its loaded models."""
@@ -69,6 +75,7 @@ class InProcessExecutor(Executor):
 EXECUTORS: dict[str, tuple[str, str]] = {
     "threads": ("jobs.executors", "InProcessExecutor"),
     "workers": ("jobs.workers", "WorkerPool"),
+    "ray": ("jobs.ray_executor", "RayExecutor"),  # LIPSYNC_RAY_ADDRESS; imports ray only when chosen
 }
 
 

@@ -78,10 +78,13 @@ class RunResult:
     # originals for scoring (run(keep=)), else None
     speech: Any = field(default=None, repr=False, compare=False)
     started_wall: float = field(default=0.0, repr=False, compare=False)  # time.time() at the run's start
+    # where the run ran when not in this process (an executor's node: its id, address and
+    # device facts), for the job record; None here
+    host: dict[str, Any] | None = field(default=None, repr=False, compare=False)
 
     def to_dict(self) -> dict[str, Any]:
         d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
-             if f.name not in ("track", "originals", "speech", "started_wall")}
+             if f.name not in ("track", "originals", "speech", "started_wall", "host")}
         d["timings"] = {k: round(v, 4) for k, v in self.timings.items()}
         d["stage_offsets"] = {k: round(v, 4) for k, v in self.stage_offsets.items()}
         return d

@@ -36,7 +36,7 @@ import numpy as np
 from pipeline.device import configure_opencv_threads, gpu_lock, peak_rss_mb
 from pipeline.errors import JobCancelled, JobTimeout
 from pipeline.faces.tracking import Track, track_video
-from pipeline.generators.base import Generator
+from pipeline.generators.base import ForwardFn, Generator
 from pipeline.generators.registry import select_generator
 from pipeline.media import audio as audio_mod
 from pipeline.media.background import BackgroundWriter, Prefetch, in_background
@@ -92,6 +92,7 @@ def run(
     cancel: CancelFn | None = None,
     side_by_side: str | os.PathLike[str] | None = None,
     keep: Collection[int] | Callable[[int], Collection[int]] | None = None,
+    forward: ForwardFn | None = None,
 ) -> RunResult:
     """Lip-sync ``video`` (or a still photo) to ``audio`` and write an MP4 to ``output``.
 
@@ -104,12 +105,14 @@ def run(
     track's length, ``plan.max() + 1``) once that is known, and returns the indices.
     An exception leaving this function carries the partial stage timings as
     ``exc.timings = {"seconds": {...}, "offsets": {...}}`` for the job record.
+    ``forward`` runs the generator's model steps (default: here; see
+    ``pipeline.generators.base.ForwardFn``), e.g. on a model server shared by several jobs.
     """
     clock = StageClock()
     configure_opencv_threads()
     try:
         return _run(video, audio, output, options=options or RunOptions(), progress=progress,
-                    cancel=cancel, side_by_side=side_by_side, keep=keep, clock=clock)
+                    cancel=cancel, side_by_side=side_by_side, keep=keep, clock=clock, forward=forward)
     except BaseException as exc:
         exc.timings = {"seconds": dict(clock.seconds), "offsets": dict(clock.offsets)}
         raise
@@ -119,7 +122,7 @@ def _run(video: str | os.PathLike[str], audio: str | os.PathLike[str],
          output: str | os.PathLike[str], *, options: RunOptions, progress: ProgressFn | None,
          cancel: CancelFn | None, side_by_side: str | os.PathLike[str] | None,
          keep: Collection[int] | Callable[[int], Collection[int]] | None,
-         clock: StageClock) -> RunResult:
+         clock: StageClock, forward: ForwardFn | None = None) -> RunResult:
     deadline = clock.t0 + options.timeout_s if options.timeout_s else None
     report = progress or (lambda stage, fraction: None)
 
@@ -145,7 +148,7 @@ def _run(video: str | os.PathLike[str], audio: str | os.PathLike[str],
     try:
         return _job(video, audio, output, vinfo=vinfo, ainfo=ainfo, fps=fps, decoded=decoded,
                     options=options, report=report, check=check, side_by_side=side_by_side, keep=keep,
-                    clock=clock)
+                    clock=clock, forward=forward)
     finally:
         decoded.close()
 
@@ -154,7 +157,8 @@ def _job(video: str | os.PathLike[str], audio: str | os.PathLike[str], output: s
          vinfo: MediaInfo, ainfo: MediaInfo, fps: float, decoded: Iterator[np.ndarray],
          options: RunOptions, report: ProgressFn, check: Callable[[str, float], None],
          side_by_side: str | os.PathLike[str] | None,
-         keep: Collection[int] | Callable[[int], Collection[int]] | None, clock: StageClock) -> RunResult:
+         keep: Collection[int] | Callable[[int], Collection[int]] | None, clock: StageClock,
+         forward: ForwardFn | None = None) -> RunResult:
     check("audio", 0.02)
     # The speech decodes (an ffmpeg process) while this thread starts the encoders (their
     # start-up overlaps with everything before the first frame: they need only the size,
@@ -196,7 +200,7 @@ def _job(video: str | os.PathLike[str], audio: str | os.PathLike[str], output: s
                 wanted = set()
             _render(decoded, encoders, audio=audio, vinfo=vinfo, options=options, generator=generator, track=track,
                     mels=mels.result(), plan=plan, fps=fps, workdir=workdir, clock=clock, check=check,
-                    keep=(wanted, originals))
+                    keep=(wanted, originals), forward=forward)
         for frames, target in zip(encoders, (output, side_by_side)):
             Path(target).parent.mkdir(parents=True, exist_ok=True)
             shutil.move(frames.path, os.fspath(target))
@@ -264,12 +268,15 @@ def _frames_without_face(track: Track | None, plan: np.ndarray) -> int:
 def _render(decoded: Iterator[np.ndarray], encoders: list[FrameWriter], *, audio: str | os.PathLike[str],
             vinfo: MediaInfo, options: RunOptions, generator: Generator, track: Track | None,
             mels: np.ndarray, plan: np.ndarray, fps: float, workdir: Path, clock: StageClock,
-            check: Callable[[str, float], None], keep: tuple[set[int], dict[int, YuvFrame]]) -> None:
+            check: Callable[[str, float], None], keep: tuple[set[int], dict[int, YuvFrame]],
+            forward: ForwardFn | None = None) -> None:
     """Stream frames through the generator, the blend and the encoders (the output's and,
     when there are two, the review video's)."""
     width, height = vinfo.video.display_size
     extra = {"audio": audio} if generator.needs_audio else {}  # a generator that decodes the speech its own way
     job = generator.new_job(fps=fps, width=width, height=height, **extra)
+    if forward is not None:
+        job.forward_fn = forward
     batch_size = options.batch_size or generator.default_batch_size
     depth = max(STREAM_DEPTH, batch_size)
     frames_iter = Prefetch(plan_frames(decoded, vinfo, plan, workdir), depth=depth, name="plan")

@@ -29,6 +29,8 @@ TITLES = {
     "JobCancelled": "Cancelled",
     "JobTimeout": "Time limit reached",
     "WorkerDied": "Generation worker crashed",
+    "NodeLost": "Generation node lost",
+    "ClusterUnavailable": "Generation cluster unreachable",
     "JobNotFound": "Unknown job",
     "InvalidJobId": "Not a job id",
 }

@@ -1,8 +1,9 @@
 """The FastAPI app the Gradio UI is mounted on (:func:`create_app`): /healthz, /readyz, /metrics.
 
 - ``/healthz``: the process answers (always 200 while it serves).
-- ``/readyz``: 200 when a generator and a face tracker resolve and the job database takes
-  a write transaction; 503 with the failing check otherwise.
+- ``/readyz``: 200 when a generator and a face tracker resolve, the job database takes
+  a write transaction and the executor can run jobs (a Ray cluster is reachable); 503 with
+  the failing check otherwise.
 - ``/metrics``: Prometheus text format: jobs by status, stage duration histograms from
   the recorded stages, Gradio queue depth and running events, GPU memory. With
   ``LIPSYNC_AUTH`` set it needs the same user and password as HTTP Basic auth (it is
@@ -69,6 +70,12 @@ def readiness(ctx: AppContext) -> dict[str, Any]:
     except Exception as exc:  # noqa: BLE001
         checks["database"] = {"ok": False, "detail": f"the job database {ctx.settings.db_path} or its "
                               f"folder cannot be written: {type(exc).__name__}: {exc}"}
+    if ctx.executor is not None:
+        try:
+            ok, detail = ctx.executor.health()
+        except Exception as exc:  # noqa: BLE001
+            ok, detail = False, f"{type(exc).__name__}: {exc}"
+        checks["executor"] = {"ok": ok, "detail": detail}
     return {"ready": all(c["ok"] for c in checks.values()), "checks": checks}
 
 
