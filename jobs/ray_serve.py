@@ -227,7 +227,7 @@ def build_app(settings: RaySettings, *, cluster_gpus: float = 0.0) -> Any:
                                else {"autoscaling_config": settings.replicas})
     forward = None
     if settings.batch:
-        copies = max(1, int(cluster_gpus // gpus)) if gpus else 1  # one model copy per GPU
+        copies = settings.forward_replicas or (max(1, int(cluster_gpus // gpus)) if gpus else 1)  # one per GPU
         forward = serve.deployment(ForwardServer, name=FORWARD).options(
             num_replicas=copies, max_ongoing_requests=max(64, settings.batch_size * 4),
             ray_actor_options={"num_cpus": 0, "num_gpus": gpus, "runtime_env": env},

@@ -149,6 +149,7 @@ class RaySettings:
     batch: bool = True  # the generator's forward passes in their own batched deployment
     batch_size: int = 64  # frames per batched forward (several jobs' frames together)
     batch_wait_s: float = 0.02  # how long a batch waits to fill
+    forward_replicas: int | None = None  # model copies (Forward replicas); None: one per GPU
     deploy: bool = True  # deploy the Serve application at start (False: one deployed already, e.g. KubeRay)
     app_name: str = "lipsync"
     events_dir: Path | None = None  # replicas append their job events (start, cancel clean-up) here
@@ -187,6 +188,7 @@ def ray_settings_from_env(env: Mapping[str, str] | None = None) -> RaySettings:
         batch=_flag(env, "LIPSYNC_RAY_BATCH", default=True),
         batch_size=int(_number(env, "LIPSYNC_RAY_BATCH_SIZE", 64, cast=int)),
         batch_wait_s=_number(env, "LIPSYNC_RAY_BATCH_WAIT_S", 0.02, minimum=0),
+        forward_replicas=int(_number(env, "LIPSYNC_RAY_FORWARD_REPLICAS", 0, cast=int, minimum=0)) or None,
         deploy=_flag(env, "LIPSYNC_RAY_DEPLOY", default=True),
         app_name=(env.get("LIPSYNC_RAY_APP") or "lipsync").strip(),
         events_dir=_path(env, "LIPSYNC_RAY_EVENTS_DIR"),

@@ -1,8 +1,9 @@
 """A real multi-node Ray cluster on one machine for the ``ray`` executor's tests.
 
 ``ray.cluster_utils.Cluster`` starts a head node and worker nodes as separate raylets (their
-own processes, object stores and node ids) on this host. The head declares no GPU, so the
-replicas that ask for one land on the workers; each worker declares ``num_cpus=1`` and
+own processes, object stores and node ids) on this host. The head declares no CPU and no
+GPU (it holds Serve's controller, which asks for neither), so every replica lands on a
+worker node, which a test may then kill; each worker declares ``num_cpus=1`` and
 ``num_gpus=1`` (declared, not present: nothing here touches CUDA). Health checks are tuned so
 a killed node is noticed within seconds, object stores are small, and token authentication
 is disabled explicitly (``RAY_AUTH_MODE=disabled``: a local test cluster on 127.0.0.1; the
@@ -70,14 +71,14 @@ class SimCluster:
 
 @contextlib.contextmanager
 def sim_cluster(workers: int = 2) -> Iterator[SimCluster]:
-    """Head (1 CPU, no GPU) + ``workers`` nodes (1 CPU, 1 GPU declared); always torn down."""
+    """Head (no CPU, no GPU) + ``workers`` nodes (1 CPU, 1 GPU declared); always torn down."""
     need_ray()
     ray_env()
     import ray
     from ray.cluster_utils import Cluster
 
     cluster = Cluster(initialize_head=True, head_node_args={
-        "num_cpus": 1, "num_gpus": 0, "object_store_memory": OBJECT_STORE, "_system_config": FAST_HEALTH})
+        "num_cpus": 0, "num_gpus": 0, "object_store_memory": OBJECT_STORE, "_system_config": FAST_HEALTH})
     try:
         nodes = [cluster.add_node(num_cpus=1, num_gpus=1, object_store_memory=OBJECT_STORE)
                  for _ in range(workers)]
