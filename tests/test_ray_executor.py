@@ -21,6 +21,7 @@ import numpy as np
 import pytest
 
 import media
+from fixtures_wav2lip import wav2lip_checkpoint  # noqa: F401 - a fixture
 from ray_cluster import ROOT, SimCluster, need_ray, read_events, sim_cluster, wait_for_event
 from jobs.settings import RaySettings, SettingsError, ray_settings_from_env, settings_from_env
 from jobs.work import GenerationJob
@@ -77,6 +78,7 @@ def clips(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     d = tmp_path_factory.mktemp("ray_clips")
     return {"video": media.face_video(d / "face.mp4", seconds=1.0),
             "audio": media.write_wav(d / "speech.wav", media.speech_like(1.0)),
+            "audio2": media.write_wav(d / "speech2.wav", media.speech_like(1.0, seed=5)),
             "long_audio": media.write_wav(d / "long.wav", media.speech_like(20.0, seed=3))}
 
 
@@ -164,8 +166,31 @@ def test_two_jobs_frames_share_model_batches_and_match_single_runs(executor: Any
     mixed = [b for b in stats["batches"] if {j for j, _ in b} == {"both-0", "both-1"}]
     assert mixed, stats["batches"][-10:]
     assert stats["loads"] == 1  # one model copy, built once
-    for (single, _), (shared, _) in zip(alone, both):
+    for single, (shared, _) in zip(alone, both):  # frame-exact: the baseline's drawing is exact
         assert np.array_equal(_frames(Path(single.output_path)), _frames(Path(shared.output_path)))
+
+
+def test_random_wav2lip_outputs_in_mixed_batches_match_single_runs(executor: Any, clips: dict[str, Path],
+                                                                   wav2lip_checkpoint: Path, tmp_path: Path) -> None:
+    """Random weights in the published format (tests/fixtures_wav2lip.py); lossless output
+    (crf 0), so the only differences are the network's float rounding in other batch sizes."""
+    from ray import serve
+
+    forward = serve.get_deployment_handle("Forward", app_name=executor.settings.app_name)
+    opts = RunOptions(model="wav2lip", checkpoint=os.fspath(wav2lip_checkpoint), crf=0)
+    audios = ("audio", "audio2")
+    alone = [executor.run(_job(clips, tmp_path / "alone", f"w2l-alone-{i}", audio=a, options=opts))[0]
+             for i, a in enumerate(audios)]
+    with ThreadPoolExecutor(2) as pool:
+        both = list(pool.map(executor.run, [_job(clips, tmp_path / "both", f"w2l-both-{i}", audio=a, options=opts)
+                                            for i, a in enumerate(audios)]))
+    batches = forward.stats.remote().result(timeout_s=60)["batches"]
+    assert any({j for j, _ in b} == {"w2l-both-0", "w2l-both-1"} for b in batches), batches[-10:]
+    for single, (shared, _) in zip(alone, both):
+        assert single.model_used == shared.model_used == "wav2lip"
+        a, b = _frames(Path(single.output_path)), _frames(Path(shared.output_path))
+        assert a.shape == b.shape
+        np.testing.assert_allclose(a, b, atol=2, rtol=0)
 
 
 def test_cancel_reaches_the_replica_and_frees_its_slot(executor: Any, clips: dict[str, Path],
