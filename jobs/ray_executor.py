@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import logging
+import socket
 import threading
 from dataclasses import replace
 from pathlib import Path
@@ -47,6 +48,21 @@ POLL_S = 0.1  # how often a waiting job checks its cancel flag
 CONNECT_WAIT_S = 120.0  # how long a job waits for the start-up connection before it is refused
 TIMEOUT_GRACE_S = 30.0  # past a job's own time limit before the app cancels its call
 NODE_LOST = "the generation node was lost"
+PROBE_TIMEOUT_S = 5.0  # a TCP connect to the head: ray.init itself waits minutes on a dead address
+
+
+def probe_address(address: str) -> None:
+    """Raise ConnectionError unless something listens at ``address`` ("host:port" or
+    "ray://host:port"; "auto" is left to ray.init, which fails fast without a local cluster)."""
+    target = address.removeprefix("ray://")
+    if address == "auto" or ":" not in target:
+        return
+    host, _, port = target.rpartition(":")
+    try:
+        with socket.create_connection((host, int(port)), timeout=PROBE_TIMEOUT_S):
+            pass
+    except (OSError, ValueError) as exc:
+        raise ConnectionError(f"nothing answers at {target} ({type(exc).__name__}: {exc})") from None
 
 
 def _first_line(exc: BaseException) -> str:
@@ -85,6 +101,7 @@ class RayExecutor(Executor):
         s = self.settings
         try:
             if not ray.is_initialized():
+                probe_address(s.address)
                 ray.init(address=s.address, namespace="lipsync", log_to_driver=False,
                          logging_level=logging.WARNING)
             if s.deploy:
