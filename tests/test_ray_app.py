@@ -43,8 +43,8 @@ def _ray_bin() -> str:
 def ray_start(tmp: Path, name: str, *args: str) -> Iterator[subprocess.Popen]:
     """``ray start ARGS --block`` in its own process group; killed (group) on exit."""
     log = open(tmp / f"{name}.log", "wb")
-    proc = subprocess.Popen([_ray_bin(), "start", "--block", "--disable-usage-stats", "--include-dashboard=false",
-                             *args], env=dict(os.environ), cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
+    head = ["--include-dashboard=false"] if "--head" in args else []  # a worker refuses the option
+    proc = subprocess.Popen([_ray_bin(), "start", "--block", "--disable-usage-stats", *head, *args], env=dict(os.environ), cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
                             start_new_session=True)
     log.close()
     try:
