@@ -23,6 +23,7 @@ from typing import Any
 
 import pytest
 
+import media
 from required import skip_or_fail
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -92,6 +93,22 @@ def sim_cluster(workers: int = 2) -> Iterator[SimCluster]:
             serve.shutdown()
         ray.shutdown()
         cluster.shutdown()
+
+
+@pytest.fixture(scope="module")
+def cluster() -> Iterator[SimCluster]:
+    """A module's cluster (import this fixture by name)."""
+    need_ray()
+    with sim_cluster() as c:
+        yield c
+
+
+def make_clips(folder: Path, **speech_seconds: float) -> dict[str, Path]:
+    """``video``: a 1 s face clip; one speech track per ``name=seconds`` (its own seed each)."""
+    out = {"video": media.face_video(folder / "face.mp4", seconds=1.0)}
+    for seed, (name, seconds) in enumerate(speech_seconds.items()):
+        out[name] = media.write_wav(folder / f"{name}.wav", media.speech_like(seconds, seed=seed))
+    return out
 
 
 def read_events(folder: Path) -> list[dict[str, Any]]:

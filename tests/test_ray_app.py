@@ -24,9 +24,8 @@ from typing import Any
 import psutil
 import pytest
 
-import media
 from app_server import free_port, start_app
-from ray_cluster import ROOT, need_ray, ray_env, wait_for_event
+from ray_cluster import ROOT, make_clips, need_ray, ray_env, wait_for_event
 from jobs.settings import RaySettings
 from jobs.work import GenerationJob
 from pipeline.options import RunOptions
@@ -109,10 +108,7 @@ def _head_node_id(address: str) -> str:
 
 @pytest.fixture(scope="module")
 def clips(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    d = tmp_path_factory.mktemp("ray_app_clips")
-    return {"video": media.face_video(d / "face.mp4", seconds=1.0),
-            "audio": media.write_wav(d / "speech.wav", media.speech_like(1.0)),
-            "long": media.write_wav(d / "long.wav", media.speech_like(12.0, seed=4))}
+    return make_clips(tmp_path_factory.mktemp("ray_app_clips"), audio=1.0, long=12.0)
 
 
 def test_the_app_runs_a_job_on_the_cluster_and_records_the_node(tmp_path: Path, clips: dict[str, Path]) -> None:

@@ -20,9 +20,8 @@ from typing import Any
 import numpy as np
 import pytest
 
-import media
 from fixtures_wav2lip import wav2lip_checkpoint  # noqa: F401 - a fixture
-from ray_cluster import ROOT, SimCluster, need_ray, read_events, sim_cluster, wait_for_event
+from ray_cluster import ROOT, SimCluster, cluster, make_clips, read_events, wait_for_event  # noqa: F401
 from jobs.settings import RaySettings, SettingsError, ray_settings_from_env, settings_from_env
 from jobs.work import GenerationJob
 from pipeline.errors import JobCancelled
@@ -75,18 +74,7 @@ def test_ray_settings_choose_the_executor_and_reject_bad_values() -> None:
 
 @pytest.fixture(scope="module")
 def clips(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    d = tmp_path_factory.mktemp("ray_clips")
-    return {"video": media.face_video(d / "face.mp4", seconds=1.0),
-            "audio": media.write_wav(d / "speech.wav", media.speech_like(1.0)),
-            "audio2": media.write_wav(d / "speech2.wav", media.speech_like(1.0, seed=5)),
-            "long_audio": media.write_wav(d / "long.wav", media.speech_like(20.0, seed=3))}
-
-
-@pytest.fixture(scope="module")
-def cluster() -> SimCluster:
-    need_ray()
-    with sim_cluster() as c:
-        yield c
+    return make_clips(tmp_path_factory.mktemp("ray_clips"), audio=1.0, audio2=1.0, long_audio=20.0)
 
 
 @pytest.fixture(scope="module")

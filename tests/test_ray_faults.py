@@ -13,8 +13,7 @@ from typing import Any
 
 import pytest
 
-import media
-from ray_cluster import SimCluster, need_ray, sim_cluster, wait_for_event
+from ray_cluster import SimCluster, cluster, make_clips, wait_for_event  # noqa: F401
 from jobs.lifecycle import run_recorded
 from jobs.settings import RaySettings
 from jobs.work import GenerationJob
@@ -27,17 +26,7 @@ BASELINE = RunOptions(model="baseline")
 
 @pytest.fixture(scope="module")
 def clips(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    d = tmp_path_factory.mktemp("fault_clips")
-    return {"video": media.face_video(d / "face.mp4", seconds=1.0),
-            "audio": media.write_wav(d / "speech.wav", media.speech_like(1.0)),
-            "long": media.write_wav(d / "long.wav", media.speech_like(12.0, seed=2))}
-
-
-@pytest.fixture(scope="module")
-def cluster() -> SimCluster:
-    need_ray()
-    with sim_cluster() as c:
-        yield c
+    return make_clips(tmp_path_factory.mktemp("fault_clips"), audio=1.0, long=12.0)
 
 
 def _executor(cluster: SimCluster, events: Path, *, retries: int, deploy: bool = True) -> Any:
