@@ -87,12 +87,22 @@ def sim_cluster(workers: int = 2) -> Iterator[SimCluster]:
         ray.init(address=cluster.address, namespace="lipsync", log_to_driver=False)
         yield SimCluster(cluster, nodes)
     finally:
-        with contextlib.suppress(Exception):
-            from ray import serve
-
-            serve.shutdown()
-        ray.shutdown()
+        disconnect()
         cluster.shutdown()
+
+
+def disconnect() -> None:
+    """Shut Serve down, leave the cluster, and forget Serve's cached client: after a node
+    loss ``serve.shutdown`` may find it unreachable and keep it, and the next cluster in this
+    process would then wait forever on the old cluster's controller."""
+    import ray
+    from ray import serve
+    from ray.serve import context
+
+    with contextlib.suppress(Exception):
+        serve.shutdown()
+    context._set_global_client(None)  # private in Ray 2.60; tests only (one cluster per app process)
+    ray.shutdown()
 
 
 @pytest.fixture(scope="module")

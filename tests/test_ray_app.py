@@ -25,7 +25,7 @@ import psutil
 import pytest
 
 from app_server import free_port, start_app
-from ray_cluster import ROOT, make_clips, need_ray, ray_env, wait_for_event
+from ray_cluster import ROOT, disconnect, make_clips, need_ray, ray_env, wait_for_event
 from jobs.settings import RaySettings
 from jobs.work import GenerationJob
 from pipeline.options import RunOptions
@@ -191,6 +191,7 @@ def test_sigkill_of_a_worker_raylet_reruns_the_job(tmp_path: Path, clips: dict[s
         workers = [stack.enter_context(ray_start(tmp_path, f"worker{i}", f"--address={address}", "--num-cpus=1",
                                                  "--num-gpus=1")) for i in range(2)]
         raylets = [_raylet_of(w) for w in workers]
+        _wait_for_gpus(address, 2)  # both workers registered: the deployment sizes itself on them
         ex = RayExecutor(RaySettings(address=address, min_replicas=2, max_replicas=2, max_ongoing=1, batch=False,
                                      events_dir=events))
         stack.callback(_disconnect, ex)
@@ -210,11 +211,17 @@ def test_sigkill_of_a_worker_raylet_reruns_the_job(tmp_path: Path, clips: dict[s
         assert Path(result.output_path).stat().st_size > 0
 
 
-def _disconnect(ex: Any) -> None:
+def _wait_for_gpus(address: str, n: int) -> None:
     import ray
-    from ray import serve
 
+    ray.init(address=address, namespace="lipsync", log_to_driver=False)
+    deadline = time.monotonic() + START_S
+    while ray.cluster_resources().get("GPU", 0) < n:
+        if time.monotonic() > deadline:
+            pytest.fail(f"the worker nodes did not register within {START_S:.0f} s: {ray.cluster_resources()}")
+        time.sleep(0.5)
+
+
+def _disconnect(ex: Any) -> None:
     ex.close()
-    with contextlib.suppress(Exception):
-        serve.shutdown()
-    ray.shutdown()
+    disconnect()
