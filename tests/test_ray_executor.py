@@ -74,7 +74,8 @@ def test_ray_settings_choose_the_executor_and_reject_bad_values() -> None:
 
 @pytest.fixture(scope="module")
 def clips(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    return make_clips(tmp_path_factory.mktemp("ray_clips"), audio=1.0, audio2=1.0, long_audio=20.0)
+    return make_clips(tmp_path_factory.mktemp("ray_clips"), audio=1.0, audio2=1.0, long_audio=20.0,
+                      speech_a=3.0, speech_b=3.0)
 
 
 @pytest.fixture(scope="module")
@@ -166,7 +167,10 @@ def test_random_wav2lip_outputs_in_mixed_batches_match_single_runs(executor: Any
 
     forward = serve.get_deployment_handle("Forward", app_name=executor.settings.app_name)
     opts = RunOptions(model="wav2lip", checkpoint=os.fspath(wav2lip_checkpoint), crf=0)
-    audios = ("audio", "audio2")
+    with ThreadPoolExecutor(2) as pool:  # warm-up: each Generation replica imports torch and resolves the weights
+        list(pool.map(executor.run, [_job(clips, tmp_path / "warm", f"w2l-warm-{i}", audio=a, options=opts)
+                                     for i, a in enumerate(("audio", "audio2"))]))
+    audios = ("speech_a", "speech_b")
     alone = [executor.run(_job(clips, tmp_path / "alone", f"w2l-alone-{i}", audio=a, options=opts))[0]
              for i, a in enumerate(audios)]
     with ThreadPoolExecutor(2) as pool:
