@@ -188,13 +188,16 @@ def test_sigkill_of_a_worker_raylet_reruns_the_job(tmp_path: Path, clips: dict[s
     with contextlib.ExitStack() as stack:
         stack.enter_context(ray_start(tmp_path, "head", "--head", f"--port={port}", "--num-cpus=0", "--num-gpus=0"))
         _wait_port(port)
-        workers = [stack.enter_context(ray_start(tmp_path, f"worker{i}", f"--address={address}", "--num-cpus=1",
-                                                 "--num-gpus=1")) for i in range(2)]
-        raylets = [_raylet_of(w) for w in workers]
-        _wait_for_gpus(address, 2)  # both workers registered: the deployment sizes itself on them
+        stack.callback(disconnect)  # runs before the `ray start` processes stop (LIFO)
+        raylets = []
+        for i in range(2):  # one at a time: a raylet that cannot register within Ray's 30 s gives up
+            worker = stack.enter_context(ray_start(tmp_path, f"worker{i}", f"--address={address}", "--num-cpus=1",
+                                                   "--num-gpus=1"))
+            raylets.append(_raylet_of(worker))
+            _wait_for_gpus(address, i + 1)  # registered: the deployment sizes itself on both
         ex = RayExecutor(RaySettings(address=address, min_replicas=2, max_replicas=2, max_ongoing=1, batch=False,
                                      events_dir=events))
-        stack.callback(_disconnect, ex)
+        stack.callback(ex.close)
         ex.connect()
         assert ex.health()[0], ex.health()
         job = GenerationJob.of(clips["video"], clips["long"], tmp_path / "out.mp4",
@@ -214,14 +217,10 @@ def test_sigkill_of_a_worker_raylet_reruns_the_job(tmp_path: Path, clips: dict[s
 def _wait_for_gpus(address: str, n: int) -> None:
     import ray
 
-    ray.init(address=address, namespace="lipsync", log_to_driver=False)
+    if not ray.is_initialized():
+        ray.init(address=address, namespace="lipsync", log_to_driver=False)
     deadline = time.monotonic() + START_S
     while ray.cluster_resources().get("GPU", 0) < n:
         if time.monotonic() > deadline:
             pytest.fail(f"the worker nodes did not register within {START_S:.0f} s: {ray.cluster_resources()}")
         time.sleep(0.5)
-
-
-def _disconnect(ex: Any) -> None:
-    ex.close()
-    disconnect()
