@@ -15,8 +15,9 @@ $(STAMP): requirements.txt
 	$(PIP) install -q -r requirements.txt
 	touch $@
 
-$(DEVSTAMP): $(STAMP) requirements-dev.txt requirements-ref.txt
+$(DEVSTAMP): $(STAMP) requirements-dev.txt requirements-ref.txt requirements-ray.txt
 	$(PIP) install -q -r requirements-dev.txt
+	$(PIP) install -q -r requirements-ray.txt
 	$(PIP) install -q --no-deps -r requirements-ref.txt
 	touch $@
 
@@ -40,6 +41,7 @@ test: setup-dev
 
 bench: setup
 	$(PY) bench/overhead_vs_ffmpeg.py
+	-$(PY) bench/ray_scaling.py  # needs requirements-ray.txt
 	$(PY) bench/memory_vs_length.py
 
 clean:

@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import os
 import sys
+from concurrent.futures import Future
 
 import numpy as np
 
 from pipeline.media.audio import load_audio
+from pipeline.media.background import in_background
 from pipeline.errors import InvalidMedia, WeightsInvalid, WeightsUnavailable
 from pipeline.faces.backends import make_tracker
 from pipeline.options import RunOptions
@@ -60,3 +62,15 @@ def landmarker_or_reason():
         return make_tracker("dlib"), None
     except WeightsUnavailable as exc:
         return None, f"n/a (no landmark model for the sync proxy): {exc}"
+
+
+def speech_job(speech: np.ndarray | None, audio: str | os.PathLike[str] | None,
+                generated: str | os.PathLike[str]) -> tuple[Future[tuple[np.ndarray | None, str]], str]:
+    """The 16 kHz speech to score against (handed over, or decoded by ffmpeg beside the
+    frames) as a future of (waveform or None, why not), and how it was had."""
+    if speech is not None:
+        done: Future[tuple[np.ndarray | None, str]] = Future()
+        done.set_result((speech, ""))
+        return done, "handed over by the job"
+    job = in_background(speech_or_reason, audio, generated, name="eval-audio")
+    return job, f"decoded from {os.path.basename(audio if audio is not None else generated)}"

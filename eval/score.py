@@ -104,13 +104,7 @@ def score_videos(original: str | os.PathLike[str], generated: str | os.PathLike[
     """
     t0 = time.perf_counter()
     configure_opencv_threads()
-    if speech is not None:
-        audio_job: Future[tuple[np.ndarray | None, str]] = Future()
-        audio_job.set_result((speech, ""))
-        speech_fact = "handed over by the job"
-    else:
-        audio_job = in_background(inputs.speech_or_reason, audio, generated, name="eval-audio")  # an ffmpeg decode, beside the frames
-        speech_fact = f"decoded from {os.path.basename(audio if audio is not None else generated)}"
+    audio_job, speech_fact = inputs.speech_job(speech, audio, generated)
     ginfo_job = in_background(probe, generated, name="eval-probe")
     oinfo, ginfo = probe(original), ginfo_job.result()
     al = align(oinfo, ginfo)

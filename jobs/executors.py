@@ -9,6 +9,8 @@ service records the job around it, so an executor never touches the history. Bui
   server (:class:`jobs.workers.WorkerPool`); the app's /score runs there too;
 - ``zerogpu``: in a Hugging Face ZeroGPU window per job (``spaces.GPU``), scoring outside
   it (:class:`jobs.zerogpu.ZeroGpuExecutor`).
+- ``ray``: on a Ray cluster through Ray Serve (:class:`jobs.ray_executor.RayExecutor`,
+  chosen by ``LIPSYNC_RAY_ADDRESS``; the only module that imports ray, with ``jobs.ray_serve``).
 
 A new home for generation (a Ray cluster) is one more class here or in a
 module of its own, registered in :data:`EXECUTORS`; nothing above this interface changes.
@@ -58,6 +60,10 @@ class Executor(ABC):
     def close(self) -> None:
         """Release what ``start`` and the jobs took; optional."""
 
+    def health(self) -> tuple[bool, str]:
+        """(whether jobs can run now, why) for ``/readyz``; a remote executor checks its cluster."""
+        return True, f"generation runs in executor {self.name!r}"
+
 
 class InProcessExecutor(Executor):
     """Generation on the calling thread of this process: jobs share its loaded models."""
@@ -77,6 +83,7 @@ EXECUTORS: dict[str, tuple[str, str]] = {
     "threads": ("jobs.executors", "InProcessExecutor"),
     "workers": ("jobs.workers", "WorkerPool"),
     "zerogpu": ("jobs.zerogpu", "ZeroGpuExecutor"),
+    "ray": ("jobs.ray_executor", "RayExecutor"),  # LIPSYNC_RAY_ADDRESS; imports ray only when chosen
 }
 
 

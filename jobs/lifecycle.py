@@ -62,11 +62,16 @@ class RecordedRun:
         return out
 
 
-def device_facts(result: RunResult | None, device: str) -> dict[str, Any]:
-    """CPU/GPU model and peak memory for the job's device row."""
+def device_facts(result: RunResult | None, device: str, executor: str | None = None) -> dict[str, Any]:
+    """CPU/GPU model and peak memory for the job's device row, with the executor's name: this
+    host's, or the facts of the node that ran the job (``result.host``, a cluster executor's)."""
     facts = host_facts(device=device)
+    if result is not None and result.host:
+        facts = {**facts, **result.host}
     if result is not None:  # the run's own peak (a worker's, when a worker ran it)
         facts["peak_rss_mb"] = result.peak_rss_mb
+    if executor is not None:
+        facts["executor"] = executor
     return facts
 
 
@@ -120,7 +125,8 @@ def run_recorded(
     try:
         job = GenerationJob.of(video, audio, out_path, options=options, side_by_side=sbs_path,
                                score=score, job_id=job_id)
-        result, scores = (executor or InProcessExecutor()).run(job, progress=progress, cancel=cancel)
+        executor = executor or InProcessExecutor()
+        result, scores = executor.run(job, progress=progress, cancel=cancel)
         _offsets_from(result, started)
     except JobCancelled as exc:
         if store is not None:
@@ -133,18 +139,24 @@ def run_recorded(
             timings = getattr(exc, "timings", None) or {}
             store.fail(job_id, error_type=type(exc).__name__, message=str(exc) or repr(exc),
                        stage_seconds=timings.get("seconds"), stage_offsets=timings.get("offsets"),
-                       device=device_facts(None, options.device))
+                       device={**device_facts(None, options.device, _executor_name(executor)),
+                               **(getattr(exc, "host", None) or {})})  # where it was lost, if known
         raise
     outputs = {"video": os.fspath(out_path)}
     if sbs_path is not None:
         outputs["side_by_side"] = os.fspath(sbs_path)
     if store is not None:
         store.finish(job_id, model_used=result.model_used, model_reason=result.model_reason,
-                     outputs=outputs, facts=_facts(result), device=device_facts(result, options.device),
+                     outputs=outputs, facts=_facts(result),
+                     device=device_facts(result, options.device, _executor_name(executor)),
                      output_duration_s=result.duration_s, stage_seconds=result.timings,
                      stage_offsets=result.stage_offsets,
                      scores=scores.rows() if scores is not None else None)
     return RecordedRun(job_id=job_id, result=result, scores=scores, outputs=outputs)
+
+
+def _executor_name(executor: Executor | None) -> str:
+    return getattr(executor, "name", None) or InProcessExecutor.name
 
 
 def _offsets_from(result: RunResult, started: float) -> None:

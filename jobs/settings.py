@@ -28,6 +28,10 @@ PERSISTENT_ROOT = "/data"  # where a Space's persistent storage is mounted
 PERSISTENT_ROOT_ENV = "LIPSYNC_TEST_PERSISTENT_ROOT"  # test-only: a folder standing in for /data
 
 
+RAY_ADDRESS_ENV = "LIPSYNC_RAY_ADDRESS"  # set: generation runs on that Ray cluster (the "ray" executor)
+RAY_FALLBACKS = ("none", "local")
+
+
 class SettingsError(ValueError):
     """An environment variable holds a value the app cannot use; the message names it."""
 
@@ -65,6 +69,7 @@ class Settings:
     def history_lost_at_restart(self) -> bool:
         """On a Space, the history lies on its ephemeral disk (no persistent storage)."""
         return self.in_space and not self.persistent
+    ray: RaySettings | None = None  # the Ray cluster's settings when LIPSYNC_RAY_ADDRESS is set
 
     @property
     def db_path(self) -> Path:
@@ -126,6 +131,7 @@ def settings_from_env(env: Mapping[str, str] | None = None) -> Settings:
         cache_hours=setting_number(env, "LIPSYNC_CACHE_HOURS", DEFAULT_CACHE_HOURS, minimum=0.01),
         reviewers=tuple(n for n in (p.strip() for p in (env.get("LIPSYNC_REVIEWERS") or "").split(",")) if n),
         oauth=in_space and bool((env.get("OAUTH_CLIENT_ID") or "").strip()),
+        ray=ray_settings_from_env(env) if (env.get(RAY_ADDRESS_ENV) or "").strip() else None,
     )
 
 
@@ -166,12 +172,14 @@ def _within(path: Path, root: Path) -> bool:
 
 
 def _executor(env: Mapping[str, str], *, in_space: bool) -> str:
-    """``LIPSYNC_EXECUTOR`` when set; else ``zerogpu`` on ZeroGPU hardware (``SPACES_ZERO_GPU``
-    true, as the ``spaces`` package reads it); else ``workers`` (``threads`` on a Space or
-    with ``LIPSYNC_ISOLATE=0``)."""
+    """``LIPSYNC_EXECUTOR`` when set; else ``ray`` with ``LIPSYNC_RAY_ADDRESS``; else ``zerogpu``
+    on ZeroGPU hardware (``SPACES_ZERO_GPU`` true, as the ``spaces`` package reads it); else
+    ``workers`` (``threads`` on a Space or with ``LIPSYNC_ISOLATE=0``)."""
     from jobs.executors import EXECUTORS
 
     name = (env.get("LIPSYNC_EXECUTOR") or "").strip().lower()
+    if not name and (env.get(RAY_ADDRESS_ENV) or "").strip():
+        return "ray"
     if not name:
         if on_zero_gpu(env):
             return "zerogpu"
@@ -197,3 +205,72 @@ def _flag(env: Mapping[str, str], name: str, *, default: bool) -> bool:
     if raw in ("0", "false", "no", "off"):
         return False
     raise SettingsError(f"{name} must be 1/true/yes/on or 0/false/no/off, got {env.get(name)!r}")
+
+
+@dataclass(frozen=True)
+class RaySettings:
+    """How the ``ray`` executor reaches its cluster and sizes its Serve deployments
+    (``jobs/ray_serve.py``); every field has its LIPSYNC_RAY_* variable (README, "Scale out")."""
+
+    address: str  # "auto", "host:port" of the head's GCS, or "ray://host:10001"
+    retries: int = 1  # re-runs of a job whose node was lost
+    fallback: str = "none"  # "local": run jobs here when the cluster is unreachable at start
+    shared_dir: Path | None = None  # a folder every node mounts: files travel as paths, not bytes
+    max_ongoing: int = 2  # jobs one generation replica runs at once
+    min_replicas: int = 1
+    max_replicas: int = 4
+    target_ongoing: float = 1.0  # the autoscaler's target of ongoing jobs per replica
+    gpus: float | None = None  # GPUs per replica that holds a model; None: 1 where the cluster has GPUs
+    cpus: float = 1.0  # CPUs per generation replica (decode, track, blend, encode)
+    batch: bool = True  # the generator's forward passes in their own batched deployment
+    batch_size: int = 64  # frames per batched forward (several jobs' frames together)
+    batch_wait_s: float = 0.02  # how long a batch waits to fill
+    forward_replicas: int | None = None  # model copies (Forward replicas); None: one per GPU
+    deploy: bool = True  # deploy the Serve application at start (False: one deployed already, e.g. KubeRay)
+    app_name: str = "lipsync"
+    events_dir: Path | None = None  # replicas append their job events (start, cancel clean-up) here
+
+    @property
+    def replicas(self) -> dict[str, float]:
+        """Serve's ``autoscaling_config``."""
+        return {"min_replicas": self.min_replicas, "max_replicas": self.max_replicas,
+                "target_ongoing_requests": self.target_ongoing}
+
+
+def ray_settings_from_env(env: Mapping[str, str] | None = None) -> RaySettings:
+    """RaySettings from ``env`` (default ``os.environ``); SettingsError names a bad value."""
+    env = os.environ if env is None else env
+    address = (env.get(RAY_ADDRESS_ENV) or "").strip()
+    if not address:
+        raise SettingsError(f"{RAY_ADDRESS_ENV} is not set: give 'auto' or the head's address")
+    fallback = (env.get("LIPSYNC_RAY_FALLBACK") or "none").strip().lower()
+    if fallback not in RAY_FALLBACKS:
+        raise SettingsError(f"LIPSYNC_RAY_FALLBACK={fallback!r}: choose one of {', '.join(RAY_FALLBACKS)}")
+    gpus = (env.get("LIPSYNC_RAY_GPUS") or "").strip()
+    lo = int(setting_number(env, "LIPSYNC_RAY_MIN_REPLICAS", 1, cast=int, minimum=0))
+    hi = int(setting_number(env, "LIPSYNC_RAY_MAX_REPLICAS", max(4, lo), cast=int))
+    if hi < max(lo, 1):
+        raise SettingsError(f"LIPSYNC_RAY_MAX_REPLICAS={hi} is below LIPSYNC_RAY_MIN_REPLICAS={lo} (or 1)")
+    return RaySettings(
+        address=address,
+        retries=int(setting_number(env, "LIPSYNC_RAY_RETRIES", 1, cast=int, minimum=0)),
+        fallback=fallback,
+        shared_dir=_path(env, "LIPSYNC_SHARED_DIR"),
+        max_ongoing=int(setting_number(env, "LIPSYNC_RAY_MAX_ONGOING", 2, cast=int)),
+        min_replicas=lo, max_replicas=hi,
+        target_ongoing=setting_number(env, "LIPSYNC_RAY_TARGET_ONGOING", 1.0, minimum=0.01),
+        gpus=setting_number(env, "LIPSYNC_RAY_GPUS", 0.0, minimum=0) if gpus else None,
+        cpus=setting_number(env, "LIPSYNC_RAY_CPUS", 1.0, minimum=0),
+        batch=_flag(env, "LIPSYNC_RAY_BATCH", default=True),
+        batch_size=int(setting_number(env, "LIPSYNC_RAY_BATCH_SIZE", 64, cast=int)),
+        batch_wait_s=setting_number(env, "LIPSYNC_RAY_BATCH_WAIT_S", 0.02, minimum=0),
+        forward_replicas=int(setting_number(env, "LIPSYNC_RAY_FORWARD_REPLICAS", 0, cast=int, minimum=0)) or None,
+        deploy=_flag(env, "LIPSYNC_RAY_DEPLOY", default=True),
+        app_name=(env.get("LIPSYNC_RAY_APP") or "lipsync").strip(),
+        events_dir=_path(env, "LIPSYNC_RAY_EVENTS_DIR"),
+    )
+
+
+def _path(env: Mapping[str, str], name: str) -> Path | None:
+    raw = (env.get(name) or "").strip()
+    return Path(raw) if raw else None

@@ -12,6 +12,7 @@ import os
 from dataclasses import dataclass, replace
 from typing import Any
 
+from pipeline.generators.base import ForwardFn
 from pipeline.options import RunOptions, RunResult
 from pipeline.run import CancelFn, ProgressFn, run
 
@@ -93,11 +94,12 @@ def warm_up() -> None:
 
 
 def generate(job: GenerationJob, *, progress: ProgressFn | None = None,
-             cancel: CancelFn | None = None) -> tuple[RunResult, Any]:
-    """``run`` the job and, if ``job.score``, its Scores: (RunResult, Scores or None)."""
+             cancel: CancelFn | None = None, forward: ForwardFn | None = None) -> tuple[RunResult, Any]:
+    """``run`` the job and, if ``job.score``, its Scores: (RunResult, Scores or None).
+    ``forward`` runs the generator's model steps elsewhere (``pipeline.run.run``)."""
     result = run(job.video, job.audio, job.output, options=job.options, progress=progress,
                  cancel=cancel, side_by_side=job.side_by_side,
-                 keep=scored_frames if job.score else None)
+                 keep=scored_frames if job.score else None, forward=forward)
     scores = None
     if job.score:
         if progress is not None:

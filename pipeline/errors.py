@@ -48,6 +48,14 @@ class WorkerDied(LipSyncError):
     """The worker process running the job died (a crash in native code, a kill)."""
 
 
+class NodeLost(WorkerDied):
+    """The cluster node (or its replica) running the job died or became unreachable."""
+
+
+class ClusterUnavailable(LipSyncError):
+    """The cluster that runs generation cannot be reached; jobs are refused until it can."""
+
+
 class InputMissing(LipSyncError, ValueError):
     """A required input (video, audio, job id) was not given."""
 

@@ -155,10 +155,13 @@ class RunResult:
     # the source frame each output frame shows (int64 numpy array, frame_plan of options.loop),
     # for scoring: the original's face of output frame i is that of source frame plan[i]
     plan: Any = field(default=None, repr=False, compare=False)
+    # where the run ran when not in this process (an executor's node: its id, address and
+    # device facts), for the job record; None here
+    host: dict[str, Any] | None = field(default=None, repr=False, compare=False)
 
     def to_dict(self) -> dict[str, Any]:
         d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
-             if f.name not in ("track", "originals", "speech", "started_wall", "plan")}
+             if f.name not in ("track", "originals", "speech", "started_wall", "plan", "host")}
         d["timings"] = {k: round(v, 4) for k, v in self.timings.items()}
         d["stage_offsets"] = {k: round(v, 4) for k, v in self.stage_offsets.items()}
         return d

@@ -36,7 +36,7 @@ import numpy as np
 from pipeline.device import configure_opencv_threads, gpu_lock, peak_rss_mb
 from pipeline.errors import JobCancelled, JobTimeout, JobTooSlow
 from pipeline.faces.tracking import Track, track_video
-from pipeline.generators.base import Generator, GeneratorJob
+from pipeline.generators.base import ForwardFn, Generator, GeneratorJob
 from pipeline.generators.registry import select_generator
 from pipeline.media import audio as audio_mod
 from pipeline.media.background import BackgroundWriter, Prefetch, in_background
@@ -92,6 +92,7 @@ def run(
     cancel: CancelFn | None = None,
     side_by_side: str | os.PathLike[str] | None = None,
     keep: Collection[int] | Callable[[int], Collection[int]] | None = None,
+    forward: ForwardFn | None = None,
 ) -> RunResult:
     """Lip-sync ``video`` (or a still photo) to ``audio`` and write an MP4 to ``output``.
 
@@ -104,12 +105,14 @@ def run(
     track's length, ``plan.max() + 1``) once that is known, and returns the indices.
     An exception leaving this function carries the partial stage timings as
     ``exc.timings = {"seconds": {...}, "offsets": {...}}`` for the job record.
+    ``forward`` runs the generator's model steps (default: here; see
+    ``pipeline.generators.base.ForwardFn``), e.g. on a model server shared by several jobs.
     """
     clock = StageClock()
     configure_opencv_threads()
     try:
         return _run(video, audio, output, options=options or RunOptions(), progress=progress,
-                    cancel=cancel, side_by_side=side_by_side, keep=keep, clock=clock)
+                    cancel=cancel, side_by_side=side_by_side, keep=keep, clock=clock, forward=forward)
     except BaseException as exc:
         exc.timings = {"seconds": dict(clock.seconds), "offsets": dict(clock.offsets)}
         raise
@@ -119,7 +122,7 @@ def _run(video: str | os.PathLike[str], audio: str | os.PathLike[str],
          output: str | os.PathLike[str], *, options: RunOptions, progress: ProgressFn | None,
          cancel: CancelFn | None, side_by_side: str | os.PathLike[str] | None,
          keep: Collection[int] | Callable[[int], Collection[int]] | None,
-         clock: StageClock) -> RunResult:
+         clock: StageClock, forward: ForwardFn | None = None) -> RunResult:
     deadline = clock.t0 + options.timeout_s if options.timeout_s else None
     report = progress or (lambda stage, fraction: None)
 
@@ -145,7 +148,7 @@ def _run(video: str | os.PathLike[str], audio: str | os.PathLike[str],
     try:
         return _job(video, audio, output, vinfo=vinfo, ainfo=ainfo, fps=fps, decoded=decoded,
                     options=options, report=report, check=check, side_by_side=side_by_side, keep=keep,
-                    clock=clock)
+                    clock=clock, forward=forward)
     finally:
         decoded.close()
 
@@ -154,7 +157,8 @@ def _job(video: str | os.PathLike[str], audio: str | os.PathLike[str], output: s
          vinfo: MediaInfo, ainfo: MediaInfo, fps: float, decoded: Iterator[np.ndarray],
          options: RunOptions, report: ProgressFn, check: Callable[[str, float], None],
          side_by_side: str | os.PathLike[str] | None,
-         keep: Collection[int] | Callable[[int], Collection[int]] | None, clock: StageClock) -> RunResult:
+         keep: Collection[int] | Callable[[int], Collection[int]] | None, clock: StageClock,
+         forward: ForwardFn | None = None) -> RunResult:
     check("audio", 0.02)
     # The speech decodes (an ffmpeg process) while this thread starts the encoders (their
     # start-up overlaps with everything before the first frame: they need only the size,
@@ -191,15 +195,10 @@ def _job(video: str | os.PathLike[str], audio: str | os.PathLike[str], output: s
                                         on_frame=lambda f: check("track", _P_AUDIO + (_P_TRACK - _P_AUDIO) * f))
 
             originals: dict[int, YuvFrame] = {}
-            if callable(keep):
-                keep = keep(int(plan.max()) + 1)
-            wanted = {int(i) for i in keep or () if 0 <= int(i) < min(n_source, n_out) and plan[int(i)] == int(i)}
-            if len(wanted) * 1.5 * (width + 1) * (height + 1) > KEEP_BUDGET_BYTES:
-                log.info("not keeping %d original frames for scoring: over the memory budget", len(wanted))
-                wanted = set()
+            wanted = _kept_indices(keep, plan, n_source, (width, height))
             gen_job = _render(decoded, encoders, audio=audio, vinfo=vinfo, options=options, generator=generator,
                               track=track, mels=mels.result(), plan=plan, fps=fps, workdir=workdir, clock=clock,
-                              check=check, keep=(wanted, originals))
+                              check=check, keep=(wanted, originals), forward=forward)
         for frames, target in zip(encoders, (output, side_by_side)):
             Path(target).parent.mkdir(parents=True, exist_ok=True)
             shutil.move(frames.path, os.fspath(target))
@@ -277,6 +276,19 @@ def _encoder(path: Path, sides: int, *, options: RunOptions, fps: float, size: t
                        encoder=encoder, pix_fmt="yuv420p")
 
 
+def _kept_indices(keep: Collection[int] | Callable[[int], Collection[int]] | None, plan: np.ndarray,
+                  n_source: int, size: tuple[int, int]) -> set[int]:
+    """The output indices whose original frames the run hands back for scoring: those of
+    ``keep`` (or ``keep(n_tracked)``) that show their own source frame, none over the budget."""
+    if callable(keep):
+        keep = keep(int(plan.max()) + 1)
+    wanted = {int(i) for i in keep or () if 0 <= int(i) < min(n_source, len(plan)) and plan[int(i)] == int(i)}
+    if len(wanted) * 1.5 * (size[0] + 1) * (size[1] + 1) > KEEP_BUDGET_BYTES:
+        log.info("not keeping %d original frames for scoring: over the memory budget", len(wanted))
+        return set()
+    return wanted
+
+
 def _frames_without_face(track: Track | None, plan: np.ndarray) -> int:
     if track is None:
         return 0
@@ -286,12 +298,15 @@ def _frames_without_face(track: Track | None, plan: np.ndarray) -> int:
 def _render(decoded: Iterator[np.ndarray], encoders: list[FrameWriter], *, audio: str | os.PathLike[str],
             vinfo: MediaInfo, options: RunOptions, generator: Generator, track: Track | None,
             mels: np.ndarray, plan: np.ndarray, fps: float, workdir: Path, clock: StageClock,
-            check: Callable[[str, float], None], keep: tuple[set[int], dict[int, YuvFrame]]) -> GeneratorJob:
+            check: Callable[[str, float], None], keep: tuple[set[int], dict[int, YuvFrame]],
+            forward: ForwardFn | None = None) -> GeneratorJob:
     """Stream frames through the generator, the blend and the encoders (the output's and,
     when there are two, the review video's); returns the generator's job (its facts)."""
     width, height = vinfo.video.display_size
     extra = {"audio": audio} if generator.needs_audio else {}  # a generator that decodes the speech its own way
     job = generator.new_job(fps=fps, width=width, height=height, **extra)
+    if forward is not None:
+        job.forward_fn = forward
     batch_size = options.batch_size or generator.default_batch_size
     depth = max(STREAM_DEPTH, batch_size)
     frames_iter = Prefetch(plan_frames(decoded, vinfo, plan, workdir), depth=depth, name="plan")

@@ -36,6 +36,8 @@ TITLES = {
     "JobTimeout": "Time limit reached",
     "JobTooSlow": "Would exceed the time limit",
     "WorkerDied": "Generation worker crashed",
+    "NodeLost": "Generation node lost",
+    "ClusterUnavailable": "Generation cluster unreachable",
     "JobNotFound": "Unknown job",
     "InvalidJobId": "Not a job id",
     "SuiteError": "Invalid suite",

@@ -1,8 +1,9 @@
 """The FastAPI app the Gradio UI is mounted on (:func:`create_app`): /healthz, /readyz, /metrics.
 
 - ``/healthz``: the process answers (always 200 while it serves).
-- ``/readyz``: 200 when a generator and a face tracker resolve and the job database takes
-  a write transaction; 503 with the failing check otherwise.
+- ``/readyz``: 200 when a generator and a face tracker resolve, the job database takes
+  a write transaction and the executor can run jobs (a Ray cluster is reachable); 503 with
+  the failing check otherwise.
 - ``/metrics``: Prometheus text format through ``prometheus_client`` (a collector read at
   each scrape): jobs by status, stage duration histograms from the recorded stages, Gradio
   queue depth and running events, GPU memory (nvidia-smi: the server never touches CUDA).
@@ -78,6 +79,12 @@ def readiness(ctx: AppContext) -> dict[str, Any]:
                     exc_info=True)
         checks["database"] = {"ok": False, "detail": "the job database or its folder cannot be written: "
                               f"{type(exc).__name__}: {without_paths(str(exc))}"}
+    if ctx.executor is not None:
+        try:
+            ok, detail = ctx.executor.health()
+        except Exception as exc:  # noqa: BLE001 - a readiness probe reports, never raises
+            ok, detail = False, f"{type(exc).__name__}: {exc}"
+        checks["executor"] = {"ok": ok, "detail": without_paths(detail)}
     return {"ready": all(c["ok"] for c in checks.values()), "checks": checks}
 
 

@@ -6,13 +6,20 @@ consecutive batches of one job's frames, in order, and returns one
 :class:`~pipeline.generators.blend.Patch` (or None: leave the frame as it is) per frame.
 The generators themselves live beside this module (``passthrough``, ``baseline``,
 ``wav2lip/``); :mod:`pipeline.generators.registry` names and builds them.
+
+A generator whose model step is a pure function of per-frame inputs (``baseline``'s mouth
+render, ``wav2lip``'s network) exposes it as :meth:`Generator.forward`, and its jobs call it
+through their ``forward_fn`` (:data:`ForwardFn`). By default that runs it here
+(:func:`local_forward`); an executor may inject another, e.g. one that sends the items to a
+shared batched model server where the frames of several jobs go through one model copy
+(``jobs/ray_serve.py``). The items and outputs must then survive a pickle.
 """
 
 from __future__ import annotations
 
 import logging
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -29,8 +36,21 @@ Frames = Sequence[Any] | np.ndarray  # B frames: (B, H, W, 3) uint8, or B frames
 DEFAULT_BATCH = 32  # frames per call when a generator names no size of its own
 
 
+def local_forward(generator: Generator, items: Sequence[Any]) -> list[Any]:
+    """``generator.forward(items)`` in this process: the default :data:`ForwardFn`."""
+    return generator.forward(items)
+
+
+# (generator, per-frame items) -> one output per item, in order, computed wherever the
+# generator's model lives; it may raise what the model raises
+ForwardFn = Callable[["Generator", Sequence[Any]], list[Any]]
+
+
 class GeneratorJob(ABC):
-    """Per-job state of a generator; ``process`` is called on consecutive batches."""
+    """Per-job state of a generator; ``process`` is called on consecutive batches. Model
+    steps go through ``forward_fn`` (set by the run loop when an executor gives one)."""
+
+    forward_fn: ForwardFn = staticmethod(local_forward)
 
     @abstractmethod
     def process(self, frames: Frames, mels: np.ndarray,
@@ -63,6 +83,17 @@ class Generator(ABC):
     needs_mels: bool = True  # False: ``process`` ignores its mels (given zeros, never computed)
     needs_audio: bool = False  # True: ``new_job`` also receives ``audio=`` the speech file's path
     default_batch_size: int = DEFAULT_BATCH
+
+    def forward(self, items: Sequence[Any]) -> list[Any]:
+        """The model step on per-frame items (as this generator's jobs make them) -> one
+        output per item, in order. Pure (no per-job state): items of several jobs may be
+        run together. Generators without one never call it."""
+        raise NotImplementedError(f"the {self.name} generator has no batched forward")
+
+    def spec(self) -> dict[str, Any]:
+        """Keyword arguments that rebuild an equivalent generator for :meth:`forward` in
+        another process: ``registry.get_generator(self.name, **spec)``."""
+        return {}
 
     @abstractmethod
     def new_job(self, *, fps: float, width: int, height: int) -> GeneratorJob:

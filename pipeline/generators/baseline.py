@@ -8,6 +8,7 @@ import logging
 import math
 from collections import deque
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
@@ -15,7 +16,7 @@ from pipeline.errors import WeightsUnavailable
 from pipeline.faces.types import Face, FaceTracker, lerp_faces
 from pipeline.generators.base import Frames, Generator, GeneratorJob, check_batch
 from pipeline.generators.blend import Patch
-from pipeline.generators.mouth import render_mouth
+from pipeline.generators.mouth import MouthGeometry, draw_mouth, mouth_geometry
 from pipeline.media.audio import MAX_ABS_VALUE, MEL_FPS, MEL_STEP, MIN_LEVEL_DB
 
 log = logging.getLogger(__name__)
@@ -112,10 +113,18 @@ class BaselineJob(GeneratorJob):
         check_batch(frames, mels, faces)
         opening = self.driver.run(mel_level_db(mels, self.fps))  # (B,)
         self.openings.extend(float(v) for v in opening)
-        patches: list[Patch | None] = []
-        for frame, face, amount in zip(frames, self._fitted(frames, faces), opening):
-            mouth = None if face is None else face.mouth
-            patches.append(None if mouth is None else render_mouth(frame, mouth, float(amount)))
+        patches: list[Patch | None] = [None] * len(faces)
+        todo: list[int] = []
+        items: list[tuple[np.ndarray, MouthGeometry]] = []  # the forward's input: the box's pixels and the geometry
+        for i, (frame, face, amount) in enumerate(zip(frames, self._fitted(frames, faces), opening)):
+            g = None if face is None or face.mouth is None else mouth_geometry(frame.shape, face.mouth, float(amount))
+            if g is not None:
+                x1, y1, x2, y2 = g.box
+                todo.append(i)
+                items.append((frame[y1:y2, x1:x2], g))
+        if items:
+            for i, patch in zip(todo, self.forward_fn(self.gen, items)):
+                patches[i] = patch
         self.done += len(faces)
         return patches
 
@@ -173,6 +182,13 @@ class BaselineGenerator(Generator):
     @property
     def needs_track_landmarks(self) -> bool:  # type: ignore[override]
         return self.landmarker is None  # its landmarker re-fits them on full-resolution frames
+
+    def forward(self, items: Sequence[Any]) -> list[Patch]:
+        """(the frame's BGR pixels in the patch box, MouthGeometry) per mouth -> its Patch."""
+        return [draw_mouth(region, g) for region, g in items]
+
+    def spec(self) -> dict[str, Any]:
+        return {"landmarker": None}  # drawing needs no landmarker: the geometry comes with each item
 
     def new_job(self, *, fps: float, width: int, height: int) -> BaselineJob:
         if fps <= 0:

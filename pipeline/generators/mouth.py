@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import functools
 import math
+from dataclasses import dataclass
 
 import cv2
 import numpy as np
@@ -81,11 +82,28 @@ def _alpha(h: int, w: int, ramp_px: int) -> np.ndarray:
     return alpha
 
 
-def render_mouth(frame: np.ndarray, mouth: Mouth, opening: float) -> Patch | None:
-    """A patch that shows ``mouth`` opened to ``opening`` (0 = closed, 1 = fully open).
+@dataclass(frozen=True, eq=False)
+class MouthGeometry:
+    """Where and how one mouth is drawn: its axes and lip curves in mouth coordinates, the
+    gap to draw and the patch box in pixels. Small and picklable: with the pixels of ``box``
+    it is all :func:`draw_mouth` needs, so the drawing can run in another process."""
 
-    None when the mouth is too small or lies outside the frame.
-    """
+    centre: np.ndarray  # (2,) origin of the mouth's coordinates, px
+    e_u: np.ndarray  # (2,) unit axis along the mouth
+    e_v: np.ndarray  # (2,) unit axis down the face
+    half: float  # half the inner-corner distance, px
+    upper: tuple[np.ndarray, np.ndarray]  # (u, v) samples of the upper inner lip edge
+    lower: tuple[np.ndarray, np.ndarray]  # (u, v) samples of the lower inner lip edge
+    width: float  # mouth width, px
+    chin_v: float  # v of the chin
+    gap: float  # the new inner-lip gap at the mouth's centre, px
+    margin: float  # px around the warped region
+    box: tuple[int, int, int, int]  # x1, y1, x2, y2 of the patch in the frame
+
+
+def mouth_geometry(shape: tuple[int, ...], mouth: Mouth, opening: float) -> MouthGeometry | None:
+    """The geometry of ``mouth`` opened to ``opening`` in a frame of ``shape`` (H, W, ...);
+    None when the mouth is too small or lies outside the frame."""
     centre, e_u, e_v = _frame_axes(mouth)
     to_uv = np.stack([e_u, e_v])  # (2, 2): rows project onto u and v
 
@@ -111,12 +129,33 @@ def render_mouth(frame: np.ndarray, mouth: Mouth, opening: float) -> Patch | Non
                            [-half - margin, chin_v + 0.5 * margin],
                            [half + margin, chin_v + 0.5 * margin]])
     corners = centre + corners_uv @ to_uv  # (4, 2) back to pixels
-    fh, fw = frame.shape[:2]
+    fh, fw = shape[:2]
     x1, y1 = max(0, int(math.floor(corners[:, 0].min()))), max(0, int(math.floor(corners[:, 1].min())))
     x2, y2 = min(fw, int(math.ceil(corners[:, 0].max())) + 1), min(fh, int(math.ceil(corners[:, 1].max())) + 1)
     if x2 - x1 < 4 or y2 - y1 < 4:
         return None
+    return MouthGeometry(centre=centre, e_u=e_u, e_v=e_v, half=half, upper=(upper_u, upper_v),
+                         lower=(lower_u, lower_v), width=width, chin_v=chin_v, gap=gap, margin=margin,
+                         box=(x1, y1, x2, y2))
 
+
+def render_mouth(frame: np.ndarray, mouth: Mouth, opening: float) -> Patch | None:
+    """A patch that shows ``mouth`` opened to ``opening`` (0 = closed, 1 = fully open).
+
+    None when the mouth is too small or lies outside the frame.
+    """
+    g = mouth_geometry(frame.shape, mouth, opening)
+    if g is None:
+        return None
+    x1, y1, x2, y2 = g.box
+    return draw_mouth(frame[y1:y2, x1:x2], g)
+
+
+def draw_mouth(region: np.ndarray, g: MouthGeometry) -> Patch:
+    """The patch for ``g`` from ``region``: the frame's BGR pixels inside ``g.box``."""
+    centre, e_u, e_v, half, width, chin_v, gap = g.centre, g.e_u, g.e_v, g.half, g.width, g.chin_v, g.gap
+    (upper_u, upper_v), (lower_u, lower_v) = g.upper, g.lower
+    x1, y1, x2, y2 = g.box
     ys, xs = np.mgrid[y1:y2, x1:x2].astype(np.float32)  # (h, w) pixel centres
     rel_x, rel_y = xs - np.float32(centre[0]), ys - np.float32(centre[1])
     u = rel_x * np.float32(e_u[0]) + rel_y * np.float32(e_u[1])  # (h, w)
@@ -143,14 +182,14 @@ def render_mouth(frame: np.ndarray, mouth: Mouth, opening: float) -> Patch | Non
     shift = np.where(v >= top, (g_o - g_t) * (1.0 - t), 0.0).astype(np.float32)
     map_x = xs + shift * np.float32(e_v[0]) - np.float32(x1)
     map_y = ys + shift * np.float32(e_v[1]) - np.float32(y1)
-    image = cv2.remap(frame[y1:y2, x1:x2], map_x, map_y, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+    image = cv2.remap(region, map_x, map_y, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
 
     # anti-aliased coverage of the new gap: one-pixel ramps at its upper and lower edges
     cover = np.clip(v - y_u + 0.5, 0.0, 1.0) * np.clip(top - v + 0.5, 0.0, 1.0) * (g_t > 0.25)  # (h, w)
     if gap >= 0.5:
         _paint_inside(image, cover, u=u, v=v, y_u=y_u, g_t=g_t, lens=lens_t.astype(np.float32)[idx], half=half)
 
-    alpha = _alpha(y2 - y1, x2 - x1, max(1, round(0.8 * margin)))
+    alpha = _alpha(y2 - y1, x2 - x1, max(1, round(0.8 * g.margin)))
     return Patch(box=(x1, y1, x2, y2), image=np.ascontiguousarray(image), alpha=alpha)
 
 

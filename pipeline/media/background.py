@@ -9,6 +9,7 @@ bounded, so memory stays constant whatever the video's length.
 
 from __future__ import annotations
 
+import contextvars
 import logging
 import queue
 import threading
@@ -32,8 +33,7 @@ class Prefetch:
         self._queue: queue.Queue[Any] = queue.Queue(maxsize=max(1, depth))
         self._stop = threading.Event()
         self._error: BaseException | None = None
-        self._thread = threading.Thread(target=self._work, name=name, daemon=True)
-        self._thread.start()
+        self._thread = _thread(self._work, name)
 
     def _put(self, item: Any) -> bool:
         while not self._stop.is_set():
@@ -92,8 +92,7 @@ class BackgroundWriter:
         self._queue: queue.Queue[Any] = queue.Queue(maxsize=max(1, depth))
         self._error: BaseException | None = None
         self._aborted = threading.Event()
-        self._thread = threading.Thread(target=self._work, name=name, daemon=True)
-        self._thread.start()
+        self._thread = _thread(self._work, name)
 
     def _work(self) -> None:
         while True:
@@ -150,5 +149,13 @@ def in_background(fn: Callable[..., Any], *args: Any, name: str = "background") 
         except BaseException as exc:  # noqa: BLE001 - re-raised by job.result() in the caller
             job.set_exception(exc)
 
-    threading.Thread(target=work, name=name, daemon=True).start()
+    _thread(work, name)
     return job
+
+
+def _thread(target: Callable[[], None], name: str) -> threading.Thread:
+    """A started daemon thread running ``target`` in a copy of the caller's context, so
+    what the job set there (``pipeline.media.ffmpeg.ProcessScope``) holds in it too."""
+    thread = threading.Thread(target=contextvars.copy_context().run, args=(target,), name=name, daemon=True)
+    thread.start()
+    return thread

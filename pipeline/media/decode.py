@@ -24,7 +24,7 @@ import numpy as np
 from pipeline.device import decode_threads
 from pipeline.media import libav
 from pipeline.errors import FFmpegError, InvalidMedia
-from pipeline.media.ffmpeg import PIX_FMTS, base_cmd, grow_pipe, input_args, rate_str, run_ffmpeg, stderr_tail
+from pipeline.media.ffmpeg import PIX_FMTS, base_cmd, grow_pipe, input_args, popen, rate_str, run_ffmpeg, stderr_tail
 from pipeline.media.probe import MediaInfo, probe, require_stream
 from pipeline.media.yuv import YuvFrame
 
@@ -166,7 +166,7 @@ def pipe_frames(cmd: list[str], w: int, h: int, path: str, *,
     nbytes = int(np.prod(shape))
     log.debug("decode: %s", " ".join(cmd))
     with tempfile.TemporaryFile() as err:
-        proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=err, bufsize=0)
+        proc = popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=err, bufsize=0)
         grow_pipe(proc.stdout)
         count = 0
         try:

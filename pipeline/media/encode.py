@@ -18,7 +18,7 @@ from typing import IO
 import numpy as np
 
 from pipeline.errors import FFmpegError
-from pipeline.media.ffmpeg import PIX_FMTS, base_cmd, grow_pipe, input_args, rate_str, stderr_tail
+from pipeline.media.ffmpeg import PIX_FMTS, base_cmd, grow_pipe, input_args, popen, rate_str, stderr_tail
 
 log = logging.getLogger(__name__)
 
@@ -80,7 +80,7 @@ class FrameWriter:
         cmd += ["-movflags", "+faststart", self.path]
         log.debug("encode: %s", " ".join(cmd))
         self._err = tempfile.TemporaryFile()
-        self._proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=self._err)
+        self._proc = popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=self._err)
         grow_pipe(self._proc.stdin)
 
     @property

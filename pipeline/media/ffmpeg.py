@@ -10,14 +10,17 @@ so a crafted playlist or concat file cannot make ffmpeg read other files or the 
 
 from __future__ import annotations
 
+import contextvars
 import functools
 import logging
 import os
 import shutil
+import signal
 import subprocess
+import threading
 from collections.abc import Sequence
 from fractions import Fraction
-from typing import IO
+from typing import IO, Any
 
 from pipeline.errors import FFmpegError
 
@@ -124,3 +127,57 @@ def stderr_tail(err: IO[bytes], path: str | None = None) -> str:
     if path:
         text = text.replace(path, os.path.basename(path))
     return text[-STDERR_TAIL:].strip()
+
+
+class ProcessScope:
+    """The long-running ffmpeg processes (decoders, encoders) one job starts while this scope
+    is entered, each in a process group of its own, so that whoever runs the job (an
+    executor's replica) can kill them all at once with :meth:`kill`, whatever thread the job
+    is blocked in. Entered in the job's thread; the pipeline's background threads inherit it
+    (``pipeline.media.background`` copies the context)."""
+
+    def __init__(self) -> None:
+        self._procs: list[subprocess.Popen[bytes]] = []
+        self._lock = threading.Lock()
+        self._token: contextvars.Token[ProcessScope | None] | None = None
+
+    def __enter__(self) -> ProcessScope:
+        self._token = _scope.set(self)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._token is not None:
+            _scope.reset(self._token)
+
+    def add(self, proc: subprocess.Popen[bytes]) -> None:
+        with self._lock:
+            self._procs.append(proc)
+
+    def kill(self) -> list[int]:
+        """SIGKILL the process group of every process of the scope still running; their pids."""
+        killed = []
+        with self._lock:
+            procs = list(self._procs)
+        for proc in procs:
+            if proc.poll() is None:
+                try:
+                    os.killpg(proc.pid, signal.SIGKILL)
+                    killed.append(proc.pid)
+                except (ProcessLookupError, PermissionError):
+                    pass  # already gone
+        return killed
+
+
+_scope: contextvars.ContextVar[ProcessScope | None] = contextvars.ContextVar("ffmpeg_scope", default=None)
+
+
+def popen(cmd: Sequence[str], **kw: Any) -> subprocess.Popen[bytes]:
+    """``subprocess.Popen(cmd, **kw)`` for a long-running ffmpeg; inside a :class:`ProcessScope`
+    the process leads a process group of its own and is registered with the scope."""
+    scope = _scope.get()
+    if scope is not None:
+        kw["start_new_session"] = True
+    proc = subprocess.Popen(list(cmd), **kw)
+    if scope is not None:
+        scope.add(proc)
+    return proc

@@ -29,7 +29,7 @@ import torch
 
 from pipeline.generators.blend import Patch, feather_mask
 from pipeline.device import choose_device, choose_dtype, configure_cpu_threads, configure_malloc, gpu_lock
-from pipeline.generators.base import Generator, GeneratorJob
+from pipeline.generators.base import Generator, GeneratorJob, local_forward
 from pipeline.generators.wav2lip.model import IMG_SIZE, Wav2Lip, load_wav2lip
 from pipeline.media.audio import MEL_BINS, MEL_STEP
 from pipeline.options import DEFAULT_PADS
@@ -192,8 +192,11 @@ class Wav2LipJob(GeneratorJob):
         crops = [frames[i][y1:y2, x1:x2] for i, (x1, y1, x2, y2) in todo]
         face_in = prepare_faces(crops)  # (n, 96, 96, 6)
         mel_in = np.asarray(mels, np.float32)[[i for i, _ in todo]]  # (n, 80, 16)
-        preds, self.batch_size = forward_batches(self.gen.model, face_in, mel_in, batch_size=self.batch_size,
-                                                 device=self.gen.device, dtype=self.gen.dtype)
+        if self.forward_fn is local_forward:  # here: the batch size shrinks for the job after an OOM
+            preds, self.batch_size = forward_batches(self.gen.model, face_in, mel_in, batch_size=self.batch_size,
+                                                     device=self.gen.device, dtype=self.gen.dtype)
+        else:  # elsewhere (a shared model server): (face, mel) per frame in, a prediction per frame out
+            preds = self.forward_fn(self.gen, list(zip(face_in, mel_in)))
         for (i, box), pred in zip(todo, preds):
             patches[i] = to_patch(pred, box)
         return patches
@@ -226,6 +229,17 @@ class Wav2LipGenerator(Generator):
     def checkpoint_info(self) -> dict[str, str]:
         """Which file produced the video: {"path", "sha256", "source"}."""
         return {"path": self.weights.path, "sha256": self.weights.sha256, "source": self.weights.source}
+
+    def forward(self, items: Sequence[Any]) -> list[np.ndarray]:
+        """((96, 96, 6) uint8 face input, (80, 16) mel) per frame -> its (96, 96, 3) uint8 prediction."""
+        faces = np.stack([face for face, _ in items])  # (N, 96, 96, 6)
+        mels = np.stack([np.asarray(mel, np.float32) for _, mel in items])  # (N, 80, 16)
+        preds, _ = forward_batches(self.model, faces, mels, batch_size=self.default_batch_size,
+                                   device=self.device, dtype=self.dtype)
+        return list(preds)
+
+    def spec(self) -> dict[str, Any]:
+        return {"checkpoint": self.weights.path, "pads": self.pads}
 
     def new_job(self, *, fps: float, width: int, height: int) -> Wav2LipJob:
         return Wav2LipJob(self)
