@@ -172,8 +172,10 @@ class JobStore:
                 for role, spec in inputs.items()]
         now = self.now()
         pid, create_time, host = self_owner()
-        if self._heartbeat is None:
-            self.keep_alive()  # this process now owns a job: its lease must be renewed
+        if self._heartbeat is None and self._shared is None:
+            # this process now owns a job: its lease must be renewed. Not for a Database handed
+            # in (a test's in-memory one): its one connection belongs to the thread that made it
+            self.keep_alive()
         with self.transaction() as db:
             job_id = new_job_id(now)
             while db.execute("SELECT 1 FROM jobs WHERE id = ?", [job_id]).fetchone():
