@@ -38,7 +38,7 @@ from ray.serve.exceptions import RequestCancelledError
 from jobs.executors import CancelFn, Executor, ProgressFn, make_executor
 from jobs.ray_payload import FileBlob, JobPayload, JobReply
 from jobs.settings import RaySettings, ray_settings_from_env
-from jobs.work import GenerationJob, safe_scores
+from jobs.work import GenerationJob, score_here
 from pipeline.errors import ClusterUnavailable, JobCancelled, JobTimeout, NodeLost
 from pipeline.options import RunResult
 
@@ -189,14 +189,7 @@ class RayExecutor(Executor):
                 if blob.path is not None:
                     Path(blob.path).unlink(missing_ok=True)
         host = {**reply.host, "executor": self.name, "received_sha256": reply.received}
-        result = replace(reply.result, output_path=job.output, host=host)
-        scores = None
-        if job.score:
-            if progress is not None:
-                progress("score", 0.99)
-            scores = safe_scores(job.video, job.audio, result)
-            result = replace(result, track=None)
-        return result, scores
+        return score_here(job, replace(reply.result, output_path=job.output, host=host), progress)
 
     def _call(self, payload: JobPayload, cancel: CancelFn | None, timeout_s: float | None) -> JobReply:
         """One Serve call, awaited on the executor's loop; this thread watches ``cancel``."""

@@ -20,22 +20,14 @@ from typing import Any
 
 from pipeline.errors import LipSyncError
 from pipeline.options import RunOptions, RunResult
+from pipeline.weights import file_sha256
 
 log = logging.getLogger(__name__)
 
-CHUNK = 1 << 20  # bytes read at a time when hashing
 
 
 class TransferCorrupt(LipSyncError):
     """A file arrived with other bytes than were sent (its sha256 differs)."""
-
-
-def sha256_of(path: str | os.PathLike[str]) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 @dataclass(frozen=True)
@@ -64,7 +56,7 @@ class FileBlob:
             target.parent.mkdir(parents=True)
             shutil.copyfile(path, target)
             path = target
-        return cls(name=name, sha256=sha256_of(path), size=path.stat().st_size, path=os.fspath(path))
+        return cls(name=name, sha256=file_sha256(path), size=path.stat().st_size, path=os.fspath(path))
 
     def save(self, target: str | os.PathLike[str]) -> Path:
         """Write (or move, from a shared path) the file to ``target``; TransferCorrupt unless
@@ -77,7 +69,7 @@ class FileBlob:
             shutil.copyfile(self.path, target)
         else:
             raise TransferCorrupt(f"{self.name}: neither bytes nor a path arrived")
-        got = sha256_of(target)
+        got = file_sha256(target)
         if got != self.sha256:
             raise TransferCorrupt(f"{self.name} arrived corrupted: sha256 {got[:12]} != sent {self.sha256[:12]}")
         return target

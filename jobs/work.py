@@ -100,15 +100,21 @@ def generate(job: GenerationJob, *, progress: ProgressFn | None = None,
     result = run(job.video, job.audio, job.output, options=job.options, progress=progress,
                  cancel=cancel, side_by_side=job.side_by_side,
                  keep=scored_frames if job.score else None, forward=forward)
-    scores = None
-    if job.score:
-        if progress is not None:
-            progress("score", 0.99)
-        scores = safe_scores(job.video, job.audio, result)
-        # what scoring needed (original frames ~1.4 MB each at 720p, the speech) is done with,
-        # and a worker need not send it back
-        result = replace(result, originals={}, speech=None, plan=None)
-    return result, scores
+    return score_here(job, result, progress)
+
+
+def score_here(job: GenerationJob, result: RunResult,
+               progress: ProgressFn | None = None) -> tuple[RunResult, Any]:
+    """Score a finished run in this process when ``job.score`` (every executor scores where
+    the history is, or beside the run), then drop what only scoring needed: the kept original
+    frames (~1.4 MB each at 720p), the speech and the frame plan, so nothing sends them on.
+    Without scoring the result is returned as it is (a remote run's plan is still to score)."""
+    if not job.score:
+        return result, None
+    if progress is not None:
+        progress("score", 0.99)
+    scores = safe_scores(job.video, job.audio, result)
+    return replace(result, originals={}, speech=None, plan=None), scores
 
 
 def safe_scores(video: str | os.PathLike[str], audio: str | os.PathLike[str],

@@ -44,7 +44,7 @@ from pathlib import Path
 from typing import Any
 
 from jobs.executors import CancelFn, Executor, ProgressFn
-from jobs.work import GenerationJob, generate, safe_scores, sendable_error
+from jobs.work import GenerationJob, generate, score_here, sendable_error
 from pipeline.errors import LipSyncError
 from pipeline.options import RunResult
 
@@ -279,14 +279,8 @@ class ZeroGpuExecutor(Executor):
             raise outcome.error
         if outcome.result is None:
             raise GpuWindowError("the ZeroGPU window returned neither a result nor an error")
-        result = outcome.result
-        self._measure(result)
-        scores = None
-        if job.score:
-            if progress is not None:
-                progress("score", 0.99)
-            scores = safe_scores(job.video, job.audio, result)
-        return replace(result, originals={}, speech=None), scores
+        self._measure(outcome.result)
+        return score_here(job, outcome.result, progress)
 
     def _call_with_relay(self, args: tuple[Any, ...], relay: Relay, progress: ProgressFn | None,
                          cancel: CancelFn | None) -> WindowOutcome:
