@@ -4,56 +4,53 @@ Conventions (DESIGN.md "Metric conventions"): BGR uint8 frames compared as they 
 colour conversion); PSNR = 10 log10(255^2 / MSE) with the MSE in float64 over every pixel
 and channel (identical frames give +inf); SSIM is scikit-image's
 ``structural_similarity`` with the pinned arguments of Wang et al. 2004 (:data:`SSIM_ARGS`),
-averaged over the three channels by skimage itself; a frame of at least ``SSIM_SPLIT_PX``
-pixels is computed as two halves of rows on two threads (skimage's map of each half, from
-the rows its window reaches beyond it: every map value is the whole frame's; only the
-rounding of the mean differs, by under 1e-13), which halves the wall time of the one
-full-frame SSIM that ends a 720p scoring. Both are computed on the full frame and
-on the lower-face crop the generator touches (:func:`lower_face_box`), per frame, then
+averaged over the three channels. It is computed here with OpenCV's separable filters
+(:func:`ssim`: the same 11-tap Gaussian, sigma 1.5, reflected borders as scipy's
+``mode="reflect"``, in float64), which gives skimage's value to within 1e-12
+(tests/test_eval_quality.py compares them) at about a third of its CPU time. Both are
+computed on the full frame and on the lower-face crop the generator touches (:func:`lower_face_box`), per frame, then
 averaged (arithmetic mean; PSNR is averaged in dB) over the sampled frames.
 """
 
 from __future__ import annotations
 
 import math
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import cv2
 import numpy as np
-from skimage.metrics import structural_similarity
 
 from eval.results import QUALITY_METRICS
 
 SSIM_ARGS = {"gaussian_weights": True, "sigma": 1.5, "use_sample_covariance": False,
              "data_range": 255, "channel_axis": -1}
 SSIM_MIN_SIDE = 11  # px: skimage's gaussian window is 2 * int(3.5 * 1.5 + 0.5) + 1 = 11 wide
-SSIM_PAD = SSIM_MIN_SIDE // 2  # 5: each map value depends on this many rows either side; skimage
-# averages the map without this many rows and columns at each edge
-SSIM_SPLIT_PX = 1 << 18  # images this large (a 512x512 frame) are computed as two halves on two threads
+SSIM_PAD = SSIM_MIN_SIDE // 2  # 5: skimage averages the map without this many rows and columns at each edge
+SSIM_SIGMA = SSIM_ARGS["sigma"]
+SSIM_C1 = (0.01 * 255) ** 2  # skimage's K1 = 0.01, K2 = 0.03 with data_range 255
+SSIM_C2 = (0.03 * 255) ** 2
+_SSIM_KERNEL = cv2.getGaussianKernel(SSIM_MIN_SIDE, SSIM_SIGMA, cv2.CV_64F)  # normalised, as scipy's
 SSIM_CONVENTION = ("skimage.metrics.structural_similarity(" + ", ".join(f"{k}={v!r}" for k, v in SSIM_ARGS.items())
-                   + f"); images of {SSIM_SPLIT_PX} px or more by two halves of rows (the same map values; "
-                   "the mean's rounding differs by < 1e-13)")
+                   + "), computed with OpenCV float64 filters (equal to skimage's within 1e-12)")
 PEAK = 255.0  # uint8 data range
-PSNR_BAND_ROWS = 64  # rows summed at a time: 64 x 1280 x 3 bytes of differences at 720p
 FACE_CROP = "lower half of the tracked face box: cols [x1, x2), rows [(y1 + y2) / 2, y2), clipped"
 
 
 def psnr(a: np.ndarray, b: np.ndarray) -> float:
     """PSNR in dB of two equally shaped uint8 images; +inf when they are identical.
 
-    For uint8 images the squared differences are summed exactly as 64-bit integers, over
-    bands of ``PSNR_BAND_ROWS`` rows (small temporaries, no fresh pages to fault in); that
-    exact sum divided by n is bit for bit the float64 mean (whose partial sums of integers
-    below 2^53 are exact too), about 4x faster on a 720p frame.
+    For uint8 images of up to 4 channels the squared differences are summed by OpenCV
+    (``cv2.norm(NORM_L2SQR)``, whose double result is off the integer sum by a few ulps, so
+    rounding gives the exact sum for any frame below ~10^15 / 65025 px), so the sum divided
+    by n is bit for bit the float64 mean; many times faster on a 720p frame than numpy's, and
+    it releases the GIL while it runs.
     """
     if a.shape != b.shape:
         raise ValueError(f"PSNR of differently shaped images {a.shape} and {b.shape}")
     if a.size == 0:
         raise ValueError("PSNR of empty images")
     if a.dtype == b.dtype == np.uint8 and a.ndim in (2, 3) and (a.ndim == 2 or a.shape[2] <= 4):
-        mse = sum(_squared_error(a[r:r + PSNR_BAND_ROWS], b[r:r + PSNR_BAND_ROWS])
-                  for r in range(0, a.shape[0], PSNR_BAND_ROWS)) / a.size
+        mse = round(cv2.norm(a, b, cv2.NORM_L2SQR)) / a.size  # the exact integer sum / n
     else:
         mse = float(np.mean(np.square(a.astype(np.float64) - b.astype(np.float64))))
     if mse == 0.0:
@@ -61,35 +58,49 @@ def psnr(a: np.ndarray, b: np.ndarray) -> float:
     return 10.0 * math.log10(PEAK * PEAK / mse)
 
 
-def _squared_error(a: np.ndarray, b: np.ndarray) -> int:
-    """The exact sum of squared differences of two uint8 arrays."""
-    d = cv2.absdiff(a, b).reshape(-1)  # |a - b|, flat
-    return int(np.einsum("i,i->", d, d, dtype=np.int64))  # integer products and sums: exact
-
-
 def ssim(a: np.ndarray, b: np.ndarray) -> float:
-    """SSIM of two equally shaped (H, W, 3) uint8 images, skimage with :data:`SSIM_ARGS`
-    (by halves on two threads from ``SSIM_SPLIT_PX`` pixels: see the module doc)."""
+    """SSIM of two equally shaped (H, W) or (H, W, C) images: skimage's
+    ``structural_similarity`` with :data:`SSIM_ARGS` (per channel, then the channels' mean),
+    its Gaussian-weighted means and (population) variances from OpenCV filters."""
     if a.shape != b.shape:
         raise ValueError(f"SSIM of differently shaped images {a.shape} and {b.shape}")
-    h, w = a.shape[:2]
-    if a.ndim != 3 or h * w < SSIM_SPLIT_PX or min(h, w) <= 4 * SSIM_PAD:
-        return float(structural_similarity(a, b, **SSIM_ARGS))
-    mid = h // 2
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="ssim-half") as helper:
-        top = helper.submit(_ssim_map_sums, a, b, SSIM_PAD, mid)
-        sums = _ssim_map_sums(a, b, mid, h - SSIM_PAD) + top.result()  # (C,) float64
-    return float(np.mean(sums / ((h - 2 * SSIM_PAD) * (w - 2 * SSIM_PAD))))
+    if min(a.shape[:2]) < SSIM_MIN_SIDE or a.ndim not in (2, 3) or (a.ndim == 3 and a.shape[2] > 4):
+        raise ValueError(f"SSIM needs images of at least {SSIM_MIN_SIDE}x{SSIM_MIN_SIDE} px "
+                         f"with up to 4 channels, got {a.shape}")
+    if a.ndim == 2:
+        return _ssim_mean(a, b)
+    return float(np.mean([_ssim_mean(a[..., c], b[..., c]) for c in range(a.shape[2])]))
 
 
-def _ssim_map_sums(a: np.ndarray, b: np.ndarray, y0: int, y1: int) -> np.ndarray:
-    """Per channel, skimage's SSIM map summed over rows [y0, y1) and the columns skimage
-    averages, from the rows SSIM_PAD beyond them on either side (clipped to the image):
-    every value summed is the one the whole image's map has there."""
-    h, w = a.shape[:2]
-    lo, hi = max(0, y0 - SSIM_PAD), min(h, y1 + SSIM_PAD)
-    _, smap = structural_similarity(a[lo:hi], b[lo:hi], full=True, **SSIM_ARGS)  # (hi - lo, W, C)
-    return smap[y0 - lo:y1 - lo, SSIM_PAD:w - SSIM_PAD].sum(axis=(0, 1), dtype=np.float64)
+def _ssim_mean(a: np.ndarray, b: np.ndarray) -> float:
+    """skimage's mean SSIM of two (H, W) images (one channel at a time: 7 float64 planes)."""
+    x, y = a.astype(np.float64), b.astype(np.float64)
+    ux, uy = _blur(x), _blur(y)
+    xy = _blur(np.multiply(x, y))
+    xx = _blur(np.square(x, out=x))  # x and y are not needed after this
+    yy = _blur(np.square(y, out=y))
+    uxy = np.multiply(ux, uy)
+    ux2, uy2 = np.square(ux, out=ux), np.square(uy, out=uy)
+    xx -= ux2
+    xx += yy
+    xx -= uy2
+    xx += SSIM_C2  # vx + vy + C2
+    ux2 += uy2
+    ux2 += SSIM_C1  # ux^2 + uy^2 + C1
+    xy -= uxy
+    xy *= 2
+    xy += SSIM_C2  # 2 vxy + C2
+    uxy *= 2
+    uxy += SSIM_C1  # 2 ux uy + C1
+    uxy *= xy
+    ux2 *= xx
+    uxy /= ux2  # the SSIM map
+    return float(uxy[SSIM_PAD:-SSIM_PAD, SSIM_PAD:-SSIM_PAD].mean(dtype=np.float64))
+
+
+def _blur(image: np.ndarray) -> np.ndarray:
+    """scipy.ndimage.gaussian_filter(sigma=1.5, truncate=3.5, mode="reflect") per channel."""
+    return cv2.sepFilter2D(image, cv2.CV_64F, _SSIM_KERNEL, _SSIM_KERNEL, borderType=cv2.BORDER_REFLECT)
 
 
 def lower_face_box(box: tuple[float, float, float, float], width: int, height: int

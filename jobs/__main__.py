@@ -14,7 +14,7 @@ from jobs.suite_cli import add_suite_command, cmd_suite
 from pipeline.__main__ import (add_run_arguments, add_weights_command, cli_main, log_progress,
                                options_from_args, print_result)
 from pipeline.errors import LipSyncError
-from storage.db import StorageError
+from storage.errors import StorageError
 
 
 def _cmd_run(args: argparse.Namespace) -> int:

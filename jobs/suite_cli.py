@@ -14,8 +14,10 @@ import json
 import logging
 import os
 import sys
+from typing import TYPE_CHECKING
 
-import pandas as pd
+if TYPE_CHECKING:
+    import pandas as pd  # only for a type: importing it costs a CLI job 0.2 s
 
 log = logging.getLogger(__name__)
 

@@ -7,7 +7,10 @@ seconds the job waited on them, not their total work:
   2. audio     decode the speech to 16 kHz mono (on a thread, while the video's frames are
                counted and the generator loads), then Wav2Lip mel, one 80x16 window per frame
                (on a thread beside tracking; not computed for a generator that reads none)
-  3. track     decode at reduced size, detect and smooth faces (skipped by passthrough)
+  3. track     load the face tracker; then detect and smooth faces on the render's own
+               decoded frames as they stream past (pipeline.faces.live: one frame in 5
+               reduced in this process, a bounded lookahead ahead of the generator; its
+               time there is added to this stage; skipped by passthrough)
   4. decode    full-size frames streamed from ffmpeg
   5. generate  the generator on a batch (the only stage that holds the GPU lane)
   6. blend     feathered paste of generated patches
@@ -35,7 +38,9 @@ import numpy as np
 
 from pipeline.device import configure_opencv_threads, gpu_lock, peak_rss_mb
 from pipeline.errors import JobCancelled, JobTimeout, JobTooSlow
-from pipeline.faces.tracking import Track, track_video
+from pipeline.faces.backends import make_tracker
+from pipeline.faces.live import LiveTrack
+from pipeline.faces.tracking import Track
 from pipeline.generators.base import ForwardFn, Generator, GeneratorJob
 from pipeline.generators.registry import select_generator
 from pipeline.media import audio as audio_mod
@@ -56,8 +61,8 @@ FIRST_BATCH = 8  # the first call takes at most this many: the encoder gets fram
 ProgressFn = Callable[[str, float], None]
 CancelFn = Callable[[], bool]
 
-# Share of the progress bar each phase covers (probe+audio, track, frames).
-_P_AUDIO, _P_TRACK = 0.05, 0.25
+# Share of the progress bar probe, audio and the tracker's load cover (the frames: the rest).
+_P_AUDIO = 0.05
 
 
 class StageClock:
@@ -186,19 +191,23 @@ def _job(video: str | os.PathLike[str], audio: str | os.PathLike[str], output: s
                 wav = None  # only a scorer wants the waveform (up to 38 MB for 600 s): not held through the render
             plan = frame_plan(n_source, n_out, mode=options.loop)
 
-            track: Track | None = None
-            if generator.needs_faces:
+            live: LiveTrack | None = None
+            if generator.needs_faces:  # tracked from the render's own decode, as the frames stream by
                 check("track", _P_AUDIO)
                 with clock.stage("track"):
-                    track = track_video(video, vinfo, options=options, fps=fps, n_track=int(plan.max()) + 1,
-                                        landmarks=generator.needs_track_landmarks,
-                                        on_frame=lambda f: check("track", _P_AUDIO + (_P_TRACK - _P_AUDIO) * f))
+                    live = LiveTrack(make_tracker(options.tracker), size=(width - width % 2, height - height % 2),
+                                     long_side=options.track_long_side, n_track=int(plan.max()) + 1,
+                                     face_index=options.face_index, landmarks=generator.needs_track_landmarks)
+                decoded = live.tap(decoded)
 
             originals: dict[int, YuvFrame] = {}
             wanted = _kept_indices(keep, plan, n_source, (width, height))
             gen_job = _render(decoded, encoders, audio=audio, vinfo=vinfo, options=options, generator=generator,
-                              track=track, mels=mels.result(), plan=plan, fps=fps, workdir=workdir, clock=clock,
+                              track=live, mels=mels.result(), plan=plan, fps=fps, workdir=workdir, clock=clock,
                               check=check, keep=(wanted, originals), forward=forward)
+            track = None if live is None else live.result()
+            if live is not None:
+                clock.seconds["track"] += live.seconds
         for frames, target in zip(encoders, (output, side_by_side)):
             Path(target).parent.mkdir(parents=True, exist_ok=True)
             shutil.move(frames.path, os.fspath(target))
@@ -296,7 +305,7 @@ def _frames_without_face(track: Track | None, plan: np.ndarray) -> int:
 
 
 def _render(decoded: Iterator[np.ndarray], encoders: list[FrameWriter], *, audio: str | os.PathLike[str],
-            vinfo: MediaInfo, options: RunOptions, generator: Generator, track: Track | None,
+            vinfo: MediaInfo, options: RunOptions, generator: Generator, track: LiveTrack | None,
             mels: np.ndarray, plan: np.ndarray, fps: float, workdir: Path, clock: StageClock,
             check: Callable[[str, float], None], keep: tuple[set[int], dict[int, YuvFrame]],
             forward: ForwardFn | None = None) -> GeneratorJob:
@@ -321,12 +330,12 @@ def _render(decoded: Iterator[np.ndarray], encoders: list[FrameWriter], *, audio
     return job
 
 
-def _encode_all(writers: list[BackgroundWriter], *, job: Any, track: Track | None, mels: np.ndarray,
+def _encode_all(writers: list[BackgroundWriter], *, job: Any, track: LiveTrack | None, mels: np.ndarray,
                 plan: np.ndarray, batch_size: int, frames_iter: Iterator[YuvFrame], clock: StageClock,
                 check: Callable[[str, float], None], keep: tuple[set[int], dict[int, YuvFrame]]) -> None:
     wanted, kept = keep
     n_out = len(plan)
-    p0 = _P_TRACK if track is not None else _P_AUDIO
+    p0 = _P_AUDIO
     main, review = writers[0], writers[1] if len(writers) > 1 else None
     starts = [0, *range(min(batch_size, FIRST_BATCH), n_out, batch_size)]
     for start, stop in zip(starts, [*starts[1:], n_out]):

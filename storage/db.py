@@ -24,6 +24,8 @@ from pathlib import Path
 
 from sqlite_utils import Database
 
+from storage.errors import StorageError
+
 log = logging.getLogger(__name__)
 
 DATA_DIR_ENV = "LIPSYNC_DATA_DIR"
@@ -33,10 +35,6 @@ BUSY_TIMEOUT_S = 30.0  # how long a writer waits for the write lock before Stora
 WAL_RETRY_S = 0.005  # first pause before retrying a switch to WAL that met another's (doubles, to 0.5 s)
 RETENTION_DAYS_ENV = "LIPSYNC_RETENTION_DAYS"  # delete job files older than this many days
 RETENTION_MB_ENV = "LIPSYNC_RETENTION_MB"  # ... and the oldest beyond this many MiB in total
-
-
-class StorageError(Exception):
-    """Base class for every error the job history raises on purpose."""
 
 
 class StorageUnavailable(StorageError):

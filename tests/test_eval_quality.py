@@ -12,7 +12,7 @@ from eval import quality
 from eval.results import METRICS, Score, Scores, unavailable
 
 
-def _frame(seed: int = 0, shape: tuple[int, int, int] = (96, 128, 3)) -> np.ndarray:
+def _frame(seed: int = 0, shape: tuple[int, ...] = (96, 128, 3)) -> np.ndarray:
     rng = np.random.default_rng(seed)
     return rng.integers(40, 216, shape, dtype=np.uint8)
 
@@ -39,25 +39,27 @@ def test_ssim_equals_direct_skimage_call() -> None:
     b = ((a.astype(np.int16) + b) // 2).astype(np.uint8)
     direct = structural_similarity(a, b, gaussian_weights=True, sigma=1.5, use_sample_covariance=False,
                                    data_range=255, channel_axis=-1)
-    assert quality.ssim(a, b) == direct
+    assert quality.ssim(a, b) == pytest.approx(direct, rel=0, abs=1e-12)
     assert 0 < direct < 1
 
 
-@pytest.mark.parametrize("shape", [(540, 544, 3), (513, 640, 3)])
-def test_large_frame_ssim_by_halves_equals_skimage(shape: tuple[int, int, int]) -> None:
-    """A frame of SSIM_SPLIT_PX pixels or more is computed as two halves on two threads: the
-    mean equals one skimage call but for the rounding of its sum, and every map value summed
-    is exactly the whole frame's (rows next to the split and at the edges included)."""
-    assert shape[0] * shape[1] >= quality.SSIM_SPLIT_PX
-    a = _frame(4, shape)
-    b = np.clip(a.astype(np.int16) + _frame(5, shape) // 8 - 13, 0, 255).astype(np.uint8)
-    direct = structural_similarity(a, b, **quality.SSIM_ARGS)
-    assert quality.ssim(a, b) == pytest.approx(direct, rel=0, abs=1e-13)
-    _, whole = structural_similarity(a, b, full=True, **quality.SSIM_ARGS)  # (H, W, 3)
-    pad, (h, w) = quality.SSIM_PAD, shape[:2]
-    for row in (pad, h // 2 - 1, h // 2, h - pad - 1):
-        expected = whole[row:row + 1, pad:w - pad].sum(axis=(0, 1), dtype=np.float64)
-        assert np.array_equal(quality._ssim_map_sums(a, b, row, row + 1), expected), row
+@pytest.mark.parametrize("shape", [(720, 1280, 3), (513, 640, 3), (11, 11, 3), (12, 300, 3), (97, 61), (40, 40, 4)])
+def test_ssim_matches_skimage_on_every_shape(shape: tuple[int, ...]) -> None:
+    """The OpenCV computation equals skimage's on large frames, on images no larger than the
+    window (where the reflected borders decide every value), on grey and 4-channel images,
+    and on a constant pair and a pair of opposites."""
+    a, noise = _frame(4, shape), _frame(5, shape)
+    b = np.clip(a.astype(np.int16) + noise // 8 - 13, 0, 255).astype(np.uint8)
+    args = dict(quality.SSIM_ARGS, channel_axis=-1 if len(shape) == 3 else None)
+    assert quality.ssim(a, b) == pytest.approx(structural_similarity(a, b, **args), rel=0, abs=1e-12)
+    flat = np.full(shape, 77, np.uint8)
+    assert quality.ssim(flat, flat) == pytest.approx(1.0, abs=1e-12)
+    assert quality.ssim(a, 255 - a) == pytest.approx(structural_similarity(a, 255 - a, **args), rel=0, abs=1e-12)
+
+
+def test_ssim_refuses_images_smaller_than_its_window() -> None:
+    with pytest.raises(ValueError, match="at least 11x11"):
+        quality.ssim(np.zeros((10, 40, 3), np.uint8), np.zeros((10, 40, 3), np.uint8))
 
 
 def test_shape_mismatch_is_an_error() -> None:
@@ -96,16 +98,17 @@ def test_sample_plan_per_metric() -> None:
 
 
 def test_psnr_is_the_float64_mean_bit_for_bit() -> None:
-    """The fast path (an exact integer sum of squares over bands of rows) equals the float64
-    formula exactly: on frames of one band, of several with a partial last one, on
-    non-contiguous crops, on single-channel images, and at the extremes (0 against 255)."""
+    """The fast path (OpenCV's exact integer sum of squares) equals the float64 formula
+    exactly: on whole frames, non-contiguous crops, single channels cut out of a colour
+    frame, 4-channel images, a 1080p frame, and at the extremes (0 against 255)."""
     rng = np.random.default_rng(5)
-    assert 2 * quality.PSNR_BAND_ROWS < 301
     a = rng.integers(0, 256, (301, 160, 3), dtype=np.uint8)
     b = rng.integers(0, 256, (301, 160, 3), dtype=np.uint8)
     black, white = np.zeros((200, 64, 3), np.uint8), np.full((200, 64, 3), 255, np.uint8)
+    hd = [rng.integers(0, 256, (1080, 1920, 3), dtype=np.uint8) for _ in range(2)]
+    quad = [rng.integers(0, 256, (33, 50, 4), dtype=np.uint8) for _ in range(2)]
     for x, y in ((a, b), (a[:40], b[:40]), (a[7:290, 11:150], b[7:290, 11:150]), (a[..., 0], b[..., 1]),
-                 (black, white)):
+                 (black, white), hd, quad):
         mse = float(np.mean(np.square(x.astype(np.float64) - y.astype(np.float64))))
         assert quality.psnr(x, y) == 10 * math.log10(255.0 ** 2 / mse)
 

@@ -162,3 +162,108 @@ def test_face_scaled_and_track_at() -> None:
     double = face.scaled(2.0)
     assert double.box == (2.0, 4.0, 6.0, 8.0) and np.array_equal(double.landmarks, lm * 2)
     assert Track([], 0, []).at(3) is None
+
+
+def _same_faces(a: list[Face | None], b: list[Face | None]) -> bool:
+    if len(a) != len(b):
+        return False
+    for x, y in zip(a, b):
+        if (x is None) != (y is None):
+            return False
+        if x is not None and not (np.allclose(x.box, y.box, atol=1e-9) and
+                                  np.array_equal(x.landmarks, y.landmarks)):
+            return False
+    return True
+
+
+@pytest.mark.parametrize("gap", [None, (12, 19), (0, 9), (3, 4), (22, 30), (6, 16)])
+def test_streamed_faces_equal_the_whole_track(tracker: FaceTracker, frames: list[np.ndarray], gap) -> None:
+    """TrackBuilder, fed a frame at a time (as the run loop's LiveTrack feeds it), reports
+    faces as final only when no later frame can change them: every face it hands out equals
+    the whole pass's, with the face leaving and coming back anywhere (edge scans included)."""
+    from pipeline.faces.tracking import TrackBuilder
+
+    blank = np.full_like(frames[0], 128)
+    seq = [_small(blank if gap and gap[0] <= i < gap[1] else f) for i, f in enumerate(frames)]
+    whole = track_frames(seq, scale=2.0, tracker=tracker)
+    builder = TrackBuilder(tracker, scale=2.0)
+    handed: list[Face | None] = []
+    for frame in seq:
+        builder.feed(frame)
+        ready = builder.ready()
+        assert ready < builder.n  # never the frames the detector has not passed yet
+        if ready > len(handed):
+            handed += builder.faces(len(handed), ready)
+    assert 0 < len(handed) < len(seq)
+    assert _same_faces(handed, whole.faces[:len(handed)])
+    final = builder.finish()
+    assert _same_faces(final.faces, whole.faces) and final.sampled == whole.sampled
+    assert builder.ready() == len(seq)
+
+
+def _i420(frame: np.ndarray) -> np.ndarray:
+    return cv2.cvtColor(frame, cv2.COLOR_BGR2YUV_I420)  # (H * 3 / 2, W)
+
+
+def test_live_track_taps_the_render_stream(tracker: FaceTracker, frames: list[np.ndarray]) -> None:
+    """LiveTrack on full-size I420 buffers (the run loop's decode): the frames pass through
+    unchanged, faces come from the luma reduced to the tracking size, in full-size pixels,
+    matching a tracking pass over BGR frames reduced the same way; at() waits for a face
+    only until it is final, and the finished Track is the whole pass."""
+    import threading
+
+    from pipeline.faces.live import LiveTrack
+
+    bufs = [_i420(f) for f in frames]
+    live = LiveTrack(tracker, size=(media.FACE_SIZE, media.FACE_SIZE), long_side=HALF, n_track=len(bufs))
+    assert live.small == (HALF, HALF)
+    got: list[Face | None] = []
+    consumer = threading.Thread(target=lambda: got.extend(live.at(i) for i in range(len(bufs))))
+    consumer.start()
+    passed = list(live.tap(iter(bufs)))
+    consumer.join(10)
+    assert not consumer.is_alive() and all(p is b for p, b in zip(passed, bufs)) and len(passed) == len(bufs)
+    track = live.result()
+    assert _same_faces(got, track.faces) and track.frames_without_face == 0 and live.seconds > 0
+    reference = track_frames((_small(f) for f in frames), scale=2.0, tracker=tracker)
+    for ours, theirs in zip(track.faces, reference.faces):
+        assert iou(ours.box, theirs.box) > 0.9  # grey luma vs BGR: the same face, within a pixel or two
+        assert np.abs(ours.landmarks - theirs.landmarks).mean() < 3.0
+
+
+def test_live_track_stops_at_n_track_and_reports_failures(tracker: FaceTracker, frames: list[np.ndarray]) -> None:
+    """Frames past ``n_track`` pass untracked; a decoder failure reaches a waiting render
+    as itself; a stream closed early ends the wait with TrackStopped; no face anywhere is
+    NoFaceFound for the render too."""
+    from pipeline.faces.live import LiveTrack, TrackStopped
+
+    bufs = [_i420(f) for f in frames]
+    size = (media.FACE_SIZE, media.FACE_SIZE)
+    live = LiveTrack(tracker, size=size, long_side=HALF, n_track=7)
+    assert len(list(live.tap(iter(bufs)))) == len(bufs)
+    assert len(live.result()) == 7 and live.at(20) is live.result().faces[6]
+
+    def broken():
+        yield from bufs[:12]
+        raise OSError("decoder died")
+
+    live = LiveTrack(tracker, size=size, long_side=HALF, n_track=len(bufs))
+    with pytest.raises(OSError, match="decoder died"):
+        list(live.tap(broken()))
+    assert live.at(3) is not None  # final before the failure
+    with pytest.raises(OSError, match="decoder died"):
+        live.at(20)
+
+    live = LiveTrack(tracker, size=size, long_side=HALF, n_track=len(bufs))
+    stream = live.tap(iter(bufs))
+    next(stream)
+    stream.close()
+    with pytest.raises(TrackStopped):
+        live.at(5)
+
+    blank = _i420(np.full_like(frames[0], 90))
+    live = LiveTrack(tracker, size=size, long_side=HALF, n_track=11)
+    with pytest.raises(NoFaceFound):
+        list(live.tap(iter([blank] * 11)))
+    with pytest.raises(NoFaceFound):
+        live.at(0)

@@ -11,6 +11,7 @@ import logging
 import os
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -108,6 +109,104 @@ def _average(values: list, weights: list[float]) -> np.ndarray | None:
     return (acc / sum(weights)).astype(np.float32)
 
 
+class TrackBuilder:
+    """:func:`track_frames` a frame at a time: :meth:`feed` each reduced-resolution frame in
+    order; :meth:`ready` tells how many leading frames' faces are final (:meth:`faces`);
+    :meth:`finish` returns the Track, the same as ``track_frames`` over the same frames.
+
+    ``reduce`` turns what is fed into the frame the tracker sees; it is called only for the
+    frames the detector runs on, so a caller may feed full-resolution frames and pay for
+    reducing one in ``every``. A face is final once the detector has run ``2 * every`` frames
+    beyond its detection window: smoothing reads one detection either side, interpolation the
+    next detection (and the frames between, examined when a face appears or disappears).
+    """
+
+    def __init__(self, tracker: FaceTracker, *, scale: float, face_index: int = 0, every: int = DETECT_EVERY,
+                 landmarks: bool = True, reduce: Callable[[Any], np.ndarray] | None = None) -> None:
+        if every < 1:
+            raise ValueError("every must be >= 1")
+        self.scale, self.face_index, self.every = scale, face_index, every
+        self._observe = _Observer(tracker, face_index, landmarks)
+        self._reduce = reduce or (lambda frame: frame)
+        self._obs: dict[int, Face | None] = {}
+        self._pending: list[tuple[int, Any]] = []  # frames since the last detection
+        self._last_key, self.n = -1, 0
+        self._last: Any = None
+        self._finished = False
+
+    def _look(self, i: int, frame: Any) -> Face | None:
+        return self._observe(i, self._reduce(frame))
+
+    def _settle(self, key: int, face: Face | None) -> None:
+        prev = self._obs.get(self._last_key) if self._last_key >= 0 else None
+        if self._last_key >= 0 and (prev is None) != (face is None):
+            self._observe.prev = prev
+            for j, frame in self._pending[1:-1]:  # the edge of a face's presence lies in here
+                self._obs[j] = self._look(j, frame)
+            self._observe.prev = face
+        self._obs[key] = face
+
+    def feed(self, frame: Any) -> None:
+        """The next frame (index ``self.n`` before the call)."""
+        i = self.n
+        self.n, self._last = i + 1, frame
+        self._pending.append((i, frame))
+        if i % self.every == 0:
+            self._settle(i, self._look(i, frame))
+            self._last_key, self._pending = i, [(i, frame)]
+
+    def ready(self) -> int:
+        """How many leading frames have final faces (every frame once finished)."""
+        return self.n if self._finished else max(0, self._last_key - self.every)
+
+    def faces(self, lo: int, hi: int) -> list[Face | None]:
+        """The final faces of frames [lo, hi) (hi <= :meth:`ready`), in full-resolution pixels:
+        resolved from the detections within 3 * every of the range, which decide them."""
+        margin = 3 * self.every
+        window = {k: f for k, f in self._obs.items() if lo - margin <= k < hi + margin}
+        return _resolve(window, self.every, self.scale, hi)[lo:hi]
+
+    def finish(self) -> Track:
+        """The Track of every frame fed. Raises NoFaceFound naming the sampled frames when
+        no frame has a face."""
+        if self.n == 0:
+            raise NoFaceFound("no frames to track")
+        if self.n - 1 != self._last_key and not self._finished:
+            self._settle(self.n - 1, self._look(self.n - 1, self._last))
+            self._last_key = self.n - 1
+        self._finished, self._pending, self._last = True, [], None
+        sampled = self._observe.sampled
+        if not any(f is not None for f in self._obs.values()):
+            shown = ", ".join(str(i) for i in sampled[:12])
+            more = ", ..." if len(sampled) > 12 else ""
+            which = "no face" if self.face_index == 0 else f"no face #{self.face_index + 1} " \
+                                                           f"(face_index={self.face_index})"
+            raise NoFaceFound(f"{which} found in any of the {len(sampled)} sampled frames "
+                              f"({shown}{more}); the face must be frontal and clearly visible")
+        faces = _resolve(self._obs, self.every, self.scale, self.n)
+        missing = sum(f is None for f in faces)
+        log.info("tracked %d frames: %d detections, %d frames without a face", self.n, len(sampled), missing)
+        return Track(faces, missing, sorted(set(sampled)))
+
+
+def _resolve(obs: dict[int, Face | None], every: int, scale: float, n: int) -> list[Face | None]:
+    """Faces of frames [0, n) from the detections ``obs`` (frame -> face or None): smoothed,
+    interpolated between detections at most ``every`` apart with a face all along, scaled."""
+    faces: list[Face | None] = [None] * n
+    found = _smooth(sorted((i, f) for i, f in obs.items() if f is not None), every)
+    if not found:
+        return faces
+    for (i, a), (j, b) in zip(found, found[1:]):
+        if i < n:
+            faces[i] = a.scaled(scale)
+        if j - i <= every and all(obs.get(k, a) is not None for k in range(i + 1, j)):
+            for k in range(i + 1, min(j, n)):
+                faces[k] = lerp_faces(a, b, (k - i) / (j - i)).scaled(scale)
+    if found[-1][0] < n:
+        faces[found[-1][0]] = found[-1][1].scaled(scale)
+    return faces
+
+
 def track_frames(frames: Iterable[np.ndarray], *, scale: float, tracker: FaceTracker,
                  face_index: int = 0, every: int = DETECT_EVERY, landmarks: bool = True) -> Track:
     """Track one face through reduced-resolution ``frames`` (full = small * ``scale``);
@@ -123,53 +222,10 @@ def track_frames(frames: Iterable[np.ndarray], *, scale: float, tracker: FaceTra
 
     Raises NoFaceFound naming the sampled frames when no frame has a face.
     """
-    if every < 1:
-        raise ValueError("every must be >= 1")
-    observe = _Observer(tracker, face_index, landmarks)
-    obs: dict[int, Face | None] = {}
-    pending: list[tuple[int, np.ndarray]] = []  # frames since the last detection
-    last_key, n = -1, 0
-    frame: np.ndarray | None = None
-
-    def settle(key: int, face: Face | None) -> None:
-        prev = obs.get(last_key) if last_key >= 0 else None
-        if last_key >= 0 and (prev is None) != (face is None):
-            observe.prev = prev
-            for j, small in pending[1:-1]:  # the edge of a face's presence lies in here
-                obs[j] = observe(j, small)
-            observe.prev = face
-        obs[key] = face
-
-    for i, frame in enumerate(frames):
-        n = i + 1
-        pending.append((i, frame))
-        if i % every == 0:
-            settle(i, observe(i, frame))
-            last_key, pending = i, [(i, frame)]
-    if n == 0:
-        raise NoFaceFound("no frames to track")
-    if n - 1 != last_key and frame is not None:
-        settle(n - 1, observe(n - 1, frame))
-
-    found = sorted((i, f) for i, f in obs.items() if f is not None)
-    if not found:
-        shown = ", ".join(str(i) for i in observe.sampled[:12])
-        more = ", ..." if len(observe.sampled) > 12 else ""
-        which = "no face" if face_index == 0 else f"no face #{face_index + 1} (face_index={face_index})"
-        raise NoFaceFound(f"{which} found in any of the {len(observe.sampled)} sampled frames "
-                          f"({shown}{more}); the face must be frontal and clearly visible")
-    found = _smooth(found, every)
-    faces: list[Face | None] = [None] * n
-    for (i, a), (j, b) in zip(found, found[1:]):
-        faces[i] = a.scaled(scale)
-        if j - i <= every and all(obs.get(k, a) is not None for k in range(i + 1, j)):
-            for k in range(i + 1, j):
-                faces[k] = lerp_faces(a, b, (k - i) / (j - i)).scaled(scale)
-    faces[found[-1][0]] = found[-1][1].scaled(scale)
-    missing = sum(f is None for f in faces)
-    log.info("tracked %d frames: %d detections, %d frames without a face",
-             n, len(observe.sampled), missing)
-    return Track(faces, missing, sorted(set(observe.sampled)))
+    builder = TrackBuilder(tracker, scale=scale, face_index=face_index, every=every, landmarks=landmarks)
+    for frame in frames:
+        builder.feed(frame)
+    return builder.finish()
 
 
 def track_video(video: str | os.PathLike[str], info: MediaInfo, *, options: RunOptions,
