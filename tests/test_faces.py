@@ -267,3 +267,30 @@ def test_live_track_stops_at_n_track_and_reports_failures(tracker: FaceTracker, 
         list(live.tap(iter([blank] * 11)))
     with pytest.raises(NoFaceFound):
         live.at(0)
+
+
+def test_face_detector_is_cached_as_a_file(tmp_path, monkeypatch, frames: list[np.ndarray]) -> None:
+    """The first load writes dlib's detector to $LIPSYNC_CACHE_DIR, named by dlib's version;
+    the next loads read it back and detect exactly as the built-in one; a damaged copy is
+    rebuilt and rewritten; a cache folder that cannot be written still gives a detector."""
+    import dlib
+
+    from pipeline.faces.backends import frontal_face_detector
+
+    monkeypatch.setenv("LIPSYNC_CACHE_DIR", str(tmp_path / "cache"))
+    first = frontal_face_detector()
+    copy = tmp_path / "cache" / f"dlib-{dlib.__version__}-frontal_face_detector.svm"
+    assert copy.is_file() and copy.stat().st_size > 10_000
+    assert [p.name for p in copy.parent.iterdir()] == [copy.name]  # no temporary left behind
+    cached = frontal_face_detector()
+    grey = cv2.cvtColor(_small(frames[4]), cv2.COLOR_BGR2GRAY)
+    built_in = dlib.get_frontal_face_detector().run(grey, 0, 0.0)
+    for detector in (first, cached):
+        rects, scores, kinds = detector.run(grey, 0, 0.0)
+        assert str(rects) == str(built_in[0]) and list(scores) == list(built_in[1]) and len(rects) == 1
+    copy.write_bytes(b"damaged")
+    assert len(frontal_face_detector().run(grey, 0, 0.0)[0]) == 1
+    assert copy.stat().st_size > 10_000  # rewritten whole
+    (tmp_path / "file").write_text("not a folder")
+    monkeypatch.setenv("LIPSYNC_CACHE_DIR", str(tmp_path / "file"))
+    assert len(frontal_face_detector().run(grey, 0, 0.0)[0]) == 1

@@ -16,6 +16,7 @@ serialised by a lock per tracker, so one tracker can serve several jobs' threads
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import logging
 import os
@@ -39,6 +40,7 @@ INSIGHTFACE_MOUTH = slice(52, 72)  # the 20 mouth points of the 106-point layout
 DLIB_PREDICTOR = "shape_predictor_68_face_landmarks.dat"
 DLIB_UPSAMPLE_MAX_SIDE = 640  # px: a frame without faces is searched again upsampled x2 up to this size
 DLIB_THRESHOLD = 0.0  # HOG detector score threshold (dlib's default)
+CACHE_DIR_ENV = "LIPSYNC_CACHE_DIR"  # where derived files live (default $XDG_CACHE_HOME/lipsync-lab)
 
 
 def insightface_pack_dir(name: str = "buffalo_l", root: str | None = None) -> Path:
@@ -105,6 +107,40 @@ def _by_size(faces: list[Face]) -> list[Face]:
     return sorted(faces, key=lambda f: f.width * f.height, reverse=True)
 
 
+def cache_dir() -> Path:
+    """``$LIPSYNC_CACHE_DIR``, else ``$XDG_CACHE_HOME/lipsync-lab``, else ``~/.cache/lipsync-lab``."""
+    if os.environ.get(CACHE_DIR_ENV):
+        return Path(os.environ[CACHE_DIR_ENV]).expanduser()
+    return Path(os.environ.get("XDG_CACHE_HOME") or "~/.cache").expanduser() / "lipsync-lab"
+
+
+def frontal_face_detector() -> object:
+    """dlib's HOG frontal face detector, loaded from its serialised copy in :func:`cache_dir`
+    (under a millisecond) once a first load has written it there: ``get_frontal_face_detector``
+    itself rebuilds it from the text compiled into dlib, 0.17-0.2 s of a CLI job's start-up.
+    The copy is named by dlib's version; an unreadable copy is rebuilt, and a cache folder
+    that cannot be written only costs the faster load next time."""
+    import dlib
+
+    path = cache_dir() / f"dlib-{dlib.__version__}-frontal_face_detector.svm"
+    if path.is_file():
+        try:
+            return dlib.fhog_object_detector(str(path))
+        except RuntimeError as exc:
+            log.warning("rebuilding dlib's face detector: its cached copy %s is unreadable (%s)", path.name, exc)
+    detector = dlib.get_frontal_face_detector()
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        detector.save(str(tmp))
+        os.replace(tmp, path)  # whole or not at all, whoever writes it at the same time
+    except (OSError, RuntimeError) as exc:
+        log.info("not caching dlib's face detector in %s: %s", path.parent, exc)
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+    return detector
+
+
 class DlibTracker(FaceTracker):
     """dlib HOG frontal detector + 68-point predictor."""
 
@@ -115,7 +151,7 @@ class DlibTracker(FaceTracker):
         import dlib
 
         self._dlib = dlib
-        self._detector = dlib.get_frontal_face_detector()
+        self._detector = frontal_face_detector()
         self._predictor = dlib.shape_predictor(str(predictor_path))
         self._lock = threading.Lock()
         self.path = str(predictor_path)
