@@ -87,7 +87,7 @@ def warm_up() -> None:
         from pipeline.faces.backends import make_tracker
         from pipeline.media import audio
 
-        make_tracker("auto")
+        make_tracker("auto").load()
         audio.melspectrogram(np.zeros(audio.SAMPLE_RATE, np.float32))  # 1 s of silence
     except Exception:  # noqa: BLE001
         log.warning("warm-up failed", exc_info=True)

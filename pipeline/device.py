@@ -190,28 +190,6 @@ def configure_cpu_threads() -> int:
     return n
 
 
-M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter
-MMAP_THRESHOLD_BYTES = 1 << 20  # blocks this large or larger are mapped and unmapped on their own
-
-
-@functools.cache
-def configure_malloc() -> bool:
-    """Fix glibc's mmap threshold at MMAP_THRESHOLD_BYTES once per process (whether it took).
-
-    glibc raises the threshold after each large block it frees, so a model's activations
-    (tens of MB a batch) then come from the heap, which fragments and never shrinks: the
-    Wav2Lip job on monalisa_720p peaked at 998 MiB, 873 MiB with the fixed threshold
-    (measured in process, 120 frames, batch 16). Called where a torch model runs; a no-op
-    off glibc."""
-    try:
-        import ctypes
-
-        libc = ctypes.CDLL("libc.so.6")
-        return bool(libc.mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES))
-    except (OSError, AttributeError):
-        return False
-
-
 def gpu_lock() -> _Lane:
     """The lock of the generator stage (per process, or per server with workers):
     ``with gpu_lock(): ...``."""

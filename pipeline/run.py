@@ -191,14 +191,9 @@ def _job(video: str | os.PathLike[str], audio: str | os.PathLike[str], output: s
                 wav = None  # only a scorer wants the waveform (up to 38 MB for 600 s): not held through the render
             plan = frame_plan(n_source, n_out, mode=options.loop)
 
-            live: LiveTrack | None = None
-            if generator.needs_faces:  # tracked from the render's own decode, as the frames stream by
-                check("track", _P_AUDIO)
-                with clock.stage("track"):
-                    live = LiveTrack(make_tracker(options.tracker), size=(width - width % 2, height - height % 2),
-                                     long_side=options.track_long_side, n_track=int(plan.max()) + 1,
-                                     face_index=options.face_index, landmarks=generator.needs_track_landmarks)
-                decoded = live.tap(decoded)
+            live = _live_track(generator, options, (width, height), plan, clock, check)
+            if live is not None:
+                decoded = live.tap(decoded)  # the faces are tracked on the render's decode as it streams by
 
             originals: dict[int, YuvFrame] = {}
             wanted = _kept_indices(keep, plan, n_source, (width, height))
@@ -242,6 +237,18 @@ def _job(video: str | os.PathLike[str], audio: str | os.PathLike[str], output: s
         encoder=encoder,
         plan=plan,
     )
+
+
+def _live_track(generator: Generator, options: RunOptions, size: tuple[int, int], plan: np.ndarray,
+                clock: StageClock, check: Callable[[str, float], None]) -> LiveTrack | None:
+    """The job's face track (its tracker loaded), or None for a generator that needs no faces."""
+    if not generator.needs_faces:
+        return None
+    check("track", _P_AUDIO)
+    with clock.stage("track"):
+        return LiveTrack(make_tracker(options.tracker), size=(size[0] - size[0] % 2, size[1] - size[1] % 2),
+                         long_side=options.track_long_side, n_track=int(plan.max()) + 1,
+                         face_index=options.face_index, landmarks=generator.needs_track_landmarks)
 
 
 def _refuse_if_too_slow(generator: Generator, frames: int, *, options: RunOptions, clock: StageClock) -> None:

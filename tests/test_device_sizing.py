@@ -74,7 +74,3 @@ def test_system_facts_import_neither_torch_nor_cuda() -> None:
                          timeout=120, check=True)
     assert out.stdout.split() == ["False", "True", "True"], out.stdout
 
-
-def test_the_malloc_threshold_is_set_once() -> None:
-    assert device.configure_malloc() in (True, False)
-    assert device.configure_malloc.cache_info().currsize == 1

@@ -294,3 +294,23 @@ def test_face_detector_is_cached_as_a_file(tmp_path, monkeypatch, frames: list[n
     (tmp_path / "file").write_text("not a folder")
     monkeypatch.setenv("LIPSYNC_CACHE_DIR", str(tmp_path / "file"))
     assert len(frontal_face_detector().run(grey, 0, 0.0)[0]) == 1
+
+
+def test_the_landmark_model_loads_on_first_fit_only() -> None:
+    """A tracker made for boxes only (Wav2Lip, LatentSync) never parses dlib's 99 MB landmark
+    model; the first fit, or load(), does, once."""
+    from pipeline.faces.backends import DlibTracker
+
+    fresh = DlibTracker(dlib_predictor_path())
+    assert fresh._predictor is None
+    frame = _small(media.face_frame(0))
+    faces = fresh.detect(frame, landmarks=False)
+    assert len(faces) == 1 and faces[0].landmarks is None and fresh._predictor is None
+    fitted = fresh.landmarks(frame, faces[0])
+    model = fresh._predictor
+    assert model is not None and fitted.landmarks.shape == (68, 2)
+    fresh.load()
+    assert fresh._predictor is model
+    other = DlibTracker(dlib_predictor_path())
+    other.load()
+    assert other._predictor is not None

@@ -152,9 +152,18 @@ class DlibTracker(FaceTracker):
 
         self._dlib = dlib
         self._detector = frontal_face_detector()
-        self._predictor = dlib.shape_predictor(str(predictor_path))
-        self._lock = threading.Lock()
+        self._predictor: object | None = None  # loaded by the first fit: a job that tracks boxes only
+        self._lock = threading.Lock()         # (Wav2Lip, LatentSync) never pays its 0.37 s parse of 99 MB
         self.path = str(predictor_path)
+
+    def load(self) -> None:
+        with self._lock:
+            self._landmark_model()
+
+    def _landmark_model(self):  # noqa: ANN202 - dlib.shape_predictor; call with self._lock held
+        if self._predictor is None:
+            self._predictor = self._dlib.shape_predictor(self.path)
+        return self._predictor
 
     @staticmethod
     def _gray(frame: np.ndarray) -> np.ndarray:
@@ -175,7 +184,7 @@ class DlibTracker(FaceTracker):
         rect = self._dlib.rectangle(x1, y1, x2 - 1, y2 - 1)
         gray = self._gray(frame)
         with self._lock:
-            shape = self._predictor(gray, rect)
+            shape = self._landmark_model()(gray, rect)
         pts = np.array([(p.x, p.y) for p in shape.parts()], np.float32)  # (68, 2)
         return Face(face.box, pts, face.score)
 

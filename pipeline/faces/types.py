@@ -149,6 +149,10 @@ class FaceTracker(ABC):
     def landmarks(self, frame: np.ndarray, face: Face) -> Face:
         """``face`` with its landmarks (or mouth points) filled in from ``frame``."""
 
+    def load(self) -> None:
+        """Load now whatever the tracker loads on first use (dlib's landmark model: a server
+        warms it up; a job that tracks boxes only never needs it)."""
+
     def landmarks_in(self, frame: np.ndarray, face: Face, *, margin: float = LANDMARK_MARGIN) -> Face:
         """``face`` (a box in ``frame``'s pixels) with landmarks fitted on a crop of ``frame``
         around its box: for full-resolution frames, where converting the whole frame

@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 from pipeline.generators.blend import Patch, feather_mask
-from pipeline.device import choose_device, choose_dtype, configure_cpu_threads, configure_malloc, gpu_lock
+from pipeline.device import choose_device, choose_dtype, configure_cpu_threads, gpu_lock
 from pipeline.generators.base import Generator, GeneratorJob, local_forward
 from pipeline.generators.wav2lip.model import IMG_SIZE, Wav2Lip, load_wav2lip
 from pipeline.media.audio import MEL_BINS, MEL_STEP
@@ -38,7 +38,7 @@ from pipeline.weights import WAV2LIP, ModelCache, ResolvedWeights, resolve
 log = logging.getLogger(__name__)
 
 GPU_BATCH = 128  # frames per forward on CUDA (Wav2Lip's default; well under 4 GiB in fp16)
-CPU_BATCH = 16  # frames per forward on CPU: larger batches gain nothing and cost memory
+CPU_BATCH = 8  # frames per forward on CPU: smaller batches run faster here (cache) and hold less (bench/wav2lip_batch.py)
 MIN_CROP = 8  # px: a crop box narrower or shorter than this gets no patch
 KEEP_TOP = 0.4  # fraction of the crop height, from its top, left exactly as in the frame
 MAX_MODELS = 2  # loaded checkpoints kept per process (normally one)
@@ -217,7 +217,6 @@ class Wav2LipGenerator(Generator):
         if batch_size is not None and batch_size < 1:
             raise ValueError("batch_size must be >= 1")
         self.device = choose_device(device)
-        configure_malloc()  # large activations are given back, not left to fragment the heap
         if self.device.type == "cpu":
             configure_cpu_threads()
         self.weights = resolve(WAV2LIP, checkpoint, allow_download=allow_download)
