@@ -16,6 +16,7 @@ from collections.abc import Sequence
 
 from eval import calibrate
 from eval.results import Scores
+from pipeline.__main__ import exit_now
 from pipeline.errors import LipSyncError
 from pipeline.options import LOOP_MODES
 
@@ -74,4 +75,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_now(main())

@@ -7,11 +7,10 @@ weights. Same options as ``python -m pipeline run``, plus ``--no-record`` and ``
 from __future__ import annotations
 
 import argparse
-import sys
 from collections.abc import Sequence
 
 from jobs.suite_cli import add_suite_command, cmd_suite
-from pipeline.__main__ import (add_run_arguments, add_weights_command, cli_main, log_progress,
+from pipeline.__main__ import (add_run_arguments, add_weights_command, cli_main, exit_now, log_progress,
                                options_from_args, print_result)
 from pipeline.errors import LipSyncError
 from storage.errors import StorageError
@@ -42,4 +41,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_now(main())

@@ -9,11 +9,14 @@ shows it).
 from __future__ import annotations
 
 import argparse
+import atexit
 import json
 import logging
 import os
 import sys
+import threading
 from collections.abc import Callable, Sequence
+from typing import NoReturn
 
 from pipeline.errors import LipSyncError
 from pipeline.media.encode import ENCODER_ENV
@@ -114,6 +117,25 @@ def cli_main(parser: argparse.ArgumentParser, commands: dict[str, Callable[[argp
         return EXIT_INTERNAL
 
 
+def exit_now(code: int) -> NoReturn:
+    """End a finished CLI process at once: non-daemon threads joined, ``atexit`` handlers run
+    (logging flushed, temporary files removed), stdout and stderr flushed, then ``os._exit``.
+    What it skips is the interpreter's teardown of every module and native object, 0.5 s
+    after a Wav2Lip job (torch) and 0.05-0.07 s after a baseline or passthrough one."""
+    try:
+        for thread in threading.enumerate():
+            if thread is not threading.main_thread() and not thread.daemon:
+                thread.join()
+        atexit._run_exitfuncs()
+    finally:
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                stream.flush()
+            except (OSError, ValueError):
+                pass
+        os._exit(code)
+
+
 def add_weights_command(sub: argparse._SubParsersAction) -> None:
     sub.add_parser("weights", help="where each model's weights were found, or why not "
                                    "(--json, --download)", add_help=False)
@@ -128,4 +150,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_now(main())

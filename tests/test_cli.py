@@ -113,3 +113,32 @@ def test_real_media_matrix(shared_media: Path, tmp_path: Path, video: str, audio
     assert vout.video.display_size == tuple(s - s % 2 for s in vin.video.display_size)
     assert abs(vout.duration_s - ain.duration_s) <= 2.0 / vin.video.fps + 0.05
     assert res["frames_without_face"] <= res["frames"] // 10
+
+
+def test_exit_now_finishes_what_a_normal_exit_would(tmp_path: Path) -> None:
+    """The CLIs end through ``exit_now``: the exit code is kept, a worker thread still writing
+    is waited for, atexit handlers run (a log file flushed, a temporary folder removed), and
+    unterminated output on stdout and stderr is not lost; only the interpreter's teardown is
+    skipped."""
+    code = (
+        "import atexit, logging, sys, tempfile, threading, time\n"
+        "from pathlib import Path\n"
+        "from pipeline.__main__ import exit_now\n"
+        f"out = Path({str(tmp_path)!r})\n"
+        "logging.basicConfig(filename=out / 'log.txt', level=logging.INFO)\n"
+        "logging.getLogger('t').info('logged before exit')\n"
+        "scratch = tempfile.TemporaryDirectory(dir=out)\n"
+        "(out / 'scratch.txt').write_text(scratch.name)\n"
+        "atexit.register(lambda: (out / 'atexit.txt').write_text('ran'))\n"
+        "threading.Thread(target=lambda: (time.sleep(0.3), (out / 'thread.txt').write_text('done'))).start()\n"
+        "sys.stdout.write('no newline on stdout')\n"
+        "sys.stderr.write('no newline on stderr')\n"
+        "exit_now(3)\n"
+        "print('never')\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 3
+    assert proc.stdout == "no newline on stdout" and proc.stderr == "no newline on stderr"
+    assert (tmp_path / "atexit.txt").read_text() == "ran" and (tmp_path / "thread.txt").read_text() == "done"
+    assert "logged before exit" in (tmp_path / "log.txt").read_text()
+    assert not Path((tmp_path / "scratch.txt").read_text()).exists()
