@@ -142,7 +142,8 @@ def frontal_face_detector() -> object:
 
 
 class DlibTracker(FaceTracker):
-    """dlib HOG frontal detector + 68-point predictor."""
+    """dlib HOG frontal detector (from :func:`frontal_face_detector`) + 68-point predictor
+    (loaded on first use)."""
 
     name = "dlib"
     accepts_gray = True
@@ -152,8 +153,10 @@ class DlibTracker(FaceTracker):
 
         self._dlib = dlib
         self._detector = frontal_face_detector()
-        self._predictor: object | None = None  # loaded by the first fit: a job that tracks boxes only
-        self._lock = threading.Lock()         # (Wav2Lip, LatentSync) never pays its 0.37 s parse of 99 MB
+        # The 68-point model loads on the first fit (or load()): a job that tracks boxes only
+        # (Wav2Lip, LatentSync) never pays its 0.37 s parse of 99 MB.
+        self._predictor: object | None = None
+        self._lock = threading.Lock()
         self.path = str(predictor_path)
 
     def load(self) -> None:
