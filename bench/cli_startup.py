@@ -37,7 +37,7 @@ _PEAKS: dict[str, float] = {}
 BARE_FORWARD = r"""
 import sys, time, numpy as np, torch
 sys.path.insert(0, sys.argv[1])
-from pipeline.generators.wav2lip.generator import (crop_box, forward_batches, get_model, CPU_BATCH,
+from pipeline.generators.wav2lip.generator import (crop_box, forward_batches, CPU_BATCH,
                                                    prepare_faces)
 from pipeline.generators.wav2lip.model import load_wav2lip
 from pipeline.faces.tracking import track_video
@@ -70,10 +70,10 @@ print(f"{time.perf_counter() - start:.4f} {len(idx)} {torch.get_num_threads()}")
 """
 
 
-def child(name: str, cmd: list[str], env: dict[str, str] | None = None) -> str:
+def child(name: str, cmd: list[str]) -> str:
     """Run ``cmd`` to the end; record its peak RSS under ``name``; its stdout."""
     with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
-        proc = subprocess.Popen(cmd, stdout=out, stderr=err, cwd=ROOT, env=env)
+        proc = subprocess.Popen(cmd, stdout=out, stderr=err, cwd=ROOT)
         _, status, usage = os.wait4(proc.pid, 0)
         proc.returncode = os.waitstatus_to_exitcode(status)
         if proc.returncode != 0:

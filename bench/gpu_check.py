@@ -71,15 +71,14 @@ def main() -> None:
     args = ap.parse_args()
     if not torch.cuda.is_available():
         raise SystemExit("no CUDA device: run this on a GPU machine")
+    print(json.dumps(device_facts(gpu=True)))
     if args.latentsync or args.latentsync_only:
         from latentsync_cost import REFERENCE, full_gpu
 
-        print(json.dumps(device_facts(gpu=True)))
         full_gpu(REFERENCE, iters=3)
         if args.latentsync_only:
             return
     video = media_dir() / args.video
-    print(json.dumps(device_facts(gpu=True)))
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp)
         gen, checkpoint, load_s = load_generator(out, args.checkpoint, device="cuda", batch_size=args.batch)

@@ -113,12 +113,13 @@ def shift_audio(wav: np.ndarray, frames: float, fps: float) -> np.ndarray:
     return np.concatenate([wav[s:], pad]) if s > 0 else np.concatenate([pad, wav[:len(wav) + s]])
 
 
-def clip_mouths(video: Path, audio: Path) -> MouthFrames:
-    """The mouth measures ``python -m eval score VIDEO VIDEO --audio AUDIO`` reads."""
+def clip_mouths(video: Path, audio: Path, *, speech: np.ndarray | None = None) -> MouthFrames:
+    """The mouth measures ``python -m eval score VIDEO VIDEO --audio AUDIO`` reads (``speech``:
+    ``audio`` already decoded by ``load_audio``, not decoded again)."""
     from eval.score import score_videos
 
     got: list[MouthFrames] = []
-    score_videos(video, video, audio=audio, on_mouths=got.append)
+    score_videos(video, video, audio=audio, speech=speech, on_mouths=got.append)
     if not got:
         raise ValueError(f"{video.name}: scoring found no mouth to calibrate on")
     return got[0]
@@ -140,8 +141,9 @@ def read_rows(media: Path, clips: Sequence[Clip] = CLIPS) -> list[Row]:
     for clip in clips:
         video = media / clip.video
         audio = media / (clip.audio or clip.video)
-        mouths = clip_mouths(video, audio)
-        feats, fps, wav = mouths.features(), mouths.fps, load_audio(audio)
+        wav = load_audio(audio)
+        mouths = clip_mouths(video, audio, speech=wav)
+        feats, fps = mouths.features(), mouths.fps
 
         def read(w: np.ndarray, label: str, kind: str, shift: int | None) -> Row:
             r = sp.sync_proxy(feats, w, fps, calib=raw)

@@ -9,7 +9,6 @@ values as ``<metric>_a`` / ``<metric>_b``.
 
 from __future__ import annotations
 
-import logging
 import math
 from collections.abc import Sequence
 
@@ -17,9 +16,8 @@ import choix
 import numpy as np
 import pandas as pd
 
-from eval.suite_stats import CI_LEVEL, LOWER_IS_BETTER, PROXY_BLIND_MODELS, PROXY_NOTE
-
-log = logging.getLogger(__name__)
+from eval.suite_stats import CI_LEVEL, LOWER_IS_BETTER, PROXY_NOTE
+from pipeline.options import SPEECH_ENERGY_MODELS
 
 ANSWERS = ("a", "b", "tie")
 ASPECTS = ("sync", "quality")
@@ -130,7 +128,7 @@ def agreement(ratings: pd.DataFrame, metric: str, *, aspect: str = "sync") -> di
     rows = ratings[ratings[aspect].isin(("a", "b")) & ratings[a_col].notna() & ratings[b_col].notna()]
     rows = rows[rows[a_col] != rows[b_col]]
     if metric.startswith("sync_proxy"):
-        blind = rows["model_a"].isin(PROXY_BLIND_MODELS) | rows["model_b"].isin(PROXY_BLIND_MODELS)
+        blind = rows["model_a"].isin(SPEECH_ENERGY_MODELS) | rows["model_b"].isin(SPEECH_ENERGY_MODELS)
         out["excluded"], out["note"] = int(blind.sum()), PROXY_NOTE if blind.any() else ""
         rows = rows[~blind]
     a_better = rows[a_col] < rows[b_col] if metric in LOWER_IS_BETTER else rows[a_col] > rows[b_col]

@@ -8,7 +8,6 @@ Input is one row per job (``storage.suites.run_jobs_frame``): ``setting``, ``mod
 
 from __future__ import annotations
 
-import logging
 import math
 from collections.abc import Sequence
 
@@ -17,17 +16,14 @@ import pandas as pd
 
 from pipeline.options import SPEECH_ENERGY_MODELS
 
-log = logging.getLogger(__name__)
-
 # the metrics a suite summarises, where the jobs have them (lower is better for lse_d only)
 SUMMARY_METRICS = ("lse_d", "lse_c", "psnr_full", "ssim_full", "psnr_face", "ssim_face",
                    "sync_proxy_corr", "sync_proxy_conf")
 LOWER_IS_BETTER = ("lse_d",)
 PROXY_METRICS = ("sync_proxy_conf", "sync_proxy_corr")  # the proxy's confidence first, where scored
-# Models the sync proxy cannot judge (pipeline.options.SPEECH_ENERGY_MODELS, as eval.sync_proxy's
+# The sync proxy cannot judge the models in pipeline.options.SPEECH_ENERGY_MODELS (as eval.sync_proxy's
 # caution): the baseline opens the mouth with the same speech energy the proxy reads, so its proxy
 # score is high by construction and never ranks it above another.
-PROXY_BLIND_MODELS = tuple(sorted(SPEECH_ENERGY_MODELS))
 PROXY_NOTE = ("not ranked on the sync proxy: the baseline drives the mouth with the speech energy "
               "the proxy reads")
 CI_LEVEL = 0.95
@@ -98,7 +94,7 @@ def proxy_ranking(summary: pd.DataFrame) -> pd.DataFrame:
         return pd.DataFrame(columns=["setting", "model", "metric", "mean", "rank", "note"])
     frame = pd.DataFrame({"setting": summary["setting"], "model": summary["model"], "metric": metric,
                           "mean": summary[f"{metric}_mean"]})
-    blind = frame["model"].isin(PROXY_BLIND_MODELS)
+    blind = frame["model"].isin(SPEECH_ENERGY_MODELS)
     ranked = frame[~blind & frame["mean"].notna()].sort_values("mean", ascending=False, kind="stable")
     frame["rank"] = pd.Series(range(1, len(ranked) + 1), index=ranked.index, dtype="Int64")
     frame["note"] = np.where(blind, PROXY_NOTE, "")

@@ -26,7 +26,6 @@ from __future__ import annotations
 import csv
 import dataclasses
 import io
-import logging
 import os
 import re
 from collections.abc import Iterable, Mapping, Sequence
@@ -38,8 +37,6 @@ import yaml
 
 from pipeline.errors import LipSyncError
 from pipeline.options import MODELS, RunOptions
-
-log = logging.getLogger(__name__)
 
 VIDEO_EXTS = (".mp4", ".mov", ".mkv", ".webm", ".avi", ".png", ".jpg", ".jpeg")
 AUDIO_EXTS = (".wav", ".mp3", ".flac", ".m4a", ".ogg", ".aac")
@@ -92,10 +89,6 @@ class Suite:
     settings: tuple[Setting, ...]
     source: str = ""
 
-    @property
-    def n_jobs(self) -> int:
-        return len(self.pairs) * len(self.settings)
-
     def to_dict(self) -> dict[str, Any]:
         return {"name": self.name, "source": self.source, "pairs": [p.to_dict() for p in self.pairs],
                 "settings": [s.to_dict() for s in self.settings]}
@@ -110,7 +103,6 @@ def _plain(node: yaml.Node, path: tuple[Any, ...], lines: dict[tuple[Any, ...], 
         out: dict[str, Any] = {}
         for key_node, value_node in node.value:
             key = str(key_node.value)
-            lines[(*path, key)] = key_node.start_mark.line + 1
             out[key] = _plain(value_node, (*path, key), lines)
             lines[(*path, key)] = key_node.start_mark.line + 1
         return out

@@ -191,18 +191,27 @@ def heldout_projections(v: np.ndarray, a: np.ndarray, *, folds: int = FOLDS, gua
     return pv, pa
 
 
-def heldout_correlation(v: np.ndarray, a: np.ndarray, **fit: float) -> float:
-    """Pearson correlation of the held-out CCA projections of paired rows of ``v`` and ``a``."""
-    pv, pa = heldout_projections(v, a, **fit)
+def _pearson(pv: np.ndarray, pa: np.ndarray) -> float:
     if pv.std() == 0 or pa.std() == 0:
         return 0.0
     return float(np.corrcoef(pv, pa)[0, 1])
 
 
+def heldout_correlation(v: np.ndarray, a: np.ndarray, **fit: float) -> float:
+    """Pearson correlation of the held-out CCA projections of paired rows of ``v`` and ``a``."""
+    return _pearson(*heldout_projections(v, a, **fit))
+
+
+def _lag_fits(video: np.ndarray, audio: np.ndarray, max_lag: int = MAX_LAG
+              ) -> tuple[np.ndarray, list[tuple[np.ndarray, np.ndarray]]]:
+    """:func:`lag_curve` and each lag's held-out projections (pv, pa), in the curve's order."""
+    fits = [heldout_projections(*_overlap(video, audio, lag)) for lag in range(-max_lag, max_lag + 1)]
+    return np.array([_pearson(pv, pa) for pv, pa in fits]), fits
+
+
 def lag_curve(video: np.ndarray, audio: np.ndarray, *, max_lag: int = MAX_LAG) -> np.ndarray:
     """(2 max_lag + 1,) held-out correlation of video[i] with audio[i + lag] (rows are frames)."""
-    return np.array([heldout_correlation(*_overlap(video, audio, lag))
-                     for lag in range(-max_lag, max_lag + 1)])
+    return _lag_fits(video, audio, max_lag)[0]
 
 
 def shift_null_z(pv: np.ndarray, pa: np.ndarray, min_shift: int = NULL_MIN_SHIFT) -> float:
@@ -248,9 +257,8 @@ def sync_proxy(mouth: np.ndarray, wav: np.ndarray, fps: float, *,
     if video.shape[1] == 0 or audio.shape[1] == 0:
         curve, conf = np.zeros(2 * MAX_LAG + 1), 0.0
     else:
-        curve = lag_curve(video, audio)
-        peak_lag = int(np.argmax(curve)) - MAX_LAG
-        conf = shift_null_z(*heldout_projections(*_overlap(video, audio, peak_lag)))
+        curve, fits = _lag_fits(video, audio)
+        conf = shift_null_z(*fits[int(np.argmax(curve))])  # the peak lag's held-out projections
     raw = -(_peak(curve) - MAX_LAG)
     return ProxyResult(float(curve.max()), int(round(raw - calib.lead_s * fps)), raw, conf,
                        calib.threshold, curve, still=still, frames=n)

@@ -139,8 +139,7 @@ def run_recorded(
             timings = getattr(exc, "timings", None) or {}
             store.fail(job_id, error_type=type(exc).__name__, message=str(exc) or repr(exc),
                        stage_seconds=timings.get("seconds"), stage_offsets=timings.get("offsets"),
-                       device={**device_facts(None, options.device, _executor_name(executor)),
-                               **(getattr(exc, "host", None) or {})})  # where it was lost, if known
+                       device=device_facts(None, options.device, _executor_name(executor)))
         raise
     outputs = {"video": os.fspath(out_path)}
     if sbs_path is not None:

@@ -42,6 +42,7 @@ from ray import serve
 from jobs.ray_payload import FileBlob, JobPayload, JobReply
 from jobs.settings import RaySettings, ray_settings_from_env
 from jobs.work import GenerationJob, generate, warm_up
+from jobs.workers import PROJECT_ROOT
 from pipeline.device import device_facts
 from pipeline.generators.base import Generator
 from pipeline.media.ffmpeg import ProcessScope
@@ -50,7 +51,6 @@ log = logging.getLogger(__name__)
 
 GENERATION = "Generation"
 FORWARD = "Forward"
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
 MAX_BATCH_LOG = 512  # recent batches a Forward replica remembers for stats()
 
 
@@ -184,8 +184,7 @@ class GenerationServer:
             outputs["side_by_side"] = FileBlob.of(job.side_by_side, shared_dir=shared)
         host = {**self._facts, **self._where, "peak_rss_mb": result.peak_rss_mb, "attempt": payload.attempt,
                 "replica_started": started, "replica_finished": time.time()}
-        return JobReply(result=replace(result, track=result.track, originals={}, speech=None),
-                        outputs=outputs, host=host,
+        return JobReply(result=result, outputs=outputs, host=host,  # score=False: no originals nor speech kept
                         received={"video": payload.video.sha256, "audio": payload.audio.sha256})
 
     def _forward_fn(self, loop: asyncio.AbstractEventLoop, job_id: str | None) -> Any:

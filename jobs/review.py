@@ -126,10 +126,8 @@ def _options(store: JobStore, reviewer: str, suite: str | None) -> list[dict[str
     return out
 
 
-def _shown(store: JobStore, key: bytes, row: dict[str, Any], remaining: int) -> ReviewPair:
-    cands = store_ratings.candidates(store)
-    paths = dict(zip(cands["job_id"], cands["output_path"]))
-    return ReviewPair(pair_id=sign(key, row["id"]), video_a=paths[row["job_a"]], video_b=paths[row["job_b"]],
+def _shown(key: bytes, row: dict[str, Any], remaining: int) -> ReviewPair:
+    return ReviewPair(pair_id=sign(key, row["id"]), video_a=row["path_a"], video_b=row["path_b"],
                       remaining=remaining)
 
 
@@ -142,7 +140,7 @@ def next_pair(store: JobStore, reviewer: str, *, suite: str | None = None,
         options = _options(store, reviewer, suite)
         pending = store_ratings.pending_pair(store, reviewer)
         if pending is not None:
-            return _shown(store, key, pending, len(options))
+            return _shown(key, pending, len(options))
         if not options:
             raise NoPairsLeft("nothing left for you to rate: every pair of results has been shown "
                               "to you; run a suite (Suites tab) to make more")

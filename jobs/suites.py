@@ -182,7 +182,7 @@ def suite_results(store: JobStore, run_id: str) -> SuiteResults:
     settings = [s["name"] for s in run["definition"].get("settings", [])]
     jobs = runs.run_jobs_frame(store, run["id"])
     summary = aggregate(jobs, settings=settings)
-    prev = runs.previous_run(store, run["id"])
+    prev = runs.previous_run(store, run)
     previous = aggregate(runs.run_jobs_frame(store, prev["id"])) if prev else pd.DataFrame()
     folder = Path(store.data_dir) / SUITES_FOLDER / run["id"]
     grids = run["summary"].get("grids", {})
@@ -201,7 +201,8 @@ def export_results(store: JobStore, run_id: str) -> SuiteResults:
     results.summary.to_csv(folder / SUMMARY_CSV, index=False)
     results.jobs.to_csv(folder / JOBS_CSV, index=False)
     (folder / SUMMARY_JSON).write_text(json.dumps(results.to_dict(), indent=2, default=str))
-    return suite_results(store, run_id)
+    return dataclasses.replace(results, files={name: os.fspath(folder / name)
+                                               for name in (SUMMARY_CSV, SUMMARY_JSON, JOBS_CSV)})
 
 
 UPLOADS_FOLDER = "uploads"  # <data_dir>/suites/uploads/<random>/: a request's suite files

@@ -47,7 +47,7 @@ log = logging.getLogger(__name__)
 
 KILL_GRACE_S = 10.0  # seconds past a job's time limit before its worker is killed
 POLL_S = 0.1  # how often the parent checks cancel, the deadline and the worker's health
-_ROOT = Path(__file__).resolve().parent.parent  # the project root, for the child's sys.path
+PROJECT_ROOT = Path(__file__).resolve().parent.parent  # the project root, for the child's sys.path
 
 
 class _Worker:
@@ -60,7 +60,7 @@ class _Worker:
         env = {**os.environ, LANE_FILE_ENV: lane_file, JOB_CORES_ENV: str(threads)}
         for name in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
             env.setdefault(name, str(threads))  # BLAS pools spin-wait: one per worker, sized to its share
-        env["PYTHONPATH"] = os.pathsep.join(p for p in (os.fspath(_ROOT), env.get("PYTHONPATH")) if p)
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (os.fspath(PROJECT_ROOT), env.get("PYTHONPATH")) if p)
         # Its own process group: a worker that dies mid-job leaves ffmpeg children behind
         # (an encoder finishing a file in the job's scratch folder); stop() kills the group.
         self.proc = subprocess.Popen([sys.executable, "-m", "jobs.workers", str(theirs.fileno())],

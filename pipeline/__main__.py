@@ -20,7 +20,8 @@ from typing import NoReturn
 
 from pipeline.errors import LipSyncError
 from pipeline.media.encode import ENCODER_ENV
-from pipeline.options import ENCODERS, LOOP_MODES, MAX_STEPS, MODELS, RunOptions
+from pipeline.options import (DEFAULT_GUIDANCE, DEFAULT_STEPS, ENCODERS, LOOP_MODES, MAX_GUIDANCE, MAX_STEPS, MODELS,
+                              TRACKERS, RunOptions)
 
 log = logging.getLogger("pipeline")
 
@@ -45,11 +46,11 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--crf", type=int, default=RunOptions().crf)
     p.add_argument("--encoder", choices=ENCODERS, default=os.environ.get(ENCODER_ENV, "auto").strip() or "auto",
                    help="auto (h264_nvenc where it works here, else libx264; the default, or $LIPSYNC_ENCODER)")
-    p.add_argument("--tracker", choices=("auto", "insightface", "dlib"), default="auto")
+    p.add_argument("--tracker", choices=TRACKERS, default="auto")
     p.add_argument("--timeout", type=float, help="stop the job after this many seconds")
     ls = p.add_argument_group("LatentSync (--model latentsync)")
-    ls.add_argument("--steps", type=int, help=f"DDIM steps, 1 to {MAX_STEPS} (default 20)")
-    ls.add_argument("--guidance", type=float, help="classifier-free guidance scale, 0 to 20; <= 1: none (default 1.5)")
+    ls.add_argument("--steps", type=int, help=f"DDIM steps, 1 to {MAX_STEPS} (default {DEFAULT_STEPS})")
+    ls.add_argument("--guidance", type=float, help=f"classifier-free guidance scale, 0 to {MAX_GUIDANCE:g}; <= 1: none (default {DEFAULT_GUIDANCE:g})")
     ls.add_argument("--seed", type=int, help="noise seed: the same inputs and seed give the same output (default 0)")
     ls.add_argument("--silence-keep", action=argparse.BooleanOptionalAction, default=True,
                     help="keep the source mouth where the speech gate hears silence (default on)")

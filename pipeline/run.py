@@ -342,11 +342,10 @@ def _encode_all(writers: list[BackgroundWriter], *, job: Any, track: LiveTrack |
                 check: Callable[[str, float], None], keep: tuple[set[int], dict[int, YuvFrame]]) -> None:
     wanted, kept = keep
     n_out = len(plan)
-    p0 = _P_AUDIO
     main, review = writers[0], writers[1] if len(writers) > 1 else None
     starts = [0, *range(min(batch_size, FIRST_BATCH), n_out, batch_size)]
     for start, stop in zip(starts, [*starts[1:], n_out]):
-        check("generate", p0 + (0.97 - p0) * start / n_out)
+        check("generate", _P_AUDIO + (0.97 - _P_AUDIO) * start / n_out)
         with clock.stage("decode"):
             batch = [next(frames_iter) for _ in range(stop - start)]  # B YuvFrames
         faces = [track.at(i) for i in plan[start:stop]] if track is not None else [None] * len(batch)

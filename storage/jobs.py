@@ -36,7 +36,7 @@ from storage.migrations import open_db, prepare
 from storage.db import (BUSY_TIMEOUT_S, DB_FILENAME, InvalidJobState, JobNotFound, connect,
                         retention_from_env, write_transaction)
 from storage.db import data_dir as default_data_dir
-from storage.records import (ACTIVE, check_job_id, clean_text, dumps, iso, new_job_id, parse_iso,
+from storage.records import (ACTIVE, check_job_id, clean_text, dumps, iso, parse_iso,
                              process_owner, self_owner, where_clause)
 
 log = logging.getLogger(__name__)
@@ -88,9 +88,7 @@ class JobStore:
         self.data_dir = Path(data_dir) if data_dir is not None else default_dir
         try:
             self.recovered: list[str] = self.recover() if recover else []
-            limits = retention_from_env() if retention else {}
-            self.pruned: list[str] = (self.apply_retention(**limits)
-                                      if any(v is not None for v in limits.values()) else [])
+            self.pruned: list[str] = self.apply_env_retention() if retention else []
         except BaseException:
             self.close()
             raise
@@ -129,13 +127,7 @@ class JobStore:
         applies the retention settings of the environment (a long-running server)."""
         if self._heartbeat is not None:
             self._heartbeat.stop()
-
-        def retention() -> None:
-            limits = retention_from_env()
-            if any(v is not None for v in limits.values()):
-                self.apply_retention(**limits)
-
-        self._heartbeat = maintenance.Heartbeat(self, also=also, retention=retention,
+        self._heartbeat = maintenance.Heartbeat(self, also=also, retention=self.apply_env_retention,
                                                 retention_s=retention_s).start()
 
     def close(self) -> None:
@@ -177,9 +169,7 @@ class JobStore:
             # in (a test's in-memory one): its one connection belongs to the thread that made it
             self.keep_alive()
         with self.transaction() as db:
-            job_id = new_job_id(now)
-            while db.execute("SELECT 1 FROM jobs WHERE id = ?", [job_id]).fetchone():
-                job_id = new_job_id(now)
+            job_id = records.unique_id(db, "jobs", now)
             db["jobs"].insert({
                 "id": job_id, "kind": clean_text(kind), "source": source,
                 "user": clean_text(user), "status": "queued", "created_at": iso(now),
@@ -296,6 +286,12 @@ class JobStore:
         then of the oldest until they fit in ``max_total_mb`` MiB; rows are kept, marked
         ``files_gone``. Returns the ids. See :func:`storage.maintenance.apply_retention`."""
         return maintenance.apply_retention(self, max_age_days=max_age_days, max_total_mb=max_total_mb)
+
+    def apply_env_retention(self) -> list[str]:
+        """:meth:`apply_retention` with ``$LIPSYNC_RETENTION_DAYS`` / ``$LIPSYNC_RETENTION_MB``
+        (nothing when neither is set). Returns the ids."""
+        limits = retention_from_env()
+        return self.apply_retention(**limits) if any(v is not None for v in limits.values()) else []
 
     # -- reads -----------------------------------------------------------------------------
 

@@ -10,7 +10,6 @@ tabs) rating at once never lose nor duplicate a rating.
 
 from __future__ import annotations
 
-import logging
 import secrets
 import sqlite3
 from collections.abc import Mapping, Sequence
@@ -21,8 +20,6 @@ import pandas as pd
 from storage.db import StorageError
 from storage.jobs import JobStore
 from storage.records import clean_text, iso
-
-log = logging.getLogger(__name__)
 
 SECRET_NAME = "review_pair_key"
 SECRET_BYTES = 32
@@ -80,11 +77,12 @@ def issued_to(store: JobStore, reviewer: str) -> set[tuple[str, str]]:
 
 
 def pending_pair(store: JobStore, reviewer: str) -> dict[str, Any] | None:
-    """The reviewer's oldest issued pair not rated yet (shown again rather than a new one)."""
+    """The reviewer's oldest issued pair not rated yet (shown again rather than a new one),
+    with each side's result file as ``path_a`` / ``path_b``."""
     with store.connection() as db:
         row = next(db.query(
-            "SELECT p.* FROM review_pairs p LEFT JOIN ratings r ON r.pair_id = p.id "
-            "JOIN jobs a ON a.id = p.job_a JOIN jobs b ON b.id = p.job_b "
+            "SELECT p.*, a.output_path AS path_a, b.output_path AS path_b FROM review_pairs p "
+            "LEFT JOIN ratings r ON r.pair_id = p.id JOIN jobs a ON a.id = p.job_a JOIN jobs b ON b.id = p.job_b "
             "WHERE p.reviewer = ? AND r.id IS NULL AND NOT a.files_gone AND NOT b.files_gone "
             "ORDER BY p.created_at, p.id LIMIT 1", [reviewer]), None)
     return dict(row) if row is not None else None

@@ -47,6 +47,15 @@ def new_job_id(now: datetime) -> str:
     return f"{stamp}-{''.join(secrets.choice(_ID_ALPHABET) for _ in range(8))}"
 
 
+def unique_id(db: Database, table: str, now: datetime) -> str:
+    """A :func:`new_job_id` not yet an ``id`` of ``table`` (a table of the schema, never user
+    text); call it inside the write transaction that inserts the row."""
+    new_id = new_job_id(now)
+    while db.execute(f"SELECT 1 FROM {table} WHERE id = ?", [new_id]).fetchone():
+        new_id = new_job_id(now)
+    return new_id
+
+
 def check_job_id(job_id: Any) -> str:
     """Return ``job_id`` if it is well formed, else raise :class:`InvalidJobId`."""
     if not isinstance(job_id, str) or not JOB_ID_RE.fullmatch(job_id):

@@ -7,7 +7,6 @@ Every write is one ``BEGIN IMMEDIATE`` transaction on the JobStore's connection.
 from __future__ import annotations
 
 import json
-import logging
 from collections.abc import Mapping
 from typing import Any
 
@@ -15,9 +14,7 @@ import pandas as pd
 
 from storage.db import StorageError
 from storage.jobs import JobStore
-from storage.records import check_job_id, clean_text, dumps, iso, new_job_id
-
-log = logging.getLogger(__name__)
+from storage.records import check_job_id, clean_text, dumps, iso, unique_id
 
 RUN_STATUSES = ("running", "finished", "interrupted")
 JOB_COLUMNS = ["job_id", "pair", "setting", "model", "position", "status", "error_type", "error_message",
@@ -36,9 +33,7 @@ def create_run(store: JobStore, *, suite: str, definition: Mapping[str, Any], to
     """Record a new running suite run; returns its id (same form as a job id)."""
     now = store.now()
     with store.transaction() as db:
-        run_id = new_job_id(now)
-        while db.execute("SELECT 1 FROM suite_runs WHERE id = ?", [run_id]).fetchone():
-            run_id = new_job_id(now)
+        run_id = unique_id(db, "suite_runs", now)
         db["suite_runs"].insert({"id": run_id, "suite": clean_text(suite), "definition_json": dumps(definition),
                                  "status": "running", "source": source, "user": clean_text(user),
                                  "created_at": iso(now), "total_jobs": int(total_jobs)})
@@ -92,13 +87,13 @@ def list_runs(store: JobStore, *, suite: str | None = None, limit: int = 50) -> 
     return [_run_record(r) for r in rows]
 
 
-def previous_run(store: JobStore, run_id: str) -> dict[str, Any] | None:
-    """The latest finished run of the same suite created before ``run_id``, or None."""
-    run = get_run(store, run_id)
+def previous_run(store: JobStore, run: Mapping[str, Any]) -> dict[str, Any] | None:
+    """The latest finished run of the same suite created before ``run`` (a :func:`get_run`
+    record), or None."""
     with store.connection() as db:
         row = next(db.query(
             "SELECT * FROM suite_runs WHERE suite = ? AND status = 'finished' AND created_at < ? "
-            "AND id <> ? ORDER BY created_at DESC LIMIT 1", [run["suite"], run["created_at"], run_id]), None)
+            "ORDER BY created_at DESC LIMIT 1", [run["suite"], run["created_at"]]), None)
     return _run_record(row) if row is not None else None
 
 

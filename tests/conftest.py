@@ -13,6 +13,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import media  # noqa: E402  (tests/media.py)
+from required import shared_folder  # noqa: E402
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # no machine here can reach the Hub
 
@@ -43,17 +44,11 @@ def face_png(synth_dir: Path) -> Path:
     return path
 
 
-def _shared_media_dir() -> Path:
-    return Path(os.environ.get("LIPSYNC_TEST_MEDIA", ROOT.parent / "shared" / "media"))
-
-
 @pytest.fixture(scope="session")
 def shared_media() -> Path:
     """The real media folder (../shared/media or $LIPSYNC_TEST_MEDIA); skips where absent."""
-    d = _shared_media_dir()
-    if not (d / "hdtf_aoc_512.mp4").exists():
-        pytest.skip(f"real test media not found at {d} (set LIPSYNC_TEST_MEDIA)")
-    return d
+    return shared_folder("LIPSYNC_TEST_MEDIA", ROOT.parent / "shared" / "media", "hdtf_aoc_512.mp4",
+                         "real test media")
 
 
 # The app tests' client and job store: each app test module defines its own ``server``

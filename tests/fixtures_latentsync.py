@@ -9,7 +9,6 @@ VAE) named by ``$LIPSYNC_LATENTSYNC_DIR``: their outputs are noise, never a meas
 
 from __future__ import annotations
 
-import os
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,23 +17,18 @@ import pytest
 import torch
 
 from pipeline.weights import LATENTSYNC_DIR_ENV
+from required import shared_folder
 
 ROOT = Path(__file__).resolve().parents[1]
 REFERENCE_ENV = "LIPSYNC_TEST_REFERENCE"
 TOLERANCE = 1e-4  # max abs difference allowed against the official outputs (fp32, CPU)
 
 
-def reference_dir() -> Path:
-    return Path(os.environ.get(REFERENCE_ENV, ROOT.parent / "shared" / "reference" / "latentsync15"))
-
-
 @pytest.fixture(scope="session")
 def reference() -> Path:
     """The LatentSync 1.5 reference folder; skips where absent."""
-    d = reference_dir()
-    if not (d / "unet_small.pt").is_file():
-        pytest.skip(f"LatentSync reference data not found at {d} (set {REFERENCE_ENV})")
-    return d
+    return shared_folder(REFERENCE_ENV, ROOT.parent / "shared" / "reference" / "latentsync15", "unet_small.pt",
+                         "LatentSync reference data")
 
 
 @pytest.fixture(scope="session")

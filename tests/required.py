@@ -10,6 +10,7 @@ legitimately be absent (the real media folder, an NVIDIA GPU) keep plain skips.
 from __future__ import annotations
 
 import os
+from pathlib import Path
 from typing import NoReturn
 
 import pytest
@@ -28,3 +29,12 @@ def skip_or_fail(reason: str) -> NoReturn:
         pytest.fail(f"{reason} ({REQUIRE_ENV} is set: `make test` needs it installed; run `make setup-dev`)",
                     pytrace=False)
     pytest.skip(reason)
+
+
+def shared_folder(env: str, default: Path, marker: str, what: str) -> Path:
+    """``$env``, else ``default``: a folder of ../shared, which a machine may lack. A plain skip
+    (under ``make test`` too) naming where it looked when ``marker`` is not a file in it."""
+    d = Path(os.environ.get(env, default))
+    if not (d / marker).is_file():
+        pytest.skip(f"{what} not found at {d} (set {env})")
+    return d

@@ -31,8 +31,8 @@ from typing import Any
 
 from gradio.server_messages import ProcessCompletedMessage
 
-from jobs.access import viewer_for
 from ui.context import GENERATION_GROUP, AppContext
+from ui.privacy import viewer
 
 log = logging.getLogger(__name__)
 
@@ -128,8 +128,7 @@ def record_queued_cancel(ctx: AppContext, layout: QueuedInputs, event: Any) -> s
     """Record the removed event as a job created and cancelled at once; returns its id."""
     data = getattr(getattr(event, "data", None), "data", None) or []
     fields = _job_fields(layout, data)
-    owner = viewer_for(ctx.settings, username=getattr(event, "username", None),
-                       session_hash=getattr(event, "session_hash", None)).owner  # as a running job's
+    owner = viewer(ctx, event).owner  # as a running job's (the event carries the request's names)
     job_id = ctx.store.create(**fields, user=owner)
     ctx.store.cancel(job_id, QUEUED_CANCEL_REASON)
     log.info("job %s (%s) cancelled while queued", job_id, fields["source"])

@@ -133,11 +133,12 @@ class JobMetrics(Collector):
         return family
 
 
-def metrics_text(ctx: AppContext) -> bytes:
-    """The /metrics body in Prometheus text exposition format (prometheus_client's)."""
+def metrics_registry(ctx: AppContext) -> CollectorRegistry:
+    """The registry /metrics serves (made once per server: :class:`JobMetrics` reads the live
+    state at each scrape); ``generate_latest(registry)`` is the body in Prometheus text format."""
     registry = CollectorRegistry(auto_describe=False)
     registry.register(JobMetrics(ctx))
-    return generate_latest(registry)
+    return registry
 
 
 def metrics_auth(auth: tuple[str, str] | None) -> Callable[..., None]:
@@ -170,9 +171,11 @@ def make_server(ctx: AppContext) -> fastapi.FastAPI:
         body = readiness(ctx)
         return JSONResponse(body, status_code=200 if body["ready"] else 503)
 
+    registry = metrics_registry(ctx)
+
     @app.get("/metrics", dependencies=[fastapi.Depends(metrics_auth(ctx.settings.auth))])
     def metrics() -> Response:
-        return Response(metrics_text(ctx), media_type=CONTENT_TYPE_LATEST)
+        return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
 
     return app
 

@@ -28,10 +28,11 @@ import numpy as np
 
 from pipeline.errors import WeightsUnavailable
 from pipeline.faces.types import Face, FaceTracker
+from pipeline.options import TRACKERS
 
 log = logging.getLogger(__name__)
 
-KINDS = ("auto", "insightface", "dlib")
+KINDS = TRACKERS  # make_tracker's kinds: RunOptions.tracker's choices
 INSIGHTFACE_ROOT_ENV = "LIPSYNC_INSIGHTFACE_ROOT"
 INSIGHTFACE_DEFAULT_ROOT = "~/.insightface"
 INSIGHTFACE_DET_SIZE = 320  # px: SCRFD input side; tracking frames are ~384 px on the long side

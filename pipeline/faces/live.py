@@ -20,8 +20,8 @@ from collections.abc import Iterator
 import cv2
 import numpy as np
 
-from pipeline.faces.tracking import DETECT_EVERY, Track, TrackBuilder
-from pipeline.faces.types import LUMA_GAIN, Face, FaceTracker
+from pipeline.faces.tracking import DETECT_EVERY, Track, TrackBuilder, tracking_size
+from pipeline.faces.types import Face, FaceTracker, gray_crop
 from pipeline.media.yuv import YuvFrame
 
 WAIT_S = 0.5  # how often a waiting render re-checks for a failure of the tapped stream
@@ -37,10 +37,7 @@ class LiveTrack:
 
     def __init__(self, tracker: FaceTracker, *, size: tuple[int, int], long_side: int, n_track: int,
                  face_index: int = 0, landmarks: bool = True, every: int = DETECT_EVERY) -> None:
-        width, height = size
-        scale = max(1.0, max(width, height) / long_side)
-        self.small = (max(2, round(width / scale)), max(2, round(height / scale)))
-        scale_xy = (width / self.small[0] + height / self.small[1]) / 2
+        self.small, scale_xy = tracking_size(*size, long_side)
         self._gray = tracker.accepts_gray
         self._builder = TrackBuilder(tracker, scale=scale_xy, face_index=face_index, every=every,
                                      landmarks=landmarks, reduce=self._reduce)
@@ -50,13 +47,11 @@ class LiveTrack:
         self._error: BaseException | None = None
         self._cond = threading.Condition()
         self.seconds = 0.0  # spent tracking on the tapping thread
-        self.started: float | None = None  # perf_counter of the first frame tracked
 
     def _reduce(self, buf: np.ndarray) -> np.ndarray:
         frame = YuvFrame(buf)
         if self._gray:  # the luma plane, limited range stretched as a BGR -> grey conversion gives
-            small = cv2.resize(frame.planes()[0], self.small, interpolation=cv2.INTER_AREA)
-            return cv2.convertScaleAbs(small, alpha=LUMA_GAIN, beta=-16 * LUMA_GAIN)
+            return gray_crop(frame, 0, 0, frame.width, frame.height, size=self.small)
         return cv2.resize(frame.to_bgr(), self.small, interpolation=cv2.INTER_AREA)
 
     def tap(self, frames: Iterator[np.ndarray]) -> Iterator[np.ndarray]:
@@ -73,7 +68,6 @@ class LiveTrack:
 
     def _feed(self, buf: np.ndarray) -> None:
         start = time.perf_counter()
-        self.started = self.started or start
         builder = self._builder
         builder.feed(buf)
         if builder.n >= self.n_track:

@@ -163,8 +163,13 @@ class TrackBuilder:
         """The final faces of frames [lo, hi) (hi <= :meth:`ready`), in full-resolution pixels:
         resolved from the detections within 3 * every of the range, which decide them."""
         margin = 3 * self.every
-        window = {k: f for k, f in self._obs.items() if lo - margin <= k < hi + margin}
-        return _resolve(window, self.every, self.scale, hi)[lo:hi]
+        window: dict[int, Face | None] = {}
+        for k, f in reversed(self._obs.items()):  # frames enter _obs in ascending order: stop past the window
+            if k < lo - margin:
+                break
+            if k < hi + margin:
+                window[k] = f
+        return _resolve(window, self.every, self.scale, hi, lo=lo)
 
     def finish(self) -> Track:
         """The Track of every frame fed. Raises NoFaceFound naming the sampled frames when
@@ -189,22 +194,22 @@ class TrackBuilder:
         return Track(faces, missing, sorted(set(sampled)))
 
 
-def _resolve(obs: dict[int, Face | None], every: int, scale: float, n: int) -> list[Face | None]:
-    """Faces of frames [0, n) from the detections ``obs`` (frame -> face or None): smoothed,
+def _resolve(obs: dict[int, Face | None], every: int, scale: float, n: int, *, lo: int = 0) -> list[Face | None]:
+    """Faces of frames [lo, n) from the detections ``obs`` (frame -> face or None): smoothed,
     interpolated between detections at most ``every`` apart with a face all along, scaled."""
-    faces: list[Face | None] = [None] * n
+    out: list[Face | None] = [None] * (n - lo)
     found = _smooth(sorted((i, f) for i, f in obs.items() if f is not None), every)
     if not found:
-        return faces
+        return out
     for (i, a), (j, b) in zip(found, found[1:]):
-        if i < n:
-            faces[i] = a.scaled(scale)
-        if j - i <= every and all(obs.get(k, a) is not None for k in range(i + 1, j)):
-            for k in range(i + 1, min(j, n)):
-                faces[k] = lerp_faces(a, b, (k - i) / (j - i)).scaled(scale)
-    if found[-1][0] < n:
-        faces[found[-1][0]] = found[-1][1].scaled(scale)
-    return faces
+        if lo <= i < n:
+            out[i - lo] = a.scaled(scale)
+        if j > lo and j - i <= every and all(obs.get(k, a) is not None for k in range(i + 1, j)):
+            for k in range(max(i + 1, lo), min(j, n)):
+                out[k - lo] = lerp_faces(a, b, (k - i) / (j - i)).scaled(scale)
+    if lo <= found[-1][0] < n:
+        out[found[-1][0] - lo] = found[-1][1].scaled(scale)
+    return out
 
 
 def track_frames(frames: Iterable[np.ndarray], *, scale: float, tracker: FaceTracker,
@@ -228,17 +233,20 @@ def track_frames(frames: Iterable[np.ndarray], *, scale: float, tracker: FaceTra
     return builder.finish()
 
 
+def tracking_size(width: int, height: int, long_side: int) -> tuple[tuple[int, int], float]:
+    """(the (w, h) frames are tracked at, at most ``long_side`` on the long side; the scale
+    from those frames back to ``width`` x ``height``)."""
+    scale = max(1.0, max(width, height) / long_side)
+    small = (max(2, round(width / scale)), max(2, round(height / scale)))
+    return small, (width / small[0] + height / small[1]) / 2
+
+
 def track_video(video: str | os.PathLike[str], info: MediaInfo, *, options: RunOptions,
-                fps: float, n_track: int, on_frame: Callable[[float], None] | None = None,
-                landmarks: bool = True) -> Track:
+                fps: float, n_track: int, landmarks: bool = True) -> Track:
     """Faces of the first ``n_track`` source frames (decoded at ``fps``, as the render pass
     decodes them), detected on frames reduced to ``options.track_long_side``; boxes and
     (if ``landmarks``) landmarks in full-resolution pixels."""
-    on_frame = on_frame or (lambda fraction: None)
-    width, height = info.video.display_size
-    scale = max(1.0, max(width, height) / options.track_long_side)
-    small = (max(2, round(width / scale)), max(2, round(height / scale)))
-    scale_x, scale_y = width / small[0], height / small[1]
+    small, scale = tracking_size(*info.video.display_size, options.track_long_side)
     tracker = make_tracker(options.tracker)
 
     def frames() -> Iterator[np.ndarray]:
@@ -247,11 +255,9 @@ def track_video(video: str | os.PathLike[str], info: MediaInfo, *, options: RunO
             for i, frame in enumerate(source):
                 if i >= n_track:
                     break
-                if i % 25 == 0:
-                    on_frame(i / n_track)
                 yield frame
         finally:
             source.close()
 
-    return track_frames(frames(), scale=(scale_x + scale_y) / 2, tracker=tracker,
-                        face_index=options.face_index, landmarks=landmarks)
+    return track_frames(frames(), scale=scale, tracker=tracker, face_index=options.face_index,
+                        landmarks=landmarks)

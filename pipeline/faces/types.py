@@ -168,7 +168,7 @@ class FaceTracker(ABC):
         s = min(1.0, LANDMARK_FACE_PX / max(face.width, 1.0))
         size = (max(8, round((x2 - x1) * s)), max(8, round((y2 - y1) * s)))
         sx, sy = size[0] / (x2 - x1), size[1] / (y2 - y1)
-        crop = _gray_crop(frame, x1, y1, x2, y2, size=size) if self.accepts_gray else None
+        crop = gray_crop(frame, x1, y1, x2, y2, size=size) if self.accepts_gray else None
         if crop is None:
             crop = frame[y1:y2, x1:x2]
             if s < 1.0:
@@ -205,7 +205,7 @@ class FaceTracker(ABC):
                      None, f.score) for f in found]
 
 
-def _gray_crop(frame: np.ndarray, x1: int, y1: int, x2: int, y2: int, *,
+def gray_crop(frame: np.ndarray, x1: int, y1: int, x2: int, y2: int, *,
                size: tuple[int, int] | None = None) -> np.ndarray | None:
     """The grey (H, W) region of an I420 frame (pipeline.media.yuv.YuvFrame: anything with
     ``planes()``) straight from its luma plane, limited range stretched to full as a

@@ -76,10 +76,9 @@ def base_cmd() -> list[str]:
     return [ffmpeg_exe(), "-hide_banner", "-nostdin", "-y"]
 
 
-def run_ffmpeg(args: Sequence[str], *, what: str, timeout: float | None = None,
-               hide: str | None = None) -> str:
+def run_ffmpeg(args: Sequence[str], *, what: str, timeout: float | None = None) -> str:
     """Run ffmpeg with ``args`` (after the common flags); return stderr; raise FFmpegError."""
-    return ffmpeg_output(args, what=what, timeout=timeout, hide=hide)[1]
+    return ffmpeg_output(args, what=what, timeout=timeout)[1]
 
 
 def ffmpeg_output(args: Sequence[str], *, what: str, timeout: float | None = None,

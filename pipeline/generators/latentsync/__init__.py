@@ -5,7 +5,7 @@ Only relative imports inside this package, so it can move as a whole.
 """
 
 from .config import UNetConfig, config_for_checkpoint, config_from_dict, load_config
-from .unet import LatentSyncUNet, build_unet, default_dtype, load_unet
+from .unet import LatentSyncUNet, build_unet, load_unet
 
 __all__ = ["LatentSyncUNet", "UNetConfig", "build_unet", "config_for_checkpoint", "config_from_dict",
-           "default_dtype", "load_config", "load_unet"]
+           "load_config", "load_unet"]

@@ -23,9 +23,8 @@ import numpy as np
 from pipeline.faces.types import Face
 from pipeline.generators.blend import Patch
 
-from .mask import MASKED, mask_image
+from .mask import FACE_SIZE, MASKED, mask_image
 
-FACE_SIZE = 256  # the aligned face's side
 TEMPLATE_SCALE = 2.8  # the official AlignRestore's ratio for a 256 resolution
 # the template's left brow, right brow and nose centre in the 210 x 280 crop (x 2.8 of the official units)
 TEMPLATE = np.array([[17.0, 20.0], [58.0, 20.0], [37.5, 40.0]]) * TEMPLATE_SCALE

@@ -21,13 +21,13 @@ import numpy as np
 import torch
 
 from pipeline.errors import InvalidMedia
+from pipeline.media.audio import DECODE_TIMEOUT_S, SAMPLE_RATE  # 16 kHz: whisper's input too
 from pipeline.media.ffmpeg import ffmpeg_output, input_args
 
 from .whisper import WhisperEncoder
 
 log = logging.getLogger(__name__)
 
-SAMPLE_RATE = 16000  # Hz, whisper's input
 N_FFT = 400  # 25 ms at 16 kHz
 HOP_LENGTH = 160  # 10 ms at 16 kHz: 100 mel frames per second
 N_MELS = 80
@@ -40,7 +40,6 @@ ROWS_PER_FRAME = 2  # feature rows per video frame at 25 fps: 50 / 25
 # rows per frame's window: 2 * 2 before, 2 * (2 + 1) from the frame on = 10; x 5 layers = 50 tokens
 ROWS_BEFORE = FRAMES_BEFORE * ROWS_PER_FRAME  # 4
 ROWS_FROM = (FRAMES_AFTER + 1) * ROWS_PER_FRAME  # 6
-DECODE_TIMEOUT_S = 120.0  # a 600 s track decodes in about a second
 INT16_SCALE = 32768.0  # s16 samples to [-1, 1)
 ENCODER_BATCH = 4  # 30-second windows per encoder call (about 60 MB of activations each in fp32)
 
@@ -145,10 +144,3 @@ def tokens_at(features: torch.Tensor, frames: np.ndarray | list[int], *, fps: fl
     rows = np.clip(centres[:, None] + offsets[None, :], 0, features.shape[0] - 1)  # (N, 10)
     picked = features[torch.from_numpy(rows)]  # (N, 10, L + 1, width)
     return picked.reshape(len(index), -1, features.shape[-1])  # (N, 10 * (L + 1), width)
-
-
-def tokens_for_file(encoder: WhisperEncoder, path: str | os.PathLike[str], *, fps: float,
-                    num_frames: int | None = None) -> torch.Tensor:
-    """(N, 50, 384) tokens of a speech file for video at ``fps``: :func:`load_speech`,
-    :func:`encoder_features`, :func:`frame_tokens`."""
-    return frame_tokens(encoder_features(encoder, load_speech(path)), fps=fps, num_frames=num_frames)

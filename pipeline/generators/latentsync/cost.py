@@ -16,13 +16,13 @@ from collections.abc import Hashable
 
 import torch
 
+from .mask import FACE_SIZE
 from .unet import LatentSyncUNet
 from .vae import DOWNSCALE
 
 log = logging.getLogger(__name__)
 
 PROBE_FRAMES = 2  # frames of the timed call (the cost grows linearly in frames: a short call suffices)
-FACE_SIZE = 256  # the aligned face: latents of 256 / 8 = 32 x 32
 AUDIO_TOKENS = 50  # tokens per frame (whisper: 5 layers x 10 positions)
 TIMESTEP = 500  # any timestep costs the same
 
@@ -32,7 +32,7 @@ _lock = threading.Lock()
 
 def _time_one_call(unet: LatentSyncUNet, *, batch: int, frames: int) -> float:
     cfg = unet.config
-    side = FACE_SIZE // DOWNSCALE
+    side = FACE_SIZE // DOWNSCALE  # latents of 256 / 8 = 32 x 32
     device, dtype = unet.conv_in.weight.device, unet.dtype
     generator = torch.Generator(device="cpu").manual_seed(0)
     sample = torch.randn((batch, cfg.in_channels, frames, side, side), generator=generator)  # (B, 13, F, 32, 32)
@@ -62,8 +62,3 @@ def measurements() -> int:
     """How many models this process has timed (tests)."""
     with _lock:
         return len(_measured)
-
-
-def forget_measurements() -> None:
-    with _lock:
-        _measured.clear()

@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from pipeline.device import choose_device, choose_dtype, configure_cpu_threads, gpu_lock
+from pipeline.device import choose_device, choose_dtype, configure_cpu_threads
 from pipeline.faces.types import Face
 from pipeline.generators.base import CostEstimate, Frames, Generator, GeneratorJob, check_batch
 from pipeline.generators.blend import Patch
@@ -77,11 +77,6 @@ def get_models(weights: dict[str, ResolvedWeights], *, device: torch.device,
         return LatentSyncModels(unet=unet, whisper=whisper, vae=vae)
 
     return _models.get(key, load), key
-
-
-def clear_models() -> None:
-    """Forget the loaded models (tests; switching weights in a long-lived process)."""
-    _models.clear()
 
 
 def sampling_options(*, steps: int | None = None, guidance: float | None = None,
@@ -151,7 +146,7 @@ class LatentSyncJob(GeneratorJob):
         if not todo:
             return patches
         tokens = tokens_at(self.features, [first + i for i, _, _ in todo], fps=self.fps)  # (n, 50, 384)
-        with torch.inference_mode(), gpu_lock():
+        with torch.inference_mode():  # the run loop holds gpu_lock() around process()
             out = lipsync_faces(self.gen.models.unet, self.gen.models.vae, to_pixels([a for _, _, a in todo]),
                                 tokens, options=self.gen.options)  # (n, 3, 256, 256)
         height, width = frames[todo[0][0]].shape[:2]

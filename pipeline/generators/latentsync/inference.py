@@ -12,13 +12,11 @@ import logging
 
 import torch
 
-from .mask import keep_mask, latent_mask
+from .mask import FACE_SIZE, keep_mask, latent_mask
 from .sampling import SamplingOptions, UNetFn, denoise, initial_noise, make_scheduler
 from .vae import DOWNSCALE, FaceVae
 
 log = logging.getLogger(__name__)
-
-FACE_SIZE = 256  # aligned face side in pixels (LatentSync 1.5)
 
 
 def lipsync_faces(unet: UNetFn, vae: FaceVae, faces: torch.Tensor, tokens: torch.Tensor, *,

@@ -11,15 +11,16 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .mask_data import MASK_ROW_RUNS, MASK_SIZE
+from .mask_data import MASK_ROW_RUNS
 
+FACE_SIZE = 256  # pixels per side of the aligned face (LatentSync 1.5), which the mask covers
 MASKED = 0  # pixel value of the region the model redraws
 KEPT = 255  # pixel value of everything else
 
 
 @functools.cache
 def _mask_image() -> np.ndarray:
-    image = np.full((MASK_SIZE, MASK_SIZE), KEPT, dtype=np.uint8)
+    image = np.full((FACE_SIZE, FACE_SIZE), KEPT, dtype=np.uint8)
     for first_row, last_row, spans in MASK_ROW_RUNS:
         for x_first, x_last in spans:
             image[first_row:last_row + 1, x_first:x_last + 1] = MASKED

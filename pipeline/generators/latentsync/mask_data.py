@@ -4,8 +4,6 @@
 every other pixel is 255. Generated data; :mod:`.mask` rebuilds the image from it.
 """
 
-MASK_SIZE = 256  # pixels per side of the aligned face
-
 MASK_ROW_RUNS: tuple[tuple[int, int, tuple[tuple[int, int], ...]], ...] = (
     (95, 127, ((9, 77), (178, 246))),
     (128, 134, ((9, 247),)),

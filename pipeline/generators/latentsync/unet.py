@@ -113,24 +113,17 @@ def build_unet(cfg: UNetConfig, *, device: torch.device | str = "meta") -> Laten
 
 
 def load_unet(config_path: str | os.PathLike[str] | None, checkpoint_path: str | os.PathLike[str],
-              device: torch.device | str = "cpu", dtype: torch.dtype | None = torch.float32) -> LatentSyncUNet:
+              device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32) -> LatentSyncUNet:
     """The UNet of ``checkpoint_path`` (``{"state_dict", "global_step"}``), loaded strictly.
 
     ``config_path`` None: ``unet_config.json`` beside the checkpoint, else the built-in 1.5
-    config. ``dtype`` None: fp16 on CUDA, fp32 elsewhere. Raises WeightsUnavailable (no file)
-    and WeightsInvalid (unreadable or truncated file; a missing, unexpected or wrongly shaped
-    key, named with the file).
+    config. Raises WeightsUnavailable (no file) and WeightsInvalid (unreadable or truncated
+    file; a missing, unexpected or wrongly shaped key, named with the file).
     """
     cfg = load_config(config_path) if config_path is not None else config_for_checkpoint(checkpoint_path)
     name = os.path.basename(os.fspath(checkpoint_path))
     ckpt = read_checkpoint(checkpoint_path, required=CHECKPOINT_KEYS)
-    dtype = dtype or default_dtype(device)
     model = load_strict(build_unet(cfg), ckpt["state_dict"], source=name, device=device, dtype=dtype)
     log.info("latentsync: loaded UNet %s (global_step %s, %.1f M parameters, %s on %s)", name,
              ckpt.get("global_step", "?"), sum(p.numel() for p in model.parameters()) / 1e6, dtype, device)
     return model  # type: ignore[return-value]
-
-
-def default_dtype(device: torch.device | str) -> torch.dtype:
-    """fp16 on CUDA (as the official inference runs), fp32 on the CPU."""
-    return torch.float16 if torch.device(device).type == "cuda" else torch.float32
