@@ -74,8 +74,18 @@ class InProcessExecutor(Executor):
             cancel: CancelFn | None = None) -> tuple[RunResult, Any]:
         return generate(job, progress=progress, cancel=cancel)
 
+    _warming: threading.Thread | None = None
+
     def start(self) -> None:
-        threading.Thread(target=warm_up, name="warm-up", daemon=True).start()
+        # Not a daemon: the interpreter joins it before finalising. A daemon thread still in
+        # native code at exit (cv2, dlib) is ended by pthread_exit there, and libstdc++ aborts
+        # the process ("terminate called without an active exception").
+        self._warming = threading.Thread(target=warm_up, name="warm-up")
+        self._warming.start()
+
+    def close(self) -> None:
+        if self._warming is not None:
+            self._warming.join()
 
 
 # name -> (module, class), imported only when chosen

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -90,7 +91,9 @@ def warm_up() -> None:
         make_tracker("auto").load()
         audio.melspectrogram(np.zeros(audio.SAMPLE_RATE, np.float32))  # 1 s of silence
     except Exception:  # noqa: BLE001
-        log.warning("warm-up failed", exc_info=True)
+        # A process that ends during its warm-up refuses new imports' atexit hooks: not a fault.
+        exiting = not threading.main_thread().is_alive()
+        log.log(logging.DEBUG if exiting else logging.WARNING, "warm-up failed", exc_info=True)
 
 
 def generate(job: GenerationJob, *, progress: ProgressFn | None = None,

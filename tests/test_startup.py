@@ -54,3 +54,23 @@ def test_cli_job_imports_no_heavy_library(package: str, model: str, face_mp4: Pa
                              data_dir=tmp_path / "data")
     heavy = sorted(m for m in modules if m in HEAVY)
     assert heavy == [], f"{package} run --model {model} imported {heavy}"
+
+
+def test_a_process_that_exits_at_once_waits_for_the_warm_up(tmp_path: Path) -> None:
+    """The in-process executor's warm-up runs in native code (dlib, cv2). A process that ends
+    right after starting it must let it finish first: a daemon thread still in native code at
+    finalisation is ended by pthread_exit there and the process aborts. The atexit handler
+    runs after the interpreter has joined its non-daemon threads, so it sees whether the
+    warm-up was waited for; the warm-up takes far longer than the main thread here. (A warm-up
+    cut short by the exit may end early, refused new atexit hooks; it must end quietly.)"""
+    code = ("import atexit, sys, threading\n"
+            "from jobs.executors import make_executor\n"
+            "atexit.register(lambda: print('alive at exit:', sorted(t.name for t in threading.enumerate()"
+            " if t is not threading.main_thread()), flush=True))\n"
+            "make_executor('threads').start()\n")
+    env = {**os.environ, "LIPSYNC_CACHE_DIR": str(tmp_path)}
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.strip().splitlines()[-1] == "alive at exit: []", proc.stdout
+    assert "warm-up failed" not in proc.stderr, proc.stderr[-2000:]
