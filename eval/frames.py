@@ -30,10 +30,12 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.errors import InvalidMedia
+from pipeline.faces.tracking import Track
 from pipeline.faces.types import LANDMARK_FACE_PX, LANDMARK_MARGIN, Face, FaceTracker
 from pipeline.media.ffmpeg import base_cmd
 from pipeline.media.probe import MediaInfo
-from pipeline.media.decode import SELECT_MAX_TERMS, decoder_input, pipe_frames, read_frames, select_expr
+from pipeline.media.decode import (SELECT_MAX_TERMS, decoder_input, frame_plan, pipe_frames, read_frames,
+                                   select_expr)
 from pipeline.media.yuv import YuvFrame, even_box
 
 FPS_TOLERANCE = 1e-3  # relative: 25 vs 25.02 is the same rate
@@ -233,3 +235,35 @@ class SampleFile:
             frame = YuvFrame(data.reshape(self.height * 3 // 2, self.width))  # (H * 3 / 2, W) I420 planes
             yield self.samples[self.done], frame
             self.done += 1
+
+
+class FaceLookup:
+    """The original's face for generated frame i: that of source frame plan[i] (the job's plan,
+    else ``frame_plan`` of the loop mode, grown as asked; past a given plan's end, its last)."""
+
+    def __init__(self, track: Track | None, plan: Sequence[int] | None, loop: str) -> None:
+        self.faces, self._given, self._loop = [] if track is None else list(track.faces), plan is not None, loop
+        self._plan = np.zeros(0, np.int64) if plan is None else np.asarray(plan, np.int64)
+        if self._given and self.faces and len(self._plan) and \
+                not 0 <= int(self._plan.min()) <= int(self._plan.max()) < len(self.faces):
+            raise ValueError(f"source_indices run outside the original's {len(self.faces)} tracked frames")
+
+    def get(self, i: int) -> Face | None:
+        if not self.faces:
+            return None
+        if i >= len(self._plan):
+            if self._given:
+                return self.faces[int(self._plan[-1])] if len(self._plan) else None
+            self._plan = frame_plan(len(self.faces), max(2 * i + 2, len(self.faces)), self._loop)
+        return self.faces[int(self._plan[i])]
+
+    def boxes(self, n: int) -> np.ndarray:
+        """(n, 4) boxes for generated frames 0..n-1; frames without a face take the nearest box."""
+        rows = [self.get(i) for i in range(max(1, n))]
+        have = np.array([f is not None for f in rows])
+        out = np.zeros((len(rows), 4))
+        idx = np.arange(len(rows))
+        known = np.array([f.box for f in rows if f is not None], np.float64).reshape(-1, 4)  # (k, 4)
+        for c in range(4):
+            out[:, c] = np.interp(idx, idx[have], known[:, c])
+        return out

@@ -61,19 +61,19 @@ from pipeline.device import configure_opencv_threads, quality_workers
 from pipeline.faces.tracking import Track
 from pipeline.media.probe import MediaInfo, probe
 from pipeline.media.background import in_background
-from pipeline.media.decode import frame_plan
 from pipeline.media.yuv import YuvFrame
 
 log = logging.getLogger(__name__)
 
-# Frames (evenly spaced over the compared frames) each quality metric is measured on. PSNR is
-# cheap (an exact integer sum of squares); one full-frame 720p SSIM costs 0.3-0.8 s of CPU.
+# Frames (evenly spaced over the compared frames) each quality metric is measured on.
 QUALITY_SAMPLES = {"psnr_full": 25, "ssim_full": 1, "psnr_face": 25, "ssim_face": 10}
-LANDMARK_RATE_HZ = 12.5  # mouth landmarks per second of video (dlib's fit costs ~2.5-4.5 ms a frame)
-# Sampled frame pairs waiting for the quality worker: up to QUEUE_BYTES of them (a 720p I420
+LANDMARK_RATE_HZ = 12.5  # mouth landmarks per second of video (dlib's fit costs ~0.7-1.8 ms a frame)
+# Landmark frames fitted in bursts of this many: dlib's fit is bound by reading its 99 MB
+# model, and back-to-back fits of one face reuse the same trees while they are in the cache
+# (scoring monalisa_720p: 1.0 against 1.1 CPU s with a fit per frame read, bench/scoring_cost.py).
+FIT_BURST = 16
+# Sampled frame pairs waiting for the quality workers: up to QUEUE_BYTES of them (a 720p I420
 # pair is 2.8 MB, so every sample of a 720p job; 15 pairs at 1080p), at least MIN_QUEUED.
-# A short queue stalls the decode while the worker runs the full-frame SSIM (0.3-0.4 s on
-# one core, the other idle: ~0.2 s of a 1.4 s scoring on 2 cores).
 QUEUE_BYTES = 96 * 2**20
 MIN_QUEUED = 4
 DEFAULT_LOOP = "pingpong"  # how the run loop extends a short video unless told (RunOptions.loop)
@@ -132,7 +132,7 @@ def score_videos(original: str | os.PathLike[str], generated: str | os.PathLike[
     n_orig = len(track) if track is not None else _estimate_frames(oinfo, al.fps)
     n_gen_est = _estimate_frames(ginfo, al.fps)
     acc = quality.QualityAccumulator(quality.sample_plan(max(1, min(n_orig, n_gen_est)), QUALITY_SAMPLES))
-    faces = _FaceLookup(track, source_indices, loop)
+    faces = frames_mod.FaceLookup(track, source_indices, loop)
     walk = _FramePass(acc=acc, faces=faces, al=al, landmarker=landmarker, n_orig=n_orig,
                       params=None if model is None else lse.crop_params(faces.boxes(n_gen_est)))
     t = time.perf_counter()
@@ -165,7 +165,7 @@ class _FramePass:
     worker threads), mouth landmarks fitted on the landmark frames, SyncNet crops cut."""
 
     acc: quality.QualityAccumulator
-    faces: _FaceLookup
+    faces: frames_mod.FaceLookup
     al: Any  # eval.frames.Alignment
     landmarker: Any
     n_orig: int
@@ -240,6 +240,7 @@ class _FramePass:
             rate = LANDMARK_RATE_HZ / self.al.fps
             fitted_at = (i for i in itertools.count() if frames_mod.rate_frame(i, rate))
             fits: dict[int, Face] = {}
+            pending: list[tuple[int, frames_mod.LumaFrame, Face]] = []  # frames read, not fitted yet
             size, scale = frames_mod.fit_scale(self.faces.faces, region)
             with closing(frames_mod.region_frames(ginfo, region, rate, self.samples, full, count,
                                                   size=size)) as frames:
@@ -248,12 +249,22 @@ class _FramePass:
                         self._compare(j, gj)  # sampled frames ffmpeg has written whole so far
                     face = self.faces.get(i)
                     if face is not None:
-                        fits[i] = frames_mod.fit_in_region(self.landmarker, luma, face, region[:2], scale)
-                        self.patches[i] = mouth_patch(luma.y, fits[i], region[:2], scale)
+                        pending.append((i, luma, face))
+                    if len(pending) >= FIT_BURST:
+                        self._fit(pending, fits, region, scale)
             self.n_gen = frames_mod.counted_frames(count)
             for j, gj in whole.ready():
                 self._compare(j, gj)  # the rest, now that ffmpeg has exited
+            self._fit(pending, fits, region, scale)
             self.opened = [fits.get(i) for i in range(self.n_gen)]
+
+    def _fit(self, pending: list[tuple[int, frames_mod.LumaFrame, Face]], fits: dict[int, Face],
+             region: tuple[int, int, int, int], scale: tuple[float, float]) -> None:
+        """Fit the landmarks of the pending frames, one after another, and empty the list."""
+        for i, luma, face in pending:
+            fits[i] = frames_mod.fit_in_region(self.landmarker, luma, face, region[:2], scale)
+            self.patches[i] = mouth_patch(luma.y, fits[i], region[:2], scale)
+        pending.clear()
 
 
 def sample_frames(n_frames: int) -> set[int]:
@@ -290,38 +301,6 @@ def _compare(acc: quality.QualityAccumulator, i: int, frame0: YuvFrame, frame: Y
     h = min(original.shape[0], generated.shape[0])
     w = min(original.shape[1], generated.shape[1])
     acc.add(i, original[:h, :w], generated[:h, :w], box)
-
-
-class _FaceLookup:
-    """The original's face for generated frame i: that of source frame plan[i] (the job's plan,
-    else ``frame_plan`` of the loop mode, grown as asked; past a given plan's end, its last)."""
-
-    def __init__(self, track: Track | None, plan: Sequence[int] | None, loop: str) -> None:
-        self.faces, self._given, self._loop = [] if track is None else list(track.faces), plan is not None, loop
-        self._plan = np.zeros(0, np.int64) if plan is None else np.asarray(plan, np.int64)
-        if self._given and self.faces and len(self._plan) and \
-                not 0 <= int(self._plan.min()) <= int(self._plan.max()) < len(self.faces):
-            raise ValueError(f"source_indices run outside the original's {len(self.faces)} tracked frames")
-
-    def get(self, i: int) -> Face | None:
-        if not self.faces:
-            return None
-        if i >= len(self._plan):
-            if self._given:
-                return self.faces[int(self._plan[-1])] if len(self._plan) else None
-            self._plan = frame_plan(len(self.faces), max(2 * i + 2, len(self.faces)), self._loop)
-        return self.faces[int(self._plan[i])]
-
-    def boxes(self, n: int) -> np.ndarray:
-        """(n, 4) boxes for generated frames 0..n-1; frames without a face take the nearest box."""
-        rows = [self.get(i) for i in range(max(1, n))]
-        have = np.array([f is not None for f in rows])
-        out = np.zeros((len(rows), 4))
-        idx = np.arange(len(rows))
-        known = np.array([f.box for f in rows if f is not None], np.float64).reshape(-1, 4)  # (k, 4)
-        for c in range(4):
-            out[:, c] = np.interp(idx, idx[have], known[:, c])
-        return out
 
 
 def _next_sampled(it: Iterator[tuple[int, YuvFrame]], waiting: dict[int, YuvFrame],

@@ -62,6 +62,7 @@ class JobStatus:
 
 
 UpdateFn = Callable[[int, int, JobStatus], None]  # (jobs done, jobs in all, this job's state)
+OptionsFn = Callable[[str, dict[str, Any]], RunOptions]  # (model, a setting's options) -> the job's options
 
 
 @dataclass(frozen=True)
@@ -94,15 +95,19 @@ def run_folder(store: JobStore, run_id: str) -> Path:
     return Path(store.data_dir) / SUITES_FOLDER / runs.get_run(store, run_id)["id"]
 
 
-def plan_suite(suite: Suite, *, base: RunOptions | None = None) -> list[SuiteJob]:
+def plan_suite(suite: Suite, *, options_for: OptionsFn | None = None) -> list[SuiteJob]:
     """Every (pair, setting) job with its RunOptions, checked before any runs: SuiteError
-    names a missing media file or a setting whose options are not valid."""
+    names a missing media file or a setting whose options are not valid.
+
+    ``options_for(model, options)`` makes a setting's RunOptions: a server passes its own
+    (``jobs.service.parse_options`` with its settings: the options a request may set, its
+    limits, timeout cap, encoder and work folder); by default ``RunOptions(model, **options)``."""
     check_media(suite)
-    base = base or RunOptions()
+    make = options_for or _plain_options
     options = {}
     for s in suite.settings:
         try:
-            options[s.name] = dataclasses.replace(base, model=s.model, **dict(s.options))
+            options[s.name] = make(s.model, dict(s.options))
         except (TypeError, ValueError) as exc:
             raise SuiteError(f"setting {s.name!r} is not valid: {exc}", source=suite.source or suite.name,
                              field_name=f"settings.{s.name}") from None
@@ -110,12 +115,16 @@ def plan_suite(suite: Suite, *, base: RunOptions | None = None) -> list[SuiteJob
             for i, p in enumerate(suite.pairs) for j, s in enumerate(suite.settings)]
 
 
+def _plain_options(model: str, options: dict[str, Any]) -> RunOptions:
+    return RunOptions(model=model, **options)
+
+
 def run_suite(suite: Suite, *, store: JobStore, executor: Executor | None = None, source: str = "cli",
               user: str | None = None, on_update: UpdateFn | None = None, grids: bool = True,
-              base: RunOptions | None = None, cancel: Callable[[], bool] | None = None) -> SuiteResults:
+              options_for: OptionsFn | None = None, cancel: Callable[[], bool] | None = None) -> SuiteResults:
     """Run every job of ``suite`` (see :func:`plan_suite`), recorded with the run id; a job
     that fails is recorded failed and the run goes on. Returns :func:`suite_results`."""
-    plan = plan_suite(suite, base=base)
+    plan = plan_suite(suite, options_for=options_for)
     executor = executor or InProcessExecutor()
     run_id = runs.create_run(store, suite=suite.name, definition=suite.to_dict(), total_jobs=len(plan),
                              source=source, user=user)

@@ -5,6 +5,7 @@ and a rating round trip in headless Chromium (Playwright) with the keyboard shor
 
 from __future__ import annotations
 
+import json
 import sqlite3
 from pathlib import Path
 from typing import Any
@@ -22,7 +23,8 @@ SETTING_NAMES = ("baseline", "passthrough")
 pytestmark = pytest.mark.slow
 
 
-server = app_fixture("review_app")
+# The server's own limits, which a suite's jobs must run under (a 60 s job cap, 1000 px sides).
+server = app_fixture("review_app", LIPSYNC_JOB_TIMEOUT_S="60", LIPSYNC_MAX_SIDE="1000")
 
 
 @pytest.fixture(scope="module")
@@ -60,6 +62,27 @@ def test_bad_suite_through_the_api_is_refused_before_any_job(client: Client, tmp
         client.predict([handle_file(str(bad))], "", "", "", False, api_name="/suite_run")
     with pytest.raises(Exception, match="must be inside the data folder"):
         client.predict([], "/etc", "baseline", "", False, api_name="/suite_run")
+    assert client.predict("all", "all", "", "", "", 0, api_name="/history") == before
+
+
+def test_suite_jobs_run_under_the_server_settings(server: AppServer, client: Client, tmp_path: Path,
+                                                  run: dict[str, Any]) -> None:
+    """Every job of an app suite is recorded with the server's job-timeout cap and size limit,
+    and a setting with an option the generation API does not take (the encoder) is refused,
+    naming it, before any job."""
+    with sqlite3.connect(server.db_path) as db:
+        rows = db.execute("SELECT j.options_json FROM suite_jobs s JOIN jobs j ON j.id = s.job_id "
+                          "WHERE s.run_id = ?", (run["run_id"],)).fetchall()
+    assert len(rows) == 4
+    for (text,) in rows:
+        options = json.loads(text)
+        assert options["timeout_s"] == 60.0 and options["limits"]["max_side"] == 1000, options
+    before = client.predict("all", "all", "", "", "", 0, api_name="/history")
+    files = face_clip(tmp_path, "three", 3)
+    with pytest.raises(Exception, match=r"SuiteError: .*setting 'baseline encoder=libx264' is not valid: "
+                                        r"unknown option\(s\) encoder"):
+        client.predict([handle_file(str(f)) for f in files], "", "baseline encoder=libx264", "", False,
+                       api_name="/suite_run")
     assert client.predict("all", "all", "", "", "", 0, api_name="/history") == before
 
 

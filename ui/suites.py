@@ -18,6 +18,7 @@ from typing import Any
 import gradio as gr
 import pandas as pd
 
+from jobs.service import parse_options
 from jobs.suites import DEFAULT_SETTINGS, JobStatus, SuiteResults, run_suite, suite_from_request, suite_results
 from ui.context import GENERATION_GROUP, READ_GROUP, AppContext
 from ui.errors import user_errors
@@ -77,7 +78,8 @@ def _run_events(ctx: AppContext, suite: Any, user: str | None, source: str) -> I
     def work() -> None:
         try:
             res = run_suite(suite, store=ctx.store, executor=ctx.executor, source=source, user=user,
-                            on_update=lambda d, t, s: events.put(("update", (d, t, s))), cancel=stop.is_set)
+                            on_update=lambda d, t, s: events.put(("update", (d, t, s))), cancel=stop.is_set,
+                            options_for=lambda model, opts: parse_options(model, opts, settings=ctx.settings))
             events.put(("done", res))
         except BaseException as exc:  # noqa: BLE001 - handed to the event's thread
             events.put(("error", exc))
