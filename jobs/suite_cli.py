@@ -75,7 +75,7 @@ def _print_results(results: object, *, as_json: bool) -> None:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from eval.suites import load_suite, settings_from_text
+    from eval.suites import SuiteError, load_suite, settings_from_text
     from jobs.examples import ensure_example_suite
     from jobs.executors import make_executor
     from jobs.suites import run_suite
@@ -84,7 +84,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     store = _store()
     path = ensure_example_suite(data_dir()) if args.example else args.suite
     if not path:
-        raise ValueError("give a suite file (or --example)")
+        raise SuiteError("give a suite file or folder (or --example)", source="suite run")
     settings = settings_from_text(args.settings) if args.settings else None
     suite = load_suite(path, settings=settings, name=args.name)
     executor = make_executor(args.executor, work_dir=None)

@@ -221,3 +221,6 @@ def test_cli_runs_a_suite_and_refuses_a_bad_one(clips: Path, tmp_path: Path) -> 
                              capture_output=True, text=True, timeout=120)
     assert refused.returncode == 2 and "bad.yaml line 3, field pairs[0].audio" in refused.stderr
     assert "Traceback" not in refused.stderr
+    nothing = subprocess.run([sys.executable, "-m", "jobs", "suite", "run"], cwd=ROOT, env=env,
+                             capture_output=True, text=True, timeout=120)
+    assert nothing.returncode == 2 and "give a suite file or folder" in nothing.stderr, nothing.stderr

@@ -45,9 +45,9 @@ def build_blocks(ctx: AppContext) -> gr.Blocks:
         with gr.Tab("Suites", elem_id="suites-tab"):
             build_suites_tab(ctx)
         with gr.Tab("Review", elem_id="review-tab"):
-            review = build_review_tab(ctx)
-        with gr.Tab("Leaderboard", elem_id="leaderboard-tab"):
-            build_leaderboard_tab(ctx, review)
+            build_review_tab(ctx)
+        with gr.Tab("Leaderboard", elem_id="leaderboard-tab") as board_tab:
+            build_leaderboard_tab(ctx, board_tab)
         build_performance_tab(ctx)
         build_system_tab(ctx)
         build_api_endpoints(ctx)

@@ -11,13 +11,16 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
 import tempfile
+import threading
+from collections import deque
 from pathlib import Path
 from typing import Any
 
 import gradio as gr
 
-from jobs.review import Leaderboard, leaderboard, next_pair, reviewer_name, submit_rating
+from jobs.review import Leaderboard, NoPairsLeft, leaderboard, next_pair, reviewer_name, submit_rating
 from ui.context import READ_GROUP, AppContext
 from ui.errors import user_errors
 from ui.privacy import reviewers_only
@@ -54,9 +57,40 @@ if (!window.__lipsyncReviewKeys) {
 
 def _reviewer(ctx: AppContext, request: gr.Request | None, given: str | None,
               profile: gr.OAuthProfile | None = None) -> str:
+    """Who rates: the login user, else the Hugging Face user signed in (a Space's reviewers),
+    else the name typed (or "anonymous"); refused for a visitor of a public Space."""
     reviewers_only(ctx, request, profile, "Blind review pairs")
-    return reviewer_name(login_on=ctx.settings.auth is not None,
-                         username=getattr(request, "username", None), given=given)
+    hf_user = getattr(profile, "username", None) if profile is not None else None
+    return reviewer_name(login_on=ctx.settings.auth is not None or hf_user is not None,
+                         username=getattr(request, "username", None) or hf_user, given=given)
+
+
+def _pair_view(pair: Any) -> tuple[Any, ...]:
+    """The Review tab's outputs for a jobs.review pair (answers and opinions cleared)."""
+    return (pair.pair_id, pair.video_a, pair.video_b, None, None, 0, 0, "",
+            f"{pair.remaining} more pair(s) after this one")
+
+
+def draw_pair(ctx: AppContext, given: str | None, request: gr.Request | None,
+              profile: gr.OAuthProfile | None = None) -> tuple[Any, ...]:
+    """The Review tab's next pair for the request's reviewer."""
+    with user_errors("review"):
+        return _pair_view(next_pair(ctx.store, _reviewer(ctx, request, given, profile)))
+
+
+def rate_pair(ctx: AppContext, pid: str, sync: str | None, quality: str | None, op_a: float, op_b: float,
+              text: str, given: str | None, request: gr.Request | None,
+              profile: gr.OAuthProfile | None = None) -> tuple[Any, ...]:
+    """Keep the rating under the request's reviewer, then show that reviewer's next pair."""
+    with user_errors("review"):
+        reviewer = _reviewer(ctx, request, given, profile)
+        submit_rating(ctx.store, pid, reviewer, sync=sync, quality=quality, opinion_a=op_a, opinion_b=op_b,
+                      note=text)
+        try:
+            shown = _pair_view(next_pair(ctx.store, reviewer))
+        except NoPairsLeft:
+            shown = ("", None, None, None, None, 0, 0, "", "Nothing left to rate for now.")
+    return shown[:-1] + (f"Rated. {shown[-1]}",)
 
 
 def _tables(board: Leaderboard) -> tuple[Any, ...]:
@@ -64,8 +98,19 @@ def _tables(board: Leaderboard) -> tuple[Any, ...]:
     return (f"{board.ratings} ratings", *shown)
 
 
-def _export(board: Leaderboard) -> list[str]:
+_EXPORTS: deque[Path] = deque()  # this process's export folders, newest last
+_EXPORTS_LOCK = threading.Lock()
+KEEP_EXPORTS = 4  # folders kept: Gradio copies a returned file to its cache once the call returns
+
+
+def export_leaderboard(board: Leaderboard) -> list[str]:
+    """The leaderboard's CSV and JSON files in a new temporary folder; the oldest folders of
+    earlier exports are removed, so a long-running server does not fill its temp disk."""
     folder = Path(tempfile.mkdtemp(prefix="lipsync-leaderboard-"))
+    with _EXPORTS_LOCK:
+        _EXPORTS.append(folder)
+        while len(_EXPORTS) > KEEP_EXPORTS:
+            shutil.rmtree(_EXPORTS.popleft(), ignore_errors=True)
     paths = []
     for name in ("sync", "quality", "opinions", "reviewers", "agreement"):
         path = folder / f"leaderboard_{name}.csv"
@@ -75,8 +120,8 @@ def _export(board: Leaderboard) -> list[str]:
     return [*paths, str(folder / "leaderboard.json")]
 
 
-def build_review_tab(ctx: AppContext) -> dict[str, Any]:
-    """The Review tab's components (inside a gr.Tab); returns what the Leaderboard refreshes on."""
+def build_review_tab(ctx: AppContext) -> None:
+    """The Review tab's components (inside a gr.Tab)."""
     gr.HTML("<div id='review-keys-help'></div>", js_on_load=KEYS_JS, elem_id="review-keys")
     gr.Markdown("Two results of the same clip, made with two different settings, in random order. "
                 "Which one has better lip sync, and which looks better? " + KEYS_HELP)
@@ -98,32 +143,22 @@ def build_review_tab(ctx: AppContext) -> dict[str, Any]:
     pair_id = gr.Textbox(visible=False)
 
     def draw(given: str | None, request: gr.Request, profile: gr.OAuthProfile | None = None) -> tuple[Any, ...]:
-        with user_errors("review"):
-            pair = next_pair(ctx.store, _reviewer(ctx, request, given, profile))
-        return (pair.pair_id, pair.video_a, pair.video_b, None, None, 0, 0, "",
-                f"{pair.remaining} more pair(s) after this one")
+        return draw_pair(ctx, given, request, profile)
 
     def rate(pid: str, s: str | None, q: str | None, op_a: float, op_b: float, text: str, given: str | None,
              request: gr.Request, profile: gr.OAuthProfile | None = None) -> tuple[Any, ...]:
-        with user_errors("review"):
-            reviewer = _reviewer(ctx, request, given, profile)
-            submit_rating(ctx.store, pid, reviewer, sync=s, quality=q, opinion_a=op_a, opinion_b=op_b, note=text)
-            try:
-                shown = draw(given, request)
-            except gr.Error:
-                shown = ("", None, None, None, None, 0, 0, "", "Rated. Nothing left to rate for now.")
-        return shown[:-1] + (f"Rated. {shown[-1]}",)
+        return rate_pair(ctx, pid, s, q, op_a, op_b, text, given, request, profile)
 
     pair_outputs = [pair_id, video_a, video_b, sync, quality, opinion_a, opinion_b, note, status]
     lane = {"concurrency_id": RATING_GROUP, "concurrency_limit": None, "api_visibility": "private"}
     next_btn.click(draw, inputs=[who], outputs=pair_outputs, **lane)
-    submitted = submit_btn.click(rate, inputs=[pair_id, sync, quality, opinion_a, opinion_b, note, who],
-                                 outputs=pair_outputs, **lane)
-    return {"submitted": submitted}
+    submit_btn.click(rate, inputs=[pair_id, sync, quality, opinion_a, opinion_b, note, who],
+                     outputs=pair_outputs, **lane)
 
 
-def build_leaderboard_tab(ctx: AppContext, review: dict[str, Any]) -> None:
-    """The Leaderboard tab (inside a gr.Tab): refreshed on demand and after every rating."""
+def build_leaderboard_tab(ctx: AppContext, tab: gr.Tab) -> None:
+    """The Leaderboard tab (inside ``tab``): computed when the tab is opened and on Refresh
+    (2 x 200 Bradley-Terry fits: not after every rating)."""
     gr.Markdown("Win rate: (wins + ties / 2) / comparisons, with a 95% Wilson interval. Strength: the "
                 "Bradley-Terry log-strength (choix), with a 95% bootstrap interval; a difference d means odds "
                 "exp(d) of being preferred. Agreement: how often the side a metric prefers (lower LSE-D, "
@@ -141,12 +176,12 @@ def build_leaderboard_tab(ctx: AppContext, review: dict[str, Any]) -> None:
     def load() -> tuple[Any, ...]:
         with user_errors("leaderboard"):
             board = leaderboard(ctx.store)
-        return (*_tables(board), _export(board))
+        return (*_tables(board), export_leaderboard(board))
 
     outputs = [count, sync, quality, opinions, reviewers, agreement, exports]
     read = {"concurrency_id": READ_GROUP, "concurrency_limit": None, "api_visibility": "private"}
     refresh.click(load, outputs=outputs, **read)
-    review["submitted"].then(load, outputs=outputs, **read)
+    tab.select(load, outputs=outputs, **read)
 
 
 def build_review_api(ctx: AppContext) -> None:

@@ -12,6 +12,7 @@ import json
 import logging
 import queue
 import threading
+from collections import OrderedDict
 from collections.abc import Iterator
 from typing import Any
 
@@ -95,6 +96,36 @@ def _run_events(ctx: AppContext, suite: Any, user: str | None, source: str) -> I
         stop.set()
 
 
+class RunResultsCache:
+    """The Suites tab's run results, for reviewers only (on a public Space). A run that has
+    ended no longer changes, so its results are built once (not again when the tab's plot
+    metric or clip changes); the newest KEEP ended runs are kept."""
+
+    KEEP = 8
+
+    def __init__(self, ctx: AppContext) -> None:
+        self.ctx = ctx
+        self._ended: OrderedDict[str, SuiteResults] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, run_text: str | None, request: gr.Request | None,
+            profile: gr.OAuthProfile | None = None) -> SuiteResults:
+        key = (run_text or "").strip()
+        with user_errors("suite results"):
+            reviewers_only(self.ctx, request, profile, "Model suites")
+            with self._lock:
+                if key in self._ended:
+                    self._ended.move_to_end(key)
+                    return self._ended[key]
+            res = suite_results(self.ctx.store, key)
+        if res.run.get("status") != "running":
+            with self._lock:
+                self._ended[key] = res
+                while len(self._ended) > self.KEEP:
+                    self._ended.popitem(last=False)
+        return res
+
+
 def build_suites_tab(ctx: AppContext) -> None:
     """The Suites tab (inside a gr.Tab) with /suite_run and /suite_results."""
     gr.Markdown("Run every clip under every setting; each job is kept in the History with its suite and "
@@ -139,21 +170,22 @@ def build_suites_tab(ctx: AppContext) -> None:
                           user=getattr(request, "username", None), source="app", progress=progress):
             yield out[:2] + out[3:]  # the tab keeps the run id, not the results (no gr.State: see below)
 
-    def results_of(run_text: str) -> SuiteResults:
-        with user_errors("suite results"):
-            return suite_results(ctx.store, (run_text or "").strip())
+    results = RunResultsCache(ctx)
 
     def show(run_text: str, metric_name: str, request: gr.Request,
              profile: gr.OAuthProfile | None = None) -> tuple[Any, ...]:
-        with user_errors("suite results"):
-            reviewers_only(ctx, request, profile, "Model suites")
-        return _views(results_of(run_text), metric_name)
+        return _views(results.get(run_text, request, profile), metric_name)
 
-    def replot(run_text: str, metric_name: str) -> pd.DataFrame:
-        return metric_plot(results_of(run_text) if (run_text or "").strip() else None, metric_name)
+    def replot(run_text: str, metric_name: str, request: gr.Request,
+               profile: gr.OAuthProfile | None = None) -> pd.DataFrame:
+        return metric_plot(results.get(run_text, request, profile) if (run_text or "").strip() else None,
+                           metric_name)
 
-    def pick(run_text: str, pair: str | None) -> str | None:
-        return results_of(run_text).grids.get(pair) if (run_text or "").strip() and pair else None
+    def pick(run_text: str, pair: str | None, request: gr.Request,
+             profile: gr.OAuthProfile | None = None) -> str | None:
+        if not (run_text or "").strip() or not pair:
+            return None
+        return results.get(run_text, request, profile).grids.get(pair)
 
     inputs = [files, folder, settings, name, example, metric]
     # a gr.State here would open Gradio's heartbeat stream on every page (the page never idles)
