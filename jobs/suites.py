@@ -224,14 +224,30 @@ def _within(path: str, roots: list[Path]) -> bool:
     return any(real == r or r in real.parents for r in roots)
 
 
+def _uploaded_suite(target: Path, files: list[str], *, chosen: Any, fallback: Any, name: str | None) -> Suite:
+    """The suite of ``files`` copied into ``target``: its one suite file, or the clips alone."""
+    from eval.suites import load_suite
+
+    for f in files:
+        shutil.copyfile(f, target / Path(f).name)
+    defs = sorted(p for p in target.iterdir() if p.suffix.lower() in SUITE_EXTS)
+    if len(defs) > 1:
+        raise SuiteError("give one suite file at a time", source="uploads", field_name="files")
+    is_yaml = bool(defs) and defs[0].suffix.lower() != ".csv"
+    return load_suite(defs[0] if defs else target, settings=chosen if is_yaml else chosen or fallback,
+                      name=name or (defs[0].stem if defs else "uploads"))
+
+
 def suite_from_request(data_dir: str | os.PathLike[str], *, files: list[str] | None = None,
                        folder: str | None = None, settings: str | None = None, name: str | None = None,
-                       example: bool = False) -> Suite:
+                       example: bool = False, options_for: OptionsFn | None = None) -> Suite:
     """The suite of an app or API request: the example suite, a server folder under the data
     folder, or uploads (a suite file with the clips it names, or clips alone). ``settings``
     replace a YAML file's; CSV files, folders and clips alone default to
     :data:`DEFAULT_SETTINGS`. Uploads are copied into one folder first, so a suite file's relative
-    paths find the clips uploaded with it; every media path must lie under the data folder."""
+    paths find the clips uploaded with it; every media path must lie under the data folder, and
+    the suite is planned with ``options_for`` (:func:`plan_suite`): a refused suite leaves no
+    uploaded copies behind."""
     from eval.suites import load_suite, settings_from_text
     from jobs.examples import ensure_example_suite
 
@@ -243,15 +259,12 @@ def suite_from_request(data_dir: str | os.PathLike[str], *, files: list[str] | N
     elif files:
         target = data / SUITES_FOLDER / UPLOADS_FOLDER / secrets.token_hex(8)
         target.mkdir(parents=True)
-        for f in files:
-            shutil.copyfile(f, target / Path(f).name)
-        defs = sorted(p for p in target.iterdir() if p.suffix.lower() in SUITE_EXTS)
-        if len(defs) > 1:
-            raise SuiteError("give one suite file at a time", source="uploads", field_name="files")
-        default_name = name or (defs[0].stem if defs else "uploads")
-        is_yaml = bool(defs) and defs[0].suffix.lower() != ".csv"
-        suite = load_suite(defs[0] if defs else target, settings=chosen if is_yaml else chosen or fallback,
-                           name=default_name)
+        try:
+            suite = _uploaded_suite(target, files, chosen=chosen, fallback=fallback, name=name)
+            return _checked(suite, data, options_for)
+        except BaseException:
+            shutil.rmtree(target, ignore_errors=True)  # a refused suite leaves no copies behind
+            raise
     elif (folder or "").strip():
         if not _within(folder.strip(), [data]):
             raise SuiteError(f"a server folder must be inside the data folder {os.fspath(data)}",
@@ -260,10 +273,17 @@ def suite_from_request(data_dir: str | os.PathLike[str], *, files: list[str] | N
     else:
         raise SuiteError("give a suite file or clips, a server folder, or choose the example suite",
                          source="request")
+    return _checked(suite, data, options_for)
+
+
+def _checked(suite: Suite, data: Path, options_for: OptionsFn | None) -> Suite:
+    """``suite`` when every media path of its pairs lies under the data folder and it can be
+    planned, else SuiteError."""
     for pair in suite.pairs:
         for key in ("video", "audio"):
             if not _within(getattr(pair, key), [data]):
                 raise SuiteError(f"{key} {getattr(pair, key)!r} of pair {pair.name!r} is outside the data "
                                  f"folder: upload it with the suite file", source=suite.source,
                                  field_name=f"{pair.name}.{key}")
+    plan_suite(suite, options_for=options_for)
     return suite

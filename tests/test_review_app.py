@@ -69,7 +69,7 @@ def test_suite_jobs_run_under_the_server_settings(server: AppServer, client: Cli
                                                   run: dict[str, Any]) -> None:
     """Every job of an app suite is recorded with the server's job-timeout cap and size limit,
     and a setting with an option the generation API does not take (the encoder) is refused,
-    naming it, before any job."""
+    naming it, before any job and without leaving the uploaded copies behind."""
     with sqlite3.connect(server.db_path) as db:
         rows = db.execute("SELECT j.options_json FROM suite_jobs s JOIN jobs j ON j.id = s.job_id "
                           "WHERE s.run_id = ?", (run["run_id"],)).fetchall()
@@ -78,12 +78,15 @@ def test_suite_jobs_run_under_the_server_settings(server: AppServer, client: Cli
         options = json.loads(text)
         assert options["timeout_s"] == 60.0 and options["limits"]["max_side"] == 1000, options
     before = client.predict("all", "all", "", "", "", 0, api_name="/history")
+    uploads = server.data_dir / "suites" / "uploads"
+    kept = sorted(uploads.iterdir())  # the run fixture's upload
     files = face_clip(tmp_path, "three", 3)
     with pytest.raises(Exception, match=r"SuiteError: .*setting 'baseline encoder=libx264' is not valid: "
                                         r"unknown option\(s\) encoder"):
         client.predict([handle_file(str(f)) for f in files], "", "baseline encoder=libx264", "", False,
                        api_name="/suite_run")
     assert client.predict("all", "all", "", "", "", 0, api_name="/history") == before
+    assert sorted(uploads.iterdir()) == kept and len(kept) == 1  # the refused upload's copies are gone
 
 
 def test_review_next_payload_never_names_a_setting(server: AppServer, run: dict[str, Any]) -> None:

@@ -13,7 +13,7 @@ import logging
 import queue
 import threading
 from collections import OrderedDict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import gradio as gr
@@ -70,6 +70,12 @@ def _views(results: SuiteResults, metric: str) -> tuple[Any, ...]:
             results.to_dict())
 
 
+def server_options(ctx: AppContext) -> Callable[[str, dict[str, Any]], Any]:
+    """A suite setting's RunOptions as the server makes a request's: the API's options only,
+    under its limits, job-timeout cap, encoder and work folder (jobs.service.parse_options)."""
+    return lambda model, opts: parse_options(model, opts, settings=ctx.settings)
+
+
 def _run_events(ctx: AppContext, suite: Any, user: str | None, source: str) -> Iterator[tuple[str, Any]]:
     """Run ``suite`` on a worker thread; yield ("update", (done, total, JobStatus)) then
     ("done", SuiteResults) or ("error", exception). Closing the iterator cancels the run."""
@@ -80,7 +86,7 @@ def _run_events(ctx: AppContext, suite: Any, user: str | None, source: str) -> I
         try:
             res = run_suite(suite, store=ctx.store, executor=ctx.executor, source=source, user=user,
                             on_update=lambda d, t, s: events.put(("update", (d, t, s))), cancel=stop.is_set,
-                            options_for=lambda model, opts: parse_options(model, opts, settings=ctx.settings))
+                            options_for=server_options(ctx))
             events.put(("done", res))
         except BaseException as exc:  # noqa: BLE001 - handed to the event's thread
             events.put(("error", exc))
@@ -205,8 +211,8 @@ def stream(ctx: AppContext, up: list[str] | None, folder_text: str, settings_tex
     """The suite run's updates as the tab's outputs: (progress text, jobs table, results or
     skip, *the result views or skips)."""
     with user_errors("suite run"):
-        suite = suite_from_request(ctx.settings.data_dir, files=up, folder=folder_text,
-                                   settings=settings_text, name=suite_name, example=use_example)
+        suite = suite_from_request(ctx.settings.data_dir, files=up, folder=folder_text, settings=settings_text,
+                                   name=suite_name, example=use_example, options_for=server_options(ctx))
     states: dict[int, JobStatus] = {}
     skip = [gr.skip()] * N_VIEWS
     for kind, value in _run_events(ctx, suite, user, source):
