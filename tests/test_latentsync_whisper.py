@@ -92,3 +92,27 @@ def test_encoder_only_loader_names_a_missing_encoder_key(reference: Path, tmp_pa
     torch.save(ckpt, path)
     with pytest.raises(WeightsInvalid, match=r"tiny\.pt: missing key 'encoder\.blocks\.3\.mlp\.2\.bias'"):
         load_whisper_encoder(path)
+
+
+def test_whisper_filterbank_is_librosa_exactly_and_speech_tokens_import_no_librosa(shared_media: Path) -> None:
+    """whisper's 80-band mel filterbank is librosa's to the bit; a whole track's log-mel is
+    made without importing librosa (about a second per process)."""
+    import subprocess
+    import sys
+
+    import librosa
+    import numpy as np
+
+    from pipeline.generators.latentsync import audio_tokens
+
+    ref = librosa.filters.mel(sr=16000, n_fft=400, n_mels=80)
+    ours = audio_tokens._mel_filters().numpy()
+    assert ours.dtype == ref.dtype and np.array_equal(ours, ref)
+    code = ("import sys\nfrom pipeline.generators.latentsync.audio_tokens import load_speech, log_mel\n"
+            "mel = log_mel(load_speech(sys.argv[1]))\n"
+            "print(tuple(mel.shape), sorted(m for m in sys.modules if m.split('.')[0] in ('librosa', 'numba')))\n")
+    root = Path(__file__).resolve().parents[1]
+    out = subprocess.run([sys.executable, "-c", code, str(shared_media / "speech_44k.mp3")], cwd=root,
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip().endswith("[]"), out.stdout

@@ -141,20 +141,27 @@ _MEL_LOGSTEP = np.log(6.4) / 27.0
 
 
 @functools.cache
-def _mel_basis() -> np.ndarray:
-    """librosa.filters.mel(sr=SAMPLE_RATE, n_fft=N_FFT, n_mels=N_MELS, fmin=FMIN, fmax=FMAX)
-    (Slaney scale and norm, float32) in plain numpy, the same expressions in the same order:
-    importing librosa costs about a second per process (numba). (80, 401)"""
-    fftfreqs = np.fft.rfftfreq(n=N_FFT, d=1.0 / SAMPLE_RATE)  # (401,)
-    edges = _hz_to_mel(np.array([FMIN, FMAX], np.float64))
-    mel_f = _mel_to_hz(np.linspace(edges[0], edges[1], N_MELS + 2))  # (82,) band edges in Hz
+def mel_filterbank(sr: int, n_fft: int, n_mels: int, fmin: float = 0.0, fmax: float | None = None) -> np.ndarray:
+    """librosa.filters.mel(sr=sr, n_fft=n_fft, n_mels=n_mels, fmin=fmin, fmax=fmax) (Slaney
+    scale and norm, float32) in plain numpy, the same expressions in the same order:
+    importing librosa costs about a second per process (numba). (n_mels, n_fft // 2 + 1);
+    cached, read-only."""
+    fftfreqs = np.fft.rfftfreq(n=n_fft, d=1.0 / sr)  # (n_fft // 2 + 1,)
+    edges = _hz_to_mel(np.array([fmin, sr / 2.0 if fmax is None else fmax], np.float64))
+    mel_f = _mel_to_hz(np.linspace(edges[0], edges[1], n_mels + 2))  # (n_mels + 2,) band edges in Hz
     fdiff = np.diff(mel_f)
-    ramps = np.subtract.outer(mel_f, fftfreqs)  # (82, 401)
-    weights = np.zeros((N_MELS, N_FFT // 2 + 1), np.float32)
-    for i in range(N_MELS):
+    ramps = np.subtract.outer(mel_f, fftfreqs)  # (n_mels + 2, n_fft // 2 + 1)
+    weights = np.zeros((n_mels, n_fft // 2 + 1), np.float32)
+    for i in range(n_mels):
         weights[i] = np.maximum(0, np.minimum(-ramps[i] / fdiff[i], ramps[i + 2] / fdiff[i + 1]))
-    weights *= (2.0 / (mel_f[2:N_MELS + 2] - mel_f[:N_MELS]))[:, np.newaxis]  # Slaney norm
+    weights *= (2.0 / (mel_f[2:n_mels + 2] - mel_f[:n_mels]))[:, np.newaxis]  # Slaney norm
+    weights.setflags(write=False)
     return weights
+
+
+def _mel_basis() -> np.ndarray:
+    """Wav2Lip's filterbank: :func:`mel_filterbank` at its rate, FFT size, bands and range. (80, 401)"""
+    return mel_filterbank(SAMPLE_RATE, N_FFT, N_MELS, FMIN, FMAX)
 
 
 def mel_chunks(mel: np.ndarray, fps: float, n_frames: int) -> np.ndarray:

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from pipeline.errors import InvalidMedia
-from pipeline.media.audio import DECODE_TIMEOUT_S, SAMPLE_RATE  # 16 kHz: whisper's input too
+from pipeline.media.audio import DECODE_TIMEOUT_S, SAMPLE_RATE, mel_filterbank  # 16 kHz: whisper's input too
 from pipeline.media.ffmpeg import ffmpeg_output, input_args
 
 from .whisper import WhisperEncoder
@@ -66,10 +66,9 @@ def load_speech(path: str | os.PathLike[str], *, timeout: float = DECODE_TIMEOUT
 
 @functools.cache
 def _mel_filters() -> torch.Tensor:
-    """whisper's 80-band mel filterbank (``librosa.filters.mel(sr=16000, n_fft=400, n_mels=80)``)."""
-    import librosa
-
-    return torch.from_numpy(librosa.filters.mel(sr=SAMPLE_RATE, n_fft=N_FFT, n_mels=N_MELS))  # (80, 201)
+    """whisper's 80-band mel filterbank (``librosa.filters.mel(sr=16000, n_fft=400, n_mels=80)``,
+    computed as librosa does by pipeline.media.audio, without importing librosa). (80, 201)"""
+    return torch.from_numpy(mel_filterbank(SAMPLE_RATE, N_FFT, N_MELS).copy())
 
 
 def log_mel(audio: np.ndarray | torch.Tensor) -> torch.Tensor:
