@@ -11,7 +11,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pipeline.device import env_number
-from pipeline.media.encode import ENCODER_ENV
+from pipeline.errors import InvalidOption
+from pipeline.media.encode import encoder_from_env
 from storage.db import DATA_DIR_ENV, DB_FILENAME, DEFAULT_DATA_DIR
 
 DEFAULT_HOST = "127.0.0.1"
@@ -136,12 +137,10 @@ def settings_from_env(env: Mapping[str, str] | None = None) -> Settings:
 
 
 def _encoder(env: Mapping[str, str]) -> str:
-    from pipeline.options import ENCODERS
-
-    name = (env.get(ENCODER_ENV) or "auto").strip().lower()
-    if name not in ENCODERS:
-        raise SettingsError(f"{ENCODER_ENV}={name!r}: choose one of {', '.join(ENCODERS)}")
-    return name
+    try:
+        return encoder_from_env(env)
+    except InvalidOption as exc:
+        raise SettingsError(str(exc)) from None
 
 
 def storage_defaults(env: Mapping[str, str]) -> tuple[Path, bool, Path | None]:

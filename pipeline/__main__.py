@@ -19,7 +19,7 @@ from collections.abc import Callable, Sequence
 from typing import NoReturn
 
 from pipeline.errors import LipSyncError
-from pipeline.media.encode import ENCODER_ENV
+from pipeline.media.encode import encoder_from_env
 from pipeline.options import (DEFAULT_GUIDANCE, DEFAULT_STEPS, ENCODERS, LOOP_MODES, MAX_GUIDANCE, MAX_STEPS, MODELS,
                               TRACKERS, RunOptions)
 
@@ -44,7 +44,7 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--pads", type=int, nargs=4, metavar=("TOP", "BOTTOM", "LEFT", "RIGHT"),
                    default=RunOptions().pads)
     p.add_argument("--crf", type=int, default=RunOptions().crf)
-    p.add_argument("--encoder", choices=ENCODERS, default=os.environ.get(ENCODER_ENV, "auto").strip() or "auto",
+    p.add_argument("--encoder", choices=ENCODERS,
                    help="auto (h264_nvenc where it works here, else libx264; the default, or $LIPSYNC_ENCODER)")
     p.add_argument("--tracker", choices=TRACKERS, default="auto")
     p.add_argument("--timeout", type=float, help="stop the job after this many seconds")
@@ -61,7 +61,7 @@ def options_from_args(args: argparse.Namespace) -> RunOptions:
     return RunOptions(
         model=args.model, checkpoint=args.checkpoint, batch_size=args.batch_size,
         face_index=args.face_index, device=args.device, loop=args.loop, pads=tuple(args.pads),
-        crf=args.crf, encoder=args.encoder, tracker=args.tracker, timeout_s=args.timeout,
+        crf=args.crf, encoder=args.encoder or encoder_from_env(), tracker=args.tracker, timeout_s=args.timeout,
         steps=args.steps, guidance=args.guidance, seed=args.seed, silence_keep=args.silence_keep,
     )
 

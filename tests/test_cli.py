@@ -23,8 +23,8 @@ def assert_speech_track(out: Path) -> None:
     assert info.duration_s == pytest.approx(3.0, abs=0.05)  # the 2.0 s video extended to the speech
 
 
-def cli(*args: str, data_dir: Path, package: str = "jobs") -> subprocess.CompletedProcess:
-    env = {**os.environ, "LIPSYNC_DATA_DIR": str(data_dir), "HF_HUB_OFFLINE": "1"}
+def cli(*args: str, data_dir: Path, package: str = "jobs", **extra_env: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "LIPSYNC_DATA_DIR": str(data_dir), "HF_HUB_OFFLINE": "1", **extra_env}
     return subprocess.run([sys.executable, "-m", package, *args], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=300)
 
@@ -88,6 +88,25 @@ def test_no_record(face_mp4: Path, speech_wav: Path, tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout)["job_id"] is None
     assert not (tmp_path / "data" / "jobs.db").exists()
+
+
+def test_encoder_variable_reads_the_same_in_the_cli_and_the_app(face_mp4: Path, speech_wav: Path,
+                                                                tmp_path: Path) -> None:
+    """$LIPSYNC_ENCODER, case and spaces ignored, is the CLI's default encoder as it is the
+    app's setting; a value that is not an encoder is refused by both, naming the variable."""
+    from jobs.settings import SettingsError, settings_from_env
+
+    proc = cli("run", str(face_mp4), str(speech_wav), "-o", str(tmp_path / "o.mp4"), "--model", "passthrough",
+               "--no-record", "--no-score", "--json", data_dir=tmp_path / "data", LIPSYNC_ENCODER=" LIBX264 ")
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["encoder"] == "libx264"
+    assert settings_from_env({"LIPSYNC_ENCODER": " LIBX264 "}).encoder == "libx264"
+    bad = cli("run", str(face_mp4), str(speech_wav), "-o", str(tmp_path / "o.mp4"), "--model", "passthrough",
+              "--no-record", "--no-score", data_dir=tmp_path / "data", LIPSYNC_ENCODER="x265")
+    assert bad.returncode == 2 and "LIPSYNC_ENCODER='x265': choose one of auto, libx264, h264_nvenc" in bad.stderr
+    assert len(bad.stderr.strip().splitlines()) == 1, bad.stderr
+    with pytest.raises(SettingsError, match="LIPSYNC_ENCODER='x265': choose one of auto, libx264, h264_nvenc"):
+        settings_from_env({"LIPSYNC_ENCODER": "x265"})
 
 
 # Every shared video and every shared audio file is used at least once.

@@ -13,11 +13,12 @@ import os
 import subprocess
 import tempfile
 from types import TracebackType
+from collections.abc import Mapping
 from typing import IO
 
 import numpy as np
 
-from pipeline.errors import FFmpegError
+from pipeline.errors import FFmpegError, InvalidOption
 from pipeline.media.ffmpeg import PIX_FMTS, base_cmd, grow_pipe, input_args, popen, rate_str, stderr_tail
 
 log = logging.getLogger(__name__)
@@ -193,6 +194,19 @@ def choose_encoder(name: str) -> str:
     :func:`nvenc_usable`, else libx264."""
     if name == "auto":
         return "h264_nvenc" if nvenc_usable() else "libx264"
+    return name
+
+
+def encoder_from_env(env: Mapping[str, str] | None = None) -> str:
+    """``$LIPSYNC_ENCODER`` as the CLI's default and the app's setting: unset or empty is
+    ``auto``, case and spaces are ignored; InvalidOption naming the variable and the choices
+    for anything else."""
+    from pipeline.options import ENCODERS
+
+    value = (os.environ if env is None else env).get(ENCODER_ENV) or ""
+    name = value.strip().lower() or "auto"
+    if name not in ENCODERS:
+        raise InvalidOption(f"{ENCODER_ENV}={value!r}: choose one of {', '.join(ENCODERS)}")
     return name
 
 
