@@ -68,10 +68,6 @@ log = logging.getLogger(__name__)
 # Frames (evenly spaced over the compared frames) each quality metric is measured on.
 QUALITY_SAMPLES = {"psnr_full": 25, "ssim_full": 1, "psnr_face": 25, "ssim_face": 10}
 LANDMARK_RATE_HZ = 12.5  # mouth landmarks per second of video (dlib's fit costs ~0.7-1.8 ms a frame)
-# Landmark frames fitted in bursts of this many: dlib's fit is bound by reading its 99 MB
-# model, and back-to-back fits of one face reuse the same trees while they are in the cache
-# (scoring monalisa_720p: 1.0 against 1.1 CPU s with a fit per frame read, bench/scoring_cost.py).
-FIT_BURST = 16
 # Sampled frame pairs waiting for the quality workers: up to QUEUE_BYTES of them (a 720p I420
 # pair is 2.8 MB, so every sample of a 720p job; 15 pairs at 1080p), at least MIN_QUEUED.
 QUEUE_BYTES = 96 * 2**20
@@ -240,7 +236,6 @@ class _FramePass:
             rate = LANDMARK_RATE_HZ / self.al.fps
             fitted_at = (i for i in itertools.count() if frames_mod.rate_frame(i, rate))
             fits: dict[int, Face] = {}
-            pending: list[tuple[int, frames_mod.LumaFrame, Face]] = []  # frames read, not fitted yet
             size, scale = frames_mod.fit_scale(self.faces.faces, region)
             with closing(frames_mod.region_frames(ginfo, region, rate, self.samples, full, count,
                                                   size=size)) as frames:
@@ -249,22 +244,12 @@ class _FramePass:
                         self._compare(j, gj)  # sampled frames ffmpeg has written whole so far
                     face = self.faces.get(i)
                     if face is not None:
-                        pending.append((i, luma, face))
-                    if len(pending) >= FIT_BURST:
-                        self._fit(pending, fits, region, scale)
+                        fits[i] = frames_mod.fit_in_region(self.landmarker, luma, face, region[:2], scale)
+                        self.patches[i] = mouth_patch(luma.y, fits[i], region[:2], scale)
             self.n_gen = frames_mod.counted_frames(count)
             for j, gj in whole.ready():
                 self._compare(j, gj)  # the rest, now that ffmpeg has exited
-            self._fit(pending, fits, region, scale)
             self.opened = [fits.get(i) for i in range(self.n_gen)]
-
-    def _fit(self, pending: list[tuple[int, frames_mod.LumaFrame, Face]], fits: dict[int, Face],
-             region: tuple[int, int, int, int], scale: tuple[float, float]) -> None:
-        """Fit the landmarks of the pending frames, one after another, and empty the list."""
-        for i, luma, face in pending:
-            fits[i] = frames_mod.fit_in_region(self.landmarker, luma, face, region[:2], scale)
-            self.patches[i] = mouth_patch(luma.y, fits[i], region[:2], scale)
-        pending.clear()
 
 
 def sample_frames(n_frames: int) -> set[int]:
