@@ -3,9 +3,10 @@
 The app stays the one front door: its queue, the SQLite history (it stays the only writer),
 scoring and the UI are unchanged. :class:`RayExecutor` connects to ``LIPSYNC_RAY_ADDRESS``
 at start (in the background: ``/readyz`` says 503 and why until it is connected), deploys
-the Serve application, and for each job packs the inputs as bytes, awaits the Generation
-deployment's call on its own event loop thread, writes the outputs where the job wants them
-and scores them here.
+the Serve application, and for each job packs the inputs as bytes (with ``LIPSYNC_SHARED_DIR``:
+as paths, in a folder of the job's own there), awaits the Generation deployment's call on its
+own event loop thread, writes the outputs where the job wants them, removes the job's shared
+folder (also when the job fails or is cancelled) and scores the outputs here.
 
 Faults: a node (or replica) that dies mid-job surfaces as ``ActorDiedError`` /
 ``ActorUnavailableError``; the job is re-run ``LIPSYNC_RAY_RETRIES`` times (default once)
@@ -27,7 +28,6 @@ import logging
 import socket
 import threading
 from dataclasses import replace
-from pathlib import Path
 from typing import Any
 
 import ray
@@ -36,7 +36,7 @@ from ray.exceptions import RayActorError, RayTaskError, TaskCancelledError
 from ray.serve.exceptions import RequestCancelledError
 
 from jobs.executors import CancelFn, Executor, ProgressFn, make_executor
-from jobs.ray_payload import FileBlob, JobPayload, JobReply
+from jobs.ray_payload import JobPayload, JobReply
 from jobs.settings import RaySettings, ray_settings_from_env
 from jobs.work import GenerationJob, score_here
 from pipeline.errors import ClusterUnavailable, JobCancelled, JobTimeout, NodeLost
@@ -154,25 +154,30 @@ class RayExecutor(Executor):
                                      "restart the app, or set LIPSYNC_RAY_FALLBACK=local")
         if progress is not None:
             progress("cluster", 0.02)
-        reply = self.dispatch(self.pack(job), cancel=cancel, timeout_s=job.options.timeout_s)
-        return self.unpack(reply, job, progress=progress)
+        payload = self.pack(job)
+        try:
+            reply = self.dispatch(payload, cancel=cancel, timeout_s=job.options.timeout_s)
+            self.save_outputs(reply, job)
+        finally:  # saved, failed or cancelled: nothing of the job stays in the shared folder
+            payload.remove_shared()
+        return self.scored(reply, job, progress=progress)
 
     def pack(self, job: GenerationJob) -> JobPayload:
-        """The job's inputs as bytes (or shared paths) and its options, ready to dispatch."""
-        shared = self.settings.shared_dir
-        return JobPayload(job_id=job.job_id, video=FileBlob.of(job.video, shared_dir=shared),
-                          audio=FileBlob.of(job.audio, shared_dir=shared),
-                          options=replace(job.options, work_dir=None), side_by_side=job.side_by_side is not None,
-                          shared_dir=str(shared) if shared else None)
+        """The job's inputs as bytes (or shared paths: ``remove_shared()`` once it has ended)
+        and its options, ready to dispatch."""
+        return JobPayload.pack(job.job_id, job.video, job.audio, replace(job.options, work_dir=None),
+                               side_by_side=job.side_by_side is not None, shared_dir=self.settings.shared_dir)
 
     def dispatch(self, payload: JobPayload, *, cancel: CancelFn | None = None,
                  timeout_s: float | None = None) -> JobReply:
         """Run ``payload`` on a Generation replica; re-run it on a healthy one (up to
         ``settings.retries`` times) when its node is lost."""
         for attempt in range(1, self.settings.retries + 2):
+            tried = replace(payload, attempt=attempt)
             try:
-                return self._call(replace(payload, attempt=attempt), cancel, timeout_s)
+                return self._call(tried, cancel, timeout_s)
             except NodeLost as exc:
+                tried.remove_reply()  # what the lost attempt wrote; the inputs stay for the next one
                 if attempt > self.settings.retries:
                     raise
                 log.warning("job %s: %s; re-running it on a healthy replica (attempt %d of %d)",
@@ -182,12 +187,20 @@ class RayExecutor(Executor):
     def unpack(self, reply: JobReply, job: GenerationJob, *, progress: ProgressFn | None = None
                ) -> tuple[RunResult, Any]:
         """Write the reply's files where the job wants them (sha256 checked), then score here."""
+        self.save_outputs(reply, job)
+        return self.scored(reply, job, progress=progress)
+
+    @staticmethod
+    def save_outputs(reply: JobReply, job: GenerationJob) -> None:
+        """Write the reply's files where the job wants them (sha256 checked as they arrive)."""
         targets = {"video": job.output, "side_by_side": job.side_by_side}
         for name, blob in reply.outputs.items():
             if targets.get(name):
                 blob.save(targets[name])
-                if blob.path is not None:
-                    Path(blob.path).unlink(missing_ok=True)
+
+    def scored(self, reply: JobReply, job: GenerationJob, *, progress: ProgressFn | None = None
+               ) -> tuple[RunResult, Any]:
+        """The reply's result for the job's saved outputs, with where it ran, scored here."""
         host = {**reply.host, "executor": self.name, "received_sha256": reply.received}
         return score_here(job, replace(reply.result, output_path=job.output, host=host), progress)
 

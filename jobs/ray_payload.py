@@ -3,7 +3,13 @@
 No shared filesystem is assumed: a :class:`FileBlob` carries a file's bytes through the
 Serve call (Ray moves them through its object store), with the sha256 both sides check.
 With ``LIPSYNC_SHARED_DIR`` (a folder every node mounts) a blob carries a path under it
-instead. Nothing here imports Ray: the app packs and unpacks, the replica
+instead, and each job gets a folder of its own there (``job-<random>/``, the app's): the
+copies of its inputs that were not under the shared folder already (``video/``, ``audio/``)
+and each attempt's reply files (``out-<attempt>/``, the replica's). The app removes that
+folder when the job ends (its replies saved, failed, cancelled) and an attempt's replies when
+it re-runs the job elsewhere; a replica removes its attempt's replies when its call fails or
+is cancelled. An input that already lay under the shared folder is the user's: it is read
+in place and never removed. Nothing here imports Ray: the app packs and unpacks, the replica
 (``jobs.ray_serve``) materialises and replies.
 """
 
@@ -20,14 +26,30 @@ from typing import Any
 
 from pipeline.errors import LipSyncError
 from pipeline.options import RunOptions, RunResult
-from pipeline.weights import file_sha256
+from pipeline.weights import HASH_CHUNK, file_sha256
 
 log = logging.getLogger(__name__)
 
+JOB_FOLDER = "job-"  # prefix of a job's own folder under the shared folder (then 12 hex digits)
 
 
 class TransferCorrupt(LipSyncError):
     """A file arrived with other bytes than were sent (its sha256 differs)."""
+
+
+def copy_hashing(source: str | os.PathLike[str], target: str | os.PathLike[str]) -> tuple[str, int]:
+    """Copy ``source`` to ``target`` in one pass; the sha256 and size of the bytes copied."""
+    h, size = hashlib.sha256(), 0
+    with open(source, "rb") as src, open(target, "wb") as dst:
+        while chunk := src.read(HASH_CHUNK):
+            h.update(chunk)
+            dst.write(chunk)
+            size += len(chunk)
+    return h.hexdigest(), size
+
+
+def _corrupt(name: str, got: str, sent: str) -> TransferCorrupt:
+    return TransferCorrupt(f"{name} arrived corrupted: sha256 {got[:12]} != sent {sent[:12]}")
 
 
 @dataclass(frozen=True)
@@ -43,35 +65,48 @@ class FileBlob:
 
     @classmethod
     def of(cls, path: str | os.PathLike[str], *, shared_dir: str | os.PathLike[str] | None = None,
-           name: str | None = None) -> FileBlob:
-        """``path`` as bytes, or (``shared_dir``) as a path under it (copied there unless it is)."""
+           folder: str | os.PathLike[str] | None = None, name: str | None = None) -> FileBlob:
+        """``path`` as bytes; or (``shared_dir``) as a path under the shared folder: ``path``
+        itself when it lies there already, else a copy in ``folder`` (a job's own folder
+        under it, made here; whoever made it removes it)."""
         path = Path(path)
         name = name or path.name
         if shared_dir is None:
             data = path.read_bytes()
             return cls(name=name, sha256=hashlib.sha256(data).hexdigest(), size=len(data), data=data)
-        shared = Path(shared_dir).resolve()
-        if shared not in path.resolve().parents:
-            target = shared / f"in-{uuid.uuid4().hex[:12]}" / name
-            target.parent.mkdir(parents=True)
-            shutil.copyfile(path, target)
-            path = target
-        return cls(name=name, sha256=file_sha256(path), size=path.stat().st_size, path=os.fspath(path))
+        if Path(shared_dir).resolve() in path.resolve().parents:  # the user's file: read in place
+            return cls(name=name, sha256=file_sha256(path), size=path.stat().st_size, path=os.fspath(path))
+        if folder is None:
+            raise ValueError(f"{path} is not under the shared folder {shared_dir}: a copy needs the job's folder")
+        return cls.copy_in(path, folder, name=name)
+
+    @classmethod
+    def copy_in(cls, path: str | os.PathLike[str], folder: str | os.PathLike[str], *,
+                name: str | None = None) -> FileBlob:
+        """A copy of ``path`` in ``folder`` (made here, but not its parents: a job's folder
+        that is gone stays gone), carried as its path; hashed as it is copied."""
+        target = Path(folder) / (name or Path(path).name)
+        target.parent.mkdir(exist_ok=True)
+        sha256, size = copy_hashing(path, target)
+        return cls(name=target.name, sha256=sha256, size=size, path=os.fspath(target))
 
     def save(self, target: str | os.PathLike[str]) -> Path:
-        """Write (or move, from a shared path) the file to ``target``; TransferCorrupt unless
-        its sha256 is the one it was sent with."""
+        """Write (or copy, from a shared path) the file to ``target``, hashing what arrived as
+        it goes; TransferCorrupt (and no file) unless its sha256 is the one it was sent with."""
         target = Path(target)
         target.parent.mkdir(parents=True, exist_ok=True)
         if self.data is not None:
+            got = hashlib.sha256(self.data).hexdigest()
+            if got != self.sha256:
+                raise _corrupt(self.name, got, self.sha256)
             target.write_bytes(self.data)
-        elif self.path is not None:
-            shutil.copyfile(self.path, target)
-        else:
+            return target
+        if self.path is None:
             raise TransferCorrupt(f"{self.name}: neither bytes nor a path arrived")
-        got = file_sha256(target)
+        got, _ = copy_hashing(self.path, target)
         if got != self.sha256:
-            raise TransferCorrupt(f"{self.name} arrived corrupted: sha256 {got[:12]} != sent {self.sha256[:12]}")
+            target.unlink(missing_ok=True)
+            raise _corrupt(self.name, got, self.sha256)
         return target
 
 
@@ -85,7 +120,42 @@ class JobPayload:
     options: RunOptions  # work_dir cleared: the replica uses its own
     side_by_side: bool
     attempt: int = 1
-    shared_dir: str | None = None  # replies put their files here as paths (else bytes)
+    job_dir: str | None = None  # the job's own folder under the shared folder (else files travel as bytes)
+
+    @classmethod
+    def pack(cls, job_id: str | None, video: str | os.PathLike[str], audio: str | os.PathLike[str],
+             options: RunOptions, *, side_by_side: bool,
+             shared_dir: str | os.PathLike[str] | None = None) -> JobPayload:
+        """The job's inputs as bytes, or (``shared_dir``) as paths under the shared folder, with
+        a folder of the job's own made there (:meth:`remove_shared` removes it)."""
+        if shared_dir is None:
+            return cls(job_id=job_id, video=FileBlob.of(video), audio=FileBlob.of(audio), options=options,
+                       side_by_side=side_by_side)
+        job_dir = Path(shared_dir) / f"{JOB_FOLDER}{uuid.uuid4().hex[:12]}"
+        job_dir.mkdir(parents=True)
+        try:  # video/ and audio/: the two inputs may share a name
+            return cls(job_id=job_id, video=FileBlob.of(video, shared_dir=shared_dir, folder=job_dir / "video"),
+                       audio=FileBlob.of(audio, shared_dir=shared_dir, folder=job_dir / "audio"),
+                       options=options, side_by_side=side_by_side, job_dir=os.fspath(job_dir))
+        except BaseException:
+            shutil.rmtree(job_dir, ignore_errors=True)
+            raise
+
+    @property
+    def reply_dir(self) -> Path | None:
+        """Where this attempt's replica puts its reply files (None: they travel as bytes)."""
+        return Path(self.job_dir) / f"out-{self.attempt}" if self.job_dir else None
+
+    def remove_reply(self) -> None:
+        """Remove this attempt's reply files from the shared folder (its inputs stay)."""
+        if self.reply_dir is not None:
+            shutil.rmtree(self.reply_dir, ignore_errors=True)
+
+    def remove_shared(self) -> None:
+        """Remove the job's folder under the shared folder: its input copies and every
+        attempt's replies (inputs that were the user's files there are not in it)."""
+        if self.job_dir is not None:
+            shutil.rmtree(self.job_dir, ignore_errors=True)
 
 
 @dataclass(frozen=True)

@@ -3,6 +3,9 @@
 - ``Generation`` (:class:`GenerationServer`): one generation job per call. The inputs arrive
   as bytes (``jobs.ray_payload``), are written to the replica's own scratch folder, the run
   loop runs there (decode, track, blend, encode: CPU work) and the outputs go back as bytes.
+  With a shared folder the inputs are read from the job's folder there (and left for a
+  retry) and the outputs go back as paths in the attempt's ``out-<attempt>/`` of that folder,
+  which the replica removes itself when the call fails or is cancelled.
   Its face tracker and audio front end load once per replica (``warm_up`` at start). Up to
   ``max_ongoing_requests`` jobs share a replica; the autoscaler adds replicas on load.
 - ``Forward`` (:class:`ForwardServer`): the generator's model steps, one model copy per GPU.
@@ -21,6 +24,7 @@ Deployed by the app (:func:`deploy`) or by KubeRay's RayService from :func:`app_
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
 import json
 import logging
@@ -151,9 +155,13 @@ class GenerationServer:
         self._event("started", payload)
         forward = self._forward_fn(loop, payload.job_id) if self._forward is not None else None
         work = loop.run_in_executor(None, contextvars.copy_context().run, self._work, payload, slot, forward)
+        replied = cancelled = False
         try:
-            return await asyncio.shield(work)
+            reply = await asyncio.shield(work)
+            replied = True
+            return reply
         except asyncio.CancelledError:
+            cancelled = True
             slot.cancel.set()
             killed = slot.scope.kill()  # a job blocked on a pipe returns at once
             try:
@@ -165,12 +173,17 @@ class GenerationServer:
         finally:
             self._running.pop(id(slot), None)
             shutil.rmtree(slot.folder, ignore_errors=True)
+            if not replied:  # failed or cancelled: no reply files left behind in the shared folder
+                payload.remove_reply()
+            if cancelled and payload.job_dir:  # the app has given the job up: should our last write
+                with contextlib.suppress(OSError):  # have raced its removal of the job's folder,
+                    os.rmdir(payload.job_dir)  # the folder, left empty, goes too (rmdir: only if empty)
 
     def _work(self, payload: JobPayload, slot: _Slot, forward: Any) -> JobReply:
         """The job, on a thread of the replica: inputs to disk, the run loop, outputs back."""
         with slot.scope:
-            video = payload.video.save(slot.folder / "in" / payload.video.name)
-            audio = payload.audio.save(slot.folder / "in" / payload.audio.name)
+            video = payload.video.save(slot.folder / "video" / payload.video.name)  # the two may share a name
+            audio = payload.audio.save(slot.folder / "audio" / payload.audio.name)
             out = slot.folder / "out"
             job = GenerationJob.of(video, audio, out / "result.mp4",
                                    options=replace(payload.options, work_dir=os.fspath(slot.folder)),
@@ -178,10 +191,10 @@ class GenerationServer:
                                    score=False, job_id=payload.job_id)
             started = time.time()
             result, _ = generate(job, cancel=slot.cancel.is_set, forward=forward)
-        shared = payload.shared_dir
-        outputs = {"video": FileBlob.of(job.output, shared_dir=shared)}
-        if job.side_by_side is not None:
-            outputs["side_by_side"] = FileBlob.of(job.side_by_side, shared_dir=shared)
+        reply_dir = payload.reply_dir  # None: the outputs go back as bytes
+        made = {"video": job.output, "side_by_side": job.side_by_side}
+        outputs = {name: FileBlob.of(path) if reply_dir is None else FileBlob.copy_in(path, reply_dir)
+                   for name, path in made.items() if path is not None}
         host = {**self._facts, **self._where, "peak_rss_mb": result.peak_rss_mb, "attempt": payload.attempt,
                 "replica_started": started, "replica_finished": time.time()}
         return JobReply(result=result, outputs=outputs, host=host,  # score=False: no originals nor speech kept

@@ -137,3 +137,15 @@ def wait_for_event(folder: Path, kind: str, job_id: str, *, timeout: float = WAI
                 return e
         time.sleep(0.1)
     pytest.fail(f"no {kind!r} event for job {job_id} within {timeout:.0f} s: {read_events(folder)}")
+
+
+def shared_leftovers(folder: Path, *, settle_s: float = 0.0) -> list[str]:
+    """Everything under the shared ``folder`` (relative paths, sorted); with ``settle_s``, what
+    is left after waiting up to that long for it to empty (a cancelled replica cleans up on
+    its own time, after the app has its answer)."""
+    deadline = time.monotonic() + settle_s
+    while True:
+        left = sorted(os.fspath(p.relative_to(folder)) for p in Path(folder).rglob("*"))
+        if not left or time.monotonic() >= deadline:
+            return left
+        time.sleep(0.1)

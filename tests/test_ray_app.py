@@ -25,7 +25,7 @@ import psutil
 import pytest
 
 from app_server import free_port, start_app
-from ray_cluster import ROOT, disconnect, make_clips, need_ray, ray_env, wait_for_event
+from ray_cluster import ROOT, disconnect, make_clips, need_ray, ray_env, shared_leftovers, wait_for_event
 from jobs.settings import RaySettings
 from jobs.work import GenerationJob
 from pipeline.options import RunOptions
@@ -120,8 +120,9 @@ def test_the_app_runs_a_job_on_the_cluster_and_records_the_node(tmp_path: Path, 
     with ray_start(tmp_path, "head", "--head", f"--port={port}", "--num-cpus=1", "--num-gpus=0"):
         _wait_port(port)
         address = f"127.0.0.1:{port}"
+        shared = tmp_path / "shared"  # uploads travel as paths under it, and go once the job has ended
         server = start_app(tmp_path, LIPSYNC_RAY_ADDRESS=address, LIPSYNC_RAY_MIN_REPLICAS="1",
-                           LIPSYNC_RAY_MAX_REPLICAS="1", LIPSYNC_RAY_CPUS="1")
+                           LIPSYNC_RAY_MAX_REPLICAS="1", LIPSYNC_RAY_CPUS="1", LIPSYNC_SHARED_DIR=os.fspath(shared))
         try:
             body = _wait_ready(server.url)
             assert "Ray cluster at" in body["checks"]["executor"]["detail"]
@@ -133,6 +134,7 @@ def test_the_app_runs_a_job_on_the_cluster_and_records_the_node(tmp_path: Path, 
             assert job["status"] == "succeeded"
             assert job["device"]["executor"] == "ray"
             assert job["device"]["node_id"] == _head_node_id(address)
+            assert shared.is_dir() and shared_leftovers(shared) == []
         finally:
             server.stop()
 

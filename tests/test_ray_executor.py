@@ -14,6 +14,7 @@ import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -21,10 +22,11 @@ import numpy as np
 import pytest
 
 from fixtures_wav2lip import wav2lip_checkpoint  # noqa: F401 - a fixture
-from ray_cluster import ROOT, SimCluster, cluster, make_clips, read_events, wait_for_event  # noqa: F401
+from ray_cluster import (ROOT, SimCluster, cluster, make_clips, read_events, shared_leftovers,  # noqa: F401
+                         wait_for_event)
 from jobs.settings import RaySettings, SettingsError, ray_settings_from_env, settings_from_env
 from jobs.work import GenerationJob
-from pipeline.errors import JobCancelled
+from pipeline.errors import JobCancelled, LipSyncError
 from pipeline.media.decode import read_frames
 from pipeline.media.ffmpeg import ffmpeg_exe
 from pipeline.options import RunOptions
@@ -88,6 +90,19 @@ def executor(cluster: SimCluster, tmp_path_factory: pytest.TempPathFactory) -> A
     ex = RayExecutor(RaySettings(address=cluster.address, min_replicas=2, max_replicas=2, max_ongoing=1,
                                  cpus=1, batch=True, forward_replicas=1, batch_size=32,
                                  batch_wait_s=0.2, events_dir=events))
+    ex.connect()
+    assert ex.health()[0], ex.health()
+    yield ex
+    ex.close()
+
+
+@pytest.fixture
+def on_shared(executor: Any, tmp_path: Path) -> Any:
+    """The same application, called by an executor whose files travel as paths under a shared
+    folder (``tmp_path / "shared"``: every node of this cluster sees this machine's disk)."""
+    from jobs.ray_executor import RayExecutor
+
+    ex = RayExecutor(replace(executor.settings, shared_dir=tmp_path / "shared", deploy=False))
     ex.connect()
     assert ex.health()[0], ex.health()
     yield ex
@@ -185,15 +200,16 @@ def test_random_wav2lip_outputs_in_mixed_batches_match_single_runs(executor: Any
         np.testing.assert_allclose(a, b, atol=2, rtol=0)
 
 
-def test_cancel_reaches_the_replica_and_frees_its_slot(executor: Any, clips: dict[str, Path],
+def test_cancel_reaches_the_replica_and_frees_its_slot(executor: Any, on_shared: Any, clips: dict[str, Path],
                                                        tmp_path: Path) -> None:
+    """The cancelled job's files go through the shared folder: nothing of it stays there."""
     flag = threading.Event()
     job = _job(clips, tmp_path, "cancel-me", audio="long_audio")
     outcome: dict[str, Any] = {}
 
     def run() -> None:
         try:
-            executor.run(job, cancel=flag.is_set)
+            on_shared.run(job, cancel=flag.is_set)
         except JobCancelled as exc:
             outcome["error"] = exc
 
@@ -208,8 +224,40 @@ def test_cancel_reaches_the_replica_and_frees_its_slot(executor: Any, clips: dic
     assert marker["node_id"] == started["node_id"] and marker["replica"] == started["replica"]
     assert marker["killed_pids"]  # the job's encoders were running: their process groups were killed
     assert not Path(job.output).exists()
+    assert shared_leftovers(on_shared.settings.shared_dir, settle_s=30) == []
     # both replicas take a job at once: the cancelled one's only slot is free again
     with ThreadPoolExecutor(2) as pool:
         after = list(pool.map(executor.run, [_job(clips, tmp_path, f"after-{i}") for i in range(2)]))
     assert started["node_id"] in {r.host["node_id"] for r, _ in after}
     assert len([e for e in read_events(executor.settings.events_dir) if e["event"] == "cancelled"]) == 1
+
+
+def test_files_travel_through_the_shared_folder_and_nothing_of_a_job_stays_there(
+        on_shared: Any, clips: dict[str, Path], tmp_path: Path) -> None:
+    """Inputs (the user's own shared file read in place, another copied), replies as paths;
+    after a job, and after a failed one, the shared folder holds only the user's file."""
+    shared = on_shared.settings.shared_dir
+    own = shared / "mine" / "face.mp4"
+    own.parent.mkdir(parents=True)
+    own.write_bytes(clips["video"].read_bytes())
+    job = GenerationJob.of(own, clips["audio"], tmp_path / "out.mp4", options=BASELINE, job_id="shared",
+                           score=False, side_by_side=tmp_path / "sbs.mp4")
+    payload = on_shared.pack(job)
+    assert payload.video.path == os.fspath(own) and payload.audio.data is None
+    reply = on_shared.dispatch(payload)
+    assert all(b.data is None and Path(b.path).parent == payload.reply_dir for b in reply.outputs.values())
+    on_shared.unpack(reply, job)
+    payload.remove_shared()
+    assert _sha(tmp_path / "sbs.mp4") == reply.outputs["side_by_side"].sha256
+    assert shared_leftovers(shared) == ["mine", "mine/face.mp4"]
+
+    result, _ = on_shared.run(replace(job, job_id="shared-run", output=os.fspath(tmp_path / "run.mp4")))
+    assert Path(result.output_path).stat().st_size > 0
+    assert shared_leftovers(shared) == ["mine", "mine/face.mp4"]  # the replies saved, the job's folder went
+
+    bad = tmp_path / "bad.wav"
+    bad.write_bytes(b"not a sound at all")
+    with pytest.raises(LipSyncError):
+        on_shared.run(GenerationJob.of(clips["video"], bad, tmp_path / "bad.mp4", options=BASELINE,
+                                       job_id="shared-bad", score=False))
+    assert shared_leftovers(shared) == ["mine", "mine/face.mp4"]
