@@ -1,24 +1,31 @@
-"""Finding model weights: explicit path, models folder, Hugging Face Hub cache, Hub download.
+"""Finding model weights: explicit path, LatentSync folder, models folder, Hub cache, Hub download.
 
-Every model with downloadable weights has a :class:`WeightsSpec`; :func:`resolve` looks for
-its file in this order and returns the first hit with its sha256:
+Every model with downloadable weights has a :class:`WeightsSpec`; :func:`search` looks for its
+file in this order (:data:`SEARCH_ORDER`; a hit's ``source`` names the step that found it) and
+:func:`resolve` returns the first hit with its sha256:
 
-  1. an explicit path: the ``explicit`` argument, else ``$LIPSYNC_<MODEL>_CHECKPOINT``
-  2. the models folder: ``$LIPSYNC_MODELS_DIR`` (default ``./models``)
-  3. the Hub cache (``huggingface_hub.try_to_load_from_cache``; ``$HF_HUB_CACHE`` / ``$HF_HOME``)
-  4. a Hub download (``hf_hub_download``, with a progress bar); skipped when
+  1. an explicit path: the ``explicit`` argument (``argument``), else ``$LIPSYNC_<MODEL>_CHECKPOINT``
+     (``env``); a path given must be a file
+  2. LatentSync specs only (:data:`LATENTSYNC_SPECS`): the LatentSync folder
+     (``latentsync_dir``): ``$LIPSYNC_LATENTSYNC_DIR`` (default ``<models folder>/latentsync``), or
+     the folder given to :func:`resolve_latentsync`, at the file's place in :data:`LATENTSYNC_LAYOUT`
+  3. the models folder (``models_dir``): ``$LIPSYNC_MODELS_DIR`` (default ``./models``)
+  4. the Hub cache (``hub_cache``; ``huggingface_hub.try_to_load_from_cache``; ``$HF_HUB_CACHE`` /
+     ``$HF_HOME``)
+  5. a Hub download (``hub_download``; ``hf_hub_download``, with a progress bar); skipped when
      ``HF_HUB_OFFLINE=1``; a single metadata request bounded by ``HUB_TIMEOUT_S`` decides
      first whether the Hub answers at all, so an unreachable Hub costs seconds, not minutes,
      and a failure is remembered: it is not retried in the same process.
 
-LatentSync 1.5 needs three files (:data:`LATENTSYNC_SPECS`); each is looked for first in the
-LatentSync folder ``$LIPSYNC_LATENTSYNC_DIR`` (default ``<models folder>/latentsync``) at its
-place in :data:`LATENTSYNC_LAYOUT`, then as above.
+A spec's ``companions`` (the LatentSync VAE's ``config.json``: a diffusers folder) are files of
+its repository that belong beside the weights: where the weights come from the Hub (steps 4 and
+5) and downloads are allowed, a companion missing beside them is fetched from the same repo and
+revision into the same cache. Elsewhere the loader copes without (the VAE: a built-in config).
 
 Repo, file name and expected sha256 are settings: ``$LIPSYNC_<MODEL>_REPO``,
 ``$LIPSYNC_<MODEL>_FILENAME``, ``$LIPSYNC_<MODEL>_SHA256``. When nothing is found,
 WeightsUnavailable lists every place tried and how to fix it. ``python -m pipeline weights``
-prints :func:`weights_report`.
+prints :func:`pipeline.weights_report.weights_report`.
 """
 
 from __future__ import annotations
@@ -31,7 +38,8 @@ import threading
 from collections import OrderedDict
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass
-from pathlib import Path
+from functools import partial
+from pathlib import Path, PurePosixPath
 from typing import Generic, TypeVar
 
 from pipeline.errors import WeightsInvalid, WeightsUnavailable
@@ -58,6 +66,7 @@ class WeightsSpec:
     env_prefix: str  # "LIPSYNC_WAV2LIP" -> _CHECKPOINT, _REPO, _FILENAME, _SHA256
     sha256: str | None = None  # expected digest, if known
     alt_filenames: tuple[str, ...] = ()  # also accepted in the models folder
+    companions: tuple[str, ...] = ()  # repo files beside repo_filename fetched with it from the Hub
 
     @property
     def env_path(self) -> str:
@@ -77,6 +86,10 @@ class WeightsSpec:
         names = (Path(self.repo_filename).name, self.filename, *self.alt_filenames)
         return tuple(dict.fromkeys(names))  # ordered, without repeats
 
+    def repo_path(self, companion: str) -> str:
+        """Where ``companion`` lies in the repository: beside ``repo_filename``."""
+        return str(PurePosixPath(self.repo_filename).parent / companion)
+
 
 WAV2LIP = WeightsSpec(
     name="wav2lip", label="Wav2Lip generator", filename="wav2lip_gan.pth",
@@ -92,9 +105,10 @@ LATENTSYNC_UNET = WeightsSpec("latentsync_unet", "LatentSync 1.5 UNet", "latents
                               "ByteDance/LatentSync-1.5", "latentsync_unet.pt", "LIPSYNC_LATENTSYNC_UNET")
 LATENTSYNC_WHISPER = WeightsSpec("latentsync_whisper", "LatentSync whisper tiny", "tiny.pt",
                                  "ByteDance/LatentSync-1.5", "whisper/tiny.pt", "LIPSYNC_LATENTSYNC_WHISPER")
-LATENTSYNC_VAE = WeightsSpec(  # a diffusers folder: config.json must lie beside the weights
+LATENTSYNC_VAE = WeightsSpec(  # a diffusers folder; without config.json beside it the loader uses a built-in one
     "latentsync_vae", "LatentSync VAE (sd-vae-ft-mse)", "diffusion_pytorch_model.safetensors",
-    "stabilityai/sd-vae-ft-mse", "diffusion_pytorch_model.safetensors", "LIPSYNC_LATENTSYNC_VAE")
+    "stabilityai/sd-vae-ft-mse", "diffusion_pytorch_model.safetensors", "LIPSYNC_LATENTSYNC_VAE",
+    companions=("config.json",))
 LATENTSYNC_SPECS = (LATENTSYNC_UNET, LATENTSYNC_WHISPER, LATENTSYNC_VAE)
 LATENTSYNC_DIR_ENV = "LIPSYNC_LATENTSYNC_DIR"
 LATENTSYNC_LAYOUT = {  # spec name -> place inside the LatentSync folder
@@ -103,12 +117,13 @@ LATENTSYNC_LAYOUT = {  # spec name -> place inside the LatentSync folder
     "latentsync_vae": "vae/diffusion_pytorch_model.safetensors",
 }
 SPECS = (WAV2LIP, SYNCNET, *LATENTSYNC_SPECS)
+SEARCH_ORDER = ("argument", "env", "latentsync_dir", "models_dir", "hub_cache", "hub_download")  # a hit's source
 
 
 @dataclass(frozen=True)
 class ResolvedWeights:
     path: str
-    source: str  # "argument", "env", "models_dir", "hub_cache" or "hub_download"
+    source: str  # the step of the search that found it: one of SEARCH_ORDER
     sha256: str
 
 
@@ -163,9 +178,10 @@ def file_sha256(path: str | bytes | os.PathLike[str]) -> str:
     return digest
 
 
-def fix_for(spec: WeightsSpec) -> str:
+def fix_for(spec: WeightsSpec, latentsync_root: Path | None = None) -> str:
+    """What to do where ``spec``'s file was not found (LatentSync files: put them in the folder)."""
     if spec.name in LATENTSYNC_LAYOUT:
-        root = latentsync_dir()
+        root = latentsync_root if latentsync_root is not None else latentsync_dir()
         whole = (f"{spec.repo_id} --local-dir {root}/vae" if spec.name == "latentsync_vae"
                  else f"{spec.repo_id} {spec.repo_filename} --local-dir {root}")
         return (f"put it at {root}/{LATENTSYNC_LAYOUT[spec.name]} (or set ${LATENTSYNC_DIR_ENV}), or on a "
@@ -194,94 +210,156 @@ def latentsync_dir() -> Path:
 
 def resolve_latentsync(folder: str | os.PathLike[str] | None = None, *,
                        allow_download: bool = True) -> dict[str, ResolvedWeights]:
-    """The three LatentSync files by spec name (see :data:`LATENTSYNC_LAYOUT`): from ``folder``
-    (default :func:`latentsync_dir`) where present there, else by :func:`resolve`."""
-    root = Path(folder) if folder is not None else latentsync_dir()
-    return {s.name: resolve(s, in_latentsync_dir(s, root), allow_download=allow_download, source="latentsync_dir")
-            for s in LATENTSYNC_SPECS}  # WeightsUnavailable's fix names the LatentSync folder
+    """The three LatentSync files by spec name (see :data:`LATENTSYNC_LAYOUT`), each by
+    :func:`resolve` with ``folder`` (default :func:`latentsync_dir`) as its LatentSync folder."""
+    root = Path(folder) if folder is not None else None
+    return {s.name: resolve(s, allow_download=allow_download, latentsync_root=root) for s in LATENTSYNC_SPECS}
 
 
-def in_latentsync_dir(spec: WeightsSpec, root: Path | None = None) -> Path | None:
-    if spec.name not in LATENTSYNC_LAYOUT:
+def _explicit(spec: WeightsSpec, explicit: str | os.PathLike[str] | None) -> tuple[Path, str] | None:
+    """Step 1: (path, "argument" or "env"), or None when no path is given. A path given must be a file."""
+    given, source = (explicit, "argument") if explicit else (os.environ.get(spec.env_path), "env")
+    if not given:
         return None
-    path = (root if root is not None else latentsync_dir()) / LATENTSYNC_LAYOUT[spec.name]
-    return path if path.is_file() else None
+    p = Path(given).expanduser()
+    if not p.is_file():
+        what = "the given path" if source == "argument" else f"${spec.env_path}"
+        raise WeightsUnavailable(f"{spec.label}: {what} {p} is not a file; fix the path or unset it "
+                                 f"to search the models folder and the Hub")
+    return p, source
 
 
-def search(spec: WeightsSpec, explicit: str | os.PathLike[str] | None, *, allow_download: bool,
-            source: str = "argument") -> tuple[ResolvedWeights | None, list[str]]:
-    """The first hit, or None and one line per place tried. An explicit path must exist."""
-    tried: list[str] = []
-    env_value = os.environ.get(spec.env_path)
-    given, source = (explicit, source) if explicit else (env_value, "env")
-    if given:
-        p = Path(given).expanduser()
-        if not p.is_file():
-            what = "the given path" if source == "argument" else f"${spec.env_path}"
-            raise WeightsUnavailable(f"{spec.label}: {what} {p} is not a file; fix the path or unset it "
-                                     f"to search the models folder and the Hub")
-        return _found(spec, p, source), tried
-    tried.append(f"explicit path: none given (argument or ${spec.env_path})")
+def in_latentsync_dir(spec: WeightsSpec, root: Path | None = None) -> tuple[Path | None, str]:
+    """Step 2: the file at its place in the LatentSync folder ``root`` (default :func:`latentsync_dir`);
+    (None, "") for a spec that is not LatentSync's. Each step returns (hit or None, what was tried)."""
+    if spec.name not in LATENTSYNC_LAYOUT:
+        return None, ""
+    folder = root if root is not None else latentsync_dir()
+    path = folder / LATENTSYNC_LAYOUT[spec.name]
+    if path.is_file():
+        return path, ""
+    return None, f"LatentSync folder: no {LATENTSYNC_LAYOUT[spec.name]} in {folder.resolve()}"
 
+
+def _in_models_dir(spec: WeightsSpec) -> tuple[Path | None, str]:
+    """Step 3: the first of the spec's local names in the models folder."""
     folder = models_dir()
     for name in spec.local_names():
         if (folder / name).is_file():
-            return _found(spec, folder / name, "models_dir"), tried
-    tried.append(f"models folder: no {' or '.join(spec.local_names())} in {folder.resolve()}")
+            return folder / name, ""
+    return None, f"models folder: no {' or '.join(spec.local_names())} in {folder.resolve()}"
 
+
+def _in_hub_cache(spec: WeightsSpec, allow_download: bool) -> tuple[str | None, str]:
+    """Step 4: the file in the Hub cache (its companions fetched beside it where allowed)."""
     from huggingface_hub import constants, try_to_load_from_cache
 
     cache = _hub_cache_dir()
     hit = try_to_load_from_cache(spec.repo_id, spec.repo_filename, cache_dir=cache)
     if isinstance(hit, str):
-        return _found(spec, hit, "hub_cache"), tried
-    tried.append(f"Hub cache: no {spec.repo_id}/{spec.repo_filename} in {cache or constants.HF_HUB_CACHE}")
+        _fetch_companions(spec, hit, cache, allow_download=allow_download)
+        return hit, ""
+    return None, f"Hub cache: no {spec.repo_id}/{spec.repo_filename} in {cache or constants.HF_HUB_CACHE}"
 
+
+def _no_download(spec: WeightsSpec, filename: str, allow_download: bool) -> str:
+    """Why ``filename`` of ``spec``'s repo is not to be downloaded now (a line of the places
+    tried), or "" when it may be."""
     if hub_offline():
-        tried.append("Hub download: skipped because HF_HUB_OFFLINE=1")
-    elif not allow_download:
-        tried.append("Hub download: not attempted here (downloads not allowed for this call)")
-    elif (spec.repo_id, spec.repo_filename) in _hub_failures:
-        tried.append(f"Hub download from {spec.repo_id}: not retried, it failed earlier in this process "
-                     f"({_hub_failures[spec.repo_id, spec.repo_filename]}); restart to retry")
-    else:
-        path, why = _download(spec, cache)
-        if path is not None:
-            return _found(spec, path, "hub_download"), tried
+        return "Hub download: skipped because HF_HUB_OFFLINE=1"
+    if not allow_download:
+        return "Hub download: not attempted here (downloads not allowed for this call)"
+    if (spec.repo_id, filename) in _hub_failures:
+        return (f"Hub download from {spec.repo_id}: not retried, it failed earlier in this process "
+                f"({_hub_failures[spec.repo_id, filename]}); restart to retry")
+    return ""
+
+
+def _from_hub(spec: WeightsSpec, allow_download: bool) -> tuple[str | None, str]:
+    """Step 5: a Hub download into the Hub cache, its companions with it."""
+    why = _no_download(spec, spec.repo_filename, allow_download)
+    if why:
+        return None, why
+    cache = _hub_cache_dir()
+    path, why = _download(spec, spec.repo_filename, cache)
+    if path is None:
         _hub_failures[spec.repo_id, spec.repo_filename] = why
-        tried.append(f"Hub download from {spec.repo_id}: {why}")
+        return None, f"Hub download from {spec.repo_id}: {why}"
+    _fetch_companions(spec, path, cache, allow_download=allow_download)
+    return path, ""
+
+
+def _fetch_companions(spec: WeightsSpec, weights: str, cache: str | None, *, allow_download: bool) -> None:
+    """Download each companion missing beside ``weights`` (a file of a Hub cache snapshot) from
+    the same repo and revision into that snapshot; a failure is logged and remembered, never raised."""
+    snapshot = Path(weights).parents[len(PurePosixPath(spec.repo_filename).parts) - 1]  # snapshots/<commit>
+    for companion in spec.companions:
+        if (Path(weights).parent / companion).is_file():
+            continue
+        filename = spec.repo_path(companion)
+        why = _no_download(spec, filename, allow_download)
+        if not why:
+            path, why = _download(spec, filename, cache, revision=snapshot.name)
+            if path is not None:
+                continue
+            _hub_failures[spec.repo_id, filename] = why
+        log.warning("%s: no %s beside %s (%s)", spec.label, companion, weights, why)
+
+
+def search(spec: WeightsSpec, explicit: str | os.PathLike[str] | None = None, *, allow_download: bool,
+           latentsync_root: Path | None = None) -> tuple[ResolvedWeights | None, list[str]]:
+    """The first hit of the steps in the module doc, or None and one line per place tried.
+    ``latentsync_root`` replaces :func:`latentsync_dir` as the LatentSync folder (step 2)."""
+    given = _explicit(spec, explicit)
+    if given is not None:
+        return _found(spec, *given), []
+    tried = [f"explicit path: none given (argument or ${spec.env_path})"]
+    steps: tuple[tuple[str, Callable[[], tuple[str | os.PathLike[str] | None, str]]], ...] = (
+        ("latentsync_dir", partial(in_latentsync_dir, spec, latentsync_root)),
+        ("models_dir", partial(_in_models_dir, spec)),
+        ("hub_cache", partial(_in_hub_cache, spec, allow_download)),
+        ("hub_download", partial(_from_hub, spec, allow_download)),
+    )
+    for source, step in steps:
+        path, why = step()
+        if path is not None:
+            return _found(spec, path, source), tried
+        if why:
+            tried.append(why)
     return None, tried
 
 
-def _download(spec: WeightsSpec, cache: str | None) -> tuple[str | None, str]:
-    """Download with huggingface_hub's progress bar; (None, why) when the Hub fails."""
+def _download(spec: WeightsSpec, filename: str, cache: str | None, *,
+              revision: str | None = None) -> tuple[str | None, str]:
+    """Download ``filename`` of ``spec``'s repo with huggingface_hub's progress bar; (None, why)
+    when the Hub fails."""
     from huggingface_hub import get_hf_file_metadata, hf_hub_download, hf_hub_url
 
     timeout = float(os.environ.get("HF_HUB_ETAG_TIMEOUT") or HUB_TIMEOUT_S)
     endpoint = os.environ.get("HF_ENDPOINT") or None  # read now: huggingface_hub reads it at import
     try:  # one request, no retries: is the Hub there at all?
-        get_hf_file_metadata(hf_hub_url(spec.repo_id, spec.repo_filename, endpoint=endpoint), timeout=timeout)
+        get_hf_file_metadata(hf_hub_url(spec.repo_id, filename, revision=revision, endpoint=endpoint),
+                             timeout=timeout)
     except Exception as exc:  # noqa: BLE001 - network, HTTP and auth errors all mean "not from here"
         return None, f"the Hub did not answer within {timeout:.0f} s or refused ({type(exc).__name__}: {exc})"
-    log.warning("downloading %s weights from the Hub: %s/%s", spec.label, spec.repo_id, spec.repo_filename)
+    log.warning("downloading %s from the Hub: %s/%s", spec.label, spec.repo_id, filename)
     try:
-        return hf_hub_download(spec.repo_id, spec.repo_filename, cache_dir=cache, etag_timeout=timeout,
+        return hf_hub_download(spec.repo_id, filename, revision=revision, cache_dir=cache, etag_timeout=timeout,
                                endpoint=endpoint), ""
     except Exception as exc:  # noqa: BLE001
         return None, f"download failed ({type(exc).__name__}: {exc})"
 
 
 def resolve(spec: WeightsSpec, explicit: str | os.PathLike[str] | None = None, *,
-            allow_download: bool = True, source: str = "argument") -> ResolvedWeights:
+            allow_download: bool = True, latentsync_root: Path | None = None) -> ResolvedWeights:
     """Find ``spec``'s weights file (see module doc). Raises WeightsUnavailable listing every
-    place tried and the fix, or WeightsInvalid when the file's sha256 is not the expected one.
-    ``source`` names where an ``explicit`` path came from."""
+    place tried and the fix, or WeightsInvalid when the file's sha256 is not the expected one."""
     spec = spec.configured()
-    hit, tried = search(spec, explicit, allow_download=allow_download, source=source)
+    hit, tried = search(spec, explicit, allow_download=allow_download, latentsync_root=latentsync_root)
     if hit is not None:
         return hit
     places = "; ".join(f"({i}) {t}" for i, t in enumerate(tried, 1))
-    raise WeightsUnavailable(f"{spec.label} weights not found. Tried: {places}. Fix: {fix_for(spec)}")
+    raise WeightsUnavailable(f"{spec.label} weights not found. Tried: {places}. Fix: {fix_for(spec, latentsync_root)}")
 
 
 class ModelCache(Generic[T]):

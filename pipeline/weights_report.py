@@ -1,5 +1,6 @@
 """The report behind ``python -m pipeline weights``, the System tab and ``/readyz``: for each
-model the project knows, where its weights were found (with sha256) or why not and the fix."""
+model the project knows, where its weights were found (the search step and sha256; for the
+LatentSync VAE, where its config comes from) or why not and the fix."""
 
 from __future__ import annotations
 
@@ -10,21 +11,31 @@ from collections.abc import Sequence
 from typing import Any
 
 from pipeline.errors import WeightsInvalid, WeightsUnavailable
-from pipeline.weights import (LATENTSYNC_LAYOUT, SPECS, WeightsSpec, fix_for, hub_offline, in_latentsync_dir,
-                              search)
+from pipeline.weights import LATENTSYNC_LAYOUT, LATENTSYNC_VAE, SPECS, WeightsSpec, fix_for, hub_offline, search
+
+
+def config_source(spec: WeightsSpec, weights: str) -> str | None:
+    """Where the loader takes the model's config from, for a model whose config is a file of
+    its own (the LatentSync VAE: the config.json beside the weights, else the built-in one)."""
+    if spec.name != LATENTSYNC_VAE.name:
+        return None
+    from pipeline.generators.latentsync.vae_config import vae_files
+
+    return vae_files(weights).config_source
 
 
 def _spec_row(spec: WeightsSpec, *, allow_download: bool) -> dict[str, Any]:
     spec = spec.configured()
     row: dict[str, Any] = {"name": spec.name, "label": spec.label, "found": False, "where": None,
-                           "source": None, "sha256": None, "why_not": None, "fix": None}
+                           "source": None, "sha256": None, "config": None, "why_not": None, "fix": None}
     try:
-        hit, tried = search(spec, in_latentsync_dir(spec), allow_download=allow_download, source="latentsync_dir")
+        hit, tried = search(spec, allow_download=allow_download)
     except (WeightsUnavailable, WeightsInvalid) as exc:
         row.update(why_not=str(exc), fix=fix_for(spec))
         return row
     if hit is not None:
-        row.update(found=True, where=hit.path, source=hit.source, sha256=hit.sha256)
+        row.update(found=True, where=hit.path, source=hit.source, sha256=hit.sha256,
+                   config=config_source(spec, hit.path))
         return row
     if not allow_download and not hub_offline():
         tried[-1] = f"Hub download: would be tried on first use from {spec.repo_id}/{spec.repo_filename}"
@@ -51,14 +62,15 @@ def _tracker_rows() -> list[dict[str, Any]]:
         rows.append({
             "name": name, "label": TRACKER_LABELS.get(name, name), "found": found,
             "where": info.get("path") if found else None, "source": "package" if name == "dlib" else "disk",
-            "sha256": None, "why_not": None if found else info.get("reason"),
+            "sha256": None, "config": None, "why_not": None if found else info.get("reason"),
             "fix": None if found else TRACKER_FIXES.get(name),
         })
     return rows
 
 
 def weights_report(*, allow_download: bool = False) -> list[dict[str, Any]]:
-    """One row per model the project knows: name, label, found, where, source, sha256, why_not, fix."""
+    """One row per model the project knows: name, label, found, where, source (the search step
+    that found it: :data:`pipeline.weights.SEARCH_ORDER`), sha256, config, why_not, fix."""
     return [_spec_row(s, allow_download=allow_download) for s in SPECS] + _tracker_rows()
 
 
@@ -83,6 +95,8 @@ def format_report(rows: list[dict[str, Any]]) -> str:
         lines.append(f"{r['label']:<{width}}{'yes' if r['found'] else 'no':<7}{detail}")
         if r["found"] and r["sha256"]:
             lines.append(f"{'':<{width + 7}}sha256 {r['sha256']}")
+        if r["found"] and r.get("config"):
+            lines.append(f"{'':<{width + 7}}config {r['config']}")
         if not r["found"] and r["fix"]:
             lines.append(f"{'':<{width + 7}}fix: {r['fix']}")
     return "\n".join(lines) + "\n"

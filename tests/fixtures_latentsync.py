@@ -5,6 +5,8 @@ Import the fixtures a test module uses from here (``from fixtures_latentsync imp
 ``weights_dir`` is a LatentSync folder of small random models in the published layouts (the
 small UNet with its config beside it, the random whisper as ``whisper/tiny.pt``, a tiny random
 VAE) named by ``$LIPSYNC_LATENTSYNC_DIR``: their outputs are noise, never a measure of quality.
+``sd_vae`` is a random VAE of the published ``stabilityai/sd-vae-ft-mse`` shapes (335 MB, made
+once per session), for the loader's built-in config.
 """
 
 from __future__ import annotations
@@ -48,6 +50,29 @@ def tiny_vae(folder: Path) -> None:
     AutoencoderKL(in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 4,
                   up_block_types=("UpDecoderBlock2D",) * 4, block_out_channels=(8, 8, 16, 16), layers_per_block=1,
                   latent_channels=4, norm_num_groups=8, sample_size=256).save_pretrained(folder)
+
+
+SD_VAE_PARAMETERS = 83_653_863  # stabilityai/sd-vae-ft-mse
+
+
+def published_vae(folder: Path) -> None:
+    """A random diffusers AutoencoderKL of the published sd-vae-ft-mse's shapes (the values of its
+    config.json, written out here apart from the loader's built-in config) saved with
+    ``save_pretrained`` into ``folder``: config.json + diffusion_pytorch_model.safetensors."""
+    from diffusers import AutoencoderKL
+
+    torch.manual_seed(0)
+    AutoencoderKL(in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 4,
+                  up_block_types=("UpDecoderBlock2D",) * 4, block_out_channels=(128, 256, 512, 512),
+                  layers_per_block=2, latent_channels=4, norm_num_groups=32, sample_size=256).save_pretrained(folder)
+
+
+@pytest.fixture(scope="session")
+def sd_vae(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A folder holding :func:`published_vae` (read-only: link its files elsewhere)."""
+    folder = tmp_path_factory.mktemp("sd_vae")
+    published_vae(folder)
+    return folder
 
 
 @pytest.fixture(scope="module")

@@ -43,6 +43,7 @@ def test_weights_report_lists_the_folder(weights_dir: Path) -> None:
                         ("latentsync_vae", "vae/diffusion_pytorch_model.safetensors")):
         assert rows[name]["found"] and rows[name]["source"] == "latentsync_dir"
         assert rows[name]["where"] == str((weights_dir / place).absolute())
+    assert rows["latentsync_vae"]["config"] == str((weights_dir / "vae" / "config.json").absolute())  # its own
 
 
 def _face(points: np.ndarray) -> Face:
@@ -98,6 +99,7 @@ def test_whole_job_through_the_run_loop(weights_dir: Path, tmp_path: Path) -> No
     assert result.model_used == "latentsync" and result.model_reason == "latentsync requested"
     assert result.frames == 15 and result.frames_without_face == 0
     assert result.checkpoint["source"] == "latentsync_dir"
+    assert result.checkpoint["files"]["latentsync_vae"]["config"] == str(weights_dir / "vae" / "config.json")
     assert probe(tmp_path / "out.mp4").video is not None
 
 

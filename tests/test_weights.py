@@ -1,12 +1,15 @@
-"""Weights resolution: explicit path, env var, models folder, Hub cache, Hub download
-(against a real local HTTP server standing in for the Hub, which no machine here can
-reach), sha256 checks, and the `python -m pipeline weights` report."""
+"""Weights resolution: explicit path, env var, LatentSync folder, models folder, Hub cache, Hub
+download (against a real local HTTP server standing in for the Hub, which no machine here can
+reach) with the files that belong beside the weights, sha256 checks, and the
+`python -m pipeline weights` report."""
 
 from __future__ import annotations
 
 import hashlib
 import http.server
 import json
+import logging
+import re
 import subprocess
 import sys
 import threading
@@ -16,12 +19,15 @@ from pathlib import Path
 import pytest
 
 from pipeline.errors import WeightsInvalid, WeightsUnavailable
-from pipeline.weights import SYNCNET, WAV2LIP, WeightsSpec, file_sha256, forget_hub_failures, resolve
+from pipeline.weights import (LATENTSYNC_DIR_ENV, LATENTSYNC_SPECS, LATENTSYNC_UNET, LATENTSYNC_VAE, LATENTSYNC_WHISPER,
+                              SEARCH_ORDER, SYNCNET, WAV2LIP, WeightsSpec, file_sha256, forget_hub_failures, resolve,
+                              resolve_latentsync)
 from pipeline.weights_report import main_weights, weights_report
 
 ROOT = Path(__file__).resolve().parents[1]
 ENV_VARS = ("LIPSYNC_WAV2LIP_CHECKPOINT", "LIPSYNC_WAV2LIP_SHA256", "LIPSYNC_WAV2LIP_REPO",
-            "LIPSYNC_WAV2LIP_FILENAME", "LIPSYNC_SYNCNET_CHECKPOINT", "HF_ENDPOINT", "HF_HOME")
+            "LIPSYNC_WAV2LIP_FILENAME", "LIPSYNC_SYNCNET_CHECKPOINT", "HF_ENDPOINT", "HF_HOME", LATENTSYNC_DIR_ENV,
+            *(s.env_path for s in LATENTSYNC_SPECS))
 
 
 @pytest.fixture(autouse=True)
@@ -129,6 +135,79 @@ def test_file_sha256_follows_changes(tmp_path: Path) -> None:
     assert file_sha256(path) == hashlib.sha256(b"two!").hexdigest()
 
 
+# ---- the order of the search and the LatentSync folder ----------------------------------------
+
+def test_search_order_and_sources(clean_env: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A LatentSync file at every place: each place wins until its file goes, and the hit's
+    source names the step; then the error lists the places in the same order."""
+    spec = LATENTSYNC_WHISPER
+    monkeypatch.setenv(LATENTSYNC_DIR_ENV, str(clean_env / "ls"))
+    places = {"argument": weights_file(clean_env / "given.pt", b"1"), "env": weights_file(clean_env / "env.pt", b"2"),
+              "latentsync_dir": weights_file(clean_env / "ls" / "whisper" / "tiny.pt", b"3"),
+              "models_dir": weights_file(clean_env / "models" / "tiny.pt", b"4"),
+              "hub_cache": hub_cache_file(clean_env / "hub", spec, b"5")}
+    monkeypatch.setenv(spec.env_path, str(places["env"]))
+    seen = []
+    for source, path in places.items():
+        hit = resolve(spec, places["argument"] if source == "argument" else None)
+        assert hit.path == str(path) and hit.sha256 == hashlib.sha256(path.read_bytes()).hexdigest()
+        seen.append(hit.source)
+        if source == "env":
+            monkeypatch.delenv(spec.env_path)
+        elif source != "argument":
+            path.unlink()
+    assert seen == list(SEARCH_ORDER[:-1])  # the download: test_hub_download_lands_in_the_cache
+    with pytest.raises(WeightsUnavailable) as info:
+        resolve(spec)
+    places_tried = (r"\(1\) explicit path: none given \(argument or \$LIPSYNC_LATENTSYNC_WHISPER_CHECKPOINT\); "
+                    r"\(2\) LatentSync folder: no whisper/tiny\.pt in .*/ls; \(3\) models folder: no tiny\.pt in .*; "
+                    r"\(4\) Hub cache: .*; \(5\) Hub download: skipped because HF_HUB_OFFLINE=1\.")
+    assert re.search(places_tried, str(info.value))
+
+
+def test_other_models_skip_the_latentsync_folder(clean_env: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(LATENTSYNC_DIR_ENV, str(clean_env / "ls"))
+    weights_file(clean_env / "ls" / "wav2lip_gan.pth")
+    with pytest.raises(WeightsUnavailable) as info:
+        resolve(WAV2LIP)
+    assert "LatentSync folder" not in str(info.value) and "(1) explicit path" in str(info.value)
+
+
+def test_resolve_latentsync_takes_a_folder(clean_env: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The folder given replaces $LIPSYNC_LATENTSYNC_DIR as the LatentSync step; a file missing
+    there is looked for in the later places, and the fix names that folder."""
+    layout = {"latentsync_unet": "latentsync_unet.pt", "latentsync_whisper": "whisper/tiny.pt",
+              "latentsync_vae": "vae/diffusion_pytorch_model.safetensors"}
+    for root in ("env_dir", "given"):
+        for name, place in layout.items():
+            weights_file(clean_env / root / place, f"{root} {name}".encode())
+    monkeypatch.setenv(LATENTSYNC_DIR_ENV, str(clean_env / "env_dir"))
+    for folder, root in ((None, "env_dir"), (clean_env / "given", "given")):
+        hits = resolve_latentsync(folder, allow_download=False)
+        assert {n: (h.path, h.source) for n, h in hits.items()} == {
+            n: (str(clean_env / root / p), "latentsync_dir") for n, p in layout.items()}
+    (clean_env / "given" / "whisper" / "tiny.pt").unlink()
+    found = weights_file(clean_env / "models" / "tiny.pt")
+    assert resolve_latentsync(clean_env / "given")["latentsync_whisper"].source == "models_dir"
+    found.unlink()
+    fix = f"Fix: put it at {re.escape(str(clean_env / 'given'))}/whisper/tiny.pt"
+    with pytest.raises(WeightsUnavailable, match=fix):
+        resolve_latentsync(clean_env / "given")
+
+
+def test_report_names_each_step(clean_env: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(LATENTSYNC_DIR_ENV, str(clean_env / "ls"))
+    unet = weights_file(clean_env / "ls" / "latentsync_unet.pt")
+    whisper = weights_file(clean_env / "models" / "tiny.pt")
+    vae = weights_file(clean_env / "elsewhere" / "vae.safetensors")
+    monkeypatch.setenv(LATENTSYNC_VAE.env_path, str(vae))
+    rows = {r["name"]: r for r in weights_report()}
+    assert [(rows[s.name]["where"], rows[s.name]["source"]) for s in LATENTSYNC_SPECS] == [
+        (str(unet), "latentsync_dir"), (str(whisper), "models_dir"), (str(vae), "env")]
+    assert rows[LATENTSYNC_UNET.name]["config"] is None
+    assert rows[LATENTSYNC_VAE.name]["config"].startswith("built-in stabilityai/sd-vae-ft-mse config")
+
+
 # ---- Hub download, against a local server ---------------------------------------------------
 
 class _LocalHub(http.server.BaseHTTPRequestHandler):
@@ -146,8 +225,9 @@ class _LocalHub(http.server.BaseHTTPRequestHandler):
             self.send_header("Content-Length", "0")
             self.end_headers()
             return
+        revision = self.path.split("/")[4]  # /<owner>/<repo>/resolve/<revision>/<file>
         self.send_response(200)
-        self.send_header("X-Repo-Commit", "b" * 40)
+        self.send_header("X-Repo-Commit", revision if re.fullmatch("[0-9a-f]{40}", revision) else "b" * 40)
         self.send_header("ETag", f'"{hashlib.sha256(data).hexdigest()}"')
         self.send_header("Content-Length", str(len(data)))
         self.end_headers()
@@ -211,6 +291,55 @@ def test_hub_failure_is_fast_and_not_retried(local_hub: type[_LocalHub]) -> None
     with pytest.raises(WeightsUnavailable, match="downloads not allowed"):
         resolve(SYNCNET, allow_download=False)
     assert len(local_hub.requests) == seen
+
+
+VAE_HUB = "/stabilityai/sd-vae-ft-mse/resolve"
+
+
+def test_vae_download_fetches_its_config(local_hub: type[_LocalHub], tmp_path: Path) -> None:
+    """The VAE's weights from the Hub come with the repo's config.json, in the same snapshot of
+    the cache, so the loader reads the folder as it is."""
+    from fixtures_latentsync import tiny_vae
+
+    from pipeline.generators.latentsync.vae import load_vae
+
+    tiny_vae(tmp_path / "published")  # a config of its own: it loads only with that config
+    local_hub.files[f"{VAE_HUB}/main/diffusion_pytorch_model.safetensors"] = (
+        tmp_path / "published" / "diffusion_pytorch_model.safetensors").read_bytes()
+    local_hub.files[f"{VAE_HUB}/{'b' * 40}/config.json"] = (tmp_path / "published" / "config.json").read_bytes()
+    hit = resolve(LATENTSYNC_VAE)
+    config = Path(hit.path).parent / "config.json"
+    assert hit.source == "hub_download" and Path(hit.path).is_relative_to(tmp_path / "hub")
+    assert config.read_bytes() == (tmp_path / "published" / "config.json").read_bytes()
+    assert load_vae(hit.path).config_source == str(config)
+    row = {r["name"]: r for r in weights_report()}["latentsync_vae"]
+    assert (row["source"], row["config"]) == ("hub_cache", str(config))
+
+
+def test_vae_download_without_config_on_the_hub(local_hub: type[_LocalHub], caplog: pytest.LogCaptureFixture) -> None:
+    """No config.json on the Hub: the weights still resolve (the loader has its built-in config),
+    the failure is logged and not retried."""
+    local_hub.files[f"{VAE_HUB}/main/diffusion_pytorch_model.safetensors"] = b"vae weights"
+    with caplog.at_level(logging.WARNING, logger="pipeline.weights"):
+        hit = resolve(LATENTSYNC_VAE)
+    assert hit.source == "hub_download" and not (Path(hit.path).parent / "config.json").exists()
+    assert "no config.json beside" in caplog.text
+    asked = [r for r in local_hub.requests if r.endswith("/config.json")]
+    assert asked == [f"HEAD {VAE_HUB}/{'b' * 40}/config.json"]
+    assert resolve(LATENTSYNC_VAE).source == "hub_cache"  # found in the cache; config.json not asked again
+    assert [r for r in local_hub.requests if r.endswith("/config.json")] == asked
+    row = {r["name"]: r for r in weights_report()}["latentsync_vae"]
+    assert row["found"] and row["config"].startswith("built-in stabilityai/sd-vae-ft-mse config")
+
+
+def test_vae_in_the_hub_cache_gets_its_config_from_the_same_revision(local_hub: type[_LocalHub],
+                                                                    clean_env: Path) -> None:
+    weights = hub_cache_file(clean_env / "hub", LATENTSYNC_VAE, b"cached weights")  # snapshot "a" * 40
+    local_hub.files[f"{VAE_HUB}/{'a' * 40}/config.json"] = b'{"_class_name": "AutoencoderKL"}'
+    assert resolve(LATENTSYNC_VAE, allow_download=False).source == "hub_cache"
+    assert not (weights.parent / "config.json").exists()  # downloads not allowed: nothing fetched
+    assert resolve(LATENTSYNC_VAE).path == str(weights)
+    assert (weights.parent / "config.json").read_bytes() == b'{"_class_name": "AutoencoderKL"}'
 
 
 # ---- the report ------------------------------------------------------------------------------

@@ -52,7 +52,8 @@ def read_checkpoint(path: str | os.PathLike[str], *, required: tuple[str, ...]) 
     return ckpt
 
 
-def _named(keys: list[str]) -> str:
+def named_keys(keys: list[str]) -> str:
+    """The first :data:`KEYS_NAMED` keys quoted, then "and N more"."""
     shown = ", ".join(repr(k) for k in keys[:KEYS_NAMED])
     return shown + (f" and {len(keys) - KEYS_NAMED} more" if len(keys) > KEYS_NAMED else "")
 
@@ -64,10 +65,10 @@ def check_state_dict(expected: Mapping[str, torch.Size], state_dict: Any, *, sou
         raise WeightsInvalid(f"{source}: the state dict is a {type(state_dict).__name__}, not a mapping")
     missing = [k for k in expected if k not in state_dict]
     if missing:
-        raise WeightsInvalid(f"{source}: missing key {_named(missing)} ({len(missing)} missing)")
+        raise WeightsInvalid(f"{source}: missing key {named_keys(missing)} ({len(missing)} missing)")
     unexpected = [str(k) for k in state_dict if k not in expected]
     if unexpected:
-        raise WeightsInvalid(f"{source}: unexpected key {_named(unexpected)} ({len(unexpected)} unexpected)")
+        raise WeightsInvalid(f"{source}: unexpected key {named_keys(unexpected)} ({len(unexpected)} unexpected)")
     for key, shape in expected.items():
         value = state_dict[key]
         if not isinstance(value, torch.Tensor):

@@ -8,11 +8,13 @@ frames per UNet call, DDIM, guidance) and each generated face goes back as a Pat
 covers the mask's redrawn region only, faded towards the source at the edges of a silence.
 
 Weights: :func:`pipeline.weights.resolve_latentsync` (``$LIPSYNC_LATENTSYNC_DIR``: the UNet,
-``whisper/tiny.pt``, the ``vae/`` diffusers folder). The models load once per process
-(:class:`pipeline.weights.ModelCache`). Sampling settings: keyword arguments of the factory (the
-job's RunOptions steps / guidance / seed / silence_keep), else ``$LIPSYNC_LATENTSYNC_STEPS`` /
-``_GUIDANCE`` / ``_SEED``, else 20 / 1.5 / 0. On the CPU, :meth:`LatentSyncGenerator.estimate` lets
-the run loop refuse a job that would outlast its time limit (:mod:`.cost`).
+``whisper/tiny.pt``, the ``vae/`` diffusers folder; each may also be found elsewhere, the VAE's
+weights then read with the built-in config where no ``config.json`` lies beside them). The models
+load once per process (:class:`pipeline.weights.ModelCache`). Sampling settings: keyword arguments
+of the factory (the job's RunOptions steps / guidance / seed / silence_keep), else
+``$LIPSYNC_LATENTSYNC_STEPS`` / ``_GUIDANCE`` / ``_SEED``, else 20 / 1.5 / 0. On the CPU,
+:meth:`LatentSyncGenerator.estimate` lets the run loop refuse a job that would outlast its time
+limit (:mod:`.cost`).
 """
 
 from __future__ import annotations
@@ -21,7 +23,6 @@ import logging
 import os
 from collections.abc import Hashable, Sequence
 from dataclasses import dataclass, replace
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -73,7 +74,7 @@ def get_models(weights: dict[str, ResolvedWeights], *, device: torch.device,
     def load() -> LatentSyncModels:
         unet = load_unet(None, weights["latentsync_unet"].path, device=device, dtype=dtype)
         whisper = load_whisper_encoder(weights["latentsync_whisper"].path, device=device)
-        vae = load_vae(Path(weights["latentsync_vae"].path).parent, device=device, dtype=dtype)
+        vae = load_vae(weights["latentsync_vae"].path, device=device, dtype=dtype)
         return LatentSyncModels(unet=unet, whisper=whisper, vae=vae)
 
     return _models.get(key, load), key
@@ -184,9 +185,11 @@ class LatentSyncGenerator(Generator):
 
     def checkpoint_info(self) -> dict[str, Any]:
         """Which files produced the video: the UNet's {"path", "sha256", "source"} and, under
-        "files", those of each file (the UNet, whisper, the VAE's weights)."""
+        "files", those of each file (the UNet, whisper, the VAE's weights with its "config": the
+        config.json used or the built-in one)."""
         unet = self.weights["latentsync_unet"]
         files = {name: {"path": w.path, "sha256": w.sha256, "source": w.source} for name, w in self.weights.items()}
+        files["latentsync_vae"]["config"] = self.models.vae.config_source
         return {"path": unet.path, "sha256": unet.sha256, "source": unet.source, "files": files}
 
     def settings(self) -> dict[str, Any]:
