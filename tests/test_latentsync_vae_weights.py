@@ -87,6 +87,10 @@ def test_models_folder_vae_without_config_loads_with_the_builtin_config(places: 
     row = vae_row()
     assert (row["where"], row["source"], row["config"]) == (str(weights), "models_dir", BUILTIN_SOURCE)
     assert f"config {BUILTIN_SOURCE}" in format_report(weights_report())
+    from ui.monitor import weights_table  # the System tab says the same
+
+    shown = weights_table().set_index("model").loc[LATENTSYNC_VAE.label, "where / why not"]
+    assert shown == f"{weights} (models_dir); config: {BUILTIN_SOURCE}", shown
 
 
 @pytest.mark.parametrize("cache_env", ["HF_HUB_CACHE", "HF_HOME"])

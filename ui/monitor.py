@@ -41,11 +41,18 @@ def performance_views(ctx: AppContext) -> dict[str, pd.DataFrame | str]:
 
 
 def weights_table() -> pd.DataFrame:
+    """The System tab's weights: per model whether it is here, where (and the search step that
+    found it, and for the LatentSync VAE where its config came from) or why not, and the fix."""
     rows = [{"model": r["label"], "available": "yes" if r["found"] else "no",
-             "where / why not": (r["where"] or "") if r["found"] else (r["why_not"] or ""),
+             "where / why not": _where(r) if r["found"] else (r["why_not"] or ""),
              "how to get it": "" if r["found"] else (r["fix"] or "")}
             for r in weights_report(allow_download=False)]
     return pd.DataFrame(rows, columns=WEIGHT_COLUMNS)
+
+
+def _where(row: dict[str, Any]) -> str:
+    where = f"{row['where'] or ''} ({row['source']})" if row.get("source") else (row["where"] or "")
+    return where + (f"; config: {row['config']}" if row.get("config") else "")
 
 
 def storage_note(s: Settings) -> str:
