@@ -250,11 +250,15 @@ def ray_settings_from_env(env: Mapping[str, str] | None = None) -> RaySettings:
     hi = int(setting_number(env, "LIPSYNC_RAY_MAX_REPLICAS", max(4, lo), cast=int))
     if hi < max(lo, 1):
         raise SettingsError(f"LIPSYNC_RAY_MAX_REPLICAS={hi} is below LIPSYNC_RAY_MIN_REPLICAS={lo} (or 1)")
+    shared = _path(env, "LIPSYNC_SHARED_DIR")
+    if shared is not None and not shared.is_dir():  # a folder made here would be this machine's alone
+        raise SettingsError(f"LIPSYNC_SHARED_DIR={os.fspath(shared)!r} is not a folder here: mount the folder "
+                            "every node shares there, or unset it to send files as bytes")
     return RaySettings(
         address=address,
         retries=int(setting_number(env, "LIPSYNC_RAY_RETRIES", 1, cast=int, minimum=0)),
         fallback=fallback,
-        shared_dir=_path(env, "LIPSYNC_SHARED_DIR"),
+        shared_dir=shared,
         max_ongoing=int(setting_number(env, "LIPSYNC_RAY_MAX_ONGOING", 2, cast=int)),
         min_replicas=lo, max_replicas=hi,
         target_ongoing=setting_number(env, "LIPSYNC_RAY_TARGET_ONGOING", 1.0, minimum=0.01),

@@ -121,6 +121,7 @@ def test_the_app_runs_a_job_on_the_cluster_and_records_the_node(tmp_path: Path, 
         _wait_port(port)
         address = f"127.0.0.1:{port}"
         shared = tmp_path / "shared"  # uploads travel as paths under it, and go once the job has ended
+        shared.mkdir()
         server = start_app(tmp_path, LIPSYNC_RAY_ADDRESS=address, LIPSYNC_RAY_MIN_REPLICAS="1",
                            LIPSYNC_RAY_MAX_REPLICAS="1", LIPSYNC_RAY_CPUS="1", LIPSYNC_SHARED_DIR=os.fspath(shared))
         try:

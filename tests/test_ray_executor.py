@@ -72,6 +72,9 @@ def test_ray_settings_choose_the_executor_and_reject_bad_values() -> None:
     with pytest.raises(SettingsError, match="LIPSYNC_RAY_MAX_REPLICAS"):
         ray_settings_from_env({"LIPSYNC_RAY_ADDRESS": "auto", "LIPSYNC_RAY_MIN_REPLICAS": "3",
                                "LIPSYNC_RAY_MAX_REPLICAS": "2"})
+    with pytest.raises(SettingsError, match="LIPSYNC_SHARED_DIR='/nonexistent/mnt' is not a folder"):
+        ray_settings_from_env({"LIPSYNC_RAY_ADDRESS": "auto", "LIPSYNC_SHARED_DIR": "/nonexistent/mnt"})
+    assert ray_settings_from_env({"LIPSYNC_RAY_ADDRESS": "auto", "LIPSYNC_SHARED_DIR": "/tmp"}).shared_dir == Path("/tmp")
 
 
 @pytest.fixture(scope="module")
