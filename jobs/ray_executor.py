@@ -36,7 +36,7 @@ from ray.exceptions import RayActorError, RayTaskError, TaskCancelledError
 from ray.serve.exceptions import RequestCancelledError
 
 from jobs.executors import CancelFn, Executor, ProgressFn, make_executor
-from jobs.ray_payload import JobPayload, JobReply
+from jobs.ray_payload import JobPayload, JobReply, sweep_stale_jobs
 from jobs.settings import RaySettings, ray_settings_from_env
 from jobs.work import GenerationJob, score_here
 from pipeline.errors import ClusterUnavailable, JobCancelled, JobTimeout, NodeLost
@@ -92,7 +92,10 @@ class RayExecutor(Executor):
     # ---- life ------------------------------------------------------------------------------
 
     def start(self) -> None:
-        """Connect and deploy in the background (the server answers /readyz meanwhile)."""
+        """Connect and deploy in the background (the server answers /readyz meanwhile), after
+        removing the shared folder's job folders that an app which died mid-job left there."""
+        if self.settings.shared_dir is not None:
+            sweep_stale_jobs(self.settings.shared_dir)
         threading.Thread(target=self.connect, name="ray-connect", daemon=True).start()
 
     def connect(self) -> None:

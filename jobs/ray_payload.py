@@ -19,6 +19,7 @@ import hashlib
 import logging
 import os
 import shutil
+import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,6 +32,7 @@ from pipeline.weights import HASH_CHUNK, file_sha256
 log = logging.getLogger(__name__)
 
 JOB_FOLDER = "job-"  # prefix of a job's own folder under the shared folder (then 12 hex digits)
+STALE_JOB_S = 24 * 3600.0  # a job folder untouched this long outlived its app (which died mid-job)
 
 
 class TransferCorrupt(LipSyncError):
@@ -50,6 +52,28 @@ def copy_hashing(source: str | os.PathLike[str], target: str | os.PathLike[str])
 
 def _corrupt(name: str, got: str, sent: str) -> TransferCorrupt:
     return TransferCorrupt(f"{name} arrived corrupted: sha256 {got[:12]} != sent {sent[:12]}")
+
+
+def sweep_stale_jobs(shared_dir: str | os.PathLike[str], *, older_than_s: float = STALE_JOB_S,
+                     now: float | None = None) -> list[str]:
+    """Remove the job folders under ``shared_dir`` that nothing has written to for
+    ``older_than_s`` seconds: those of an app that died mid-job (a job that ends removes its
+    own). Several apps may share the folder, so a younger one, maybe another app's running
+    job, stays; anything that is not a job folder stays. Returns the names removed."""
+    now = time.time() if now is None else now
+    removed = []
+    for folder in sorted(Path(shared_dir).glob(f"{JOB_FOLDER}*")):
+        try:
+            newest = max([folder.stat().st_mtime, *(p.stat().st_mtime for p in folder.rglob("*"))])
+        except OSError:  # removed meanwhile (its job ended)
+            continue
+        if folder.is_dir() and now - newest > older_than_s:
+            shutil.rmtree(folder, ignore_errors=True)
+            removed.append(folder.name)
+    if removed:
+        log.warning("removed %d stale job folder(s) from the shared folder %s: %s", len(removed),
+                    shared_dir, ", ".join(removed))
+    return removed
 
 
 @dataclass(frozen=True)

@@ -121,7 +121,9 @@ def test_the_app_runs_a_job_on_the_cluster_and_records_the_node(tmp_path: Path, 
         _wait_port(port)
         address = f"127.0.0.1:{port}"
         shared = tmp_path / "shared"  # uploads travel as paths under it, and go once the job has ended
-        shared.mkdir()
+        dead = shared / "job-0123456789ab"  # left two days ago by an app that died mid-job: swept at start
+        dead.mkdir(parents=True)
+        os.utime(dead, (time.time() - 2 * 86400,) * 2)
         server = start_app(tmp_path, LIPSYNC_RAY_ADDRESS=address, LIPSYNC_RAY_MIN_REPLICAS="1",
                            LIPSYNC_RAY_MAX_REPLICAS="1", LIPSYNC_RAY_CPUS="1", LIPSYNC_SHARED_DIR=os.fspath(shared))
         try:
@@ -135,7 +137,7 @@ def test_the_app_runs_a_job_on_the_cluster_and_records_the_node(tmp_path: Path, 
             assert job["status"] == "succeeded"
             assert job["device"]["executor"] == "ray"
             assert job["device"]["node_id"] == _head_node_id(address)
-            assert shared.is_dir() and shared_leftovers(shared) == []
+            assert shared.is_dir() and shared_leftovers(shared) == []  # the dead app's folder and this job's are gone
         finally:
             server.stop()
 

@@ -154,3 +154,33 @@ def test_a_pack_that_fails_leaves_no_folder_behind(source: Path, shared: Path, t
         JobPayload.pack("j", source, tmp_path / "missing.wav", RunOptions(), side_by_side=False,
                         shared_dir=shared)
     assert _files(shared) == []
+
+
+def test_sweep_removes_only_job_folders_nothing_wrote_to_for_a_day(tmp_path: Path) -> None:
+    """A job folder an app left when it died mid-job goes at the next start; a younger one
+    (maybe another app's running job), one with a recent file, and the user's files stay."""
+    import time
+
+    from jobs.ray_payload import STALE_JOB_S, sweep_stale_jobs
+
+    shared = tmp_path / "shared"
+    old = time.time() - STALE_JOB_S - 60
+
+    def folder(name: str, *, age_of_file: float | None) -> Path:
+        (shared / name / "video").mkdir(parents=True)
+        f = shared / name / "video" / "face.mp4"
+        f.write_bytes(b"x")
+        for p in (f, f.parent, f.parent.parent):
+            os.utime(p, (old, old))
+        if age_of_file is not None:
+            os.utime(f, (time.time() - age_of_file,) * 2)
+        return shared / name
+
+    dead = folder("job-0123456789ab", age_of_file=None)
+    busy = folder("job-ba9876543210", age_of_file=5.0)  # old folder, a file written 5 s ago
+    mine = folder("mine", age_of_file=None)  # not a job folder: the user's
+    young = shared / "job-00000000000f"
+    young.mkdir()
+    assert sweep_stale_jobs(shared) == [dead.name]
+    assert not dead.exists() and busy.is_dir() and mine.is_dir() and young.is_dir()
+    assert sweep_stale_jobs(shared) == []
