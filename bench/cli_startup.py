@@ -17,14 +17,12 @@ Peak RSS of each child is its own ``ru_maxrss`` (``os.wait4``), ffmpeg's childre
 from __future__ import annotations
 
 import argparse
-import os
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-from common import ROOT, alternate, media_dir, median
+from common import ROOT, alternate, media_dir, median, run_child
 
 from pipeline.media.ffmpeg import base_cmd, input_args
 
@@ -72,16 +70,9 @@ print(f"{time.perf_counter() - start:.4f} {len(idx)} {torch.get_num_threads()}")
 
 def child(name: str, cmd: list[str]) -> str:
     """Run ``cmd`` to the end; record its peak RSS under ``name``; its stdout."""
-    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
-        proc = subprocess.Popen(cmd, stdout=out, stderr=err, cwd=ROOT)
-        _, status, usage = os.wait4(proc.pid, 0)
-        proc.returncode = os.waitstatus_to_exitcode(status)
-        if proc.returncode != 0:
-            err.seek(0)
-            sys.exit(f"{name} failed: {err.read().decode(errors='replace')[-2000:]}")
-        _PEAKS[name] = max(_PEAKS.get(name, 0.0), usage.ru_maxrss / 1024)
-        out.seek(0)
-        return out.read().decode()
+    _, stdout, peak = run_child(cmd)
+    _PEAKS[name] = max(_PEAKS.get(name, 0.0), peak)
+    return stdout
 
 
 def cli_job(video: Path, out: Path, model: str, *extra: str) -> None:

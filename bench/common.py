@@ -6,6 +6,7 @@ import os
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -48,10 +49,18 @@ def median(values: list[float]) -> float:
     return statistics.median(values)
 
 
-def run_child(cmd: list[str]) -> tuple[float, str]:
-    """Run ``cmd``; return its wall seconds and stdout; exit with its stderr on failure."""
-    start = time.perf_counter()
-    proc = subprocess.run(cmd, capture_output=True, text=True)
-    if proc.returncode != 0:
-        sys.exit(f"{' '.join(cmd[:4])}... failed: {proc.stderr.strip()[-2000:]}")
-    return time.perf_counter() - start, proc.stdout
+def run_child(cmd: list[str]) -> tuple[float, str, float]:
+    """Run ``cmd`` (in the project root) to its end: its wall seconds, its stdout and its own
+    peak RSS in MiB (``os.wait4``'s ``ru_maxrss``; its children's not included); exit with its
+    stderr when it fails."""
+    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+        start = time.perf_counter()
+        proc = subprocess.Popen(cmd, stdout=out, stderr=err, cwd=ROOT)
+        _, status, usage = os.wait4(proc.pid, 0)
+        wall = time.perf_counter() - start
+        proc.returncode = os.waitstatus_to_exitcode(status)  # reaped here: Popen must not wait again
+        if proc.returncode != 0:
+            err.seek(0)
+            sys.exit(f"{' '.join(map(str, cmd[:4]))}... failed: {err.read().decode(errors='replace').strip()[-2000:]}")
+        out.seek(0)
+        return wall, out.read().decode(), usage.ru_maxrss / 1024

@@ -20,8 +20,8 @@ from common import ROOT, media_dir, run_child
 
 
 def job(video: Path, audio: Path, out: Path, model: str) -> tuple[float, dict]:
-    wall, stdout = run_child([sys.executable, "-m", "pipeline", "run", str(video), str(audio),
-                              "-o", str(out), "--model", model, "--json"])
+    wall, stdout, _ = run_child([sys.executable, "-m", "pipeline", "run", str(video), str(audio),
+                                 "-o", str(out), "--model", model, "--json"])
     return wall, json.loads(stdout)
 
 

@@ -14,13 +14,11 @@ the size the job uses on CPU.
 from __future__ import annotations
 
 import argparse
-import os
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
-from common import ROOT, median
+from common import ROOT, median, run_child
 
 CHILD = r"""
 import sys, time, numpy as np, torch
@@ -44,15 +42,9 @@ print(f"{time.perf_counter() - start:.4f} {torch.get_num_threads()}")
 
 def child(ckpt: Path, frames: int, batch: int) -> tuple[float, int, float]:
     """(forward seconds, torch threads, peak RSS MiB) of one fresh process."""
-    with tempfile.TemporaryFile() as out:
-        proc = subprocess.Popen([sys.executable, "-c", CHILD, str(ROOT), str(ckpt), str(frames), str(batch)],
-                                stdout=out, cwd=ROOT)
-        _, status, usage = os.wait4(proc.pid, 0)
-        if os.waitstatus_to_exitcode(status) != 0:
-            sys.exit(f"batch {batch} failed")
-        out.seek(0)
-        seconds, threads = out.read().decode().split()
-    return float(seconds), int(threads), usage.ru_maxrss / 1024
+    _, stdout, peak = run_child([sys.executable, "-c", CHILD, str(ROOT), str(ckpt), str(frames), str(batch)])
+    seconds, threads = stdout.split()
+    return float(seconds), int(threads), peak
 
 
 def main() -> None:

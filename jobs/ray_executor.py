@@ -187,12 +187,6 @@ class RayExecutor(Executor):
                             payload.job_id, exc, attempt + 1, self.settings.retries + 1)
         raise AssertionError("unreachable")  # pragma: no cover
 
-    def unpack(self, reply: JobReply, job: GenerationJob, *, progress: ProgressFn | None = None
-               ) -> tuple[RunResult, Any]:
-        """Write the reply's files where the job wants them (sha256 checked), then score here."""
-        self.save_outputs(reply, job)
-        return self.scored(reply, job, progress=progress)
-
     @staticmethod
     def save_outputs(reply: JobReply, job: GenerationJob) -> None:
         """Write the reply's files where the job wants them (sha256 checked as they arrive)."""

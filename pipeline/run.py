@@ -200,8 +200,9 @@ def _job(video: str | os.PathLike[str], audio: str | os.PathLike[str], output: s
             gen_job = _render(decoded, encoders, audio=audio, vinfo=vinfo, options=options, generator=generator,
                               track=live, mels=mels.result(), plan=plan, fps=fps, workdir=workdir, clock=clock,
                               check=check, keep=(wanted, originals), forward=forward)
-            track = None if live is None else live.result()
+            track = None
             if live is not None:
+                track = live.result()
                 clock.seconds["track"] += live.seconds
         for frames, target in zip(encoders, (output, side_by_side)):
             Path(target).parent.mkdir(parents=True, exist_ok=True)

@@ -150,7 +150,8 @@ def test_a_100_mb_input_round_trips_as_bytes(executor: Any, clips: dict[str, Pat
     big.unlink()
     reply = executor.dispatch(payload)
     assert reply.received["video"] == sent
-    result, _ = executor.unpack(reply, job)
+    executor.save_outputs(reply, job)
+    result, _ = executor.scored(reply, job)
     assert _sha(tmp_path / "out.mp4") == reply.outputs["video"].sha256
     assert result.frames == 25 and result.host["node_id"]
 
@@ -249,7 +250,7 @@ def test_files_travel_through_the_shared_folder_and_nothing_of_a_job_stays_there
     assert payload.video.path == os.fspath(own) and payload.audio.data is None
     reply = on_shared.dispatch(payload)
     assert all(b.data is None and Path(b.path).parent == payload.reply_dir for b in reply.outputs.values())
-    on_shared.unpack(reply, job)
+    on_shared.save_outputs(reply, job)
     payload.remove_shared()
     assert _sha(tmp_path / "sbs.mp4") == reply.outputs["side_by_side"].sha256
     assert shared_leftovers(shared) == ["mine", "mine/face.mp4"]

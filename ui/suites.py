@@ -202,7 +202,7 @@ def build_suites_tab(ctx: AppContext) -> None:
     load_btn.click(show, inputs=[run_id, metric], outputs=outputs, **read)
     metric.change(replot, inputs=[run_id, metric], outputs=[plot], **read)
     clip.change(pick, inputs=[run_id, clip], outputs=[grid], **read)
-    _build_api(ctx)
+    _build_api(ctx, results)
 
 
 def stream(ctx: AppContext, up: list[str] | None, folder_text: str, settings_text: str, suite_name: str,
@@ -232,7 +232,7 @@ def stream(ctx: AppContext, up: list[str] | None, folder_text: str, settings_tex
                    value, *_views(value, metric_name))
 
 
-def _build_api(ctx: AppContext) -> None:
+def _build_api(ctx: AppContext, results: RunResultsCache) -> None:
     """/suite_run and /suite_results for gradio_client (hidden components)."""
     with gr.Column(visible=False):
         a_files = gr.File(file_count="multiple", type="filepath", label="suite file and/or clips")
@@ -260,13 +260,11 @@ def _build_api(ctx: AppContext) -> None:
                 final = out[2].to_dict()
         return json.loads(json.dumps(final, default=str))
 
-    def results(run_text: str, request: gr.Request, profile: gr.OAuthProfile | None = None) -> dict[str, Any]:
+    def run_results(run_text: str, request: gr.Request, profile: gr.OAuthProfile | None = None) -> dict[str, Any]:
         """The results of one suite run (see /suite_run) by run id."""
-        with user_errors("suite results"):
-            reviewers_only(ctx, request, profile, "Model suites")
-            return json.loads(json.dumps(suite_results(ctx.store, (run_text or "").strip()).to_dict(), default=str))
+        return json.loads(json.dumps(results.get(run_text, request, profile).to_dict(), default=str))
 
     run_btn.click(suite_run, inputs=[a_files, a_folder, a_settings, a_name, a_example], outputs=[a_out],
                   api_name="suite_run", concurrency_id=GENERATION_GROUP, concurrency_limit=ctx.settings.max_jobs)
-    res_btn.click(results, inputs=[a_run_id], outputs=[a_out], api_name="suite_results",
+    res_btn.click(run_results, inputs=[a_run_id], outputs=[a_out], api_name="suite_results",
                   concurrency_id=READ_GROUP, concurrency_limit=None)
