@@ -171,7 +171,9 @@ class DlibTracker(FaceTracker):
 
     @staticmethod
     def _gray(frame: np.ndarray) -> np.ndarray:
-        return frame if frame.ndim == 2 else cv2.cvtColor(frame, cv2.COLOR_BGR2GRAY)
+        """A C-contiguous grey image: dlib reads a strided view (a crop of a larger frame) as
+        if its rows were contiguous, so it would see the wrong pixels (and past the view)."""
+        return np.ascontiguousarray(frame) if frame.ndim == 2 else cv2.cvtColor(frame, cv2.COLOR_BGR2GRAY)
 
     def detect(self, frame: np.ndarray, *, landmarks: bool = True) -> list[Face]:
         gray = self._gray(frame)
