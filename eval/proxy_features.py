@@ -36,7 +36,7 @@ from scipy import signal
 from scipy.fft import dct
 
 from pipeline.media.audio import SAMPLE_RATE
-from pipeline.faces.types import Face
+from pipeline.faces.types import Face, Mouth
 
 BAND_HZ = (300.0, 3000.0)  # speech band of the RMS envelope
 BAND_ORDER = 4  # Butterworth order (zero-phase: applied forwards and backwards)
@@ -91,22 +91,32 @@ def mouth_patch(luma: np.ndarray, face: Face, origin: tuple[float, float] = (0.0
     return cv2.resize(luma[y1:y2, x1:x2], PATCH_SIZE, interpolation=cv2.INTER_AREA)  # (24, 32)
 
 
-def _polygon_area(points: np.ndarray) -> float:
-    x, y = points[:, 0], points[:, 1]
-    return 0.5 * abs(float(np.dot(x, np.roll(y, -1)) - np.dot(y, np.roll(x, -1))))
+def _geometry(faces: Sequence[Face | None]) -> np.ndarray:
+    """(N, 4) open, area, jaw, lower_lip of each fitted face (float64); NaN rows without a
+    mouth. Mouths of one layout are measured together, as stacked arrays."""
+    out = np.full((len(faces), 4), np.nan)
+    layouts: dict[tuple[int, int], list[tuple[int, Mouth, float]]] = {}
+    for i, face in enumerate(faces):
+        mouth = None if face is None else face.mouth
+        if mouth is not None:
+            layouts.setdefault((len(mouth.upper_inner), len(mouth.lower_outer)), []).append((i, mouth, face.height))
+    for rows in layouts.values():
+        def stacked(part: str) -> np.ndarray:
+            return np.stack([getattr(m, part) for _, m, _ in rows]).astype(np.float64)
 
-
-def _geometry(face: Face | None) -> np.ndarray | None:
-    """(4,) open, area, jaw, lower_lip of one fitted face; None without a mouth."""
-    mouth = None if face is None else face.mouth
-    if mouth is None or mouth.width <= 0:
-        return None
-    w = mouth.width
-    inner = np.concatenate([mouth.upper_inner, mouth.lower_inner[::-1]])  # closed polygon, (2n, 2)
-    corners_y = (mouth.left[1] + mouth.right[1]) / 2
-    return np.array([mouth.opening / w, _polygon_area(inner) / w ** 2,
-                     float(np.linalg.norm(mouth.chin - mouth.nose)) / max(face.height, 1.0),
-                     (float(mouth.lower_outer[:, 1].mean()) - corners_y) / w])
+        upper, lower = stacked("upper_inner"), stacked("lower_inner")  # (K, n, 2)
+        left, right = lower[:, 0], lower[:, -1]  # (K, 2)
+        w = np.linalg.norm(right - left, axis=1)  # (K,)
+        inner = np.concatenate([upper, lower[:, ::-1]], axis=1)  # closed polygons, (K, 2n, 2)
+        x, y = inner[..., 0], inner[..., 1]
+        area = 0.5 * np.abs((x * np.roll(y, -1, axis=1)).sum(axis=1) - (y * np.roll(x, -1, axis=1)).sum(axis=1))
+        jaw = np.linalg.norm(stacked("chin") - stacked("nose"), axis=1) / np.maximum([h for *_, h in rows], 1.0)
+        lip = stacked("lower_outer")[..., 1].mean(axis=1) - (left[:, 1] + right[:, 1]) / 2
+        ok = w > 0
+        with np.errstate(divide="ignore", invalid="ignore"):
+            values = np.column_stack([(lower[:, 1:-1, 1] - upper[:, 1:-1, 1]).mean(axis=1) / w, area / w ** 2, jaw, lip / w])
+        out[np.array([i for i, *_ in rows])[ok]] = values[ok]
+    return out
 
 
 def _appearance(patches: Mapping[int, np.ndarray | None], n: int) -> np.ndarray:
@@ -118,8 +128,13 @@ def _appearance(patches: Mapping[int, np.ndarray | None], n: int) -> np.ndarray:
     x = np.stack([patches[k].astype(np.float64).ravel() for k in keys])  # (K, P)
     x = (x - x.mean(axis=1, keepdims=True)) / (x.std(axis=1, keepdims=True) + 1.0)  # lighting
     centred = x - x.mean(axis=0)
-    _, _, vt = np.linalg.svd(centred, full_matrices=False)  # vt: (min(K, P), P)
-    scores = centred @ vt[:N_APPEARANCE].T  # (K, 3)
+    # The scores on the top principal axes, U_k S_k of centred = U S V^T, from the (K, K) Gram
+    # matrix's eigenvectors (U, S^2): a few ms where the (K, P) SVD took 8-20. A component's
+    # sign may differ from the SVD's, which no use of these columns can see (the proxy's CCA
+    # weights take either sign).
+    lam, u = np.linalg.eigh(centred @ centred.T)  # ascending
+    top = np.arange(len(lam) - 1, len(lam) - 1 - N_APPEARANCE, -1)
+    scores = u[:, top] * np.sqrt(np.maximum(lam[top], 0.0))  # (K, 3)
     change = np.r_[np.nan, np.abs(np.diff(x, axis=0)).mean(axis=1) / np.diff(keys)]  # (K,)
     out[keys, :N_APPEARANCE] = scores
     out[keys, N_APPEARANCE] = change
@@ -145,11 +160,7 @@ def mouth_features(faces: Sequence[Face | None], patches: Mapping[int, np.ndarra
     """(N, len(MOUTH_NAMES)) mouth measures per frame, NaN-free (unfitted frames interpolated);
     the appearance columns are zero without patches."""
     n = len(faces)
-    geo = np.full((n, 4), np.nan)
-    for i, face in enumerate(faces):
-        g = _geometry(face)
-        if g is not None:
-            geo[i] = g
+    geo = _geometry(faces)
     app = _appearance(patches or {}, n)
     base = fill(np.concatenate([geo, app], axis=1))  # (N, 8)
     deriv = np.gradient(base[:, 0]) if n > 1 else np.zeros(n)  # (N,)

@@ -33,7 +33,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
-from threadpoolctl import threadpool_limits
+from threadpoolctl import ThreadpoolController
 
 from eval.proxy_features import (AUDIO_NAMES, MOUTH_NAMES, MOVEMENT_FLOOR, MouthFrames, audio_features,
                                  fill, standardise)
@@ -89,6 +89,13 @@ def calibration() -> Calibration:
     data = json.loads(CALIBRATION_FILE.read_text())
     return Calibration(float(data["threshold"]), float(data["lead_s"]),
                        f"{CALIBRATION_FILE.name} ({data.get('date', 'undated')})")
+
+
+@functools.cache
+def _blas() -> ThreadpoolController:
+    """The process's thread pools, found once (each ``threadpool_limits`` call searched the
+    loaded libraries again: ~3 ms)."""
+    return ThreadpoolController()
 
 
 @dataclass(frozen=True)
@@ -295,7 +302,7 @@ def proxy_scores(mouths: MouthFrames, reason: str | None, wav: np.ndarray | None
     if reason is not None or wav is None:
         return nulls(PROXY_METRICS, reason or "n/a (no audio)", conv)
     try:
-        with threadpool_limits(limits=1, user_api="blas"):  # tiny matrices: BLAS threads cost 3-5x
+        with _blas().limit(limits=1, user_api="blas"):  # tiny matrices: BLAS threads cost 3-5x
             res = sync_proxy(mouths.features(), wav, mouths.fps, calib=calib)
     except ValueError as exc:
         return nulls(PROXY_METRICS, f"n/a ({exc})", conv)

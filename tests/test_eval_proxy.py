@@ -16,6 +16,7 @@ from eval import calibrate, lse
 from eval import proxy_features as pf
 from eval import sync_proxy as sp
 from eval.score import score_videos
+from pipeline.faces.types import Face
 from pipeline.media.audio import SAMPLE_RATE, load_audio
 
 FPS = 25.0
@@ -101,6 +102,35 @@ def test_heldout_curve_finds_a_planted_lead_and_noise_does_not_fit() -> None:
     assert noise.max() < 0.25  # held out: nine against seven noise series do not fit each other
 
 
+def test_stacked_cca_equals_one_svd_per_fold() -> None:
+    """The held-out projections from the stacked eighs equal those of the textbook form (per
+    fold: whiten each side, the SVD of the whitened cross-covariance) up to a common sign."""
+    rng = np.random.default_rng(5)
+    v = rng.normal(size=(200, 6))
+    a = np.column_stack([v[:, 0] + rng.normal(size=200), rng.normal(size=(200, 4))])
+
+    def inv_sqrt(c: np.ndarray) -> np.ndarray:
+        w, e = np.linalg.eigh(c)
+        return (e / np.sqrt(w)) @ e.T
+
+    want_v, want_a = np.empty(200), np.empty(200)
+    for block in np.array_split(np.arange(200), sp.FOLDS):
+        train = np.ones(200, bool)
+        train[max(0, block[0] - sp.GUARD):block[-1] + 1 + sp.GUARD] = False
+        vt, at = v[train] - v[train].mean(axis=0), a[train] - a[train].mean(axis=0)
+        kv = inv_sqrt(vt.T @ vt / len(vt) + sp.RIDGE * np.eye(6))
+        ka = inv_sqrt(at.T @ at / len(at) + sp.RIDGE * np.eye(5))
+        u, _, wt = np.linalg.svd(kv @ (vt.T @ at / len(vt)) @ ka)
+        wv, wa = kv @ u[:, 0], ka @ wt[0]
+        want_v[block] = (v[block] - v[train].mean(axis=0)) @ wv / (vt @ wv).std()
+        want_a[block] = (a[block] - a[train].mean(axis=0)) @ wa / (at @ wa).std()
+    pv, pa = sp.heldout_projections(v, a)
+    for block in np.array_split(np.arange(200), sp.FOLDS):  # each fold's weights carry their own sign
+        sign = np.sign(pv[block] @ want_v[block])
+        np.testing.assert_allclose(pv[block] * sign, want_v[block], atol=1e-9)
+        np.testing.assert_allclose(pa[block] * sign, want_a[block], atol=1e-9)
+
+
 def test_confidence_separates_related_from_unrelated() -> None:
     v, a = _planted(250, 0, 1.0)
     _, b = _planted(250, 0, 1.0, seed=7)  # another source
@@ -141,6 +171,49 @@ def test_features_and_envelope_shapes() -> None:
     assert pf.mouth_features([None] * 5).shape == (5, len(pf.MOUTH_NAMES))
     with pytest.raises(ValueError, match="too short"):
         sp.sync_proxy(np.zeros(10), wav, FPS)
+
+
+def _mouth_face(scale: float) -> Face:
+    """A 68-point face whose inner lips are a hexagon 40 px wide and 10 px open (area 300),
+    nose bottom 80 px above the chin, in a 160 px high box, all times ``scale``."""
+    p = np.zeros((68, 2), np.float32)
+    p[[60, 61, 62, 63, 64]] = [(0, 0), (10, -5), (20, -5), (30, -5), (40, 0)]  # upper inner
+    p[[67, 66, 65]] = [(10, 5), (20, 5), (30, 5)]  # lower inner
+    p[[48, 59, 58, 57, 56, 55, 54]] = [(-5, 0), (5, 12), (12, 12), (20, 12), (28, 12), (35, 12), (45, 0)]
+    p[8], p[33] = (20, 60), (20, -20)  # chin, nose bottom
+    return Face((-20 * scale, -60 * scale, 60 * scale, 100 * scale), p * scale, 1.0)
+
+
+def test_mouth_measures_of_known_shapes() -> None:
+    """open, area, jaw and lower_lip of drawn mouths, whatever their size; a frame without a
+    face is interpolated; a 106-point layout (mouth_points) is measured beside the 68-point one."""
+    closed = Face((0.0, 0.0, 100.0, 100.0), None, 1.0, np.array([(30, 70), (50, 72), (70, 70)], np.float32))
+    feats = pf.mouth_features([_mouth_face(1.0), None, _mouth_face(2.5), closed])
+    want = [10 / 40, 300 / 40 ** 2, 80 / 160, (60 / 7) / 40]
+    np.testing.assert_allclose(feats[0, :4], want, rtol=1e-6)
+    np.testing.assert_allclose(feats[2, :4], want, rtol=1e-6)
+    np.testing.assert_allclose(feats[1, :4], want, rtol=1e-6)  # interpolated between its neighbours
+    assert feats[3, 0] == 0.0 and feats[3, 1] == 0.0  # a closed mouth from mouth_points
+
+
+def test_appearance_scores_are_the_principal_components() -> None:
+    """The patches' scores on their top principal axes (from the Gram matrix) equal an SVD's
+    up to each component's sign; the change column is the mean absolute patch change per frame."""
+    rng = np.random.default_rng(3)
+    patches = {k: rng.integers(0, 256, (24, 32), dtype=np.uint8) for k in (0, 2, 4, 6, 8, 10, 12)}
+    out = pf._appearance(patches, 14)
+    keys = sorted(patches)
+    x = np.stack([patches[k].astype(np.float64).ravel() for k in keys])
+    x = (x - x.mean(axis=1, keepdims=True)) / (x.std(axis=1, keepdims=True) + 1.0)
+    centred = x - x.mean(axis=0)
+    _, _, vt = np.linalg.svd(centred, full_matrices=False)
+    want = centred @ vt[:pf.N_APPEARANCE].T
+    got = out[keys, :pf.N_APPEARANCE]
+    for c in range(pf.N_APPEARANCE):
+        sign = np.sign(got[:, c] @ want[:, c])
+        np.testing.assert_allclose(got[:, c] * sign, want[:, c], atol=1e-9)
+    np.testing.assert_allclose(out[keys[1:], pf.N_APPEARANCE], np.abs(np.diff(x, axis=0)).mean(axis=1) / 2)
+    assert np.isnan(out[1]).all() and np.isnan(out[13]).all()
 
 
 def test_cross_correlation_finds_a_planted_lead() -> None:
