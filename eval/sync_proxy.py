@@ -212,9 +212,15 @@ def _heldout_many(pairs: Sequence[tuple[np.ndarray, np.ndarray]], *, folds: int 
     out = [(np.empty(len(v)), np.empty(len(v))) for v, _ in pairs]
     for j, (k, block, vc, ac, mv, ma) in enumerate(folds_of):
         (v, a), (pv, pa) = pairs[k], out[k]
-        sv, sa = (vc @ wv[j]).std(), (ac @ wa[j]).std()
-        pv[block] = (v[block] - mv) @ wv[j] / (sv + 1e-12)
-        pa[block] = (a[block] - ma) @ wa[j] / (sa + 1e-12)
+        tv = vc @ wv[j]  # the training rows' projection
+        # A canonical pair's sign is arbitrary (LAPACK's choice, fold by fold); fixed here so
+        # that the mouth's projection rises with the first mouth measure (the opening), or
+        # the blocks' signs would differ at random, and with them the circularly shifted
+        # correlations of the confidence's null.
+        sign = -1.0 if tv @ vc[:, 0] < 0 else 1.0
+        sv, sa = tv.std(), (ac @ wa[j]).std()
+        pv[block] = (v[block] - mv) @ wv[j] * (sign / (sv + 1e-12))
+        pa[block] = (a[block] - ma) @ wa[j] * (sign / (sa + 1e-12))
     return out
 
 

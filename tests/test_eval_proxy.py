@@ -131,6 +131,23 @@ def test_stacked_cca_equals_one_svd_per_fold() -> None:
         np.testing.assert_allclose(pa[block] * sign, want_a[block], atol=1e-9)
 
 
+def test_canonical_signs_follow_the_mouth_opening() -> None:
+    """Each fold's canonical pair is oriented by the first mouth measure, not by LAPACK: the
+    audio side's sign flipped (or a measure's scale changed) leaves the mouth's projections as
+    they were, so the confidence's circular shifts never mix blocks of random signs."""
+    rng = np.random.default_rng(9)
+    v = rng.normal(size=(240, 5))
+    a = np.column_stack([v[:, 0] - v[:, 2] + rng.normal(size=240), rng.normal(size=(240, 3))])
+    pv, pa = sp.heldout_projections(v, a)
+    pv2, pa2 = sp.heldout_projections(v, -a)
+    np.testing.assert_allclose(pv2, pv, atol=1e-9)
+    np.testing.assert_allclose(pa2, pa, atol=1e-9)  # the same variate: its weights flipped with -a
+    pv3, _ = sp.heldout_projections(v * [1, -1, 1, -1, 1], a)  # flipped measures other than the first
+    np.testing.assert_allclose(pv3, pv, atol=1e-9)
+    for block in np.array_split(np.arange(240), sp.FOLDS):
+        assert np.corrcoef(pv[block], v[block, 0])[0, 1] > 0
+
+
 def test_confidence_separates_related_from_unrelated() -> None:
     v, a = _planted(250, 0, 1.0)
     _, b = _planted(250, 0, 1.0, seed=7)  # another source
