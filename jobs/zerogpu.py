@@ -312,10 +312,12 @@ class ZeroGpuExecutor(Executor):
 def prepare_fork() -> None:
     """Settle, in the server, what a forked window must not redo: OpenCV's thread count
     (``cv2.setNumThreads`` in a fork of a process whose OpenCV pool has run deadlocks;
-    set once here, the child inherits it and never calls it)."""
-    from pipeline.device import configure_opencv_threads
+    set once here, the child inherits it and never calls it), and numpy's BLAS threads
+    likewise."""
+    from pipeline.device import configure_blas_threads, configure_opencv_threads
 
     configure_opencv_threads()
+    configure_blas_threads()
 
 
 def _torch_after_fork() -> None:
@@ -337,9 +339,9 @@ def _pump(relay: Relay, progress: ProgressFn | None, cancel: CancelFn | None, st
     """(server side) pass the window's progress on and a cancel in, until ``stop``."""
     last, cancelled = None, False
     while True:
-        done = stop.wait(RELAY_POLL_S)
-        if cancel is not None and not cancelled and cancel():
-            relay.cancel()
+        done = stop.is_set()  # a last pass after the window ended: its final progress
+        if cancel is not None and not cancelled and cancel():  # at once, then every poll: a
+            relay.cancel()  # cancel already asked for reaches even a window shorter than a poll
             cancelled = True
         seen = relay.read()
         if progress is not None and seen is not None and seen != last:
@@ -347,3 +349,4 @@ def _pump(relay: Relay, progress: ProgressFn | None, cancel: CancelFn | None, st
             progress(*seen)
         if done:
             return
+        stop.wait(RELAY_POLL_S)
