@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -127,14 +127,14 @@ def even_region(x1: float, y1: float, x2: float, y2: float, width: int, height: 
 
 def region_frames(info: MediaInfo, region: tuple[int, int, int, int], rate: float,
                   samples: Sequence[int], full: str | os.PathLike[str],
-                  count: str | os.PathLike[str], *, size: tuple[int, int] | None = None
-                  ) -> Iterator[LumaFrame]:
+                  count: str | os.PathLike[str], *, size: tuple[int, int] | None = None,
+                  on_start: Callable[[], None] | None = None) -> Iterator[LumaFrame]:
     """The luma of ``region`` (x, y, w, h; even) of a :func:`region_decodable` video at the
     frames where floor(n * rate) steps up (n = 0 included: :func:`rate_frame`), as
     :class:`LumaFrame`s, scaled to ``size`` (w, h; ffmpeg's area averaging) if given. From
     the same decode, the frames at ``samples`` go whole (raw I420, ascending) to the file
     ``full`` (read them with :class:`SampleFile` as they complete), and 6 bytes per decoded
-    frame to the file ``count`` (:func:`counted_frames`)."""
+    frame to the file ``count`` (:func:`counted_frames`). ``on_start``: as ``pipeline.media.decode.pipe_frames``'s."""
     x, y, w, h = region
     select = select_expr(sorted({int(i) for i in samples}))
     steps = f"eq(n\\,0)+gt(floor(n*{rate!r}+{_EPS!r})\\,floor((n-1)*{rate!r}+{_EPS!r}))"
@@ -147,7 +147,7 @@ def region_frames(info: MediaInfo, region: tuple[int, int, int, int], rate: floa
            "-map", "[luma]", *out, "-pix_fmt", "gray", "pipe:1",
            "-map", "[full]", *out, "-pix_fmt", "yuv420p", "file:" + os.fspath(full),
            "-map", "[count]", *out, "-pix_fmt", "yuv420p", "file:" + os.fspath(count)]
-    frames = pipe_frames(cmd, *(size or (w, h)), info.path, pix_fmt="gray")
+    frames = pipe_frames(cmd, *(size or (w, h)), info.path, pix_fmt="gray", on_start=on_start)
     try:
         for data in frames:
             yield LumaFrame(data)

@@ -41,6 +41,21 @@ def speech_or_reason(audio: str | os.PathLike[str] | None, generated: str | os.P
         return None, f"{exc}{hint}"
 
 
+def speech_rows_if_ready(job: Future[tuple[np.ndarray | None, str]], fps: float, n_frames: int
+                         ) -> np.ndarray | None:
+    """The sync proxy's speech measures (``eval.proxy_features.audio_features``) for
+    ``n_frames`` video frames, if the speech ``job`` has finished with speech; else None (and
+    None where they cannot be computed: the proxy computes them again and says why)."""
+    from eval.proxy_features import audio_features
+
+    if not job.done() or job.exception() is not None or job.result()[0] is None:
+        return None
+    try:
+        return audio_features(job.result()[0], fps, n_frames)
+    except ValueError:
+        return None
+
+
 def syncnet_or_reason(checkpoint: str | os.PathLike[str] | None, device: str):
     """(model, None) or (None, the reason LSE is n/a), on ``device`` (``auto``: CUDA where
     available). torch is imported only once weights resolve."""

@@ -25,13 +25,14 @@ LANDMARK_FACE_PX wide (``eval.frames.region_frames``), writes the sampled frames
 temp file and counts the frames; its proxy differs from the whole-frame path's (OpenCV's
 per-crop area scaling) by about 0.01 in correlation, the quality scores not at all.
 
-Cost, monalisa_720p (426 frames), 2-core machine (bench/scoring_cost.py): about 0.72-0.74 s
-wall and 1.3 CPU s on a fast day (1.2-1.5 s and 2.2-2.6 s on a slow one), both cores busy:
-the decode of the generated video (one ffmpeg thread, ~0.6 s) is the longest pole; beside
-it, 178 dlib fits (1.4-3.4 ms each: the 99 MB model's leaves miss the cache), 10 face SSIMs,
-50 PSNRs, and the one 720p SSIM (0.3-0.5 CPU s), computed as two halves on two threads so
-that it ends with the decode instead of 0.1-0.2 s after it. The generated video's probe
-(and the speech, when not handed over) load on threads beside the rest.
+Cost, monalisa_720p (426 frames), 2-core machine (bench/scoring_cost.py, 2026-12-06 night):
+about 0.53-0.63 s wall and 0.92-1.1 CPU s, both cores busy. The decode of the generated video
+(one ffmpeg thread; ~0.4 CPU s, ~0.5 with its filters) is the longest pole; beside it, 178
+dlib fits (~1.25 ms each: the 99 MB model's leaves miss the cache; 0.22 CPU s), 10 face
+SSIMs, 50 PSNRs and the one 720p SSIM (50-70 CPU ms), on the quality workers. The proxy's
+speech measures are made while ffmpeg starts (~40 ms before its first frame), so after the
+decode only its mouth measures and per-lag fits remain (~0.02 s). The generated video's probe (and the speech,
+when not handed over) load on threads beside the rest.
 """
 
 from __future__ import annotations
@@ -57,7 +58,7 @@ from eval.proxy_features import MouthFrames, mouth_patch
 from eval.sync_proxy import proxy_scores
 from pipeline.errors import NoFaceFound
 from pipeline.faces.types import LANDMARK_FACE_PX, LANDMARK_MARGIN, Face
-from pipeline.device import configure_opencv_threads, quality_workers
+from pipeline.device import configure_blas_threads, configure_opencv_threads, quality_workers
 from pipeline.faces.tracking import Track
 from pipeline.media.probe import MediaInfo, probe
 from pipeline.media.background import in_background
@@ -100,6 +101,7 @@ def score_videos(original: str | os.PathLike[str], generated: str | os.PathLike[
     """
     t0 = time.perf_counter()
     configure_opencv_threads()
+    configure_blas_threads()  # the proxy's fits are tiny: BLAS threads cost 3-5x
     audio_job, speech_fact = inputs.speech_job(speech, audio, generated)
     ginfo_job = in_background(probe, generated, name="eval-probe")
     oinfo, ginfo = probe(original), ginfo_job.result()
@@ -129,8 +131,15 @@ def score_videos(original: str | os.PathLike[str], generated: str | os.PathLike[
     n_gen_est = _estimate_frames(ginfo, al.fps)
     acc = quality.QualityAccumulator(quality.sample_plan(max(1, min(n_orig, n_gen_est)), QUALITY_SAMPLES))
     faces = frames_mod.FaceLookup(track, source_indices, loop)
+    early: dict[str, np.ndarray | None] = {}  # the proxy's speech measures, made while ffmpeg starts
+
+    def speech_rows() -> None:
+        if landmarker is not None:
+            early["audio"] = inputs.speech_rows_if_ready(audio_job, al.fps, n_gen_est)
+
     walk = _FramePass(acc=acc, faces=faces, al=al, landmarker=landmarker, n_orig=n_orig,
-                      params=None if model is None else lse.crop_params(faces.boxes(n_gen_est)))
+                      params=None if model is None else lse.crop_params(faces.boxes(n_gen_est)),
+                      on_start=speech_rows)
     t = time.perf_counter()
     walk.run(oinfo, ginfo, originals, facts)
     seconds["frames"] = time.perf_counter() - t
@@ -148,7 +157,7 @@ def score_videos(original: str | os.PathLike[str], generated: str | os.PathLike[
     mouths = MouthFrames(tuple(walk.opened), walk.patches, al.fps)
     if on_mouths is not None and proxy_reason is None and walk.opened:
         on_mouths(mouths)
-    scores += proxy_scores(mouths, proxy_reason, wav, _landmark_note())
+    scores += proxy_scores(mouths, proxy_reason, wav, _landmark_note(), audio=early.get("audio"))
     seconds["proxy"] = time.perf_counter() - t
     seconds["total"] = time.perf_counter() - t0
     facts["seconds"] = {k: round(v, 4) for k, v in seconds.items()}
@@ -166,6 +175,7 @@ class _FramePass:
     landmarker: Any
     n_orig: int
     params: np.ndarray | None  # SyncNet crop parameters per frame, None without SyncNet
+    on_start: Callable[[], None] | None = None  # called while the generated video's decoder starts
     opened: list[Face | None] = field(default_factory=list)  # landmarks; None between fitted frames
     patches: dict[int, np.ndarray | None] = field(default_factory=dict)  # grey mouth patches, fitted frames
     crops: list[np.ndarray] = field(default_factory=list)
@@ -238,7 +248,7 @@ class _FramePass:
             fits: dict[int, Face] = {}
             size, scale = frames_mod.fit_scale(self.faces.faces, region)
             with closing(frames_mod.region_frames(ginfo, region, rate, self.samples, full, count,
-                                                  size=size)) as frames:
+                                                  size=size, on_start=self.on_start)) as frames:
                 for i, luma in zip(fitted_at, frames):
                     for j, gj in whole.ready():
                         self._compare(j, gj)  # sampled frames ffmpeg has written whole so far

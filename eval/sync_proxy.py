@@ -33,7 +33,6 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
-from threadpoolctl import ThreadpoolController
 
 from eval.proxy_features import (AUDIO_NAMES, MOUTH_NAMES, MOVEMENT_FLOOR, MouthFrames, audio_features,
                                  fill, standardise)
@@ -89,13 +88,6 @@ def calibration() -> Calibration:
     data = json.loads(CALIBRATION_FILE.read_text())
     return Calibration(float(data["threshold"]), float(data["lead_s"]),
                        f"{CALIBRATION_FILE.name} ({data.get('date', 'undated')})")
-
-
-@functools.cache
-def _blas() -> ThreadpoolController:
-    """The process's thread pools, found once (each ``threadpool_limits`` call searched the
-    loaded libraries again: ~3 ms)."""
-    return ThreadpoolController()
 
 
 @dataclass(frozen=True)
@@ -270,11 +262,12 @@ def _peak(curve: np.ndarray) -> float:
 
 
 def sync_proxy(mouth: np.ndarray, wav: np.ndarray, fps: float, *,
-               calib: Calibration | None = None) -> ProxyResult:
+               calib: Calibration | None = None, audio: np.ndarray | None = None) -> ProxyResult:
     """The proxy of per-frame mouth measures against ``wav`` (16 kHz mono) at ``fps``.
 
     ``mouth`` is (N, F) :func:`eval.proxy_features.mouth_features` or (N,) openings (NaN:
-    no mouth; interpolated). Raises ValueError when the clip is too short or no frame has a mouth.
+    no mouth; interpolated). ``audio``: ``audio_features(wav, fps, N)`` computed ahead, used
+    when it has the N rows. Raises ValueError when the clip is too short or no frame has a mouth.
     """
     n = len(mouth)
     if n < MIN_FRAMES:
@@ -286,7 +279,9 @@ def sync_proxy(mouth: np.ndarray, wav: np.ndarray, fps: float, *,
     mouth = fill(mouth)
     still = float(mouth[:, 0].std()) < MOVEMENT_FLOOR
     video = standardise(highpass(mouth, fps))
-    audio = standardise(highpass(audio_features(wav, fps, n), fps))
+    if audio is None or len(audio) != n:
+        audio = audio_features(wav, fps, n)
+    audio = standardise(highpass(audio, fps))
     if video.shape[1] == 0 or audio.shape[1] == 0:
         curve, conf = np.zeros(2 * MAX_LAG + 1), 0.0
     else:
@@ -298,18 +293,18 @@ def sync_proxy(mouth: np.ndarray, wav: np.ndarray, fps: float, *,
 
 
 def proxy_scores(mouths: MouthFrames, reason: str | None, wav: np.ndarray | None,
-                 landmark_frames: str) -> list[Score]:
+                 landmark_frames: str, *, audio: np.ndarray | None = None) -> list[Score]:
     """sync_proxy_corr, sync_proxy_offset and sync_proxy_conf of ``mouths`` against ``wav`` (or
     nulls with ``reason``); the offset is null, with the confidence in its reason, below the
-    calibrated threshold. ``landmark_frames`` says how scoring fitted the mouths."""
+    calibrated threshold. ``landmark_frames`` says how scoring fitted the mouths; ``audio``:
+    ``wav``'s speech measures computed ahead, if any (:func:`sync_proxy`)."""
     calib = calibration()
     conv = {**CONVENTION, "fps": mouths.fps, "threshold": calib.threshold, "lead_s": calib.lead_s,
             "calibration": calib.source, "landmark_frames": landmark_frames}
     if reason is not None or wav is None:
         return nulls(PROXY_METRICS, reason or "n/a (no audio)", conv)
     try:
-        with _blas().limit(limits=1, user_api="blas"):  # tiny matrices: BLAS threads cost 3-5x
-            res = sync_proxy(mouths.features(), wav, mouths.fps, calib=calib)
+        res = sync_proxy(mouths.features(), wav, mouths.fps, calib=calib, audio=audio)
     except ValueError as exc:
         return nulls(PROXY_METRICS, f"n/a ({exc})", conv)
     offset_conv = {**conv, "unit": "frames, + = audio leads", "peak_offset": res.peak_offset}

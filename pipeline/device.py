@@ -306,3 +306,32 @@ def configure_opencv_threads() -> int:
     cv2.setNumThreads(n)
     log.info("OpenCV threads: %s", n or "all cores")
     return n
+
+
+# ---- numpy's BLAS threads ----------------------------------------------------------------
+# numpy's matrix products in a job are small (a mel filterbank over a clip's spectrum, the
+# sync proxy's per-lag fits), and OpenBLAS splits each over as many threads as cores, whose
+# workers then spin on the cores the ffmpeg decoder and encoder need. Measured on the
+# 2-core machine (monalisa 720p, baseline CLI job, 3 alternating runs each): one thread took
+# 2.98-3.15 s wall and 5.1-5.4 CPU s against 3.12-3.29 s and 5.5-5.7 CPU s with OpenBLAS's
+# default; scoring (bench/scoring_cost.py's call) spent 0.09 CPU s more when its speech
+# measures ran outside a one-thread limit. ``run()`` and ``score_videos()`` call
+# :func:`configure_blas_threads`; ``$LIPSYNC_BLAS_THREADS`` overrides it (0: the library's
+# default). torch's own threads are :func:`configure_cpu_threads`'.
+
+BLAS_THREADS_ENV = "LIPSYNC_BLAS_THREADS"
+DEFAULT_BLAS_THREADS = 1
+
+
+@functools.cache
+def configure_blas_threads() -> int:
+    """Set the BLAS libraries' threads (numpy's, scipy's) to ``$LIPSYNC_BLAS_THREADS``
+    (default 1) once per process; returns the setting (0: left to the libraries)."""
+    value = os.environ.get(BLAS_THREADS_ENV, "").strip()
+    n = max(0, int(value)) if value else DEFAULT_BLAS_THREADS
+    if n:
+        from threadpoolctl import threadpool_limits
+
+        threadpool_limits(limits=n, user_api="blas")  # process-wide, kept (not a context)
+    log.info("BLAS threads: %s", n or "the libraries' default")
+    return n

@@ -165,7 +165,20 @@ def test_region_decode_and_kept_originals_give_the_same_scores(talking: Path, ge
     wanted = sample_frames(len(track))
     assert len(wanted) >= QUALITY_SAMPLES["psnr_full"]
     kept = {i: YuvFrame(f) for i, f in enumerate(read_frames(talking, pix_fmt="yuv420p")) if i in wanted}
-    fast = score_videos(talking, generated, track=track, originals=kept)
+    early: list[object] = []  # the proxy's speech measures, made while the decoder starts
+
+    def spy(*args: object) -> object:
+        early.append(speech_rows(*args))
+        return early[-1]
+
+    from eval import inputs
+    from pipeline.media.audio import load_audio
+
+    speech_rows = inputs.speech_rows_if_ready
+    monkeypatch.setattr(inputs, "speech_rows_if_ready", spy)
+    fast = score_videos(talking, generated, track=track, originals=kept, speech=load_audio(generated))
+    assert len(early) == 1 and early[0] is not None and early[0].shape[0] == 50  # handed over: ready
+    monkeypatch.setattr(inputs, "speech_rows_if_ready", speech_rows)
     assert fast.facts["generated_decode"].startswith("luma of region ")
     assert fast.facts["original_frames_reused"] == len(wanted)
     monkeypatch.setattr(eval_frames, "region_decodable", lambda *a: False)

@@ -15,7 +15,7 @@ import os
 import re
 import subprocess
 import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import IO
 
@@ -158,8 +158,10 @@ def select_expr(indices: Sequence[int]) -> str:
     return "+".join(f"eq(n\\,{int(i)})" for i in indices) or "0"
 
 
-def pipe_frames(cmd: list[str], w: int, h: int, path: str, *,
-                 pix_fmt: str = "bgr24") -> Iterator[np.ndarray]:
+def pipe_frames(cmd: list[str], w: int, h: int, path: str, *, pix_fmt: str = "bgr24",
+                 on_start: Callable[[], None] | None = None) -> Iterator[np.ndarray]:
+    """The frames ffmpeg ``cmd`` writes to its stdout. ``on_start`` is called once ffmpeg is
+    started, before the first read: work that needs no frame fills ffmpeg's start-up (~40 ms)."""
     name = os.path.basename(path)
     # BGR pixels, grey, or I420 planes
     shape = {"bgr24": (h, w, 3), "gray": (h, w)}.get(pix_fmt, (h * 3 // 2, w))
@@ -170,6 +172,8 @@ def pipe_frames(cmd: list[str], w: int, h: int, path: str, *,
         grow_pipe(proc.stdout)
         count = 0
         try:
+            if on_start is not None:
+                on_start()
             while True:
                 frame = np.empty(shape, np.uint8)
                 got = _read_exact(proc.stdout, memoryview(frame).cast("B"))
