@@ -134,7 +134,8 @@ def region_frames(info: MediaInfo, region: tuple[int, int, int, int], rate: floa
     :class:`LumaFrame`s, scaled to ``size`` (w, h; ffmpeg's area averaging) if given. From
     the same decode, the frames at ``samples`` go whole (raw I420, ascending) to the file
     ``full`` (read them with :class:`SampleFile` as they complete), and 6 bytes per decoded
-    frame to the file ``count`` (:func:`counted_frames`). ``on_start``: as ``pipeline.media.decode.pipe_frames``'s."""
+    frame to the file ``count`` (:func:`counted_frames`). ``on_start``: as
+    ``pipeline.media.decode.pipe_frames``'s."""
     x, y, w, h = region
     select = select_expr(sorted({int(i) for i in samples}))
     steps = f"eq(n\\,0)+gt(floor(n*{rate!r}+{_EPS!r})\\,floor((n-1)*{rate!r}+{_EPS!r}))"

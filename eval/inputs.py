@@ -48,10 +48,9 @@ def speech_rows_if_ready(job: Future[tuple[np.ndarray | None, str]], fps: float,
     None where they cannot be computed: the proxy computes them again and says why)."""
     from eval.proxy_features import audio_features
 
-    if not job.done() or job.exception() is not None or job.result()[0] is None:
-        return None
+    wav = job.result()[0] if job.done() and job.exception() is None else None
     try:
-        return audio_features(job.result()[0], fps, n_frames)
+        return None if wav is None else audio_features(wav, fps, n_frames)
     except ValueError:
         return None
 

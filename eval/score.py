@@ -31,8 +31,8 @@ about 0.53-0.63 s wall and 0.92-1.1 CPU s, both cores busy. The decode of the ge
 dlib fits (~1.25 ms each: the 99 MB model's leaves miss the cache; 0.22 CPU s), 10 face
 SSIMs, 50 PSNRs and the one 720p SSIM (50-70 CPU ms), on the quality workers. The proxy's
 speech measures are made while ffmpeg starts (~40 ms before its first frame), so after the
-decode only its mouth measures and per-lag fits remain (~0.02 s). The generated video's probe (and the speech,
-when not handed over) load on threads beside the rest.
+decode only its mouth measures and per-lag fits remain (~0.02 s). The generated video's
+probe (and the speech, when not handed over) load on threads beside the rest.
 """
 
 from __future__ import annotations

@@ -178,7 +178,7 @@ def _heldout_many(pairs: Sequence[tuple[np.ndarray, np.ndarray]], *, folds: int 
     (each matrix by the same LAPACK routine as alone, without a call's overhead each):
     ridged whitening Kv = (Cvv + ridge I)^(-1/2), Ka likewise, and the top singular
     vectors u, w of M = Kv Cva Ka give the weights Kv u and Ka w (w: the top eigenvector of
-    M^T M, u = M w / |M w|; the scale of either weight cancels in the projections)."""
+    M^T M, u along M w: a weight's scale cancels in the projections, each divided by its spread)."""
     folds_of: list[tuple[int, np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = []
     cvv, caa, cva = [], [], []
     for k, (v, a) in enumerate(pairs):
@@ -198,8 +198,7 @@ def _heldout_many(pairs: Sequence[tuple[np.ndarray, np.ndarray]], *, folds: int 
     ka = _inv_sqrt(np.stack(caa) + ridge * np.eye(caa[0].shape[0]))
     m = kv @ np.stack(cva) @ ka  # (k, Fv, Fa)
     top = np.linalg.eigh(np.swapaxes(m, 1, 2) @ m)[1][:, :, -1:]  # (k, Fa, 1): the top right singular vector
-    left = m @ top  # (k, Fv, 1): the top left singular vector times its singular value
-    wv = (kv @ left)[:, :, 0] / np.maximum(np.linalg.norm(left[:, :, 0], axis=1), 1e-300)[:, None]
+    wv = (kv @ m @ top)[:, :, 0]  # M w: the top left singular vector times its singular value
     wa = (ka @ top)[:, :, 0]
     out = [(np.empty(len(v)), np.empty(len(v))) for v, _ in pairs]
     for j, (k, block, vc, ac, mv, ma) in enumerate(folds_of):
