@@ -26,6 +26,7 @@ SSIM_ARGS = {"gaussian_weights": True, "sigma": 1.5, "use_sample_covariance": Fa
              "data_range": 255, "channel_axis": -1}
 SSIM_MIN_SIDE = 11  # px: skimage's gaussian window is 2 * int(3.5 * 1.5 + 0.5) + 1 = 11 wide
 SSIM_PAD = SSIM_MIN_SIDE // 2  # 5: skimage averages the map without this many rows and columns at each edge
+SSIM_BAND_ROWS = 64  # rows of the SSIM map computed at once (the filter reads SSIM_PAD more each side)
 SSIM_SIGMA = SSIM_ARGS["sigma"]
 SSIM_C1 = (0.01 * 255) ** 2  # skimage's K1 = 0.01, K2 = 0.03 with data_range 255
 SSIM_C2 = (0.03 * 255) ** 2
@@ -73,7 +74,26 @@ def ssim(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def _ssim_mean(a: np.ndarray, b: np.ndarray) -> float:
-    """skimage's mean SSIM of two (H, W) images (one channel at a time: 7 float64 planes)."""
+    """skimage's mean SSIM of two (H, W) images, one band of SSIM_BAND_ROWS rows at a time.
+
+    Each band is filtered with the SSIM_PAD rows around it (the image's own rows, or the
+    reflected border at its top and bottom), so its map rows are the whole image's; the
+    band's seven float64 planes stay in the cache, which makes a 720p channel about twice
+    as fast as filtering whole planes (bench/quality_metrics.py)."""
+    h, w = a.shape
+    total = 0.0
+    for r0 in range(0, h, SSIM_BAND_ROWS):
+        r1 = min(h, r0 + SSIM_BAND_ROWS)
+        i0, i1 = max(0, r0 - SSIM_PAD), min(h, r1 + SSIM_PAD)
+        band = _ssim_map(a[i0:i1], b[i0:i1])[r0 - i0:r1 - i0]  # (r1 - r0, w)
+        lo, hi = max(r0, SSIM_PAD), min(r1, h - SSIM_PAD)  # the rows skimage averages
+        if hi > lo:
+            total += float(band[lo - r0:hi - r0, SSIM_PAD:w - SSIM_PAD].sum(dtype=np.float64))
+    return total / ((h - 2 * SSIM_PAD) * (w - 2 * SSIM_PAD))
+
+
+def _ssim_map(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """The SSIM map of two (H, W) images, borders reflected (7 float64 planes)."""
     x, y = a.astype(np.float64), b.astype(np.float64)
     ux, uy = _blur(x), _blur(y)
     xy = _blur(np.multiply(x, y))
@@ -94,8 +114,8 @@ def _ssim_mean(a: np.ndarray, b: np.ndarray) -> float:
     uxy += SSIM_C1  # 2 ux uy + C1
     uxy *= xy
     ux2 *= xx
-    uxy /= ux2  # the SSIM map
-    return float(uxy[SSIM_PAD:-SSIM_PAD, SSIM_PAD:-SSIM_PAD].mean(dtype=np.float64))
+    uxy /= ux2
+    return uxy
 
 
 def _blur(image: np.ndarray) -> np.ndarray:
