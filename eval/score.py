@@ -58,7 +58,7 @@ from eval.proxy_features import MouthFrames, mouth_patch
 from eval.sync_proxy import proxy_scores
 from pipeline.errors import NoFaceFound
 from pipeline.faces.types import LANDMARK_FACE_PX, LANDMARK_MARGIN, Face
-from pipeline.device import configure_blas_threads, configure_opencv_threads, quality_workers
+from pipeline.device import configure_process, quality_workers
 from pipeline.faces.tracking import Track
 from pipeline.media.probe import MediaInfo, probe
 from pipeline.media.background import in_background
@@ -100,8 +100,7 @@ def score_videos(original: str | os.PathLike[str], generated: str | os.PathLike[
     shifted speech). Raises InvalidMedia when the videos cannot be aligned.
     """
     t0 = time.perf_counter()
-    configure_opencv_threads()
-    configure_blas_threads()  # the proxy's fits are tiny: BLAS threads cost 3-5x
+    configure_process()  # one OpenCV and one BLAS thread: the proxy's fits are tiny (BLAS threads cost 3-5x)
     audio_job, speech_fact = inputs.speech_job(speech, audio, generated)
     ginfo_job = in_background(probe, generated, name="eval-probe")
     oinfo, ginfo = probe(original), ginfo_job.result()

@@ -313,11 +313,10 @@ def prepare_fork() -> None:
     """Settle, in the server, what a forked window must not redo: OpenCV's thread count
     (``cv2.setNumThreads`` in a fork of a process whose OpenCV pool has run deadlocks;
     set once here, the child inherits it and never calls it), and numpy's BLAS threads
-    likewise."""
-    from pipeline.device import configure_blas_threads, configure_opencv_threads
+    likewise, and glibc's allocator settings."""
+    from pipeline.device import configure_process
 
-    configure_opencv_threads()
-    configure_blas_threads()
+    configure_process()
 
 
 def _torch_after_fork() -> None:

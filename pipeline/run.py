@@ -36,7 +36,7 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.device import configure_blas_threads, configure_opencv_threads, gpu_lock, peak_rss_mb
+from pipeline.device import configure_process, gpu_lock, peak_rss_mb
 from pipeline.errors import JobCancelled, JobTimeout, JobTooSlow
 from pipeline.faces.backends import make_tracker
 from pipeline.faces.live import LiveTrack
@@ -114,8 +114,7 @@ def run(
     ``pipeline.generators.base.ForwardFn``), e.g. on a model server shared by several jobs.
     """
     clock = StageClock()
-    configure_opencv_threads()
-    configure_blas_threads()
+    configure_process()
     try:
         return _run(video, audio, output, options=options or RunOptions(), progress=progress,
                     cancel=cancel, side_by_side=side_by_side, keep=keep, clock=clock, forward=forward)
