@@ -7,7 +7,8 @@ and channel (identical frames give +inf); SSIM is scikit-image's
 averaged over the three channels. It is computed here with OpenCV's separable filters
 (:func:`ssim`: the same 11-tap Gaussian, sigma 1.5, reflected borders as scipy's
 ``mode="reflect"``, in float64), which gives skimage's value to within 1e-12
-(tests/test_eval_quality.py compares them) at about a third of its CPU time. Both are
+(tests/test_eval_quality.py compares them) at about a fifth of its CPU time on a 720p frame
+(computed in bands of rows that stay in the cache: bench/quality_metrics.py). Both are
 computed on the full frame and on the lower-face crop the generator touches (:func:`lower_face_box`), per frame, then
 averaged (arithmetic mean; PSNR is averaged in dB) over the sampled frames.
 """

@@ -25,14 +25,18 @@ LANDMARK_FACE_PX wide (``eval.frames.region_frames``), writes the sampled frames
 temp file and counts the frames; its proxy differs from the whole-frame path's (OpenCV's
 per-crop area scaling) by about 0.01 in correlation, the quality scores not at all.
 
-Cost, monalisa_720p (426 frames), 2-core machine (bench/scoring_cost.py, 2026-12-06 night):
-about 0.53-0.63 s wall and 0.92-1.1 CPU s, both cores busy. The decode of the generated video
-(one ffmpeg thread; ~0.4 CPU s, ~0.5 with its filters) is the longest pole; beside it, 178
-dlib fits (~1.25 ms each: the 99 MB model's leaves miss the cache; 0.22 CPU s), 10 face
-SSIMs, 50 PSNRs and the one 720p SSIM (50-70 CPU ms), on the quality workers. The proxy's
-speech measures are made while ffmpeg starts (~40 ms before its first frame), so after the
-decode only its mouth measures and per-lag fits remain (~0.02 s). The generated video's
-probe (and the speech, when not handed over) load on threads beside the rest.
+Cost, monalisa_720p (426 frames), 2-core machine (bench/scoring_cost.py, 2026-12-06/07 night):
+about 0.51-0.67 s wall and 0.88-1.2 CPU s, both cores busy. The decode of the generated video
+(one ffmpeg process: ~0.41 CPU s for the decode alone, ~0.5 with its filters and the sampled
+frames it writes, 0.53-0.55 beside the rest) is the longest pole; beside it, on this thread
+(~0.35 CPU s), 178 dlib fits (~1.4 ms each: the 99 MB model's leaves miss the cache, and dlib
+holds the GIL), and on the quality workers (~0.1 CPU s) 10 face SSIMs, 50 PSNRs and the one
+720p SSIM (~50 CPU ms). The proxy's speech measures are made while ffmpeg starts (~40 ms before
+its first frame), so after the decode only its mouth measures and per-lag fits remain (~0.02
+s). The generated video's probe (and the speech, when not handed over) load on threads beside
+the rest. Decoding in this process instead (PyAV on a thread, as the run loop does) was
+slower here: 0.70-0.92 s wall against 0.55-0.58 s in alternating runs (a prototype), its
+thread starved of the GIL during the fits.
 """
 
 from __future__ import annotations
