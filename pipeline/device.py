@@ -342,11 +342,12 @@ def configure_blas_threads() -> int:
 # glibc maps blocks above its (dynamic) mmap threshold afresh, and hands the heap's free top
 # back to the kernel once more than twice that threshold is free: each batch then faults its
 # pages in again, in the kernel. Measured on the 2-core machine (Wav2Lip, random weights,
-# 200 faces, batch 8, bench/malloc_forward.py): 5.2-6.5 s
-# wall with 0.5-2.4 s of system time and 0.25-1.3 M page faults, against 4.9-5.1 s, 0.01-0.09 s
-# and 4-33 k with a fixed 32 MB mmap threshold and a 256 MB trim threshold (128 MB: the
-# same; 64 MB: no better than glibc's default); peak RSS unchanged (568-581 MB). The cost: up
-# to that much freed memory stays with the process, to be reused. ``run()`` and
+# 200 faces, batch 8, bench/malloc_forward.py): 5.2-6.5 s wall with 0.5-2.4 s of system time
+# and 0.25-1.3 M page faults, against 4.9-5.1 s, 0.01-0.09 s and 4-33 k with a fixed 32 MB
+# mmap threshold and a 256 MB trim threshold (128 MB: about the same; 64 MB: no better than
+# glibc's defaults; the fixed mmap threshold alone: worse, 8.5-8.7 s, the heap trimmed at
+# every free). Peak RSS about the same (568-664 MB against 574-594). The cost: up to 256 MB
+# of freed memory stays with the process, to be reused. ``run()`` and
 # ``score_videos()`` call :func:`configure_malloc` (through :func:`configure_process`);
 # ``$LIPSYNC_MALLOC_TRIM_MB`` sets the trim threshold (0: glibc's defaults, untouched).
 
@@ -369,9 +370,13 @@ def configure_malloc() -> int:
         libc = ctypes.CDLL(None)  # the C library this process runs on
         if not hasattr(libc, "gnu_get_libc_version"):
             mb = 0  # musl and others: their mallopt is not glibc's
+        # the mmap threshold first: glibc refuses one above its limit and changes nothing,
+        # while either call fixes both thresholds (no more dynamic ones), and the trim
+        # threshold is always accepted
         elif not (libc.mallopt(_M_MMAP_THRESHOLD, MALLOC_MMAP_THRESHOLD) and
                   libc.mallopt(_M_TRIM_THRESHOLD, ctypes.c_int(min(mb * 2**20, 2**31 - 1)))):
-            raise RuntimeError("glibc's mallopt refused the allocator settings")
+            log.warning("glibc's mallopt refused the allocator settings; its defaults stay")
+            mb = 0
     log.info("malloc trim threshold: %s", f"{mb} MB" if mb else "the C library's default")
     return mb
 
