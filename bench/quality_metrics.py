@@ -7,7 +7,7 @@ from 1 in places) and the lower-face crop the face metrics use, one thread, alte
 ``eval.quality.ssim`` (OpenCV float64 filters) against ``skimage.metrics.structural_similarity``
 with the pinned arguments, and ``eval.quality.psnr`` (``cv2.norm``'s exact sum) against the
 float64 numpy formula; and ``eval.quality.ssim`` (its map in bands of rows) against the same
-map computed over whole planes at once (``whole planes``: ``_ssim_map`` on each channel whole).
+map computed over whole planes at once (``whole planes``: one band as large as the image).
 Prints medians of CPU seconds per call, the ratios, the largest difference in value (SSIM) or
 whether the values are bit-for-bit equal (PSNR), and peak RSS.
 """
@@ -34,10 +34,13 @@ def numpy_psnr(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def whole_planes_ssim(a: np.ndarray, b: np.ndarray) -> float:
-    """``eval.quality.ssim`` as it was before the bands: each channel's map over the whole plane."""
-    p = quality.SSIM_PAD
-    return float(np.mean([quality._ssim_map(a[..., c], b[..., c])[p:-p, p:-p].mean(dtype=np.float64)
-                          for c in range(a.shape[2])]))
+    """``eval.quality.ssim`` as it was before the bands: one band as large as the image."""
+    bands = quality.SSIM_BAND_PIXELS
+    quality.SSIM_BAND_PIXELS = a.shape[0] * a.shape[1]
+    try:
+        return quality.ssim(a, b)
+    finally:
+        quality.SSIM_BAND_PIXELS = bands
 
 
 def cpu(fn: Callable[[], object]) -> Callable[[], float]:

@@ -104,7 +104,7 @@ def score_videos(original: str | os.PathLike[str], generated: str | os.PathLike[
     shifted speech). Raises InvalidMedia when the videos cannot be aligned.
     """
     t0 = time.perf_counter()
-    configure_process()  # one OpenCV and one BLAS thread: the proxy's fits are tiny (BLAS threads cost 3-5x)
+    configure_process()  # OpenCV's and BLAS's threads (the proxy's fits are tiny), glibc's allocator
     audio_job, speech_fact = inputs.speech_job(speech, audio, generated)
     ginfo_job = in_background(probe, generated, name="eval-probe")
     oinfo, ginfo = probe(original), ginfo_job.result()

@@ -48,12 +48,13 @@ def test_blas_threads_setting(env: str | None, expected: str) -> None:
 # unmapped, its trim threshold is 40 MB) the top goes back to the kernel, so the next round
 # faults it in again; with the job's settings (a 256 MB trim threshold) it stays for reuse.
 MALLOC_PROBE = """
+import resource
 import numpy as np
 from pipeline.device import configure_malloc
 mb = configure_malloc()
 def rss():
     with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * 4096
+        return int(f.read().split()[1]) * resource.getpagesize()
 def one_round():
     blocks = [np.ones(20 * 2**20, np.uint8) for _ in range(3)]  # touches every page
     del blocks
