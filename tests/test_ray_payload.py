@@ -75,7 +75,7 @@ def test_corrupt_bytes_raise_and_write_nothing(source: Path, tmp_path: Path) -> 
 def test_a_shared_copy_changed_in_transit_raises_and_leaves_no_file(source: Path, shared: Path,
                                                                     tmp_path: Path) -> None:
     blob = FileBlob.of(source, shared_dir=shared, folder=shared / "job")
-    Path(blob.path).write_bytes(DATA[:-1] + b"x")
+    Path(blob.path).write_bytes(DATA[:-1] + bytes([DATA[-1] ^ 0xFF]))  # the last byte changed (b"x" was DATA's own 1 time in 256)
     with pytest.raises(TransferCorrupt, match="face.mp4 arrived corrupted"):
         blob.save(tmp_path / "out.mp4")
     assert not (tmp_path / "out.mp4").exists()
