@@ -33,6 +33,7 @@ from pipeline.errors import InvalidMedia
 from pipeline.faces.tracking import Track
 from pipeline.faces.types import LANDMARK_FACE_PX, LANDMARK_MARGIN, Face, FaceTracker
 from pipeline.media.ffmpeg import base_cmd
+from pipeline.media.noref import Skip
 from pipeline.media.probe import MediaInfo
 from pipeline.media.decode import (SELECT_MAX_TERMS, decoder_input, frame_plan, pipe_frames, read_frames,
                                    select_expr)
@@ -128,22 +129,24 @@ def even_region(x1: float, y1: float, x2: float, y2: float, width: int, height: 
 def region_frames(info: MediaInfo, region: tuple[int, int, int, int], rate: float,
                   samples: Sequence[int], full: str | os.PathLike[str],
                   count: str | os.PathLike[str], *, size: tuple[int, int] | None = None,
-                  on_start: Callable[[], None] | None = None) -> Iterator[LumaFrame]:
+                  on_start: Callable[[], None] | None = None, skip: Skip | None = None) -> Iterator[LumaFrame]:
     """The luma of ``region`` (x, y, w, h; even) of a :func:`region_decodable` video at the
     frames where floor(n * rate) steps up (n = 0 included: :func:`rate_frame`), as
     :class:`LumaFrame`s, scaled to ``size`` (w, h; ffmpeg's area averaging) if given. From
     the same decode, the frames at ``samples`` go whole (raw I420, ascending) to the file
     ``full`` (read them with :class:`SampleFile` as they complete), and 6 bytes per decoded
     frame to the file ``count`` (:func:`counted_frames`). ``on_start``: as
-    ``pipeline.media.decode.pipe_frames``'s."""
+    ``pipeline.media.decode.pipe_frames``'s. ``skip``: packets dropped before the decoder (none
+    of these frames), frames then numbered by ``skip.index``; ``count`` counts the rest."""
     x, y, w, h = region
-    select = select_expr(sorted({int(i) for i in samples}))
-    steps = f"eq(n\\,0)+gt(floor(n*{rate!r}+{_EPS!r})\\,floor((n-1)*{rate!r}+{_EPS!r}))"
+    n = "n" if skip is None else skip.index
+    select = select_expr(sorted({int(i) for i in samples}), n)
+    steps = f"eq({n}\\,0)+gt(floor({n}*{rate!r}+{_EPS!r})\\,floor(({n}-1)*{rate!r}+{_EPS!r}))"
     scale = "" if size is None or size == (w, h) else f",scale={size[0]}:{size[1]}:flags=area"
     graph = (f"[0:v:0]split=3[a][b][c];[a]select='{steps}',crop={w}:{h}:{x}:{y},extractplanes=y{scale}[luma];"
              f"[b]select='{select}'[full];[c]crop=2:2:0:0[count]")
     out = ["-fps_mode", "passthrough", "-f", "rawvideo"]
-    cmd = [*base_cmd(), "-loglevel", "error", *decoder_input(info.path),
+    cmd = [*base_cmd(), "-loglevel", "error", *decoder_input(info.path, pre=skip.input_args() if skip else ()),
            "-an", "-sn", "-dn", "-filter_complex", graph,
            "-map", "[luma]", *out, "-pix_fmt", "gray", "pipe:1",
            "-map", "[full]", *out, "-pix_fmt", "yuv420p", "file:" + os.fspath(full),

@@ -64,6 +64,7 @@ from pipeline.errors import NoFaceFound
 from pipeline.faces.types import LANDMARK_FACE_PX, LANDMARK_MARGIN, Face
 from pipeline.device import configure_process, quality_workers
 from pipeline.faces.tracking import Track
+from pipeline.media import noref
 from pipeline.media.probe import MediaInfo, probe
 from pipeline.media.background import in_background
 from pipeline.media.yuv import YuvFrame
@@ -107,6 +108,7 @@ def score_videos(original: str | os.PathLike[str], generated: str | os.PathLike[
     configure_process()  # OpenCV's and BLAS's threads (the proxy's fits are tiny), glibc's allocator
     audio_job, speech_fact = inputs.speech_job(speech, audio, generated)
     ginfo_job = in_background(probe, generated, name="eval-probe")
+    refs_job = in_background(noref.scan, generated, name="eval-refs")  # for the region decode's skips
     oinfo, ginfo = probe(original), ginfo_job.result()
     al = align(oinfo, ginfo)
     facts: dict[str, Any] = {"alignment": al.note, "fps": al.fps, "size": list(al.size), "speech": speech_fact}
@@ -142,7 +144,7 @@ def score_videos(original: str | os.PathLike[str], generated: str | os.PathLike[
 
     walk = _FramePass(acc=acc, faces=faces, al=al, landmarker=landmarker, n_orig=n_orig,
                       params=None if model is None else lse.crop_params(faces.boxes(n_gen_est)),
-                      on_start=speech_rows)
+                      on_start=speech_rows, refs=refs_job)
     t = time.perf_counter()
     walk.run(oinfo, ginfo, originals, facts)
     seconds["frames"] = time.perf_counter() - t
@@ -179,6 +181,7 @@ class _FramePass:
     n_orig: int
     params: np.ndarray | None  # SyncNet crop parameters per frame, None without SyncNet
     on_start: Callable[[], None] | None = None  # called while the generated video's decoder starts
+    refs: Future[noref.Refs | None] | None = None  # the generated video's packets (pipeline.media.noref)
     opened: list[Face | None] = field(default_factory=list)  # landmarks; None between fitted frames
     patches: dict[int, np.ndarray | None] = field(default_factory=dict)  # grey mouth patches, fitted frames
     crops: list[np.ndarray] = field(default_factory=list)
@@ -211,6 +214,7 @@ class _FramePass:
                 self._whole(ginfo)
             else:
                 self._region(ginfo, region)
+                facts["generated_frames_skipped"] = self.skipped
             for job in self.compared:
                 job.result()  # re-raises a failure of the worker here
 
@@ -250,8 +254,10 @@ class _FramePass:
             fitted_at = (i for i in itertools.count() if frames_mod.rate_frame(i, rate))
             fits: dict[int, Face] = {}
             size, scale = frames_mod.fit_scale(self.faces.faces, region)
+            skip = self._skip(ginfo, rate)
+            self.skipped = 0 if skip is None else len(skip.pts)
             with closing(frames_mod.region_frames(ginfo, region, rate, self.samples, full, count,
-                                                  size=size, on_start=self.on_start)) as frames:
+                                                  size=size, on_start=self.on_start, skip=skip)) as frames:
                 for i, luma in zip(fitted_at, frames):
                     for j, gj in whole.ready():
                         self._compare(j, gj)  # sampled frames ffmpeg has written whole so far
@@ -259,10 +265,20 @@ class _FramePass:
                     if face is not None:
                         fits[i] = frames_mod.fit_in_region(self.landmarker, luma, face, region[:2], scale)
                         self.patches[i] = mouth_patch(luma.y, fits[i], region[:2], scale)
-            self.n_gen = frames_mod.counted_frames(count)
+            self.n_gen = frames_mod.counted_frames(count) + self.skipped
             for j, gj in whole.ready():
                 self._compare(j, gj)  # the rest, now that ffmpeg has exited
             self.opened = [fits.get(i) for i in range(self.n_gen)]
+
+
+    def _skip(self, ginfo: MediaInfo, rate: float) -> noref.Skip | None:
+        """The packets the region decode drops: non-reference pictures that are neither landmark
+        nor sampled frames (None where ``pipeline.media.noref`` does not apply)."""
+        refs = None if self.refs is None else self.refs.result()
+        if refs is None or abs(refs.fps / ginfo.video.fps - 1) > frames_mod.FPS_TOLERANCE:
+            return None  # the packets' grid is not the rate the frames are numbered at
+        wanted = set(self.samples)
+        return refs.skip(lambda i: i in wanted or frames_mod.rate_frame(i, rate))
 
 
 def sample_frames(n_frames: int) -> set[int]:

@@ -33,6 +33,12 @@ def face_frame(i: int, *, size: int = FACE_SIZE) -> np.ndarray:
     return cv2.warpAffine(img, m, (size, size), borderMode=cv2.BORDER_REFLECT)
 
 
+# libx264 with three B-frames between references and no B-pyramid, no scene cuts: every
+# B-frame is a non-reference picture (pipeline.media.noref), every I/P-frame a reference
+X264_B_FRAMES = ["-c:v", "libx264", "-preset", "veryfast", "-threads", "1", "-pix_fmt", "yuv420p",
+                 "-x264-params", "bframes=3:b-adapt=0:b-pyramid=none:scenecut=0"]
+
+
 def write_video(path: Path, frames: list[np.ndarray] | np.ndarray, *, fps: float = 25.0,
                 audio: Path | None = None, extra: list[str] | None = None) -> Path:
     """Encode BGR frames to ``path`` through an ffmpeg pipe (libx264 unless ``extra`` says)."""

@@ -100,6 +100,32 @@ def test_region_decode_matches_the_whole_decode(counted: Path, tmp_path: Path) -
         tmp_path / "wide.mp4", [np.zeros((24, 32, 3), np.uint8)] * 3))), [3])  # scaled: whole frames
 
 
+def test_region_decode_that_drops_unread_b_frames(synth_dir: Path, tmp_path: Path) -> None:
+    """With the unread non-reference pictures dropped before the decoder (pipeline.media.noref),
+    the region decode yields the same regions and samples, and counts the rest of the frames."""
+    from pipeline.media import noref
+
+    frames = [np.full((48, 64, 3), 3 * i + 10, np.uint8) for i in range(80)]
+    for i, f in enumerate(frames):
+        f[:, i % 60:i % 60 + 4] = 255  # motion, so B-frames carry it
+    path = media.write_video(synth_dir / "eval_bframes.mp4", frames, extra=media.X264_B_FRAMES)
+    info = probe(path)
+    region, rate, samples = (8, 4, 34, 26), 12.5 / 25, [41, 3, 99]
+    refs = noref.scan(path)
+    skip = refs.skip(lambda i: i in samples or rate_frame(i, rate))
+    assert skip is not None and len(skip.pts) > 15  # the odd-numbered B-frames but 3 and 41
+    decoded = []
+    for drop in (None, skip):
+        full, count = tmp_path / f"full{drop is None}.yuv", tmp_path / f"count{drop is None}.yuv"
+        parts = [p.y.copy() for p in region_frames(info, region, rate, samples, full, count, skip=drop)]
+        decoded.append((parts, counted_frames(count), [f.data for _, f in SampleFile(full, samples, (64, 48)).ready()]))
+    (parts, n, whole), (parts_skip, n_skip, whole_skip) = decoded
+    assert n == 80 and n_skip == 80 - len(skip.pts)
+    assert len(parts) == len(parts_skip) == 40 and len(whole) == len(whole_skip) == 2
+    for a, b in zip(parts + whole, parts_skip + whole_skip):
+        np.testing.assert_array_equal(a, b)
+
+
 def test_odd_sized_original_is_compared_on_its_even_area(synth_dir: Path) -> None:
     odd = media.write_video(synth_dir / "eval_odd.mkv", [media.face_frame(i, size=97) for i in range(3)],
                             extra=["-c:v", "ffv1"])

@@ -190,11 +190,12 @@ def test_region_decode_and_kept_originals_give_the_same_scores(talking: Path, ge
     assert fast.value("sync_proxy_offset") is None  # 50 frames: too few for a confident offset
 
 
-def test_a_recorded_job_hands_its_originals_to_scoring(face_mp4: Path, speech_wav: Path,
-                                                       tmp_path: Path) -> None:
+def test_a_recorded_job_hands_its_originals_to_scoring(face_mp4: Path, speech_wav: Path, tmp_path: Path,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
     """run_recorded keeps the originals of exactly the sampled frames (run(keep=callable)) and
     the decoded speech; the scorer decodes none of the original and not the speech again, and
-    the kept frames are released afterwards. The scores equal those of decoding both again."""
+    the kept frames are released afterwards. The scores equal those of decoding both again, and
+    those of decoding every packet of the output (its unread B-frames are dropped otherwise)."""
     from pipeline.options import RunOptions
     from jobs.lifecycle import run_recorded
 
@@ -213,4 +214,11 @@ def test_a_recorded_job_hands_its_originals_to_scoring(face_mp4: Path, speech_wa
     again = score_videos(face_mp4, tmp_path / "o.mp4", audio=speech_wav, track=done.result.track)
     assert again.facts["speech"] == "decoded from speech.wav" and again.facts["original_frames_reused"] == 0
     for a, b in zip(done.scores.scores, again.scores):
+        assert (a.metric, a.value, a.reason) == (b.metric, b.value, b.reason)
+    assert 0 < facts["generated_frames_skipped"] < facts["generated_frames"] == 75
+    from pipeline.media import noref
+    monkeypatch.setattr(noref, "scan", lambda path: None)
+    every = score_videos(face_mp4, tmp_path / "o.mp4", audio=speech_wav, track=done.result.track)
+    assert every.facts["generated_frames_skipped"] == 0 and every.facts["generated_frames"] == 75
+    for a, b in zip(done.scores.scores, every.scores):
         assert (a.metric, a.value, a.reason) == (b.metric, b.value, b.reason)

@@ -102,9 +102,10 @@ def read_frames(path: str | os.PathLike[str], *, size: tuple[int, int] | None = 
     return _only(frames, wanted)
 
 
-def decoder_input(path: str | os.PathLike[str]) -> list[str]:
-    """``-i`` arguments for a file whose video is decoded to frames (``decode_threads()`` threads)."""
-    return input_args(path, pre=["-threads", str(decode_threads())])
+def decoder_input(path: str | os.PathLike[str], *, pre: Sequence[str] = ()) -> list[str]:
+    """``-i`` arguments for a file whose video is decoded to frames (``decode_threads()`` threads);
+    ``pre``: more input options."""
+    return input_args(path, pre=[*pre, "-threads", str(decode_threads())])
 
 
 def _only(frames: Iterator[np.ndarray], wanted: list[int]) -> Iterator[np.ndarray]:
@@ -152,10 +153,11 @@ def _rate_filters(info: MediaInfo, fps: float | None) -> list[str]:
     return [f"fps=fps={rate_str(fps or info.video.fps)}"]
 
 
-def select_expr(indices: Sequence[int]) -> str:
+def select_expr(indices: Sequence[int], index: str = "n") -> str:
     """ffmpeg ``select`` expression taking exactly these frame numbers (at most SELECT_MAX_TERMS;
-    commas escaped for a filter graph); "0" (no frame) for none."""
-    return "+".join(f"eq(n\\,{int(i)})" for i in indices) or "0"
+    commas escaped for a filter graph); "0" (no frame) for none. ``index``: the expression of a
+    frame's number (``pipeline.media.noref.Skip.index`` where packets were dropped)."""
+    return "+".join(f"eq({index}\\,{int(i)})" for i in indices) or "0"
 
 
 def pipe_frames(cmd: list[str], w: int, h: int, path: str, *, pix_fmt: str = "bgr24",

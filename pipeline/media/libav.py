@@ -43,7 +43,7 @@ def applies(info: MediaInfo) -> bool:
     if os.environ.get(DECODER_ENV, "auto") == "pipe" or info.is_image or info.video is None:
         return False
     v = info.video
-    return v.pix_fmt == "yuv420p" and v.rotation == 0 and not v.vfr and _pyav() is not None
+    return v.pix_fmt == "yuv420p" and v.rotation == 0 and not v.vfr and pyav() is not None
 
 
 def libav_frames(info: MediaInfo, *, threads: int,
@@ -61,10 +61,9 @@ def libav_frames(info: MediaInfo, *, threads: int,
     closing the generator closes the file. Raises InvalidMedia when no frame could be
     decoded, FFmpegError when more than MAX_BAD_PACKETS packets were rejected.
     """
-    av = _pyav()
+    av = pyav()
     try:  # opened on the first next(), in the thread that reads the frames
-        container = av.open("file:" + info.path, options={"protocol_whitelist": "file",
-                                                           "format_whitelist": SAFE_DEMUXERS})
+        container = open_input(av, info.path)
     except (av.FFmpegError, OSError, ValueError) as exc:
         log.debug("%s: PyAV cannot open it (%s); decoding through the ffmpeg pipe", info.name, exc)
         yield from pipe()
@@ -84,7 +83,7 @@ def _decode(container, stream, info: MediaInfo,  # noqa: ANN001 - PyAV objects
             threads: int) -> Generator[np.ndarray, None, int | None]:
     """Yield the stream's frames while they are the pipe's; return None after the last, or
     the index of the first that is not (the pipe gives the rest from there)."""
-    av = _pyav()
+    av = pyav()
     stream.codec_context.thread_count = threads  # 0: as many as the cores, as ffmpeg's -threads 0
     if threads != 1:
         stream.thread_type = "AUTO"
@@ -145,7 +144,12 @@ def _i420(frame, w: int, h: int) -> np.ndarray:  # noqa: ANN001 - an av.VideoFra
     return out.data
 
 
-def _pyav():  # noqa: ANN202 - the av module, or None where PyAV is not installed
+def open_input(av, path: str | os.PathLike[str]):  # noqa: ANN001, ANN201 - the av module, an InputContainer
+    """``path`` opened by PyAV with the protocol and demuxer whitelists of every ffmpeg command."""
+    return av.open("file:" + os.fspath(path), options={"protocol_whitelist": "file", "format_whitelist": SAFE_DEMUXERS})
+
+
+def pyav():  # noqa: ANN202 - the av module, or None where PyAV is not installed
     try:
         import av
     except ImportError:

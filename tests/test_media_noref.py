@@ -1,0 +1,102 @@
+"""pipeline.media.noref: which H.264 packets a decode may drop (real libx264 files, real ffmpeg)."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import av
+import numpy as np
+import pytest
+
+import media
+from pipeline.media import noref
+
+def grey_ramp(n: int = 80) -> list[np.ndarray]:
+    """n frames of different grey levels with a moving bar, so every frame differs."""
+    frames = []
+    for i in range(n):
+        f = np.full((48, 64, 3), 3 * i + 10, np.uint8)
+        f[:, i % 60:i % 60 + 4] = 255
+        frames.append(f)
+    return frames
+
+
+@pytest.fixture(scope="module")
+def bframes(synth_dir: Path) -> Path:
+    return media.write_video(synth_dir / "noref_bframes.mp4", grey_ramp(), extra=media.X264_B_FRAMES)
+
+
+def pict_types(path: Path) -> list[str]:
+    """Each decoded frame's picture type, in display order (libavcodec's AV_PICTURE_TYPE_I/P/B)."""
+    with av.open(str(path)) as c:
+        return [{1: "I", 2: "P", 3: "B"}.get(int(f.pict_type), "?") for f in c.decode(video=0)]
+
+
+def test_scan_finds_the_non_reference_pictures(bframes: Path) -> None:
+    refs = noref.scan(bframes)
+    assert refs is not None and len(refs.pts) == 80 and refs.fps == pytest.approx(25.0)
+    types = pict_types(bframes)
+    assert types.count("B") > 40  # 3 of every 4 frames
+    assert [not r for r in refs.reference] == [t == "B" for t in types]  # in display order
+
+
+def test_skip_leaves_the_wanted_frames(bframes: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    refs = noref.scan(bframes)
+    skip = refs.skip(lambda i: i % 5 == 0)
+    assert skip is not None
+    dropped = {refs.pts.index(p) for p in skip.pts}
+    assert dropped == {i for i, r in enumerate(refs.reference) if not r and i % 5}
+    assert refs.skip(lambda i: True) is None  # nothing to drop
+    monkeypatch.setattr(noref, "MAX_DROPS", 3)
+    assert refs.skip(lambda i: i % 5 == 0).pts == skip.pts[:3]  # the first ones
+
+
+def test_ffmpeg_drops_exactly_those_packets(bframes: Path) -> None:
+    """The bitstream filter drops the named pictures; every other frame decodes as before, and
+    ``Skip.index`` numbers the decoded frames as the stream does."""
+    refs = noref.scan(bframes)
+    skip = refs.skip(lambda i: i % 5 == 0)
+    every = framemd5(bframes)  # the frames in display order
+    kept = framemd5(bframes, skip.input_args())
+    dropped = {refs.pts.index(p) for p in skip.pts}
+    assert len(every) == 80 and len(skip.pts) > 20
+    assert kept == {t: h for i, (t, h) in enumerate(every.items()) if i not in dropped}
+    picked = [25, 35, 45]  # B-frames kept as wanted (multiples of 5), past dropped frames
+    assert [pict_types(bframes)[i] for i in picked] == ["B"] * 3
+    select = "+".join(f"eq({skip.index}\\,{i})" for i in picked)
+    chosen = framemd5(bframes, skip.input_args(), ["-vf", f"select='{select}'", "-fps_mode", "passthrough"])
+    assert list(chosen.values()) == [list(every.values())[i] for i in picked]
+
+
+def framemd5(path: Path, pre: list[str] = (), post: list[str] = ()) -> dict[int, str]:
+    """Output time -> md5 of each decoded frame (ffmpeg's framemd5 muxer), in display order."""
+    out = subprocess.run([media.ffmpeg_exe(), "-v", "error", "-threads", "1", *pre, "-i", str(path), "-an",
+                          *post, "-f", "framemd5", "-"], capture_output=True, text=True, check=True).stdout
+    rows = [line.split(",") for line in out.splitlines() if line and not line.startswith("#")]
+    return {int(r[2]): r[5].strip() for r in rows}
+
+
+def test_where_it_does_not_apply(bframes: Path, synth_dir: Path, tmp_path: Path) -> None:
+    """Another codec, no non-reference picture, a file that is no video: nothing is dropped."""
+    ffv1 = media.write_video(synth_dir / "noref.mkv", grey_ramp(10), extra=["-c:v", "ffv1"])
+    assert noref.scan(ffv1) is None
+    ultrafast = media.write_video(synth_dir / "noref_p.mp4", grey_ramp(20))  # P-frames only
+    refs = noref.scan(ultrafast)
+    assert refs is not None and all(refs.reference) and refs.skip(lambda i: False) is None
+    junk = tmp_path / "junk.mp4"
+    junk.write_bytes(b"\0" * 1000)
+    assert noref.scan(junk) is None and noref.scan(tmp_path / "missing.mp4") is None
+
+
+def test_member_expression_is_a_binary_search() -> None:
+    """Each packet evaluates ~log2(n) comparisons, and the nesting stays shallow (ffmpeg's
+    expression parser refuses a flat sum of more than ~100 terms)."""
+    expr = noref._member(list(range(0, 2000, 2)))
+    assert expr.count("eq(pts") == 1000
+    depth = deepest = 0
+    for ch in expr:
+        depth += (ch == "(") - (ch == ")")
+        deepest = max(deepest, depth)
+    assert deepest <= 2 * 10
+    assert noref._member([7]) == "eq(pts\\,7)"
