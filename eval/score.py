@@ -255,7 +255,6 @@ class _FramePass:
             fits: dict[int, Face] = {}
             size, scale = frames_mod.fit_scale(self.faces.faces, region)
             skip = self._skip(ginfo, rate)
-            self.skipped = 0 if skip is None else len(skip.pts)
             with closing(frames_mod.region_frames(ginfo, region, rate, self.samples, full, count,
                                                   size=size, on_start=self.on_start, skip=skip)) as frames:
                 for i, luma in zip(fitted_at, frames):
@@ -265,11 +264,12 @@ class _FramePass:
                     if face is not None:
                         fits[i] = frames_mod.fit_in_region(self.landmarker, luma, face, region[:2], scale)
                         self.patches[i] = mouth_patch(luma.y, fits[i], region[:2], scale)
-            self.n_gen = frames_mod.counted_frames(count) + self.skipped
+            decoded = frames_mod.counted_frames(count)
+            self.n_gen = decoded if skip is None else skip.frames_from(decoded)
+            self.skipped = self.n_gen - decoded  # frames not decoded (dropped before the decoder)
             for j, gj in whole.ready():
                 self._compare(j, gj)  # the rest, now that ffmpeg has exited
             self.opened = [fits.get(i) for i in range(self.n_gen)]
-
 
     def _skip(self, ginfo: MediaInfo, rate: float) -> noref.Skip | None:
         """The packets the region decode drops: non-reference pictures that are neither landmark

@@ -113,14 +113,14 @@ def test_region_decode_that_drops_unread_b_frames(synth_dir: Path, tmp_path: Pat
     region, rate, samples = (8, 4, 34, 26), 12.5 / 25, [41, 3, 99]
     refs = noref.scan(path)
     skip = refs.skip(lambda i: i in samples or rate_frame(i, rate))
-    assert skip is not None and len(skip.pts) > 15  # the odd-numbered B-frames but 3 and 41
+    assert skip is not None and len(skip.offsets) > 15  # the odd-numbered B-frames but 3 and 41
     decoded = []
     for drop in (None, skip):
         full, count = tmp_path / f"full{drop is None}.yuv", tmp_path / f"count{drop is None}.yuv"
         parts = [p.y.copy() for p in region_frames(info, region, rate, samples, full, count, skip=drop)]
         decoded.append((parts, counted_frames(count), [f.data for _, f in SampleFile(full, samples, (64, 48)).ready()]))
     (parts, n, whole), (parts_skip, n_skip, whole_skip) = decoded
-    assert n == 80 and n_skip == 80 - len(skip.pts)
+    assert n == 80 and n_skip == 80 - len(skip.offsets) and skip.frames_from(n_skip) == 80
     assert len(parts) == len(parts_skip) == 40 and len(whole) == len(whole_skip) == 2
     for a, b in zip(parts + whole, parts_skip + whole_skip):
         np.testing.assert_array_equal(a, b)

@@ -45,27 +45,39 @@ def test_skip_leaves_the_wanted_frames(bframes: Path, monkeypatch: pytest.Monkey
     refs = noref.scan(bframes)
     skip = refs.skip(lambda i: i % 5 == 0)
     assert skip is not None
-    dropped = {refs.pts.index(p) for p in skip.pts}
+    dropped = {refs.pts.index(refs.first + p) for p in skip.offsets}
     assert dropped == {i for i, r in enumerate(refs.reference) if not r and i % 5}
     assert refs.skip(lambda i: True) is None  # nothing to drop
     monkeypatch.setattr(noref, "MAX_DROPS", 3)
-    assert refs.skip(lambda i: i % 5 == 0).pts == skip.pts[:3]  # the first ones
+    assert refs.skip(lambda i: i % 5 == 0).offsets == skip.offsets[:3]  # the first ones
 
 
-def test_ffmpeg_drops_exactly_those_packets(bframes: Path) -> None:
+@pytest.fixture(scope="module")
+def late(synth_dir: Path) -> Path:
+    """The same frames in a file whose first frame is at 10 s (ffmpeg moves the timestamps by
+    that before its bitstream filters see them)."""
+    return media.write_video(synth_dir / "noref_late.mp4", grey_ramp(),
+                             extra=[*media.X264_B_FRAMES, "-output_ts_offset", "10"])
+
+
+@pytest.mark.parametrize("name", ["bframes", "late"])
+def test_ffmpeg_drops_exactly_those_packets(name: str, request: pytest.FixtureRequest) -> None:
     """The bitstream filter drops the named pictures; every other frame decodes as before, and
     ``Skip.index`` numbers the decoded frames as the stream does."""
-    refs = noref.scan(bframes)
+    path = request.getfixturevalue(name)
+    refs = noref.scan(path)
+    assert (refs.first > 0) == (name == "late")
     skip = refs.skip(lambda i: i % 5 == 0)
-    every = framemd5(bframes)  # the frames in display order
-    kept = framemd5(bframes, skip.input_args())
-    dropped = {refs.pts.index(p) for p in skip.pts}
-    assert len(every) == 80 and len(skip.pts) > 20
+    every = framemd5(path)  # the frames in display order
+    kept = framemd5(path, skip.input_args())
+    dropped = {refs.pts.index(refs.first + p) for p in skip.offsets}
+    assert len(every) == 80 and len(skip.offsets) > 20
     assert kept == {t: h for i, (t, h) in enumerate(every.items()) if i not in dropped}
+    assert skip.frames_from(len(kept)) == 80 and skip.frames_from(80) == 80  # dropped, or not
     picked = [25, 35, 45]  # B-frames kept as wanted (multiples of 5), past dropped frames
-    assert [pict_types(bframes)[i] for i in picked] == ["B"] * 3
+    assert [pict_types(path)[i] for i in picked] == ["B"] * 3
     select = "+".join(f"eq({skip.index}\\,{i})" for i in picked)
-    chosen = framemd5(bframes, skip.input_args(), ["-vf", f"select='{select}'", "-fps_mode", "passthrough"])
+    chosen = framemd5(path, skip.input_args(), ["-vf", f"select='{select}'", "-fps_mode", "passthrough"])
     assert list(chosen.values()) == [list(every.values())[i] for i in picked]
 
 
@@ -93,10 +105,10 @@ def test_member_expression_is_a_binary_search() -> None:
     """Each packet evaluates ~log2(n) comparisons, and the nesting stays shallow (ffmpeg's
     expression parser refuses a flat sum of more than ~100 terms)."""
     expr = noref._member(list(range(0, 2000, 2)))
-    assert expr.count("eq(pts") == 1000
+    assert expr.count("eq(pts-startpts") == 1000
     depth = deepest = 0
     for ch in expr:
         depth += (ch == "(") - (ch == ")")
         deepest = max(deepest, depth)
     assert deepest <= 2 * 10
-    assert noref._member([7]) == "eq(pts\\,7)"
+    assert noref._member([7]) == "eq(pts-startpts\\,7)"

@@ -9,9 +9,11 @@ landmark frames a second), which cut that decode's CPU time by about a fifth.
 
 :func:`scan` reads the packets once (PyAV, demux only: no decoding; ~15 ms for 426 packets)
 and :meth:`Refs.skip` names the ones to drop, as an ffmpeg input bitstream filter
-(``-bsf:v noise=drop=...``, keyed on the packet's pts, so packet order does not matter). Past a
-drop, ffmpeg's ``n`` no longer counts the stream's frames, so filters select frames by
-:attr:`Skip.index` (the frame's index from its time on the stream's frame grid) instead.
+(``-bsf:v noise=drop=...``). The filter knows a packet by its pts less the first packet's:
+ffmpeg has already moved the timestamps by the file's start time when the filter sees them (a
+file that starts at 10 s), and the packet order is not relied on. Past a drop, ffmpeg's ``n``
+no longer counts the stream's frames, so filters select frames by :attr:`Skip.index` (the
+frame's index from its time on the stream's frame grid) instead.
 
 It applies only where that index is exact and nothing else can hide a frame: H.264 in MP4-style
 length-prefixed NAL units, every packet timed, distinct, on one constant grid of pts steps, none
@@ -38,8 +40,9 @@ _SLICES = (1, 5)  # NAL unit types of coded slices (non-IDR, IDR)
 class Skip:
     """Packets to drop before decoding, and how filters find a frame's index past them."""
 
-    pts: tuple[int, ...]  # the dropped packets' pts, ascending (stream time base)
+    offsets: tuple[int, ...]  # the dropped packets' pts less the first packet's, ascending (stream time base)
     fps: float  # frames per second of the stream's grid
+    frames: int  # packets (frames) in the stream
 
     @property
     def index(self) -> str:
@@ -49,7 +52,12 @@ class Skip:
 
     def input_args(self) -> list[str]:
         """ffmpeg input options (before ``-i``) that drop the packets."""
-        return ["-bsf:v", f"noise=drop={_member(list(self.pts))}"]
+        return ["-bsf:v", f"noise=drop={_member(list(self.offsets))}"]
+
+    def frames_from(self, decoded: int) -> int:
+        """The stream's frames, from the frames a decode with these drops gave (where the filter
+        dropped nothing, the decoded ones are all; a frame that failed to decode is missing in both)."""
+        return min(decoded + len(self.offsets), self.frames)
 
 
 @dataclass(frozen=True)
@@ -59,12 +67,13 @@ class Refs:
     pts: tuple[int, ...]
     reference: tuple[bool, ...]
     fps: float
+    first: int  # the first packet's pts, in decode order (the filter's ``startpts``)
 
     def skip(self, wanted: Callable[[int], bool]) -> Skip | None:
         """The non-reference pictures whose display index is not ``wanted`` (at most MAX_DROPS,
         the first ones); None where there is none to drop."""
-        drop = [p for i, (p, ref) in enumerate(zip(self.pts, self.reference)) if not ref and not wanted(i)]
-        return Skip(tuple(drop[:MAX_DROPS]), self.fps) if drop else None
+        drop = [p - self.first for i, (p, ref) in enumerate(zip(self.pts, self.reference)) if not ref and not wanted(i)]
+        return Skip(tuple(drop[:MAX_DROPS]), self.fps, len(self.pts)) if drop else None
 
 
 def scan(path: str | os.PathLike[str]) -> Refs | None:
@@ -84,7 +93,7 @@ def scan(path: str | os.PathLike[str]) -> Refs | None:
             for packet in container.demux(stream):
                 if packet.size == 0:  # the flush packet at the end
                     continue
-                ref = _reference(bytes(packet), size)
+                ref = _reference(memoryview(packet), size)
                 if packet.pts is None or packet.is_discard or ref is None:
                     return None
                 packets.append((packet.pts, ref))
@@ -92,12 +101,13 @@ def scan(path: str | os.PathLike[str]) -> Refs | None:
     except (av.FFmpegError, OSError, ValueError) as exc:
         log.debug("%s: packets not scanned (%s)", os.path.basename(path), exc)
         return None
+    first = packets[0][0] if packets else 0
     packets.sort()
     pts = tuple(p for p, _ in packets)
     steps = {b - a for a, b in zip(pts, pts[1:])}
     if len(steps) != 1 or steps == {0} or time_base is None:  # one frame, a gap, a repeat or VFR
         return None
-    return Refs(pts, tuple(r for _, r in packets), float(1 / (steps.pop() * time_base)))
+    return Refs(pts, tuple(r for _, r in packets), float(1 / (steps.pop() * time_base)), first)
 
 
 def _length_size(codec: str, extradata: bytes | None) -> int | None:
@@ -107,7 +117,7 @@ def _length_size(codec: str, extradata: bytes | None) -> int | None:
     return (extradata[4] & 3) + 1
 
 
-def _reference(data: bytes, size: int) -> bool | None:
+def _reference(data: memoryview, size: int) -> bool | None:
     """Whether the picture in ``data`` (length-prefixed NAL units) can be a reference: its first
     slice's nal_ref_idc is not 0 (the standard makes it the same in every slice of a picture).
     None where no slice is found (a malformed packet)."""
@@ -122,10 +132,11 @@ def _reference(data: bytes, size: int) -> bool | None:
 
 
 def _member(values: list[int]) -> str:
-    """An ffmpeg expression true where ``pts`` is one of the sorted ``values``: a binary search
+    """An ffmpeg expression true where a packet's ``pts - startpts`` is one of the sorted
+    ``values``: a binary search
     (``if`` evaluates one branch), so each packet costs ~log2(len) comparisons, and the nesting
     stays shallow for ffmpeg's parser."""
     if len(values) <= 4:
-        return "+".join(f"eq(pts\\,{v})" for v in values)
+        return "+".join(f"eq(pts-startpts\\,{v})" for v in values)
     mid = len(values) // 2
-    return f"if(lt(pts\\,{values[mid]})\\,{_member(values[:mid])}\\,{_member(values[mid:])})"
+    return f"if(lt(pts-startpts\\,{values[mid]})\\,{_member(values[:mid])}\\,{_member(values[mid:])})"
