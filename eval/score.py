@@ -23,9 +23,14 @@ SyncNet weights, one ffmpeg decode of the generated video pipes only the luma of
 region of the landmark frames, scaled so the widest tracked face is at most
 LANDMARK_FACE_PX wide (``eval.frames.region_frames``), writes the sampled frames whole to a
 temp file and counts the frames; its proxy differs from the whole-frame path's (OpenCV's
-per-crop area scaling) by about 0.01 in correlation, the quality scores not at all.
+per-crop area scaling) by about 0.01 in correlation, the quality scores not at all. The
+H.264 pictures that decode reads none of and nothing predicts from are dropped before its
+decoder (``pipeline.media.noref``; the scan of the packets runs on a thread from the start):
+the same frames, a tenth less CPU for libx264's B-frame outputs.
 
-Cost, monalisa_720p (426 frames), 2-core machine (bench/scoring_cost.py, 2026-12-06/07 night):
+Cost, monalisa_720p (426 frames), 2-core machine (bench/scoring_cost.py, 2026-12-06/07 night,
+before the drops, which took 111 frames out of the decode on 2026-12-07: 0.59 against 0.62 s
+wall, 1.03 against 1.12 CPU s, alternating):
 about 0.51-0.67 s wall and 0.88-1.2 CPU s, both cores busy. The decode of the generated video
 (one ffmpeg process: ~0.41 CPU s for the decode alone, ~0.5 with its filters and the sampled
 frames it writes, 0.53-0.55 beside the rest) is the longest pole; beside it, on this thread
