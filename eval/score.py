@@ -280,10 +280,9 @@ class _FramePass:
         """The packets the region decode drops: non-reference pictures that are neither landmark
         nor sampled frames (None where ``pipeline.media.noref`` does not apply)."""
         refs = None if self.refs is None else self.refs.result()
-        if refs is None or abs(refs.fps / ginfo.video.fps - 1) > frames_mod.FPS_TOLERANCE:
-            return None  # the packets' grid is not the rate the frames are numbered at
         wanted = set(self.samples)
-        return refs.skip(lambda i: i in wanted or frames_mod.rate_frame(i, rate))
+        return None if refs is None else refs.skip(lambda i: i in wanted or frames_mod.rate_frame(i, rate),
+                                                   fps=ginfo.video.fps)
 
 
 def sample_frames(n_frames: int) -> set[int]:

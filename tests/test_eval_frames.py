@@ -112,7 +112,7 @@ def test_region_decode_that_drops_unread_b_frames(synth_dir: Path, tmp_path: Pat
     info = probe(path)
     region, rate, samples = (8, 4, 34, 26), 12.5 / 25, [41, 3, 99]
     refs = noref.scan(path)
-    skip = refs.skip(lambda i: i in samples or rate_frame(i, rate))
+    skip = refs.skip(lambda i: i in samples or rate_frame(i, rate), fps=25.0)
     assert skip is not None and len(skip.offsets) > 15  # the odd-numbered B-frames but 3 and 41
     decoded = []
     for drop in (None, skip):

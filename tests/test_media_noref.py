@@ -43,13 +43,14 @@ def test_scan_finds_the_non_reference_pictures(bframes: Path) -> None:
 
 def test_skip_leaves_the_wanted_frames(bframes: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     refs = noref.scan(bframes)
-    skip = refs.skip(lambda i: i % 5 == 0)
+    skip = refs.skip(lambda i: i % 5 == 0, fps=25.0)
     assert skip is not None
     dropped = {refs.pts.index(refs.first + p) for p in skip.offsets}
     assert dropped == {i for i, r in enumerate(refs.reference) if not r and i % 5}
-    assert refs.skip(lambda i: True) is None  # nothing to drop
+    assert refs.skip(lambda i: True, fps=25.0) is None  # nothing to drop
+    assert refs.skip(lambda i: False, fps=30.0) is None  # frames numbered at another rate
     monkeypatch.setattr(noref, "MAX_DROPS", 3)
-    assert refs.skip(lambda i: i % 5 == 0).offsets == skip.offsets[:3]  # the first ones
+    assert refs.skip(lambda i: i % 5 == 0, fps=25.0).offsets == skip.offsets[:3]  # the first ones
 
 
 @pytest.fixture(scope="module")
@@ -67,7 +68,7 @@ def test_ffmpeg_drops_exactly_those_packets(name: str, request: pytest.FixtureRe
     path = request.getfixturevalue(name)
     refs = noref.scan(path)
     assert (refs.first > 0) == (name == "late")
-    skip = refs.skip(lambda i: i % 5 == 0)
+    skip = refs.skip(lambda i: i % 5 == 0, fps=25.0)
     every = framemd5(path)  # the frames in display order
     kept = framemd5(path, skip.input_args())
     dropped = {refs.pts.index(refs.first + p) for p in skip.offsets}
@@ -95,7 +96,7 @@ def test_where_it_does_not_apply(bframes: Path, synth_dir: Path, tmp_path: Path)
     assert noref.scan(ffv1) is None
     ultrafast = media.write_video(synth_dir / "noref_p.mp4", grey_ramp(20))  # P-frames only
     refs = noref.scan(ultrafast)
-    assert refs is not None and all(refs.reference) and refs.skip(lambda i: False) is None
+    assert refs is not None and all(refs.reference) and refs.skip(lambda i: False, fps=25.0) is None
     junk = tmp_path / "junk.mp4"
     junk.write_bytes(b"\0" * 1000)
     assert noref.scan(junk) is None and noref.scan(tmp_path / "missing.mp4") is None
@@ -112,3 +113,26 @@ def test_member_expression_is_a_binary_search() -> None:
         deepest = max(deepest, depth)
     assert deepest <= 2 * 10
     assert noref._member([7]) == "eq(pts-startpts\\,7)"
+
+
+def test_read_frames_select_drops_the_unread_pictures(bframes: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """read_frames(select=) at the stream's own rate (how scoring reads the original's samples)
+    drops the non-reference pictures it does not read; it yields the same frames."""
+    import logging
+
+    from pipeline.media.decode import read_frames
+
+    every = list(read_frames(bframes, pix_fmt="yuv420p"))
+    wanted = [3, 17, 41, 77]  # B-frames (not multiples of 4), kept while their neighbours are dropped
+    with caplog.at_level(logging.DEBUG, logger="pipeline.media.decode"):
+        picked = list(read_frames(bframes, pix_fmt="yuv420p", select=wanted))
+    assert len(picked) == 4
+    for frame, i in zip(picked, wanted):
+        np.testing.assert_array_equal(frame, every[i])
+    command = next(r.getMessage() for r in caplog.records if r.getMessage().startswith("decode: "))
+    assert "noise=drop=" in command
+    caplog.clear()
+    with caplog.at_level(logging.DEBUG, logger="pipeline.media.decode"):
+        resampled = list(read_frames(bframes, pix_fmt="yuv420p", fps=50.0, select=[6, 34]))  # other indices
+    assert len(resampled) == 2 and "noise=drop=" not in caplog.text
+    np.testing.assert_array_equal(resampled[1], every[17])

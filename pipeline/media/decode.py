@@ -22,7 +22,7 @@ from typing import IO
 import numpy as np
 
 from pipeline.device import decode_threads
-from pipeline.media import libav
+from pipeline.media import libav, noref
 from pipeline.errors import FFmpegError, InvalidMedia
 from pipeline.media.ffmpeg import PIX_FMTS, base_cmd, grow_pipe, input_args, popen, rate_str, run_ffmpeg, stderr_tail
 from pipeline.media.probe import MediaInfo, probe, require_stream
@@ -54,7 +54,9 @@ def read_frames(path: str | os.PathLike[str], *, size: tuple[int, int] | None = 
     ``select`` yields only the frames with those indices (counted after any resampling;
     ascending, each once, those past the end left out): ffmpeg still decodes up to the last
     one, but converts and pipes only these (beyond SELECT_MAX_TERMS indices every frame is
-    piped and the others dropped here). An empty ``select`` yields nothing.
+    piped and the others dropped here), and, at the stream's own rate, leaves out the H.264
+    pictures nothing predicts from before its decoder (``pipeline.media.noref``). An empty
+    ``select`` yields nothing.
     Full-size I420 frames at the stream's own rate (the run loop's decode) are decoded in
     this process where ``pipeline.media.libav`` applies: the same frames, no pipe.
     """
@@ -68,13 +70,15 @@ def read_frames(path: str | os.PathLike[str], *, size: tuple[int, int] | None = 
         raise ValueError(f"pix_fmt must be one of {', '.join(PIX_FMTS)}, got {pix_fmt!r}")
     filters = _rate_filters(info, fps)
     wanted = None if select is None else sorted({int(i) for i in select})
+    skip = None
     if wanted is not None:
         if not wanted:
             return iter(())
         if wanted[0] < 0:
             raise ValueError(f"frame indices must be non-negative, got {wanted[0]}")
         if len(wanted) <= SELECT_MAX_TERMS:
-            filters.append(f"select='{select_expr(wanted)}'")
+            skip = None if filters else _unread(path, info, wanted)
+            filters.append(f"select='{select_expr(wanted, 'n' if skip is None else skip.index)}'")
     # the same frames without the pipe, decoded here (pipeline.media.libav)
     in_process = (pix_fmt == "yuv420p" and size is None and not filters and wanted is None
                   and libav.applies(info))
@@ -86,7 +90,8 @@ def read_frames(path: str | os.PathLike[str], *, size: tuple[int, int] | None = 
     # a final scale pins the output size, so the byte stream can never be misframed
     flags = f":flags={TRACKING_SCALER}" if size else ""
     filters.append(f"scale={w}:{h}{flags}")
-    cmd = [*base_cmd(), "-loglevel", "error", *decoder_input(path), "-map", "0:v:0",
+    cmd = [*base_cmd(), "-loglevel", "error", *decoder_input(path, pre=skip.input_args() if skip else ()),
+           "-map", "0:v:0",
            "-an", "-sn", "-dn", "-vf", ",".join(filters)]
     if info.is_image:
         cmd += ["-frames:v", "1"]
@@ -144,6 +149,12 @@ def count_frames(path: str | os.PathLike[str], *, fps: float | None = None,
     if not counts:
         raise FFmpegError(f"counting the frames of {os.path.basename(path)}: ffmpeg reported no count")
     return int(counts[-1])
+
+
+def _unread(path: str, info: MediaInfo, wanted: list[int]) -> noref.Skip | None:
+    """The packets a decode of only the ``wanted`` frames (at the stream's own rate) can drop."""
+    refs = noref.scan(path)
+    return None if refs is None else refs.skip(set(wanted).__contains__, fps=info.video.fps)
 
 
 def _rate_filters(info: MediaInfo, fps: float | None) -> list[str]:

@@ -32,6 +32,7 @@ from pipeline.media.libav import open_input, pyav
 
 log = logging.getLogger(__name__)
 
+FPS_TOLERANCE = 1e-3  # relative: the packets' grid against the caller's rate
 MAX_DROPS = 1500  # packets one filter drops (its expression stays ~40 KB, well inside one argument's 128 KB)
 _SLICES = (1, 5)  # NAL unit types of coded slices (non-IDR, IDR)
 
@@ -69,9 +70,12 @@ class Refs:
     fps: float
     first: int  # the first packet's pts, in decode order (the filter's ``startpts``)
 
-    def skip(self, wanted: Callable[[int], bool]) -> Skip | None:
+    def skip(self, wanted: Callable[[int], bool], *, fps: float) -> Skip | None:
         """The non-reference pictures whose display index is not ``wanted`` (at most MAX_DROPS,
-        the first ones); None where there is none to drop."""
+        the first ones). ``fps``: the rate the caller numbers frames at (the probe's). None where
+        there is none to drop, or where the packets' grid is not that rate (within 0.1 %)."""
+        if abs(self.fps / fps - 1) > FPS_TOLERANCE:
+            return None
         drop = [p - self.first for i, (p, ref) in enumerate(zip(self.pts, self.reference)) if not ref and not wanted(i)]
         return Skip(tuple(drop[:MAX_DROPS]), self.fps, len(self.pts)) if drop else None
 
