@@ -13,6 +13,10 @@ $(STAMP): requirements.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV) || python3 -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
 	$(PIP) install -q -r requirements.txt
+	# one cv2, the headless build: insightface pulled in the GUI build (libGL, X11), whose files
+	# share the cv2 folder; removing it takes those files, so the headless wheel is reinstalled
+	$(PIP) uninstall -q -y opencv-python
+	$(PIP) install -q --no-deps --force-reinstall $$(grep '^opencv-python-headless==' requirements.txt)
 	touch $@
 
 $(DEVSTAMP): $(STAMP) requirements-dev.txt requirements-ref.txt requirements-ray.txt

@@ -196,3 +196,24 @@ def test_readme_front_matter_is_a_valid_space_configuration() -> None:
     assert (ROOT / meta["app_file"]).is_file()
     assert meta["hf_oauth"] is True and 0 < meta["hf_oauth_expiration_minutes"] <= 43200
     assert len(meta["short_description"]) <= 60 and isinstance(meta["pinned"], bool)
+
+
+def test_one_opencv_build_without_gui_libraries() -> None:
+    """``make`` leaves one cv2, the headless build, which needs no libGL, X11 or glib (a slim
+    machine or container has none: the GUI build that insightface depends on fails to import
+    there). A Space installs requirements.txt with pip alone, where the GUI build's files may
+    win: its packages.txt installs what that build links against, and both wheels are pinned
+    to one release."""
+    import cv2
+    from importlib import metadata
+
+    gui = [line.split(":", 1)[1].strip() for line in cv2.getBuildInformation().splitlines()
+           if line.strip().startswith("GUI:")]
+    assert gui == ["NONE"]
+    installed = {d.metadata["Name"].lower() for d in metadata.distributions()}
+    assert "opencv-python-headless" in installed and "opencv-python" not in installed
+    pins = dict(line.split("==") for line in (ROOT / "requirements.txt").read_text().splitlines()
+                if "==" in line and not line.startswith("#"))
+    assert pins["opencv-python"] == pins["opencv-python-headless"]  # the one release of both wheels
+    assert pins["opencv-python-headless"].startswith(cv2.__version__ + ".")  # the one installed
+    assert {"libgl1", "libglib2.0-0"} <= set((ROOT / "packages.txt").read_text().split())
