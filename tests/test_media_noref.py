@@ -113,6 +113,9 @@ def test_member_expression_is_a_binary_search() -> None:
         deepest = max(deepest, depth)
     assert deepest <= 2 * 10
     assert noref._member([7]) == "eq(pts-startpts\\,7)"
+    # the most one filter drops, at an hour's timestamps: one command-line argument takes 128 KB
+    longest = noref._member(list(range(10**8, 10**8 + noref.MAX_DROPS * 3003, 3003)))
+    assert len(longest) < 100_000
 
 
 def test_read_frames_select_drops_the_unread_pictures(bframes: Path, caplog: pytest.LogCaptureFixture) -> None:

@@ -34,7 +34,7 @@ from pipeline.media.libav import open_input, pyav
 log = logging.getLogger(__name__)
 
 FPS_TOLERANCE = 1e-3  # relative: the packets' grid against the caller's rate
-MAX_DROPS = 1500  # packets one filter drops (its expression stays ~40 KB, well inside one argument's 128 KB)
+MAX_DROPS = 1500  # packets one filter drops (its expression stays ~55 KB, inside one argument's 128 KB)
 _SLICES = (1, 5)  # NAL unit types of coded slices (non-IDR, IDR)
 
 
