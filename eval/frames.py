@@ -33,7 +33,7 @@ from pipeline.errors import InvalidMedia
 from pipeline.faces.tracking import Track
 from pipeline.faces.types import LANDMARK_FACE_PX, LANDMARK_MARGIN, Face, FaceTracker
 from pipeline.media.ffmpeg import base_cmd
-from pipeline.media.noref import Skip
+from pipeline.media.noref import Skip, frame_number
 from pipeline.media.probe import MediaInfo
 from pipeline.media.decode import (SELECT_MAX_TERMS, decoder_input, frame_plan, pipe_frames, read_frames,
                                    select_expr)
@@ -139,14 +139,14 @@ def region_frames(info: MediaInfo, region: tuple[int, int, int, int], rate: floa
     ``pipeline.media.decode.pipe_frames``'s. ``skip``: packets dropped before the decoder (none
     of these frames), frames then numbered by ``skip.index``; ``count`` counts the rest."""
     x, y, w, h = region
-    n = "n" if skip is None else skip.index
+    n = frame_number(skip)
     select = select_expr(sorted({int(i) for i in samples}), n)
     steps = f"eq({n}\\,0)+gt(floor({n}*{rate!r}+{_EPS!r})\\,floor(({n}-1)*{rate!r}+{_EPS!r}))"
     scale = "" if size is None or size == (w, h) else f",scale={size[0]}:{size[1]}:flags=area"
     graph = (f"[0:v:0]split=3[a][b][c];[a]select='{steps}',crop={w}:{h}:{x}:{y},extractplanes=y{scale}[luma];"
              f"[b]select='{select}'[full];[c]crop=2:2:0:0[count]")
     out = ["-fps_mode", "passthrough", "-f", "rawvideo"]
-    cmd = [*base_cmd(), "-loglevel", "error", *decoder_input(info.path, pre=skip.input_args() if skip else ()),
+    cmd = [*base_cmd(), "-loglevel", "error", *decoder_input(info.path, skip=skip),
            "-an", "-sn", "-dn", "-filter_complex", graph,
            "-map", "[luma]", *out, "-pix_fmt", "gray", "pipe:1",
            "-map", "[full]", *out, "-pix_fmt", "yuv420p", "file:" + os.fspath(full),

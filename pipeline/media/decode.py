@@ -78,7 +78,7 @@ def read_frames(path: str | os.PathLike[str], *, size: tuple[int, int] | None = 
             raise ValueError(f"frame indices must be non-negative, got {wanted[0]}")
         if len(wanted) <= SELECT_MAX_TERMS:
             skip = None if filters else _unread(path, info, wanted)
-            filters.append(f"select='{select_expr(wanted, 'n' if skip is None else skip.index)}'")
+            filters.append(f"select='{select_expr(wanted, noref.frame_number(skip))}'")
     # the same frames without the pipe, decoded here (pipeline.media.libav)
     in_process = (pix_fmt == "yuv420p" and size is None and not filters and wanted is None
                   and libav.applies(info))
@@ -90,8 +90,7 @@ def read_frames(path: str | os.PathLike[str], *, size: tuple[int, int] | None = 
     # a final scale pins the output size, so the byte stream can never be misframed
     flags = f":flags={TRACKING_SCALER}" if size else ""
     filters.append(f"scale={w}:{h}{flags}")
-    cmd = [*base_cmd(), "-loglevel", "error", *decoder_input(path, pre=skip.input_args() if skip else ()),
-           "-map", "0:v:0",
+    cmd = [*base_cmd(), "-loglevel", "error", *decoder_input(path, skip=skip), "-map", "0:v:0",
            "-an", "-sn", "-dn", "-vf", ",".join(filters)]
     if info.is_image:
         cmd += ["-frames:v", "1"]
@@ -107,10 +106,11 @@ def read_frames(path: str | os.PathLike[str], *, size: tuple[int, int] | None = 
     return _only(frames, wanted)
 
 
-def decoder_input(path: str | os.PathLike[str], *, pre: Sequence[str] = ()) -> list[str]:
-    """``-i`` arguments for a file whose video is decoded to frames (``decode_threads()`` threads);
-    ``pre``: more input options."""
-    return input_args(path, pre=[*pre, "-threads", str(decode_threads())])
+def decoder_input(path: str | os.PathLike[str], *, skip: noref.Skip | None = None) -> list[str]:
+    """``-i`` arguments for a file whose video is decoded to frames (``decode_threads()`` threads),
+    dropping ``skip``'s packets before the decoder."""
+    drops = [] if skip is None else skip.input_args()
+    return input_args(path, pre=[*drops, "-threads", str(decode_threads())])
 
 
 def _only(frames: Iterator[np.ndarray], wanted: list[int]) -> Iterator[np.ndarray]:

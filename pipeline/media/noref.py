@@ -81,6 +81,12 @@ class Refs:
         return Skip(tuple(drop[:MAX_DROPS]), self.fps, len(self.pts)) if drop else None
 
 
+def frame_number(skip: Skip | None) -> str:
+    """The ffmpeg expression of a decoded frame's number in the stream: ``n``, or past drops
+    :attr:`Skip.index`."""
+    return "n" if skip is None else skip.index
+
+
 def scan(path: str | os.PathLike[str]) -> Refs | None:
     """The first video stream's packets (see the module doc); None where dropping does not apply."""
     av = pyav()
@@ -138,9 +144,8 @@ def _reference(data: memoryview, size: int) -> bool | None:
 
 def _member(values: list[int]) -> str:
     """An ffmpeg expression true where a packet's ``pts - startpts`` is one of the sorted
-    ``values``: a binary search
-    (``if`` evaluates one branch), so each packet costs ~log2(len) comparisons, and the nesting
-    stays shallow for ffmpeg's parser."""
+    ``values``: a binary search (``if`` evaluates one branch), so each packet costs ~log2(len)
+    comparisons, and the nesting stays shallow for ffmpeg's parser."""
     if len(values) <= 4:
         return "+".join(f"eq(pts-startpts\\,{v})" for v in values)
     mid = len(values) // 2
