@@ -3,7 +3,9 @@ through ``input_args`` so a crafted file cannot make ffmpeg read anything but it
 
 from __future__ import annotations
 
+import os
 import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +19,7 @@ from pipeline.media.probe import probe
 from pipeline.media.encode import FrameWriter
 from pipeline.media.decode import read_frames
 
+ROOT = Path(__file__).resolve().parents[1]
 SECRET_HZ = 1234.0  # the tone that identifies the secret's content in any decoded output
 PLAYLIST = ("#EXTM3U\n#EXT-X-VERSION:3\n#EXT-X-TARGETDURATION:2\n"
             "#EXTINF:2.0,\n{segment}\n#EXT-X-ENDLIST\n")
@@ -80,6 +83,33 @@ def test_ffmpeg_exe_runs_and_env_override(monkeypatch: pytest.MonkeyPatch, tmp_p
         monkeypatch.delenv("LIPSYNC_FFMPEG")
         ffmpeg_mod.ffmpeg_exe.cache_clear()
     assert ffmpeg_exe() != str(fake)
+
+
+def _exe_in_fresh_process(env_extra: dict[str, str], tmp_path: Path) -> tuple[str, bool]:
+    """(ffmpeg_exe(), whether imageio_ffmpeg was imported) in a new interpreter whose PATH has
+    no ffmpeg (only its own folder) and no LIPSYNC_FFMPEG."""
+    env = {k: v for k, v in os.environ.items() if k not in ("LIPSYNC_FFMPEG", "IMAGEIO_FFMPEG_EXE")}
+    env.update(PATH=str(tmp_path), PYTHONPATH=str(ROOT), **env_extra)
+    code = ("import sys; from pipeline.media.ffmpeg import ffmpeg_exe; "
+            "print(ffmpeg_exe()); print('imageio_ffmpeg' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                         check=True, timeout=60).stdout.split("\n")
+    return out[0], out[1] == "True"
+
+
+def test_bundled_ffmpeg_is_found_without_importing_or_running_it(tmp_path: Path) -> None:
+    """Without ffmpeg on PATH the binary of imageio-ffmpeg's wheel is used, found on disk:
+    the same file imageio_ffmpeg.get_ffmpeg_exe() checks by running it, but neither the
+    package's import nor that run happen in a job's process. $IMAGEIO_FFMPEG_EXE still
+    goes through imageio-ffmpeg, which honours it."""
+    import imageio_ffmpeg
+
+    exe, imported = _exe_in_fresh_process({}, tmp_path)
+    assert exe == imageio_ffmpeg.get_ffmpeg_exe() and os.path.isabs(exe)
+    assert not imported
+    chosen = tmp_path / "chosen-ffmpeg"
+    exe, imported = _exe_in_fresh_process({"IMAGEIO_FFMPEG_EXE": str(chosen)}, tmp_path)
+    assert (exe, imported) == (str(chosen), True)
 
 
 def test_run_ffmpeg_error_carries_stderr(tmp_path: Path) -> None:

@@ -1,6 +1,7 @@
 """Start-up: a passthrough or baseline CLI job imports none of the heavy libraries it does not
 use (torch, scipy.signal, librosa and its numba, scikit-image), read from the interpreter's
-own ``python -X importtime`` report of the whole process."""
+own ``python -X importtime`` report of the whole process; the native modules it does use are
+imported ahead, and a process refused at once still exits cleanly."""
 
 from __future__ import annotations
 
@@ -54,6 +55,25 @@ def test_cli_job_imports_no_heavy_library(package: str, model: str, face_mp4: Pa
                              data_dir=tmp_path / "data")
     heavy = sorted(m for m in modules if m in HEAVY)
     assert heavy == [], f"{package} run --model {model} imported {heavy}"
+    # dlib is imported ahead, beside the probes, only for a job that may track faces with it
+    assert ("dlib" in modules) == (model == "baseline"), f"{package} run --model {model}: dlib"
+    assert "av" in modules  # the in-process decode (imported ahead as well)
+
+
+def test_a_job_refused_at_once_exits_with_its_error_while_importing_ahead(tmp_path: Path) -> None:
+    """A job its probe refuses within milliseconds ends the process while the job's imports
+    ahead (PyAV, dlib: tens of ms of native initialisation on another thread) still run: the
+    process waits for them and exits with the CLI's code for a bad input and its message,
+    never an abort or a traceback."""
+    junk = tmp_path / "junk.mp4"
+    junk.write_text("not a video")
+    for _ in range(3):
+        proc = subprocess.run([sys.executable, "-m", "pipeline", "run", str(junk), str(junk), "-o",
+                               str(tmp_path / "out.mp4"), "--model", "baseline"], cwd=ROOT,
+                              capture_output=True, text=True, timeout=120,
+                              env={**os.environ, "HF_HUB_OFFLINE": "1"})
+        assert proc.returncode == 2, proc.stderr[-2000:]
+        assert "is not a media file" in proc.stderr and "Traceback" not in proc.stderr, proc.stderr[-2000:]
 
 
 def test_a_process_that_exits_at_once_waits_for_the_warm_up(tmp_path: Path) -> None:

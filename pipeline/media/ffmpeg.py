@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextvars
 import functools
+import importlib.util
 import logging
 import os
 import shutil
@@ -50,9 +51,31 @@ def ffmpeg_exe() -> str:
     on_path = shutil.which("ffmpeg")
     if on_path:
         return on_path
+    bundled = _bundled_ffmpeg()
+    if bundled:
+        return bundled
     import imageio_ffmpeg
 
     return imageio_ffmpeg.get_ffmpeg_exe()
+
+
+def _bundled_ffmpeg() -> str | None:
+    """The one binary of imageio-ffmpeg's platform wheel (``imageio_ffmpeg/binaries/ffmpeg-*``),
+    found on disk; None where that is not so (``$IMAGEIO_FFMPEG_EXE`` set, another layout).
+    ``imageio_ffmpeg.get_ffmpeg_exe()`` imports the package and runs ``ffmpeg -version`` to
+    check the binary first: 40-60 ms at the start of every process (a CLI job waits for it
+    before its first probe); a binary that cannot run fails the first command instead, with
+    ffmpeg's message."""
+    if os.environ.get("IMAGEIO_FFMPEG_EXE"):
+        return None
+    spec = importlib.util.find_spec("imageio_ffmpeg")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    found = [entry.path for loc in spec.submodule_search_locations
+             if os.path.isdir(folder := os.path.join(loc, "binaries"))
+             for entry in os.scandir(folder)
+             if entry.name.startswith("ffmpeg-") and entry.is_file() and os.access(entry.path, os.X_OK)]
+    return found[0] if len(found) == 1 else None
 
 
 def input_args(path: str | os.PathLike[str], *, pre: Sequence[str] = ()) -> list[str]:
