@@ -25,10 +25,10 @@ place only when complete, so a failed job never leaves a half-written file behin
 from __future__ import annotations
 
 import contextlib
-import importlib.util
 import logging
 import os
 import shutil
+import sys
 import tempfile
 import threading
 import time
@@ -49,7 +49,6 @@ from pipeline.media import audio as audio_mod
 from pipeline.media.background import BackgroundWriter, Prefetch, in_background
 from pipeline.media.decode import count_frames, decode_rate, frame_plan, plan_frames, read_frames
 from pipeline.media.encode import FrameWriter, choose_encoder
-from pipeline.media.libav import pyav
 from pipeline.media.probe import MediaInfo, probe, validate_audio_input, validate_face_input
 from pipeline.media.yuv import YuvFrame, hstack, paste
 from pipeline.options import RunOptions, RunResult
@@ -142,9 +141,7 @@ def _run(video: str | os.PathLike[str], audio: str | os.PathLike[str],
         report(stage, fraction)
 
     check("probe", 0.0)
-    # not a daemon: a process that exits at once (a refused input) waits for it, rather than
-    # ending it inside an extension's initialisation
-    threading.Thread(target=_import_native, args=(options,), name="imports").start()
+    _import_ahead(options)
     with clock.stage("probe"):
         audio_probe = in_background(probe, audio, name="probe-audio")  # both ffmpeg probes at once
         vinfo = probe(video)
@@ -246,17 +243,25 @@ def _job(video: str | os.PathLike[str], audio: str | os.PathLike[str], output: s
     )
 
 
-def _import_native(options: RunOptions) -> None:
-    """Import the native modules the job needs later, on its way to the first frame: PyAV
-    (the in-process decode; about 35 ms in a fresh process) and, where the job may track faces
-    with dlib, dlib (about 16 ms). Run on a thread while the probes wait on ffmpeg, these
-    imports cost a cold CLI job no wall time; a failed import fails later, where it is used."""
-    try:
-        pyav()
-        if options.model != "passthrough" and options.tracker != "insightface" and importlib.util.find_spec("dlib"):
-            __import__("dlib")
-    except Exception as exc:  # noqa: BLE001 - the import that needs the module raises it
-        log.debug("importing ahead failed: %s", exc)
+def _import_ahead(options: RunOptions) -> None:
+    """Import the native modules the job needs later, on its way to the first frame, that this
+    process has not imported yet: PyAV (the in-process decode; about 35 ms in a fresh process)
+    and, where the job may track faces with dlib, dlib (about 16 ms). On a thread while the
+    probes wait on ffmpeg, these imports cost a cold CLI job no wall time; a failed import
+    fails later, where it is used. Not a daemon thread: a process that exits at once (a refused
+    input) waits for it, rather than ending it inside an extension's initialisation."""
+    names = ["av"] if options.model == "passthrough" or options.tracker == "insightface" else ["av", "dlib"]
+    missing = [name for name in names if name not in sys.modules]
+    if missing:
+        threading.Thread(target=_import_all, args=(missing,), name="imports").start()
+
+
+def _import_all(names: list[str]) -> None:
+    for name in names:
+        try:
+            __import__(name)
+        except Exception as exc:  # noqa: BLE001 - the import that needs the module raises it
+            log.debug("importing %s ahead failed: %s", name, exc)
 
 
 def _live_track(generator: Generator, options: RunOptions, size: tuple[int, int], plan: np.ndarray,
